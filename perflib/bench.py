@@ -1,0 +1,207 @@
+"""Benchmarks: each figure is a ratio against a reference measured in the same process and run.
+
+``python -m perflib.bench [--only NAME ...]`` prints the figures and merges them into
+``reports/benchmarks.json``. Every benchmark is a function ``bench_<name>() -> dict``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from perflib.config import Settings
+from perflib.store import Store, flush_all, schema
+from perflib.tracker import configure, track_generation_job
+
+REPORT_PATH = Path("reports") / "benchmarks.json"
+BENCHMARKS: dict[str, Callable[[], dict]] = {}
+
+
+def benchmark(function: Callable[[], dict]) -> Callable[[], dict]:
+    BENCHMARKS[function.__name__.removeprefix("bench_")] = function
+    return function
+
+
+def _median_seconds(run_once: Callable[[], None], repeats: int) -> float:
+    timings = []
+    clock = time.perf_counter
+    for _ in range(repeats):
+        start = clock()
+        run_once()
+        timings.append(clock() - start)
+    return statistics.median(timings)
+
+
+@benchmark
+def bench_tracker() -> dict:
+    """Per-job overhead of a tracked job with two phases (sampler and writer running) against
+    prometheus_client's ``Histogram.labels(...).time()``."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    histogram = Histogram("bench_seconds", "reference", ["pipeline"],
+                          registry=CollectorRegistry())
+    folder = Path(tempfile.mkdtemp(prefix="perflib-bench-"))
+    configure(f"sqlite:///{folder / 'bench.db'}", Settings(spool_dir=folder / "spool"))
+    params = {"resolution": "768x768", "steps": 25, "frame_count": 16}
+    counter = iter(range(10**9))
+
+    def tracked_job():
+        with track_generation_job(f"bench-{next(counter)}", "video", params) as job:
+            job.mark_phase("denoise")
+            job.mark_phase("decode")
+
+    def prometheus_timer():
+        with histogram.labels("video").time():
+            pass
+
+    for _ in range(2000):  # warm up: engine, schema, sampler thread, writer thread
+        tracked_job()
+        prometheus_timer()
+    flush_all()
+    tracker_s, reference_s = [], []
+    for _ in range(5):  # interleaved rounds, so both see the same machine
+        tracker_s.append(_median_seconds(tracked_job, 4000))
+        reference_s.append(_median_seconds(prometheus_timer, 4000))
+        flush_all()
+    tracker, reference = statistics.median(tracker_s), statistics.median(reference_s)
+    return {"tracker_job_overhead_us": tracker * 1e6,
+            "prometheus_histogram_time_us": reference * 1e6,
+            "ratio_to_prometheus": tracker / reference, "target_ratio_max": 10.0}
+
+
+def _ingest_rows(count: int) -> list[dict]:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return [{"job_id": f"ingest-{n}", "pipeline_type": "video" if n % 3 else "image",
+             "job_type": "scene", "status": "success", "width": 768, "height": 768,
+             "frame_count": 16, "steps": 25, "guidance_scale": 7.5, "batch_size": 1,
+             "sampler": "euler", "model_name": "sd15", "gpu_name": "rtx4090",
+             "started_at": start + timedelta(seconds=n),
+             "finished_at": start + timedelta(seconds=n + 12),
+             "queue_seconds": 0.5, "processing_seconds": 11.5, "total_seconds": 12.0}
+            for n in range(count)]
+
+
+def _raw_sqlite_insert(path: Path, rows: list[dict]) -> float:
+    """The reference: plain sqlite3 executemany of the same rows into the same table."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    table = schema.generation_performance
+    dialect = sqlite_dialect.dialect()
+    columns = list(rows[0])
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute(str(CreateTable(table).compile(dialect=dialect)))
+    for index in table.indexes:
+        connection.execute(str(CreateIndex(index).compile(dialect=dialect)))
+    sql = (f"INSERT OR IGNORE INTO generation_performance ({', '.join(columns)}) "
+           f"VALUES ({', '.join('?' for _ in columns)})")
+    start = time.perf_counter()
+    values = [tuple(v.isoformat(sep=" ") if isinstance(v, datetime) else v for v in row.values())
+              for row in rows]
+    connection.execute("BEGIN IMMEDIATE")
+    connection.executemany(sql, values)
+    connection.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    connection.close()
+    return elapsed
+
+
+def _store_insert(store: Store, rows: list[dict], batch: int = 2000) -> float:
+    store.init_db()
+    start = time.perf_counter()
+    for offset in range(0, len(rows), batch):
+        store.write_jobs(rows[offset:offset + batch])
+    return time.perf_counter() - start
+
+
+@benchmark
+def bench_ingestion(rows: int = 50_000) -> dict:
+    """Rows/s through the store into SQLite (against raw sqlite3) and into PostgreSQL."""
+    data = _ingest_rows(rows)
+    folder = Path(tempfile.mkdtemp(prefix="perflib-bench-"))
+    store_s = min(_store_insert(Store(f"sqlite:///{folder / f'store{i}.db'}"), data)
+                  for i in range(3))
+    raw_s = min(_raw_sqlite_insert(folder / f"raw{i}.db", data) for i in range(3))
+    result = {"rows": rows, "store_sqlite_rows_per_s": rows / store_s,
+              "raw_sqlite3_rows_per_s": rows / raw_s, "ratio_to_raw_sqlite3": raw_s / store_s,
+              "target_ratio_min": 0.5}
+    result.update(_postgres_ingestion(data))
+    return result
+
+
+def _postgres_ingestion(data: list[dict]) -> dict:
+    from perflib.pgserver import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        return {"postgres_rows_per_s": None, "postgres_note": "no PostgreSQL binaries found"}
+    server = PostgresServer(bindir).start()
+    try:
+        seconds = min(_store_insert(Store(server.create_database(f"bench{i}")), data)
+                      for i in range(2))
+    finally:
+        server.stop()
+    return {"postgres_rows_per_s": len(data) / seconds, "postgres_target_rows_per_s": 50_000}
+
+
+@benchmark
+def bench_sampler(samples: int = 200) -> dict:
+    """CPU time the sampler uses per second of wall time at the default interval: the CPU time
+    of one reading (measured on its own thread) divided by the interval between readings."""
+    from perflib.sampler import ResourceSampler
+
+    interval = Settings().sample_interval
+    sampler = ResourceSampler(interval=interval).start()
+    sampler.stop()  # readings below are taken on a thread of our own, to time them exactly
+    cpu_per_sample: list[float] = []
+
+    def take_readings():
+        for _ in range(samples):
+            start = time.thread_time()
+            sampler.sample_once()
+            cpu_per_sample.append(time.thread_time() - start)
+
+    thread = threading.Thread(target=take_readings)
+    thread.start()
+    thread.join()
+    per_sample = statistics.mean(cpu_per_sample)
+    return {"interval_s": interval, "cpu_ms_per_reading": per_sample * 1e3,
+            "cpu_share_of_one_core": per_sample / interval, "target_share_max": 0.01}
+
+
+def run(names: list[str] | None = None, report_path: Path = REPORT_PATH) -> dict:
+    """Run the named benchmarks (default all), print them and merge them into the report."""
+    results = json.loads(report_path.read_text()) if report_path.exists() else {}
+    for name in names or list(BENCHMARKS):
+        print(f"== {name}", flush=True)
+        figures = BENCHMARKS[name]()
+        figures["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results[name] = figures
+        for key, value in figures.items():
+            print(f"  {key:32} {value:,.4g}" if isinstance(value, float) else
+                  f"  {key:32} {value}")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(results, indent=2))
+    print(f"written to {report_path}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS),
+                        help="run only these benchmarks")
+    args = parser.parse_args(argv)
+    run(args.only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The ``perflib`` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from perflib.config import safe_url
+from perflib.store import Spool, Store
+
+
+def _store(args) -> Store:
+    return Store(args.database_url)
+
+
+def cmd_init_db(args) -> int:
+    store = _store(args)
+    version = store.init_db()
+    print(f"schema version {version} ready in {safe_url(store.url)}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from perflib.store.importer import import_jobs
+
+    store = _store(args)
+    report = import_jobs(args.file, store)
+    for error in report.errors:
+        print(f"skipped {error}", file=sys.stderr)
+    print(f"read {report.rows_read} rows: {report.inserted} jobs added, "
+          f"{report.duplicates} already stored, {len(report.errors)} rejected")
+    return 1 if report.errors and args.strict else 0
+
+
+def cmd_flush_spool(args) -> int:
+    store = _store(args)
+    spool = Spool(store.config.spool_dir)
+    pending = spool.count_pending()
+    if not pending:
+        print(f"spool {spool.directory} is empty")
+        return 0
+    replayed = spool.replay(store.write_jobs)
+    print(f"replayed {replayed} spooled job records into {safe_url(store.url)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from perflib.demo import run_demo
+
+    store = _store(args)
+    summary = run_demo(jobs=args.jobs, seed=args.seed, store=store)
+    print(f"\nJobs in {safe_url(store.url)} ({store.count()} in all):")
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perflib", description=__doc__)
+    parser.add_argument("--database-url", default=None,
+                        help="SQLAlchemy URL (default: PERFLIB_DATABASE_URL, else data/perflib.db)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("init-db", help="create or upgrade the schema").set_defaults(
+        handler=cmd_init_db)
+
+    importer = commands.add_parser("import", help="load past jobs from a CSV or JSONL file")
+    importer.add_argument("file")
+    importer.add_argument("--strict", action="store_true",
+                          help="exit 1 when any row was rejected")
+    importer.set_defaults(handler=cmd_import)
+
+    commands.add_parser("flush-spool", help="write spooled job records to the database"
+                        ).set_defaults(handler=cmd_flush_spool)
+
+    demo = commands.add_parser("demo", help="record real tracked CPU jobs and print a summary")
+    demo.add_argument("--jobs", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

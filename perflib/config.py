@@ -1,0 +1,158 @@
+"""Configuration: the one module that reads environment variables and the optional `.env` file.
+
+Every other module asks :func:`get_settings` (or takes a :class:`Settings`) instead of reading
+``os.environ`` itself, so a test or a service can swap the whole configuration in one place.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from dotenv import dotenv_values
+from sqlalchemy.engine import URL, make_url
+
+DEFAULT_SQLITE_PATH = Path("data") / "perflib.db"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Bottleneck thresholds (the seed system's defaults)."""
+
+    slow_image_seconds: float = 120.0
+    slow_video_seconds: float = 300.0
+    low_gpu_util_pct: float = 60.0
+    high_cpu_pct: float = 80.0
+    failure_rate: float = 0.10
+    queue_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Latent geometry of one denoiser, used to count true latent tokens and attention pairs.
+
+    Defaults describe an SD-style UNet: 8x VAE, no temporal compression, no patching, attention
+    within each frame.
+    """
+
+    vae_spatial_factor: int = 8
+    vae_temporal_factor: int = 1
+    patch_size: int = 1
+    full_attention: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything perflib can be configured with; built by :func:`get_settings`."""
+
+    database_url: str = ""
+    db_schema: str = "anime_api"
+    sample_interval: float = 1.0
+    spool_dir: Path = Path("data") / "spool"
+    keep_resource_samples: bool = False
+    cuda_visible_devices: str | None = None
+    api_token: str | None = None
+    retention_days: int = 90
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    model_profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (handy in tests and the CLI)."""
+        return replace(self, **changes)
+
+    def profile_for(self, model_name: str | None) -> ModelProfile:
+        """The configured profile of `model_name`, else SD-style defaults."""
+        return self.model_profiles.get(model_name or "", ModelProfile())
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _parse_profiles(raw: str | None) -> dict[str, ModelProfile]:
+    """Parse ``PERFLIB_MODEL_PROFILES``: JSON ``{model_name: {vae_spatial_factor: 8, ...}}``."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+        return {name: ModelProfile(**fields) for name, fields in data.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"PERFLIB_MODEL_PROFILES is not valid profile JSON: {exc}") from None
+
+
+def _read_environment(env_file: str | os.PathLike | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    path = Path(env_file) if env_file else Path(".env")
+    if path.is_file():
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update(os.environ)  # the real environment wins over .env
+    return values
+
+
+def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
+    """Build settings from the environment and `.env` (environment variables win)."""
+    env = _read_environment(env_file)
+    default = Thresholds()
+    thresholds = Thresholds(
+        **{
+            name: float(env.get(f"PERFLIB_THRESHOLD_{name.upper()}", getattr(default, name)))
+            for name in default.__dataclass_fields__
+        }
+    )
+    return Settings(
+        database_url=env.get("PERFLIB_DATABASE_URL", ""),
+        db_schema=env.get("PERFLIB_DB_SCHEMA", "anime_api"),
+        sample_interval=float(env.get("PERFLIB_SAMPLE_INTERVAL", 1.0)),
+        spool_dir=Path(env.get("PERFLIB_SPOOL_DIR", Path("data") / "spool")),
+        keep_resource_samples=_truthy(env.get("PERFLIB_KEEP_SAMPLES")),
+        cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+        api_token=env.get("PERFLIB_API_TOKEN") or None,
+        retention_days=int(env.get("PERFLIB_RETENTION_DAYS", 90)),
+        thresholds=thresholds,
+        model_profiles=_parse_profiles(env.get("PERFLIB_MODEL_PROFILES")),
+    )
+
+
+def resolve_database_url(db: str | URL | Mapping[str, Any] | None = None,
+                         settings: Settings | None = None) -> URL:
+    """Turn what a caller names as a database into a SQLAlchemy URL.
+
+    Accepts a URL string or object, the seed-style dict ``{'host', 'port', 'database', 'user',
+    'password'}`` (PostgreSQL), or None for the configured default: ``PERFLIB_DATABASE_URL``, else
+    the SQLite file ``data/perflib.db`` under the working directory.
+    """
+    if isinstance(db, URL):
+        return db
+    if isinstance(db, Mapping):
+        missing = [key for key in ("host", "database") if not db.get(key)]
+        if missing:
+            raise ValueError(f"database dict is missing field(s): {', '.join(missing)}")
+        return URL.create(
+            "postgresql+psycopg",
+            username=db.get("user"),
+            password=db.get("password"),
+            host=db["host"],
+            port=int(db["port"]) if db.get("port") else None,
+            database=db["database"],
+        )
+    if db:
+        return _normalise_driver(make_url(db))
+    settings = settings or get_settings()
+    if settings.database_url:
+        return _normalise_driver(make_url(settings.database_url))
+    return URL.create("sqlite", database=str(DEFAULT_SQLITE_PATH))
+
+
+def _normalise_driver(url: URL) -> URL:
+    """Plain ``postgresql://`` URLs mean psycopg 3, the driver perflib ships with."""
+    if url.drivername in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL as text with any password replaced by ``***`` — the only form ever logged."""
+    url = make_url(url) if isinstance(url, str) else url
+    return url.render_as_string(hide_password=True)

@@ -1,0 +1,291 @@
+"""The store: creates the schema, writes job records in batches and reads them back as DataFrames.
+
+A *job record* is a plain dict of ``generation_performance`` columns, plus optional ``phases`` and
+``samples`` lists of dicts for ``generation_phases`` and ``resource_samples``. Writes are
+idempotent on ``job_id``: a record that is already stored is skipped, never duplicated.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from operator import itemgetter
+from datetime import date, datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from perflib.config import Settings, get_settings, resolve_database_url, safe_url
+from perflib.store import schema
+from perflib.store.engine import engine_for
+
+log = logging.getLogger(__name__)
+
+_DATETIME_COLUMNS = {
+    table.name: {c.name for c in table.columns if isinstance(c.type, sa.DateTime)}
+    for table in schema.metadata.tables.values()
+}
+
+
+class Store:
+    """Access to one perflib database (SQLite file or PostgreSQL schema)."""
+
+    def __init__(self, db: str | URL | Mapping[str, Any] | None = None,
+                 settings: Settings | None = None):
+        self.db = db
+        self.settings = settings
+
+    # -- connection -------------------------------------------------------------------------
+    @property
+    def url(self) -> URL:
+        return resolve_database_url(self.db, self.config)
+
+    @property
+    def config(self) -> Settings:
+        """The settings in force: those given, else the environment's."""
+        if self.settings is None:
+            self.settings = get_settings()
+        return self.settings
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The shared engine; the schema is created on first use."""
+        engine = engine_for(self.url, self.config.db_schema)
+        if not getattr(engine, "_perflib_ready", False):
+            self.init_db(engine)
+        return engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    def __repr__(self) -> str:
+        return f"Store({safe_url(self.url)!r})"
+
+    # -- schema -----------------------------------------------------------------------------
+    def init_db(self, engine: sa.Engine | None = None) -> int:
+        """Create or upgrade the schema idempotently; return the recorded schema version."""
+        engine = engine or engine_for(self.url, self.config.db_schema)
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text(
+                    f'CREATE SCHEMA IF NOT EXISTS "{self.config.db_schema}"'))
+                # Concurrent first-time creators wait here instead of racing on CREATE TABLE.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7346251)"))
+            schema.metadata.create_all(conn, checkfirst=True)
+            self._add_missing_columns(conn)
+            current = conn.execute(sa.select(schema.schema_info.c.version)
+                                   .where(schema.schema_info.c.id == 1)).scalar()
+            if current is None:
+                conn.execute(sa.insert(schema.schema_info).values(
+                    id=1, version=schema.SCHEMA_VERSION, upgraded_at=_utcnow()))
+            elif current < schema.SCHEMA_VERSION:
+                conn.execute(sa.update(schema.schema_info).where(schema.schema_info.c.id == 1)
+                             .values(version=schema.SCHEMA_VERSION, upgraded_at=_utcnow()))
+        engine._perflib_ready = True
+        return schema.SCHEMA_VERSION
+
+    @staticmethod
+    def _add_missing_columns(conn: sa.Connection) -> None:
+        """Upgrade older tables in place: add nullable columns that a newer schema defines."""
+        inspector = sa.inspect(conn)
+        schema_name = conn.get_execution_options().get("schema_translate_map", {}).get(None)
+        for table in schema.metadata.sorted_tables:
+            existing = {c["name"] for c in inspector.get_columns(table.name, schema=schema_name)}
+            for column in table.columns:
+                if column.name not in existing and column.nullable:
+                    column_type = column.type.compile(dialect=conn.dialect)
+                    conn.execute(sa.text(
+                        f'ALTER TABLE {_qualified(table.name, schema_name)} '
+                        f'ADD COLUMN "{column.name}" {column_type}'))
+
+    def schema_version(self) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(schema.schema_info.c.version)).scalar()
+
+    # -- writes -----------------------------------------------------------------------------
+    def write_jobs(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Insert job records with their phases and samples; return how many jobs were new."""
+        if not records:
+            return 0
+        phases = [{**p, "job_id": r["job_id"]} for r in records for p in r.get("phases") or ()]
+        samples = [{**s, "job_id": r["job_id"]} for r in records for s in r.get("samples") or ()]
+        with self.engine.begin() as conn:
+            inserted = _insert_ignoring_duplicates(conn, schema.generation_performance, records)
+            _insert_ignoring_duplicates(conn, schema.generation_phases, phases)
+            _insert_ignoring_duplicates(conn, schema.resource_samples, samples)
+        return inserted
+
+    # -- reads ------------------------------------------------------------------------------
+    def jobs_frame(self, since: datetime | None = None, until: datetime | None = None,
+                   pipeline_type: str | None = None, limit: int | None = None) -> pd.DataFrame:
+        """Jobs as a DataFrame ordered by ``submitted_at`` (timestamps as UTC)."""
+        table = schema.generation_performance
+        time_column = sa.func.coalesce(table.c.started_at, table.c.submitted_at)
+        query = sa.select(table).order_by(time_column, table.c.id)
+        if since is not None:
+            query = query.where(time_column >= _as_utc(since, self.is_postgres))
+        if until is not None:
+            query = query.where(time_column < _as_utc(until, self.is_postgres))
+        if pipeline_type:
+            query = query.where(table.c.pipeline_type == pipeline_type)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all(),
+                                 columns=[c.name for c in table.columns])
+        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+
+    def phases_frame(self, job_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        table = schema.generation_phases
+        query = sa.select(table).order_by(table.c.job_id, table.c.seq)
+        if job_ids is not None:
+            query = query.where(table.c.job_id.in_(list(job_ids)))
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all(),
+                                 columns=[c.name for c in table.columns])
+        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+
+    def count(self, table: sa.Table = schema.generation_performance) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+    def summary(self) -> pd.DataFrame:
+        """Per pipeline and status: job count and mean/median/max total seconds (in SQL)."""
+        t = schema.generation_performance
+        query = (sa.select(t.c.pipeline_type, t.c.status, sa.func.count().label("jobs"),
+                           sa.func.avg(t.c.total_seconds).label("mean_seconds"),
+                           sa.func.min(t.c.total_seconds).label("min_seconds"),
+                           sa.func.max(t.c.total_seconds).label("max_seconds"),
+                           sa.func.avg(t.c.cpu_avg_pct).label("cpu_avg_pct"))
+                 .group_by(t.c.pipeline_type, t.c.status)
+                 .order_by(t.c.pipeline_type, t.c.status))
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).mappings().all())
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def parse_timestamp(value: Any) -> datetime:
+    """A UTC-aware datetime from a datetime or ISO 8601 text (naive means UTC)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    elif isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise ValueError(f"not a timestamp: {value!r}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _as_utc(value: datetime, aware: bool) -> datetime:
+    value = parse_timestamp(value)
+    return value if aware else value.replace(tzinfo=None)
+
+
+def _utc_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    for column in columns:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
+    return frame
+
+
+def _qualified(table_name: str, schema_name: str | None) -> str:
+    return f'"{schema_name}"."{table_name}"' if schema_name else f'"{table_name}"'
+
+
+def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table,
+                                records: Sequence[Mapping[str, Any]]) -> int:
+    """Bulk insert through the driver, skipping rows whose unique key is already stored."""
+    if not records:
+        return 0
+    postgres = conn.dialect.name == "postgresql"
+    columns, rows = _row_tuples(table, records, aware=postgres)
+    schema_name = conn.get_execution_options().get("schema_translate_map", {}).get(None)
+    target = _qualified(table.name, schema_name)
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    raw = conn.connection.driver_connection
+    if not postgres:
+        cursor = raw.cursor()
+        cursor.executemany(f"INSERT OR IGNORE INTO {target} ({column_list}) "
+                           f"VALUES ({', '.join('?' for _ in columns)})", rows)
+        return cursor.rowcount
+    # PostgreSQL: COPY straight into the table — new jobs are the common case. If a row is
+    # already stored, roll that back and COPY into a temporary table, then INSERT ... ON CONFLICT
+    # DO NOTHING.
+    try:
+        with conn.begin_nested(), raw.cursor() as cursor:
+            _copy_rows(cursor, target, column_list, rows)
+        return len(rows)
+    except psycopg.errors.UniqueViolation:
+        pass
+    staging = f'"perflib_staging_{table.name}"'
+    with raw.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE {staging} ON COMMIT DROP AS "
+                       f"SELECT {column_list} FROM {target} WITH NO DATA")
+        _copy_rows(cursor, staging, column_list, rows)
+        cursor.execute(f"INSERT INTO {target} ({column_list}) SELECT {column_list} "
+                       f"FROM {staging} ON CONFLICT DO NOTHING")
+        inserted = cursor.rowcount
+        cursor.execute(f"DROP TABLE {staging}")
+    return inserted
+
+
+def _copy_rows(cursor, target: str, column_list: str, rows: list[tuple]) -> None:
+    with cursor.copy(f"COPY {target} ({column_list}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _row_tuples(table: sa.Table, records: Sequence[Mapping[str, Any]], aware: bool
+                ) -> tuple[list[str], list[tuple]]:
+    """The table's columns present in `records`, and each record as a tuple of driver values.
+
+    Timestamps become UTC (aware for PostgreSQL; SQLAlchemy's text format for SQLite), JSON
+    columns become text, so the driver's own executemany/COPY does the rest.
+    """
+    present = set().union(*(record.keys() for record in records))
+    columns = [c for c in table.columns.keys() if c in present]
+    datetime_columns = _DATETIME_COLUMNS[table.name]
+    json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    converters = [
+        (index, (_timestamp_aware if aware else _timestamp_sqlite) if c in datetime_columns
+         else _json_text)
+        for index, c in enumerate(columns) if c in datetime_columns or c in json_columns
+    ]
+    take = itemgetter(*columns) if len(columns) > 1 else (lambda record: (record[columns[0]],))
+    rows = []
+    for record in records:
+        try:
+            values = list(take(record))
+        except KeyError:
+            values = [record.get(c) for c in columns]
+        for index, convert in converters:
+            if values[index] is not None:
+                values[index] = convert(values[index])
+        rows.append(tuple(values))
+    return columns, rows
+
+
+def _timestamp_aware(value: Any) -> datetime:
+    return parse_timestamp(value)
+
+
+def _timestamp_sqlite(value: Any) -> str:
+    # The storage format SQLAlchemy's SQLite DateTime reads back.
+    if type(value) is datetime and value.tzinfo is timezone.utc:
+        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return parse_timestamp(value).replace(tzinfo=None).isoformat(sep=" ",
+                                                                 timespec="microseconds")
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)

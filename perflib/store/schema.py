@@ -1,0 +1,169 @@
+"""Table definitions: one SQLAlchemy Core metadata shared by SQLite and PostgreSQL.
+
+Tables carry no schema name here; on PostgreSQL the engine maps them into ``PERFLIB_DB_SCHEMA``
+(``anime_api`` by default) with ``schema_translate_map``.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+UtcDateTime = sa.DateTime(timezone=True)
+
+generation_performance = sa.Table(
+    "generation_performance",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("job_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("pipeline_type", sa.String(32), nullable=False),
+    sa.Column("job_type", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_type", sa.String(200)),
+    sa.Column("error_message", sa.Text),
+    # generation parameters
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("frame_count", sa.Integer),
+    sa.Column("steps", sa.Integer),
+    sa.Column("guidance_scale", sa.Float),
+    sa.Column("batch_size", sa.Integer),
+    sa.Column("sampler", sa.String(64)),
+    sa.Column("model_name", sa.String(200)),
+    # where it ran
+    sa.Column("hostname", sa.String(200)),
+    sa.Column("gpu_name", sa.String(200)),
+    # timeline
+    sa.Column("submitted_at", UtcDateTime),
+    sa.Column("queued_at", UtcDateTime),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("finished_at", UtcDateTime),
+    sa.Column("queue_seconds", sa.Float),
+    sa.Column("init_seconds", sa.Float),
+    sa.Column("processing_seconds", sa.Float),
+    sa.Column("total_seconds", sa.Float),
+    sa.Column("queue_depth", sa.Integer),
+    # resource aggregates over the job's lifetime
+    sa.Column("gpu_util_avg_pct", sa.Float),
+    sa.Column("gpu_util_max_pct", sa.Float),
+    sa.Column("vram_peak_mb", sa.Float),
+    sa.Column("vram_total_mb", sa.Float),
+    sa.Column("gpu_power_avg_w", sa.Float),
+    sa.Column("gpu_temp_max_c", sa.Float),
+    sa.Column("cpu_avg_pct", sa.Float),
+    sa.Column("cpu_max_pct", sa.Float),
+    sa.Column("ram_peak_mb", sa.Float),
+    # prediction and feedback
+    sa.Column("predicted_seconds", sa.Float),
+    sa.Column("user_rating", sa.Float),
+    sa.Column("extra_params", Json),
+    sa.Column("recorded_at", UtcDateTime, server_default=sa.func.now()),
+    sa.Index("ix_generation_performance_started_at", "started_at"),
+    sa.Index("ix_generation_performance_pipeline_started", "pipeline_type", "started_at"),
+    sa.Index("ix_generation_performance_status_started", "status", "started_at"),
+)
+
+generation_phases = sa.Table(
+    "generation_phases",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("job_id", sa.String(200),
+              sa.ForeignKey("generation_performance.job_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("started_at", UtcDateTime),
+    sa.Column("seconds", sa.Float),
+    sa.UniqueConstraint("job_id", "seq", name="uq_generation_phases_job_seq"),
+)
+
+resource_samples = sa.Table(
+    "resource_samples",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("job_id", sa.String(200),
+              sa.ForeignKey("generation_performance.job_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("sampled_at", UtcDateTime, nullable=False),
+    sa.Column("gpu_util_pct", sa.Float),
+    sa.Column("vram_used_mb", sa.Float),
+    sa.Column("vram_total_mb", sa.Float),
+    sa.Column("power_w", sa.Float),
+    sa.Column("temperature_c", sa.Float),
+    sa.Column("sm_clock_mhz", sa.Float),
+    sa.Column("cpu_pct", sa.Float),
+    sa.Column("process_cpu_pct", sa.Float),
+    sa.Column("ram_used_mb", sa.Float),
+    sa.Column("process_rss_mb", sa.Float),
+    sa.UniqueConstraint("job_id", "seq", name="uq_resource_samples_job_seq"),
+)
+
+performance_prediction_models = sa.Table(
+    "performance_prediction_models",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pipeline_type", sa.String(32), nullable=False),
+    sa.Column("family", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("is_active", sa.Boolean, nullable=False, default=False),
+    sa.Column("metrics", Json),
+    sa.Column("features", Json),
+    sa.Column("train_start", UtcDateTime),
+    sa.Column("train_end", UtcDateTime),
+    sa.Column("n_rows", sa.Integer),
+    sa.Column("blob", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("pipeline_type", "family", "version", name="uq_models_version"),
+)
+
+performance_trends = sa.Table(
+    "performance_trends",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("pipeline_type", sa.String(32), nullable=False),
+    sa.Column("job_count", sa.Integer, nullable=False),
+    sa.Column("success_rate", sa.Float),
+    sa.Column("mean_total_seconds", sa.Float),
+    sa.Column("median_total_seconds", sa.Float),
+    sa.Column("p95_total_seconds", sa.Float),
+    sa.Column("mean_queue_seconds", sa.Float),
+    sa.Column("mean_gpu_util_pct", sa.Float),
+    sa.Column("work_units", sa.Float),
+    sa.Column("updated_at", UtcDateTime),
+    sa.UniqueConstraint("day", "pipeline_type", name="uq_trends_day_pipeline"),
+)
+
+performance_alerts = sa.Table(
+    "performance_alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("alert_type", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("pipeline_type", sa.String(32)),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("evidence", Json),
+    sa.Column("fingerprint", sa.String(200), nullable=False),
+    sa.Column("first_seen", UtcDateTime, nullable=False),
+    sa.Column("last_seen", UtcDateTime, nullable=False),
+    sa.Column("acknowledged", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_performance_alerts_open", "fingerprint", "acknowledged"),
+)
+
+schema_info = sa.Table(
+    "perflib_schema_info",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("upgraded_at", UtcDateTime, nullable=False),
+)
+
+JOB_COLUMNS = tuple(c.name for c in generation_performance.columns
+                    if c.name not in ("id", "recorded_at"))

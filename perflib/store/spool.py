@@ -1,0 +1,134 @@
+"""Append-only JSONL spool: where job records wait while the database cannot take them.
+
+Each process appends to its own file (``spool-<host>-<pid>.jsonl``), one record per line, flushed
+and fsynced. Replaying claims a file by renaming it, so two processes never replay the same
+records; a claim left by a dead process is taken over. Writes are idempotent on ``job_id``, so a
+record replayed twice still lands once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 1000
+
+
+class Spool:
+    """A folder of JSONL files holding job records that are not yet in the database."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"spool-{socket.gethostname()}-{os.getpid()}.jsonl"
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Append records durably; return how many were written."""
+        lines = [json.dumps(record, default=_json_default) + "\n" for record in records]
+        if not lines:
+            return 0
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.writelines(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+        return len(lines)
+
+    def pending_files(self) -> list[Path]:
+        """Spool files waiting to be replayed, including claims of processes that died."""
+        if not self.directory.is_dir():
+            return []
+        files = sorted(self.directory.glob("spool-*.jsonl"))
+        files += [p for p in sorted(self.directory.glob("spool-*.replaying-*"))
+                  if not _process_alive(int(p.name.rsplit("-", 1)[1]))]
+        return files
+
+    def has_pending(self) -> bool:
+        return bool(self.pending_files())
+
+    def count_pending(self) -> int:
+        return sum(_count_lines(p) for p in self.pending_files())
+
+    def replay(self, write: Callable[[Sequence[dict]], Any]) -> int:
+        """Write every spooled record with `write`; return how many records were replayed.
+
+        A file is deleted only after all its records were written; if `write` fails, the file is
+        released for a later replay and the error propagates.
+        """
+        replayed = 0
+        for path in self.pending_files():
+            claimed = path.with_name(f"{_base_name(path)}.replaying-{os.getpid()}")
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:
+                continue  # another process claimed it first
+            try:
+                records = list(_read_records(claimed))
+                for start in range(0, len(records), REPLAY_BATCH):
+                    write(records[start:start + REPLAY_BATCH])
+            except BaseException:
+                released = path if not path.exists() else path.with_name(
+                    f"{_base_name(path)}-{time.time_ns()}.jsonl")
+                claimed.rename(released)
+                raise
+            claimed.unlink()
+            replayed += len(records)
+            log.info("replayed %d spooled job records from %s", len(records), path.name)
+        return replayed
+
+
+def _read_records(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:
+                # A line cut short by a crash mid-write: keep it aside, never drop it silently.
+                bad = path.with_name(_base_name(path) + ".corrupt")
+                with open(bad, "a", encoding="utf-8") as out:
+                    out.write(line if line.endswith("\n") else line + "\n")
+                log.warning("spool %s line %d is not valid JSON; kept in %s",
+                            path.name, number, bad.name)
+
+
+def _base_name(path: Path) -> str:
+    """``spool-host-pid`` from ``spool-host-pid.jsonl`` or ``spool-host-pid.replaying-N``."""
+    return path.name.rsplit(".", 1)[0]
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)

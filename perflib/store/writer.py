@@ -1,0 +1,183 @@
+"""Background batch writer: the pipeline's thread only enqueues; this thread writes.
+
+Items on the queue are either finished job records (dicts) or objects with an ``as_record()``
+method (the tracker's job contexts), so even building the record happens off the hot path. A
+batch that the database refuses goes to the spool; the spool is replayed after the next batch
+that lands. Records still queued at interpreter exit are flushed, or spooled if that fails.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from queue import Empty, SimpleQueue
+from typing import Any, Mapping
+
+from perflib.config import safe_url
+from perflib.store.database import Store
+from perflib.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 2000
+EXIT_FLUSH_TIMEOUT_S = 30.0
+
+
+class _FlushMarker:
+    def __init__(self):
+        self.done = threading.Event()
+
+
+class BatchWriter:
+    """Drains a queue of job records into a store, in batches, on one daemon thread."""
+
+    def __init__(self, store: Store, spool: Spool, max_batch: int = MAX_BATCH):
+        self.store = store
+        self.spool = spool
+        self.max_batch = max_batch
+        self._queue: SimpleQueue = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._warned = False
+        self.written = 0
+        self.spooled = 0
+
+    def submit(self, item: Any) -> None:
+        """Queue a record (or an object with ``as_record()``); never blocks, never raises."""
+        self._queue.put(item)
+        if self._thread is None:
+            self._start()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is written or spooled."""
+        marker = _FlushMarker()
+        self.submit(marker)
+        return marker.done.wait(timeout)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="perflib-writer",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except Empty:
+                    break
+            self._process(batch)
+
+    def _process(self, batch: list) -> None:
+        markers = [item for item in batch if isinstance(item, _FlushMarker)]
+        records = [record for item in batch if not isinstance(item, _FlushMarker)
+                   if (record := _as_record(item)) is not None]
+        try:
+            self.write(records)
+        finally:
+            for marker in markers:
+                marker.done.set()
+
+    def write(self, records: list[Mapping[str, Any]]) -> None:
+        """Write records now; on any database error spool them instead. Never raises."""
+        if not records:
+            return
+        try:
+            self.store.write_jobs(records)
+        except Exception as exc:  # the database is down, locked for too long, or refused a row
+            self._spool(records, exc)
+            return
+        self.written += len(records)
+        self._replay_spool()
+
+    def _spool(self, records: list[Mapping[str, Any]], exc: Exception) -> None:
+        try:
+            self.spooled += self.spool.append(records)
+        except Exception:  # noqa: BLE001 — last resort: say exactly what could not be kept
+            log.exception("perflib could not spool %d job records", len(records))
+            return
+        if not self._warned:
+            self._warned = True
+            log.warning("perflib database %s unavailable (%s); spooling job records to %s",
+                        safe_url(self.store.url), type(exc).__name__, self.spool.directory)
+
+    def _replay_spool(self) -> None:
+        try:
+            if self.spool.has_pending():
+                self.spool.replay(self.store.write_jobs)
+                self._warned = False
+        except Exception as exc:  # the records stay in the spool for the next try
+            log.debug("spool replay deferred: %s", type(exc).__name__)
+
+    def close(self, timeout: float = EXIT_FLUSH_TIMEOUT_S) -> None:
+        """Flush at exit; whatever could not be written in time is spooled from this thread."""
+        if self._thread is None or not self._thread.is_alive():
+            self._drain_into_spool()
+            return
+        if not self.flush(timeout):
+            self._drain_into_spool()
+
+    def _drain_into_spool(self) -> None:
+        records = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except Empty:
+                break
+            if isinstance(item, _FlushMarker):
+                item.done.set()
+            elif (record := _as_record(item)) is not None:
+                records.append(record)
+        if records:
+            self.spool.append(records)
+
+
+def _as_record(item: Any) -> dict | None:
+    try:
+        return item.as_record() if hasattr(item, "as_record") else dict(item)
+    except Exception:  # a tracker bug must not take the writer thread down
+        log.exception("perflib could not build a job record; skipped")
+        return None
+
+
+_writers: dict[tuple, BatchWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def writer_for(store: Store) -> BatchWriter:
+    """The process-wide writer for `store`'s database (one thread per database)."""
+    settings = store.config
+    key = (store.url.render_as_string(hide_password=False), settings.db_schema,
+           str(settings.spool_dir))
+    writer = _writers.get(key)
+    if writer is None:
+        with _writers_lock:
+            writer = _writers.get(key)
+            if writer is None:
+                writer = _writers[key] = BatchWriter(store, Spool(settings.spool_dir))
+    return writer
+
+
+def flush_all(timeout: float | None = None) -> None:
+    """Wait for every writer in this process to write what it was given."""
+    for writer in list(_writers.values()):
+        writer.flush(timeout)
+
+
+@atexit.register
+def _close_all() -> None:
+    for writer in list(_writers.values()):
+        writer.close()
+
+
+def _reset_in_child() -> None:
+    global _writers_lock
+    _writers_lock = threading.Lock()
+    _writers.clear()
+
+
+os.register_at_fork(after_in_child=_reset_in_child)

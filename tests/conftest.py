@@ -1,0 +1,72 @@
+"""Shared fixtures: real SQLite files and a real throwaway PostgreSQL server."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from perflib import tracker
+from perflib.config import Settings
+from perflib.store import Store
+from perflib.pgserver import PostgresServer, find_bindir
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or pg_config"
+        if IN_CI:
+            pytest.fail(message + " — CI=true requires them")
+        pytest.skip(message)
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'perflib.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> str:
+    """Each test that takes it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(spool_dir=tmp_path / "spool", sample_interval=0.05)
+
+
+@pytest.fixture
+def store(db_url, settings) -> Store:
+    return Store(db_url, settings)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tracker_binding():
+    """Each test names its own database; none falls back to the user's default file."""
+    yield
+    tracker._default_binding = None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "diffusion-jobs.csv").exists():
+        pytest.skip(f"shared real-job data not found in {SHARED_DATA}")
+    return SHARED_DATA

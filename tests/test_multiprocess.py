@@ -1,0 +1,34 @@
+"""Several processes tracking jobs into one database: every job lands, none is locked out."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from perflib.config import Settings
+from perflib.store import Spool, Store
+
+WORKER = """
+import sys
+from perflib import configure, track_generation_job
+from perflib.config import Settings
+configure(sys.argv[1], Settings(spool_dir=sys.argv[3], sample_interval=0.05))
+for n in range(int(sys.argv[4])):
+    with track_generation_job(f"p{sys.argv[2]}-{n}", "image", {"steps": 10}) as job:
+        job.mark_phase("denoise")
+"""  # exits right after the last job: the exit flush must land what is still buffered
+
+
+@pytest.mark.parametrize("processes,jobs", [(4, 400)])
+def test_processes_writing_one_database_all_land(db_url, tmp_path, processes, jobs):
+    spool_dir = tmp_path / "spool"
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, db_url, str(p), str(spool_dir),
+                                 str(jobs)], stderr=subprocess.PIPE, text=True)
+               for p in range(processes)]
+    errors = [w.communicate(timeout=240)[1] for w in workers]
+    assert all(w.returncode == 0 for w in workers), errors
+    assert not any("locked" in e for e in errors), errors
+    store = Store(db_url, Settings(spool_dir=spool_dir))
+    assert Spool(spool_dir).count_pending() == 0
+    assert store.count() == processes * jobs

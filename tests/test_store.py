@@ -1,0 +1,66 @@
+"""Schema creation and batched writes behave the same on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from perflib.cli import main
+from perflib.store import Store, schema
+
+
+def test_schema_creation_twice_is_harmless(store, capsys):
+    assert store.init_db() == schema.SCHEMA_VERSION
+    store.write_jobs([{"job_id": "keep", "pipeline_type": "image", "status": "success",
+                       "total_seconds": 1.0, "started_at": "2026-11-01T00:00:00Z"}])
+    assert store.init_db() == schema.SCHEMA_VERSION
+    assert main(["--database-url", store.db, "init-db"]) == 0
+    assert "schema version 1" in capsys.readouterr().out
+    assert store.count() == 1 and store.schema_version() == schema.SCHEMA_VERSION
+    with store.engine.connect() as conn:
+        names = set(sa.inspect(conn).get_table_names(
+            schema=conn.get_execution_options().get("schema_translate_map", {}).get(None)))
+    assert {"generation_performance", "generation_phases", "resource_samples",
+            "performance_prediction_models", "performance_trends",
+            "performance_alerts"} <= names
+
+
+def test_postgres_tables_live_in_the_configured_schema(pg_url, settings):
+    store = Store(pg_url, settings.with_overrides(db_schema="render_farm"))
+    store.init_db()
+    with store.engine.connect() as conn:
+        assert "generation_performance" in sa.inspect(conn).get_table_names(schema="render_farm")
+
+
+def test_write_jobs_is_idempotent_and_keeps_phases_and_samples(store):
+    record = {"job_id": "j1", "pipeline_type": "video", "status": "success",
+              "total_seconds": 12.5, "started_at": "2026-11-01T10:00:00+02:00",
+              "extra_params": {"prompt": "forest", "seed": 3},
+              "phases": [{"seq": 0, "name": "denoise", "seconds": 10.0}],
+              "samples": [{"seq": 0, "sampled_at": "2026-11-01T08:00:01Z", "cpu_pct": 50.0}]}
+    assert store.write_jobs([record, dict(record, job_id="j2")]) == 2
+    assert store.write_jobs([record]) == 0
+    frame = store.jobs_frame()
+    assert list(frame.job_id) == ["j1", "j2"]
+    assert frame.started_at.iloc[0].isoformat() == "2026-11-01T08:00:00+00:00"
+    assert frame.extra_params.iloc[0] == {"prompt": "forest", "seed": 3}
+    assert len(store.phases_frame()) == 2
+    assert store.count(schema.resource_samples) == 2
+
+
+def test_upgrade_adds_missing_columns(sqlite_url, settings):
+    store = Store(sqlite_url, settings)
+    store.init_db()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE generation_performance DROP COLUMN user_rating")
+    store.init_db()
+    with store.engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("generation_performance")}
+    assert "user_rating" in columns
+
+
+def test_jobs_frame_filters_by_time_and_pipeline(store):
+    store.write_jobs([
+        {"job_id": f"j{day}", "pipeline_type": "image" if day % 2 else "video",
+         "status": "success", "total_seconds": 1.0, "started_at": f"2026-11-{day:02d}T12:00:00Z"}
+        for day in range(1, 11)])
+    frame = store.jobs_frame(since="2026-11-03", until="2026-11-07", pipeline_type="video")
+    assert list(frame.job_id) == ["j4", "j6"]

@@ -46,3 +46,51 @@ def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
     if maximum is not None and number > maximum:
         raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return int(number)
+
+
+def _bounded_number(params: dict, name: str, minimum: float, maximum: float) -> float | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (minimum <= number <= maximum):
+        raise ValueError(f"{name} must be between {minimum:g} and {maximum:g}, got {value!r}")
+    return number
+
+
+def validate_job_params(params: dict) -> dict:
+    """Check an estimate request; return it normalised (width/height split out).
+
+    Raises ValueError naming the field for anything missing or malformed.
+    """
+    if not isinstance(params, dict):
+        raise ValueError(f"params must be a dict, got {type(params).__name__}")
+    job = dict(params)
+    pipeline = job.get("pipeline_type")
+    if pipeline not in PIPELINE_TYPES:
+        raise ValueError(f"pipeline_type must be one of {', '.join(PIPELINE_TYPES)}, "
+                         f"got {pipeline!r}")
+    if job.get("resolution") is not None:
+        try:
+            job["width"], job["height"] = parse_resolution(job["resolution"])
+        except ValueError as exc:
+            raise ValueError(f"resolution: {exc}") from None
+    elif job.get("width") is not None and job.get("height") is not None:
+        job["width"] = positive_int(job["width"], "width", MAX_SIDE_PX)
+        job["height"] = positive_int(job["height"], "height", MAX_SIDE_PX)
+    else:
+        raise ValueError("resolution is required (WIDTHxHEIGHT)")
+    if job.get("steps") is None:
+        raise ValueError("steps is required")
+    job["steps"] = positive_int(job["steps"], "steps", MAX_STEPS)
+    job["frame_count"] = positive_int(job.get("frame_count", 1) or 1, "frame_count", MAX_FRAMES)
+    job["batch_size"] = positive_int(job.get("batch_size", 1) or 1, "batch_size", 1024)
+    guidance = _bounded_number(job, "guidance_scale", 0.0, 100.0)
+    job["guidance_scale"] = 7.5 if guidance is None else guidance
+    for name in ("job_type", "sampler", "model_name", "gpu_name"):
+        if job.get(name) is not None and not isinstance(job[name], str):
+            raise ValueError(f"{name} must be text, got {job[name]!r}")
+    return job

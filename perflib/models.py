@@ -1,0 +1,246 @@
+"""Model families for generation time, all anchored to a physical cost model.
+
+``linear_regression`` *is* the cost model: per (model_name, gpu_name),
+``seconds = a + e·step_passes + b·work_units + c·attention_work + d·decode_work`` by non-negative
+least squares on relative error (weights 1/seconds²), with stragglers trimmed, so it extrapolates
+to jobs bigger than any seen. ``random_forest``, ``gradient_boosting`` and ``neural_network`` learn
+what it misses — the log of actual ÷ cost-model seconds — from every feature, so each stays
+anchored to physics. All are scikit-learn estimators predicting seconds.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES
+
+FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
+MAD_TO_SIGMA = 1.4826
+
+
+class CostModel(RegressorMixin, BaseEstimator):
+    """Non-negative cost model per (model_name, gpu_name), fitted on relative error.
+
+    Groups with fewer than `min_group_jobs` jobs, and pairs never seen, use the pooled fit scaled
+    by the median actual/pooled ratio of their GPU and of their model, where those are known.
+    """
+
+    def __init__(self, min_group_jobs: int = 12, trim_mads: float = 4.0, max_rounds: int = 4):
+        self.min_group_jobs = min_group_jobs
+        self.trim_mads = trim_mads
+        self.max_rounds = max_rounds
+
+    def fit(self, X: pd.DataFrame, y) -> "CostModel":
+        y = np.asarray(y, dtype=float)
+        design = _design(X)
+        self.pooled_, pooled_kept = self._fit_terms(design, y)
+        self.coefficients_ = {}
+        keys = _group_keys(X)
+        for key in np.unique(keys):
+            members = keys == key
+            if members.sum() >= self.min_group_jobs:
+                self.coefficients_[str(key)] = self._fit_terms(design[members], y[members])[0]
+        ratio = y / np.maximum(design @ self.pooled_, 1e-9)
+        self.gpu_factor_ = _median_by(X["gpu_name"].to_numpy(), ratio, pooled_kept)
+        self.model_factor_ = _median_by(X["model_name"].to_numpy(), ratio, pooled_kept)
+        return self
+
+    def _fit_terms(self, design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """NNLS on relative error; rounds of trimming drop jobs far off the fit (stragglers)."""
+        scale = np.maximum(design.max(axis=0), 1e-12)
+        scaled = design / scale
+        kept = np.ones(len(y), dtype=bool)
+        coefficients = np.zeros(design.shape[1])
+        for _ in range(self.max_rounds):
+            regression = LinearRegression(fit_intercept=False, positive=True)
+            regression.fit(scaled[kept], y[kept], sample_weight=1.0 / y[kept] ** 2)
+            coefficients = regression.coef_ / scale
+            log_residual = np.log(y) - np.log(np.maximum(design @ coefficients, 1e-9))
+            center = np.median(log_residual[kept])
+            spread = max(MAD_TO_SIGMA * np.median(np.abs(log_residual[kept] - center)), 0.02)
+            now_kept = np.abs(log_residual - center) <= self.trim_mads * spread
+            if now_kept.sum() < max(design.shape[1] + 1, int(0.5 * len(y))) or \
+                    (now_kept == kept).all():
+                break
+            kept = now_kept
+        return coefficients, kept
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        design = _design(X)
+        keys = _group_keys(X)
+        seconds = design @ self.pooled_
+        seconds = seconds * np.array([self.gpu_factor_.get(g, 1.0) for g in X["gpu_name"]])
+        seconds = seconds * np.array([self.model_factor_.get(m, 1.0) for m in X["model_name"]])
+        for key in set(keys) & set(self.coefficients_):
+            members = keys == key
+            seconds[members] = design[members] @ self.coefficients_[key]
+        return np.maximum(seconds, 1e-3)
+
+
+class AnchoredRegressor(RegressorMixin, BaseEstimator):
+    """Cost-model seconds × exp(correction): `correction` learns log(actual / cost model)."""
+
+    def __init__(self, correction=None, cost_model=None, clip_mads: float = 4.0):
+        self.correction = correction
+        self.cost_model = cost_model
+        self.clip_mads = clip_mads
+
+    def fit(self, X: pd.DataFrame, y) -> "AnchoredRegressor":
+        y = np.asarray(y, dtype=float)
+        self.cost_model_ = clone(self.cost_model or CostModel()).fit(X, y)
+        if self.correction is not None:
+            base = self.cost_model_.predict(X)
+            target = np.log(y) - np.log(base)
+            # Stragglers are unpredictable: clip their residuals so they cannot pull the fit.
+            center = np.median(target)
+            spread = max(MAD_TO_SIGMA * np.median(np.abs(target - center)), 0.02)
+            target = np.clip(target, center - self.clip_mads * spread,
+                             center + self.clip_mads * spread)
+            self.correction_ = clone(self.correction).fit(_with_base(X, base), target)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        base = self.cost_model_.predict(X)
+        if self.correction is None:
+            return base
+        return base * np.exp(self.correction_.predict(_with_base(X, base)))
+
+
+def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
+    """A fresh, unfitted estimator of one family."""
+    if family == "linear_regression":
+        return AnchoredRegressor()
+    if family == "random_forest":
+        learner = RandomForestRegressor(n_estimators=80, min_samples_leaf=5, max_features=0.5,
+                                        n_jobs=-1, random_state=random_state)
+        return AnchoredRegressor(Pipeline([("columns", _columns(scale=False)),
+                                           ("forest", learner)]))
+    if family == "gradient_boosting":
+        learner = HistGradientBoostingRegressor(loss="absolute_error", max_iter=300,
+                                                learning_rate=0.05, min_samples_leaf=10,
+                                                l2_regularization=1.0, random_state=random_state)
+        return AnchoredRegressor(Pipeline([("columns", _columns(scale=False)),
+                                           ("boosting", learner)]))
+    if family == "neural_network":
+        learner = MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, early_stopping=True,
+                               max_iter=300, random_state=random_state)
+        return AnchoredRegressor(Pipeline([("columns", _columns(scale=True)),
+                                           ("mlp", learner)]))
+    raise ValueError(f"model_type must be 'auto' or one of {', '.join(FAMILIES)}, "
+                     f"got {family!r}")
+
+
+def _columns(scale: bool) -> ColumnTransformer:
+    numeric = NUMERIC_FEATURES + ["log_cost_seconds"]
+    steps = [SimpleImputer(strategy="median", keep_empty_features=True),
+             FunctionTransformer(_signed_log1p, feature_names_out="one-to-one")]
+    if scale:
+        steps.append(StandardScaler())
+    return ColumnTransformer(
+        [("numeric", make_pipeline(*steps), numeric),
+         ("categorical", OneHotEncoder(handle_unknown="ignore", min_frequency=5,
+                                       sparse_output=False), CATEGORICAL_FEATURES)],
+        verbose_feature_names_out=False)
+
+
+def _signed_log1p(values):
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def _with_base(X: pd.DataFrame, base: np.ndarray) -> pd.DataFrame:
+    return X.assign(log_cost_seconds=np.log(base))
+
+
+def _design(X: pd.DataFrame) -> np.ndarray:
+    return np.column_stack([np.ones(len(X))] + [X[term].to_numpy(dtype=float)
+                                                for term in COST_TERMS])
+
+
+def _group_keys(X: pd.DataFrame) -> np.ndarray:
+    return (X["model_name"].astype(str) + "|" + X["gpu_name"].astype(str)).to_numpy()
+
+
+def _median_by(labels: np.ndarray, ratio: np.ndarray, kept: np.ndarray) -> dict[str, float]:
+    frame = pd.DataFrame({"label": labels, "ratio": ratio})[kept]
+    return {str(k): float(v) for k, v in frame.groupby("label")["ratio"].median().items()}
+
+
+# -- metrics and calibrated uncertainty -------------------------------------------------------
+@dataclass(frozen=True)
+class Metrics:
+    """Held-out accuracy of one model (relative errors; seconds where named)."""
+
+    accuracy_within_20_percent: float
+    accuracy_within_10_percent: float
+    mape: float
+    median_absolute_error_seconds: float
+    interval_coverage: float | None
+    n_train: int
+    n_test: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def score(actual, predicted, low=None, high=None, n_train: int = 0) -> Metrics:
+    actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
+    relative = np.abs(predicted - actual) / actual
+    coverage = None
+    if low is not None and high is not None:
+        coverage = float(np.mean((actual >= np.asarray(low)) & (actual <= np.asarray(high))))
+    return Metrics(
+        accuracy_within_20_percent=float(np.mean(relative <= 0.2)),
+        accuracy_within_10_percent=float(np.mean(relative <= 0.1)),
+        mape=float(np.mean(relative)),
+        median_absolute_error_seconds=float(np.median(np.abs(predicted - actual))),
+        interval_coverage=coverage, n_train=int(n_train), n_test=len(actual))
+
+
+class Calibration(BaseEstimator):
+    """Split-conformal intervals on log residuals, per size bin of the prediction (Mondrian), and
+    the calibrated chance of landing within ±20% of the prediction."""
+
+    def __init__(self, coverage: float = 0.8, min_bin: int = 40, max_bins: int = 3):
+        self.coverage = coverage
+        self.min_bin = min_bin
+        self.max_bins = max_bins
+
+    def fit(self, actual, predicted) -> "Calibration":
+        actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
+        log_pred = np.log(predicted)
+        residual = np.log(actual) - log_pred
+        bins = int(max(1, min(self.max_bins, len(actual) // self.min_bin)))
+        self.edges_ = np.quantile(log_pred, np.linspace(0, 1, bins + 1)[1:-1])
+        which = np.searchsorted(self.edges_, log_pred)
+        alpha = 1.0 - self.coverage
+        self.low_, self.high_, self.within_20_ = [], [], []
+        for b in range(bins):
+            r = residual[which == b]
+            n = len(r)
+            # finite-sample conformal quantiles
+            q_low = max(0.0, np.floor((n + 1) * alpha / 2) / n) if n else 0.0
+            q_high = min(1.0, np.ceil((n + 1) * (1 - alpha / 2)) / n) if n else 1.0
+            self.low_.append(float(np.quantile(r, q_low)) if n else -0.7)
+            self.high_.append(float(np.quantile(r, q_high)) if n else 0.7)
+            self.within_20_.append(float(np.mean(np.abs(np.exp(r) - 1) <= 0.2)) if n else 0.2)
+        return self
+
+    def interval(self, predicted) -> tuple[np.ndarray, np.ndarray]:
+        predicted = np.asarray(predicted, float)
+        which = np.searchsorted(self.edges_, np.log(predicted))
+        return (predicted * np.exp(np.take(self.low_, which)),
+                predicted * np.exp(np.take(self.high_, which)))
+
+    def confidence(self, predicted) -> np.ndarray:
+        which = np.searchsorted(self.edges_, np.log(np.asarray(predicted, float)))
+        return np.take(self.within_20_, which)

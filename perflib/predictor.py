@@ -1,0 +1,394 @@
+"""PerformancePredictor: train, store and use generation-time models (the seed's API).
+
+Training is time-ordered: fit on the past, score on the future (or, with ``split='size'``, fit on
+the smaller jobs and score on the largest). Intervals are split-conformal on log residuals from a
+calibration tail of the training period; ``confidence`` is the calibrated chance of landing within
+±20%. Models are stored with skops and loaded only with an explicit trusted-type list.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import skops.io
+import sqlalchemy as sa
+from tqdm import tqdm
+
+from perflib.config import ModelProfile, Settings
+from perflib.features import FEATURE_DESCRIPTIONS, build_features, latest_seconds_per_work
+from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, make_family,
+                            score)
+from perflib.store import Store
+from perflib.store.schema import performance_prediction_models as models_table
+from perflib.validation import validate_job_params
+
+MIN_JOBS_FOR_MODEL = 30
+KEEP_VERSIONS = 3
+RELOAD_CHECK_SECONDS = 2.0
+MIN_SAVING = 0.10
+# Heuristic defaults when there is no history at all: fixed overhead and seconds per work unit
+# (token-steps) of a current consumer GPU, per pipeline type.
+HEURISTIC_DEFAULTS = {"image": (2.0, 1.0e-5), "video": (10.0, 1.0e-5)}
+
+TRUSTED_TYPES = [
+    "perflib.predictor.TrainedModel", "perflib.models.AnchoredRegressor",
+    "perflib.models.CostModel", "perflib.models.Calibration", "perflib.models._signed_log1p",
+    "perflib.config.ModelProfile",
+]
+
+
+class UntrustedModelError(ValueError):
+    """A stored model blob holds types outside perflib's trusted list; it is never loaded."""
+
+
+@dataclass
+class TrainedModel:
+    """What is stored per model version: the fitted estimator and everything it needs to
+    predict, explain its uncertainty, and say where it came from."""
+
+    pipeline_type: str
+    family: str
+    estimator: AnchoredRegressor
+    calibration: Calibration
+    history: dict[str, float]
+    profiles: dict[str, ModelProfile]
+    pipeline_counts: dict[str, int]
+    metrics: dict[str, Any]
+    n_rows: int
+    train_start: str
+    train_end: str
+    trained_at: str
+    features: list[str] = field(default_factory=lambda: list(FEATURE_DESCRIPTIONS))
+    version: int | None = None
+
+    def predict(self, jobs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Seconds, interval low/high and confidence for job rows."""
+        features = build_features(jobs, self.profiles, history=self.history)
+        seconds = self.estimator.predict(features)
+        low, high = self.calibration.interval(seconds)
+        return seconds, low, high, self.calibration.confidence(seconds)
+
+
+class PerformancePredictor:
+    """Predicts a job's generation time before it starts, from the pipeline's own history."""
+
+    def __init__(self, db: Any = None, settings: Settings | None = None):
+        self.db = db
+        self.settings = settings
+        self._trained: dict[tuple[str, str], TrainedModel] = {}
+        self._active: dict[str, tuple[int | None, TrainedModel | None, float]] = {}
+        self._heuristics: dict[str, tuple[CostModel | None, float]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        if not isinstance(self.db, Store):
+            self.db = Store(self.db, self.settings)
+        return self.db
+
+    @property
+    def config(self) -> Settings:
+        return self.store.config
+
+    # -- training -----------------------------------------------------------------------------
+    def training_data(self, pipeline_type: str | None = None) -> pd.DataFrame:
+        """Successful jobs with the parameters a model needs, oldest first."""
+        jobs = self.store.jobs_frame(pipeline_type=pipeline_type)
+        usable = (jobs.status == "success") & (jobs.total_seconds > 0) & jobs.width.notna() \
+            & jobs.height.notna() & jobs.steps.notna()
+        return jobs[usable].reset_index(drop=True)
+
+    def train_model(self, pipeline_type: str | None = None, model_type: str = "auto",
+                    split: str = "time", test_fraction: float = 0.3, coverage: float = 0.8,
+                    random_state: int = 0, progress: bool = False) -> dict:
+        """Train one family (or all four with ``'auto'``, keeping the best by within-20%
+        accuracy, ties by MAPE) and return the chosen model's held-out metrics, plus
+        ``model_type`` and a per-family ``comparison``."""
+        families = FAMILIES if model_type == "auto" else (model_type,)
+        for family in families:
+            make_family(family)  # raises a clear ValueError for an unknown model_type
+        jobs = self.training_data(pipeline_type)
+        if len(jobs) < MIN_JOBS_FOR_MODEL:
+            raise ValueError(f"pipeline_type {pipeline_type or 'all'!r} has {len(jobs)} usable "
+                             f"jobs; at least {MIN_JOBS_FOR_MODEL} are needed to train")
+        features = build_features(jobs, self.config.model_profiles)
+        seconds = jobs.total_seconds.to_numpy(float)
+        train, test = _split(features, np.arange(len(features)), test_fraction, split)
+        proper, calibrate = _split(features, train, 0.2, split)
+
+        results: dict[str, tuple] = {}
+        bar = tqdm(families, desc="training", unit="family", disable=not progress)
+        for family in bar:
+            bar.set_postfix_str(family)
+            results[family] = self._evaluate(family, features, seconds, train, test, proper,
+                                             calibrate, coverage, random_state)
+        best = min(results, key=lambda f: (-results[f][0].accuracy_within_20_percent,
+                                           results[f][0].mape))
+        metrics, residual_actual, residual_predicted = results[best]
+        estimator = make_family(best, random_state).fit(features, seconds)
+        bundle = TrainedModel(
+            pipeline_type=pipeline_type or "all", family=best, estimator=estimator,
+            calibration=Calibration(coverage).fit(residual_actual, residual_predicted),
+            history=latest_seconds_per_work(jobs, features),
+            profiles=dict(self.config.model_profiles),
+            pipeline_counts={str(k): int(v) for k, v in jobs.pipeline_type.value_counts().items()},
+            metrics={**metrics.as_dict(), "coverage_target": coverage, "split": split},
+            n_rows=len(jobs), train_start=_iso(jobs.started_at.min()),
+            train_end=_iso(jobs.started_at.max()), trained_at=_iso(datetime.now(timezone.utc)))
+        self._trained[(bundle.pipeline_type, best)] = bundle
+        comparison = {family: result[0].as_dict() for family, result in results.items()}
+        return {**metrics.as_dict(), "model_type": best, "pipeline_type": bundle.pipeline_type,
+                "comparison": comparison}
+
+    def _evaluate(self, family, features, seconds, train, test, proper, calibrate, coverage,
+                  random_state):
+        """Held-out metrics of one family, and the out-of-sample pairs that calibrate it."""
+        on_proper = make_family(family, random_state).fit(features.iloc[proper], seconds[proper])
+        calibration_predicted = on_proper.predict(features.iloc[calibrate])
+        calibration = Calibration(coverage).fit(seconds[calibrate], calibration_predicted)
+        on_train = make_family(family, random_state).fit(features.iloc[train], seconds[train])
+        predicted = on_train.predict(features.iloc[test])
+        low, high = calibration.interval(predicted)
+        metrics = score(seconds[test], predicted, low, high, n_train=len(train))
+        actual = np.concatenate([seconds[calibrate], seconds[test]])
+        out_of_sample = np.concatenate([calibration_predicted, predicted])
+        return metrics, actual, out_of_sample
+
+    # -- model store ----------------------------------------------------------------------------
+    def save_model_to_db(self, pipeline_type: str | None, model_type: str) -> int:
+        """Store the model trained last for (pipeline_type, model_type) as a new active version;
+        keep the newest three versions per pipeline and family."""
+        key = (pipeline_type or "all", model_type)
+        bundle = self._trained.get(key)
+        if bundle is None:
+            raise ValueError(f"no trained {model_type!r} model for pipeline_type "
+                             f"{key[0]!r}: call train_model first")
+        blob = skops.io.dumps(bundle)
+        t = models_table
+        with self.store.engine.begin() as conn:
+            latest = conn.execute(sa.select(sa.func.max(t.c.version)).where(
+                t.c.pipeline_type == key[0], t.c.family == model_type)).scalar() or 0
+            conn.execute(sa.update(t).where(t.c.pipeline_type == key[0]).values(is_active=False))
+            conn.execute(sa.insert(t).values(
+                pipeline_type=key[0], family=model_type, version=latest + 1, is_active=True,
+                metrics=bundle.metrics, features=bundle.features,
+                train_start=datetime.fromisoformat(bundle.train_start),
+                train_end=datetime.fromisoformat(bundle.train_end), n_rows=bundle.n_rows,
+                blob=blob, created_at=datetime.now(timezone.utc)))
+            stale = conn.execute(sa.select(t.c.id).where(
+                t.c.pipeline_type == key[0], t.c.family == model_type)
+                .order_by(t.c.version.desc()).offset(KEEP_VERSIONS)).scalars().all()
+            if stale:
+                conn.execute(sa.delete(t).where(t.c.id.in_(stale)))
+        bundle.version = latest + 1
+        return latest + 1
+
+    def _active_row(self, pipeline_type: str):
+        t = models_table
+        with self.store.engine.connect() as conn:
+            return conn.execute(sa.select(t.c.id, t.c.blob, t.c.version).where(
+                t.c.pipeline_type == pipeline_type, t.c.is_active.is_(True))
+                .order_by(t.c.id.desc()).limit(1)).first()
+
+    def _active_id(self, pipeline_type: str) -> int | None:
+        t = models_table
+        with self.store.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(t.c.id)).where(
+                t.c.pipeline_type == pipeline_type, t.c.is_active.is_(True))).scalar()
+
+    def active_model(self, pipeline_type: str) -> TrainedModel | None:
+        """The active model for `pipeline_type` (else the pooled one), reloaded when a newer
+        version has been saved (checked at most every couple of seconds)."""
+        for key in (pipeline_type, "all"):
+            model = self._cached_model(key)
+            if model is not None:
+                return model
+        return None
+
+    def _cached_model(self, key: str) -> TrainedModel | None:
+        now = time.monotonic()
+        cached = self._active.get(key)
+        if cached is not None and now - cached[2] < RELOAD_CHECK_SECONDS:
+            return cached[1]
+        with self._lock:
+            current_id = self._active_id(key)
+            if cached is not None and cached[0] == current_id:
+                self._active[key] = (cached[0], cached[1], now)
+                return cached[1]
+            model = None
+            if current_id is not None:
+                row = self._active_row(key)
+                model = load_model_blob(row.blob)
+                model.version = row.version
+            self._active[key] = (current_id, model, now)
+            return model
+
+    def model_status(self) -> dict:
+        """Per pipeline type: the active model's family, version, training time and metrics,
+        and whether estimates for it fall back to the heuristic."""
+        t = models_table
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.pipeline_type, t.c.family, t.c.version,
+                                          t.c.created_at, t.c.metrics, t.c.n_rows)
+                                .where(t.c.is_active.is_(True))).mappings().all()
+        active = {row["pipeline_type"]: row for row in rows}
+        status = {}
+        for pipeline in ("image", "video"):
+            row = active.get(pipeline) or active.get("all")
+            model = self.active_model(pipeline) if row else None
+            too_few = model is not None and model.pipeline_counts.get(pipeline, 0) < \
+                MIN_JOBS_FOR_MODEL
+            status[pipeline] = {
+                "model_pipeline_type": row["pipeline_type"] if row else None,
+                "family": row["family"] if row else None,
+                "version": row["version"] if row else None,
+                "trained_at": _iso(row["created_at"]) if row else None,
+                "n_rows": row["n_rows"] if row else 0,
+                "metrics": row["metrics"] if row else None,
+                "heuristic_in_use": row is None or too_few,
+            }
+        return status
+
+    # -- estimating -----------------------------------------------------------------------------
+    def estimate(self, params: Mapping[str, Any]) -> dict:
+        """How long a job will take, how sure we are, and what would make it faster.
+
+        Returns ``predicted_time_seconds, confidence, prediction_method ('ml_model' |
+        'heuristic'), model_used, uncertainty_range [low, high], recommendations``. Raises
+        ValueError naming the field for malformed input; never fails for a well-formed one.
+        """
+        job = validate_job_params(dict(params))
+        variants = _cheaper_variants(job)
+        rows = pd.DataFrame([job] + [variant for _, _, variant in variants])
+        rows["submitted_at"] = pd.Timestamp.now(tz="UTC")
+        model = self.active_model(job["pipeline_type"])
+        if model is not None and model.pipeline_counts.get(job["pipeline_type"], 0) >= \
+                MIN_JOBS_FOR_MODEL:
+            seconds, low, high, confidence = model.predict(rows)
+            method = "ml_model"
+            used = f"{model.family} v{model.version} ({model.pipeline_type})"
+        else:
+            seconds, low, high, confidence = self._heuristic(job["pipeline_type"], rows)
+            method, used = "heuristic", "heuristic"
+        return {
+            "predicted_time_seconds": round(float(seconds[0]), 3),
+            "confidence": round(float(confidence[0]), 3),
+            "prediction_method": method,
+            "model_used": used,
+            "uncertainty_range": [round(float(low[0]), 3), round(float(high[0]), 3)],
+            "recommendations": _recommendations(variants, seconds),
+        }
+
+    def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
+        """Predictions for many job rows of one pipeline type at once (no recommendations)."""
+        model = self.active_model(pipeline_type)
+        if model is None:
+            seconds, low, high, confidence = self._heuristic(pipeline_type, jobs)
+        else:
+            seconds, low, high, confidence = model.predict(jobs)
+        return pd.DataFrame({"predicted_time_seconds": seconds, "low": low, "high": high,
+                             "confidence": confidence}, index=jobs.index)
+
+    def _heuristic(self, pipeline_type: str, rows: pd.DataFrame):
+        """Fixed overhead + seconds per work unit, fitted on whatever history exists, else
+        defaults per pipeline type; a wide range and a low, measured confidence."""
+        fitted, confidence = self._heuristics.get(pipeline_type) or self._fit_heuristic(
+            pipeline_type)
+        features = build_features(rows, self.config.model_profiles, history={})
+        if fitted is not None:
+            seconds = fitted.predict(features)
+        else:
+            overhead, per_work = HEURISTIC_DEFAULTS[pipeline_type]
+            seconds = overhead + per_work * features.work_units.to_numpy()
+        return seconds, seconds * 0.5, seconds * 2.0, np.full(len(seconds), confidence)
+
+    def _fit_heuristic(self, pipeline_type: str):
+        jobs = self.training_data(pipeline_type)
+        fitted, confidence = None, 0.1
+        if len(jobs) >= 5:
+            features = build_features(jobs, self.config.model_profiles, history={})
+            features = features.assign(attention_work=0.0, decode_work=0.0, step_passes=0.0)
+            fitted = CostModel(min_group_jobs=len(jobs) + 1).fit(features,
+                                                                 jobs.total_seconds.to_numpy())
+            relative = np.abs(fitted.predict(features) / jobs.total_seconds.to_numpy() - 1)
+            confidence = float(min(np.mean(relative <= 0.2), 0.5))
+        self._heuristics[pipeline_type] = (fitted, confidence)
+        return fitted, confidence
+
+
+def load_model_blob(blob: bytes) -> TrainedModel:
+    """Load a stored model, refusing any blob that holds a type outside TRUSTED_TYPES."""
+    try:
+        untrusted = skops.io.get_untrusted_types(data=blob)
+    except Exception as exc:
+        raise UntrustedModelError(f"stored model blob is not a readable skops file: {exc}") \
+            from None
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise UntrustedModelError("stored model blob contains types that are not trusted and "
+                                  f"was not loaded: {', '.join(unexpected)}")
+    model = skops.io.loads(blob, trusted=untrusted)
+    if not isinstance(model, TrainedModel):
+        raise UntrustedModelError(f"stored model blob holds a {type(model).__name__}, "
+                                  "not a perflib TrainedModel")
+    return model
+
+
+def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: str
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Split row `positions` into (earlier, later) by time — rows are in time order — or into
+    (smaller, larger) by work units, with `fraction` of them in the second part."""
+    if how not in ("time", "size"):
+        raise ValueError(f"split must be 'time' or 'size', got {how!r}")
+    if how == "size":
+        work = features.work_units.to_numpy()[positions]
+        positions = positions[np.argsort(work, kind="stable")]
+    cut = int(round(len(positions) * (1 - fraction)))
+    return np.sort(positions[:cut]), np.sort(positions[cut:])
+
+
+def _cheaper_variants(job: dict) -> list[tuple[str, str, dict]]:
+    """(what changes, "old → new", job) for each cheaper setting worth pricing."""
+    variants = []
+    if job["steps"] > 10:
+        fewer = max(10, int(round(job["steps"] * 2 / 3)))
+        variants.append(("steps", f"steps {job['steps']} → {fewer}", {**job, "steps": fewer}))
+    if max(job["width"], job["height"]) > 512:
+        width, height = (max(64, int(round(side * 0.75 / 64)) * 64)
+                         for side in (job["width"], job["height"]))
+        variants.append(("resolution", f"resolution {job['width']}x{job['height']} → "
+                         f"{width}x{height}", {**job, "width": width, "height": height}))
+    if job["pipeline_type"] == "video" and job["frame_count"] > 16:
+        frames = max(16, job["frame_count"] // 2)
+        variants.append(("frame_count", f"frame_count {job['frame_count']} → {frames}",
+                         {**job, "frame_count": frames}))
+    if job["guidance_scale"] > 1:
+        variants.append(("guidance_scale", f"guidance_scale {job['guidance_scale']:g} → 1 "
+                         "(classifier-free guidance off)", {**job, "guidance_scale": 1.0}))
+    return variants
+
+
+def _recommendations(variants, seconds: np.ndarray) -> list[str]:
+    base = float(seconds[0])
+    advice = []
+    for (_, change, _), cheaper in zip(variants, seconds[1:]):
+        saving = base - float(cheaper)
+        if base > 0 and saving / base >= MIN_SAVING:
+            advice.append(f"{change} saves about {_seconds_text(saving)} "
+                          f"({saving / base:.0%})")
+    return advice
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
+def _iso(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return pd.Timestamp(value).isoformat()

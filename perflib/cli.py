@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+
+import pandas as pd
 
 from perflib.config import safe_url
 from perflib.store import Spool, Store
@@ -54,6 +57,40 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from perflib.predictor import PerformancePredictor
+
+    predictor = PerformancePredictor(_store(args))
+    pipelines = [args.pipeline_type] if args.pipeline_type else [None]
+    for pipeline in pipelines:
+        result = predictor.train_model(pipeline, args.model_type, split=args.split,
+                                       progress=True)
+        version = predictor.save_model_to_db(pipeline, result["model_type"])
+        table = pd.DataFrame(result["comparison"]).T
+        print(f"\npipeline {result['pipeline_type']}: chose {result['model_type']} "
+              f"(saved as version {version})")
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from perflib.predictor import PerformancePredictor
+
+    params = {key: value for key, value in vars(args).items()
+              if key in ESTIMATE_FIELDS and value is not None}
+    try:
+        result = PerformancePredictor(_store(args)).estimate(params)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+ESTIMATE_FIELDS = ("pipeline_type", "resolution", "frame_count", "steps", "job_type",
+                   "guidance_scale", "batch_size", "sampler", "model_name", "gpu_name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perflib", description=__doc__)
     parser.add_argument("--database-url", default=None,
@@ -77,6 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
+
+    train = commands.add_parser("train", help="train prediction models and save the best")
+    train.add_argument("--pipeline-type", choices=["image", "video"],
+                       help="one pipeline (default: one model over all jobs)")
+    train.add_argument("--model-type", default="auto",
+                       choices=["auto", "random_forest", "gradient_boosting",
+                                "linear_regression", "neural_network"])
+    train.add_argument("--split", default="time", choices=["time", "size"],
+                       help="hold out the latest 30%% (time) or the largest 30%% (size)")
+    train.set_defaults(handler=cmd_train)
+
+    estimate = commands.add_parser("estimate", help="predict a job's time before it runs")
+    estimate.add_argument("--pipeline-type", required=True, choices=["image", "video"])
+    estimate.add_argument("--resolution", required=True, help="WIDTHxHEIGHT")
+    estimate.add_argument("--steps", type=int, required=True)
+    estimate.add_argument("--frame-count", type=int)
+    estimate.add_argument("--job-type")
+    estimate.add_argument("--guidance-scale", type=float)
+    estimate.add_argument("--batch-size", type=int)
+    estimate.add_argument("--sampler")
+    estimate.add_argument("--model-name")
+    estimate.add_argument("--gpu-name")
+    estimate.set_defaults(handler=cmd_estimate)
     return parser
 
 

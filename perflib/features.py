@@ -34,6 +34,8 @@ FEATURE_DESCRIPTIONS = {
     "attention_span": "tokens one token attends to: per frame, or across all latent frames",
     "attention_work": "work_units × attention_span: self-attention grows with tokens squared",
     "decode_work": "tokens_per_frame × frame_count × batch: what the VAE decodes",
+    "decode_work_per_sample": "tokens_per_frame × frame_count: decoding that does not grow with"
+                              " batch (decoders that batch samples for free)",
     "hour_of_day": "UTC hour the job was submitted",
     "day_of_week": "0 = Monday",
     "queue_depth": "jobs waiting when this one was submitted (0 when unknown)",
@@ -47,9 +49,11 @@ FEATURE_DESCRIPTIONS = {
 }
 CATEGORICAL_FEATURES = ["pipeline_type", "job_type", "sampler", "model_name", "gpu_name"]
 NUMERIC_FEATURES = [name for name in FEATURE_DESCRIPTIONS if name not in CATEGORICAL_FEATURES]
-COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work"]
+COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work",
+              "decode_work_per_sample"]
 HISTORY_WINDOW = 50
 
+_DEFAULT_PROFILE = ModelProfile()
 _DEFAULTS = {"frame_count": 1, "batch_size": 1, "steps": 20, "guidance_scale": 7.5}
 
 
@@ -61,28 +65,31 @@ def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | No
     (``total_seconds`` and ``finished_at``) and no `history` is given, else from `history`
     (``{"gpu|model": seconds_per_work}``, as a trained model keeps it).
     """
-    profiles = profiles or {}
-    index = jobs.index
-    width = _numeric(jobs, "width", index)
-    height = _numeric(jobs, "height", index)
-    frames = _numeric(jobs, "frame_count", index).clip(lower=1)
-    batch = _numeric(jobs, "batch_size", index).clip(lower=1)
-    steps = _numeric(jobs, "steps", index).clip(lower=1)
-    guidance = _numeric(jobs, "guidance_scale", index)
-    models = _text(jobs, "model_name", index)
+    width, height = _numeric(jobs, "width"), _numeric(jobs, "height")
+    frames = np.maximum(_numeric(jobs, "frame_count"), 1)
+    batch = np.maximum(_numeric(jobs, "batch_size"), 1)
+    steps = np.maximum(_numeric(jobs, "steps"), 1)
+    models = _text(jobs, "model_name")
+    gpus = _text(jobs, "gpu_name")
 
-    geometry = _geometry(models, profiles)
-    spatial = geometry["vae_spatial_factor"] * geometry["patch_size"]
+    spatial, temporal, full_attention = _geometry(models, profiles or {})
     tokens_per_frame = (width / spatial) * (height / spatial)
-    temporal = geometry["vae_temporal_factor"]
     latent_frames = np.where(temporal > 1, 1 + (frames - 1) // temporal, frames)
-    cfg = np.where(guidance > 1, 2.0, 1.0)
+    cfg = np.where(_numeric(jobs, "guidance_scale") > 1, 2.0, 1.0)
     total_tokens = tokens_per_frame * latent_frames * batch
     work = total_tokens * steps * cfg
-    span = np.where(geometry["full_attention"], tokens_per_frame * latent_frames, tokens_per_frame)
-    submitted = _submitted_at(jobs, index)
+    span = np.where(full_attention, tokens_per_frame * latent_frames, tokens_per_frame)
+    hour, weekday = _hour_and_weekday(jobs)
+    keys = gpus + "|" + models
+    if history is None and {"total_seconds", "finished_at"} <= set(jobs.columns):
+        per_work = _numeric(jobs, "total_seconds") / work
+        recent = past_median(jobs, keys, per_work)
+    else:
+        history = history or {}
+        fallback = history.get("*", np.nan)
+        recent = np.array([history.get(k, fallback) for k in keys], dtype=float)
 
-    features = pd.DataFrame({
+    columns = {
         "width": width, "height": height,
         "megapixels": width * height / 1e6,
         "aspect_ratio": width / height,
@@ -98,97 +105,119 @@ def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | No
         "attention_span": span,
         "attention_work": work * span,
         "decode_work": tokens_per_frame * frames * batch,
-        "hour_of_day": submitted.dt.hour.astype(float),
-        "day_of_week": submitted.dt.dayofweek.astype(float),
-        "queue_depth": _numeric(jobs, "queue_depth", index, default=0.0),
-        "pipeline_type": _text(jobs, "pipeline_type", index),
-        "job_type": _text(jobs, "job_type", index),
-        "sampler": _text(jobs, "sampler", index),
+        "decode_work_per_sample": tokens_per_frame * frames,
+        "hour_of_day": hour,
+        "day_of_week": weekday,
+        "queue_depth": _numeric(jobs, "queue_depth", default=0.0),
+        "recent_seconds_per_work": recent,
+        "pipeline_type": _text(jobs, "pipeline_type"),
+        "job_type": _text(jobs, "job_type"),
+        "sampler": _text(jobs, "sampler"),
         "model_name": models,
-        "gpu_name": _text(jobs, "gpu_name", index),
-    }, index=index)
-    if history is None and {"total_seconds", "finished_at"} <= set(jobs.columns):
-        features["recent_seconds_per_work"] = past_seconds_per_work(jobs, features)
-    else:
-        keys = history_keys(features)
-        fallback = (history or {}).get("*", np.nan)
-        features["recent_seconds_per_work"] = [(history or {}).get(k, fallback) for k in keys]
-    return features[list(FEATURE_DESCRIPTIONS)]
+        "gpu_name": gpus,
+    }
+    return pd.DataFrame({name: columns[name] for name in FEATURE_DESCRIPTIONS}, index=jobs.index)
 
 
-def history_keys(features: pd.DataFrame) -> pd.Series:
-    return features["gpu_name"] + "|" + features["model_name"]
+def history_keys(features: pd.DataFrame) -> np.ndarray:
+    """The group each job's history is kept in: ``"gpu_name|model_name"``."""
+    return (features["gpu_name"] + "|" + features["model_name"]).to_numpy()
 
 
-def past_seconds_per_work(jobs: pd.DataFrame, features: pd.DataFrame,
-                          window: int = HISTORY_WINDOW) -> np.ndarray:
-    """For each job, the median seconds per work unit over the last `window` successful jobs of
-    the same GPU and model that *finished before it was submitted* — never the job itself or
-    anything later. NaN when there is no such job yet."""
-    per_work = (pd.to_numeric(jobs["total_seconds"], errors="coerce") / features["work_units"])
-    ok = _text(jobs, "status", jobs.index).isin(["success", "unknown"]) & per_work.notna()
-    finished = pd.to_datetime(jobs["finished_at"], utc=True)
-    submitted = _submitted_at(jobs, jobs.index)
-    keys = history_keys(features)
+def succeeded(jobs: pd.DataFrame) -> np.ndarray:
+    """Jobs whose time is a real outcome (status success; rows without a status count)."""
+    if "status" not in jobs:
+        return np.ones(len(jobs), dtype=bool)
+    return (jobs["status"].fillna("success") == "success").to_numpy()
+
+
+def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
+                window: int = HISTORY_WINDOW, min_periods: int = 1,
+                known: np.ndarray | None = None) -> np.ndarray:
+    """For each job, the median of `values` over the last `window` successful jobs of the same
+    GPU and model that *finished before it was submitted* — never the job itself or anything
+    later, so it can be used on the past and the future alike. NaN where fewer than
+    `min_periods` such jobs exist. `known` (a boolean mask) limits whose outcomes may be used."""
+    values = pd.Series(np.asarray(values, dtype=float), index=jobs.index)
+    finished = _instants(jobs["finished_at"]) if "finished_at" in jobs else None
+    if finished is None:
+        return np.full(len(jobs), np.nan)
+    submitted = _instants(_submitted_at(jobs))
+    usable = succeeded(jobs) & values.notna().to_numpy() & ~np.isnan(finished)
+    if known is not None:
+        usable &= known
     result = np.full(len(jobs), np.nan)
-    positions = pd.Series(np.arange(len(jobs)), index=jobs.index)
-    for key in keys.unique():
+    for key in np.unique(keys):
         members = keys == key
-        done = (members & ok & finished.notna())
-        order = finished[done].sort_values(kind="stable")
-        if order.empty:
+        done = np.flatnonzero(members & usable)
+        if not len(done):
             continue
-        rolling = per_work[order.index].rolling(window, min_periods=1).median().to_numpy()
-        finish_ns = order.to_numpy().astype("datetime64[ns]").astype(np.int64)
-        submit_ns = submitted[members].to_numpy().astype("datetime64[ns]").astype(np.int64)
-        last_before = np.searchsorted(finish_ns, submit_ns, side="left") - 1
-        values = np.where(last_before >= 0, rolling[np.clip(last_before, 0, None)], np.nan)
-        result[positions[members].to_numpy()] = values
+        done = done[np.argsort(finished[done], kind="stable")]
+        rolling = values.iloc[done].rolling(window, min_periods=min_periods).median().to_numpy()
+        wanted = np.flatnonzero(members)
+        last_before = np.searchsorted(finished[done], submitted[wanted], side="left") - 1
+        result[wanted] = np.where(last_before >= 0, rolling[np.clip(last_before, 0, None)],
+                                  np.nan)
     return result
 
 
-def latest_seconds_per_work(jobs: pd.DataFrame, features: pd.DataFrame,
-                            window: int = HISTORY_WINDOW) -> dict[str, float]:
-    """The history snapshot a trained model keeps: per "gpu|model", the median seconds per work
-    unit of its last `window` successful jobs, plus "*" over all of them."""
-    per_work = pd.to_numeric(jobs["total_seconds"], errors="coerce") / features["work_units"]
-    ok = (_text(jobs, "status", jobs.index) == "success") & per_work.notna()
-    frame = pd.DataFrame({"key": history_keys(features), "per_work": per_work,
-                          "when": pd.to_datetime(jobs["finished_at"], utc=True)})[ok]
+def latest_median(jobs: pd.DataFrame, keys: np.ndarray, values,
+                  window: int = HISTORY_WINDOW, min_periods: int = 1) -> dict[str, float]:
+    """The history a trained model keeps: per "gpu|model", the median of `values` over its last
+    `window` successful jobs, plus "*" over the last jobs of all groups."""
+    frame = pd.DataFrame({"key": keys,
+                          "value": np.asarray(values, dtype=float),
+                          "when": _instants(jobs["finished_at"])})
+    frame = frame[succeeded(jobs) & frame.value.notna().to_numpy()]
     frame = frame.sort_values("when", kind="stable")
-    snapshot = {str(k): float(g.per_work.tail(window).median()) for k, g in frame.groupby("key")}
-    if not frame.empty:
-        snapshot["*"] = float(frame.per_work.tail(window).median())
+    snapshot = {str(k): float(g.value.tail(window).median()) for k, g in frame.groupby("key")
+                if len(g) >= min_periods}
+    if len(frame) >= min_periods:
+        snapshot["*"] = float(frame.value.tail(window).median())
     return snapshot
 
 
-def _geometry(models: pd.Series, profiles: Mapping[str, ModelProfile]) -> dict[str, np.ndarray]:
-    default = ModelProfile()
-    chosen = [profiles.get(m, default) for m in models]
-    return {field: np.array([getattr(p, field) for p in chosen], dtype=float if field !=
-                            "full_attention" else bool)
-            for field in ("vae_spatial_factor", "vae_temporal_factor", "patch_size",
-                          "full_attention")}
+def _instants(values) -> np.ndarray:
+    """Timestamps as float seconds since the epoch (NaN where missing)."""
+    stamps = pd.to_datetime(pd.Series(values), utc=True, errors="coerce")
+    seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return seconds.to_numpy(dtype=float)
 
 
-def _numeric(jobs: pd.DataFrame, column: str, index, default: float | None = None) -> pd.Series:
+def _geometry(models: np.ndarray, profiles: Mapping[str, ModelProfile]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per job: pixels per latent token side, temporal compression, full attention or not."""
+    chosen = [profiles.get(m, _DEFAULT_PROFILE) for m in models]
+    return (np.array([p.vae_spatial_factor * p.patch_size for p in chosen], dtype=float),
+            np.array([p.vae_temporal_factor for p in chosen], dtype=float),
+            np.array([p.full_attention for p in chosen], dtype=bool))
+
+
+def _numeric(jobs: pd.DataFrame, column: str, default: float | None = None) -> np.ndarray:
     fill = _DEFAULTS.get(column, default)
     if column not in jobs:
-        return pd.Series(fill if fill is not None else np.nan, index=index, dtype=float)
-    values = pd.to_numeric(jobs[column], errors="coerce").astype(float)
-    return values.fillna(fill) if fill is not None else values
+        return np.full(len(jobs), np.nan if fill is None else fill, dtype=float)
+    values = pd.to_numeric(jobs[column], errors="coerce").to_numpy(dtype=float)
+    return values if fill is None else np.where(np.isnan(values), fill, values)
 
 
-def _text(jobs: pd.DataFrame, column: str, index) -> pd.Series:
+def _text(jobs: pd.DataFrame, column: str) -> np.ndarray:
     if column not in jobs:
-        return pd.Series("unknown", index=index, dtype=object)
-    return jobs[column].astype(object).where(jobs[column].notna(), "unknown").astype(str)
+        return np.full(len(jobs), "unknown", dtype=object)
+    return np.array(["unknown" if v is None or v != v else str(v) for v in jobs[column]],
+                    dtype=object)
 
 
-def _submitted_at(jobs: pd.DataFrame, index) -> pd.Series:
+def _hour_and_weekday(jobs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    seconds = _instants(_submitted_at(jobs))
+    days = np.floor(seconds / 86400.0)
+    return np.floor((seconds - days * 86400.0) / 3600.0), (days + 3) % 7  # 1970-01-01: Thursday
+
+
+def _submitted_at(jobs: pd.DataFrame) -> pd.Series:
     for column in ("submitted_at", "started_at"):
         if column in jobs:
             values = pd.to_datetime(jobs[column], utc=True, errors="coerce")
             if values.notna().any():
                 return values.fillna(pd.Timestamp.now(tz="UTC"))
-    return pd.Series(pd.Timestamp.now(tz="UTC"), index=index)
+    return pd.Series(pd.Timestamp.now(tz="UTC"), index=jobs.index)

@@ -1,11 +1,14 @@
 """Model families for generation time, all anchored to a physical cost model.
 
-``linear_regression`` *is* the cost model: per (model_name, gpu_name),
-``seconds = a + e·step_passes + b·work_units + c·attention_work + d·decode_work`` by non-negative
+The anchor is a cost model per (model_name, gpu_name):
+``seconds = a + e·step_passes + b·work_units + c·attention_work + d·decode_work (+ per-sample
+decode)`` by non-negative
 least squares on relative error (weights 1/seconds²), with stragglers trimmed, so it extrapolates
-to jobs bigger than any seen. ``random_forest``, ``gradient_boosting`` and ``neural_network`` learn
-what it misses — the log of actual ÷ cost-model seconds — from every feature, so each stays
-anchored to physics. All are scikit-learn estimators predicting seconds.
+to jobs bigger than any seen — times the recent drift of that GPU and model (how much slower than
+the cost model its last jobs ran). ``linear_regression`` is exactly that; ``random_forest``,
+``gradient_boosting`` and ``neural_network`` learn what it misses — the log of actual ÷ anchored
+seconds — from every feature, so each stays anchored to physics. All are scikit-learn estimators
+predicting seconds.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES
 
 FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
 MAD_TO_SIGMA = 1.4826
+MAX_DRIFT = 1.0  # recent drift is trusted up to a factor of e either way
 
 
 class CostModel(RegressorMixin, BaseEstimator):
@@ -87,33 +91,49 @@ class CostModel(RegressorMixin, BaseEstimator):
         return np.maximum(seconds, 1e-3)
 
 
-class AnchoredRegressor(RegressorMixin, BaseEstimator):
-    """Cost-model seconds × exp(correction): `correction` learns log(actual / cost model)."""
+ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
 
-    def __init__(self, correction=None, cost_model=None, clip_mads: float = 4.0):
+
+class AnchoredRegressor(RegressorMixin, BaseEstimator):
+    """Seconds = exp(log cost-model seconds + recent drift + correction).
+
+    `X` carries the anchor columns (see :func:`anchor`): ``log_cost_seconds`` and
+    ``recent_log_ratio``, how much slower than the cost model the same GPU and model have run
+    lately (0 when unknown). `correction` learns the rest of log(actual / anchor); without one
+    this is the cost model itself, tracking drift.
+    """
+
+    def __init__(self, correction=None, clip_mads: float = 4.0):
         self.correction = correction
-        self.cost_model = cost_model
         self.clip_mads = clip_mads
 
     def fit(self, X: pd.DataFrame, y) -> "AnchoredRegressor":
-        y = np.asarray(y, dtype=float)
-        self.cost_model_ = clone(self.cost_model or CostModel()).fit(X, y)
         if self.correction is not None:
-            base = self.cost_model_.predict(X)
-            target = np.log(y) - np.log(base)
+            target = np.log(np.asarray(y, dtype=float)) - _anchor_log(X)
             # Stragglers are unpredictable: clip their residuals so they cannot pull the fit.
             center = np.median(target)
             spread = max(MAD_TO_SIGMA * np.median(np.abs(target - center)), 0.02)
             target = np.clip(target, center - self.clip_mads * spread,
                              center + self.clip_mads * spread)
-            self.correction_ = clone(self.correction).fit(_with_base(X, base), target)
+            self.correction_ = clone(self.correction).fit(X, target)
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        base = self.cost_model_.predict(X)
-        if self.correction is None:
-            return base
-        return base * np.exp(self.correction_.predict(_with_base(X, base)))
+        log_seconds = _anchor_log(X)
+        if self.correction is not None:
+            log_seconds = log_seconds + self.correction_.predict(X)
+        return np.exp(log_seconds)
+
+
+def anchor(features: pd.DataFrame, cost_model: CostModel, recent_log_ratio) -> pd.DataFrame:
+    """The features plus the anchor columns every family predicts from."""
+    recent = np.clip(np.asarray(recent_log_ratio, dtype=float), -MAX_DRIFT, MAX_DRIFT)
+    return features.assign(log_cost_seconds=np.log(cost_model.predict(features)),
+                           recent_log_ratio=recent)
+
+
+def _anchor_log(X: pd.DataFrame) -> np.ndarray:
+    return X["log_cost_seconds"].to_numpy() + np.nan_to_num(X["recent_log_ratio"].to_numpy())
 
 
 def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
@@ -126,8 +146,8 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
         return AnchoredRegressor(Pipeline([("columns", _columns(scale=False)),
                                            ("forest", learner)]))
     if family == "gradient_boosting":
-        learner = HistGradientBoostingRegressor(loss="absolute_error", max_iter=300,
-                                                learning_rate=0.05, min_samples_leaf=10,
+        learner = HistGradientBoostingRegressor(loss="absolute_error", max_iter=120,
+                                                learning_rate=0.1, min_samples_leaf=10,
                                                 l2_regularization=1.0, random_state=random_state)
         return AnchoredRegressor(Pipeline([("columns", _columns(scale=False)),
                                            ("boosting", learner)]))
@@ -141,7 +161,7 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
 
 
 def _columns(scale: bool) -> ColumnTransformer:
-    numeric = NUMERIC_FEATURES + ["log_cost_seconds"]
+    numeric = NUMERIC_FEATURES + ANCHOR_FEATURES
     steps = [SimpleImputer(strategy="median", keep_empty_features=True),
              FunctionTransformer(_signed_log1p, feature_names_out="one-to-one")]
     if scale:
@@ -155,10 +175,6 @@ def _columns(scale: bool) -> ColumnTransformer:
 
 def _signed_log1p(values):
     return np.sign(values) * np.log1p(np.abs(values))
-
-
-def _with_base(X: pd.DataFrame, base: np.ndarray) -> pd.DataFrame:
-    return X.assign(log_cost_seconds=np.log(base))
 
 
 def _design(X: pd.DataFrame) -> np.ndarray:
@@ -207,10 +223,11 @@ def score(actual, predicted, low=None, high=None, n_train: int = 0) -> Metrics:
 
 
 class Calibration(BaseEstimator):
-    """Split-conformal intervals on log residuals, per size bin of the prediction (Mondrian), and
-    the calibrated chance of landing within ±20% of the prediction."""
+    """Split-conformal intervals on log residuals — ``prediction × exp(±q)`` with q the
+    conformal quantile of the residuals' spread about their median — per size bin of the prediction when there
+    are enough calibration jobs (Mondrian), and the calibrated chance of landing within ±20%."""
 
-    def __init__(self, coverage: float = 0.8, min_bin: int = 40, max_bins: int = 3):
+    def __init__(self, coverage: float = 0.8, min_bin: int = 150, max_bins: int = 3):
         self.coverage = coverage
         self.min_bin = min_bin
         self.max_bins = max_bins
@@ -222,16 +239,17 @@ class Calibration(BaseEstimator):
         bins = int(max(1, min(self.max_bins, len(actual) // self.min_bin)))
         self.edges_ = np.quantile(log_pred, np.linspace(0, 1, bins + 1)[1:-1])
         which = np.searchsorted(self.edges_, log_pred)
-        alpha = 1.0 - self.coverage
         self.low_, self.high_, self.within_20_ = [], [], []
         for b in range(bins):
             r = residual[which == b]
             n = len(r)
-            # finite-sample conformal quantiles
-            q_low = max(0.0, np.floor((n + 1) * alpha / 2) / n) if n else 0.0
-            q_high = min(1.0, np.ceil((n + 1) * (1 - alpha / 2)) / n) if n else 1.0
-            self.low_.append(float(np.quantile(r, q_low)) if n else -0.7)
-            self.high_.append(float(np.quantile(r, q_high)) if n else 0.7)
+            # Split conformal on the spread of the log residuals about their median, with the
+            # finite-sample correction. A calibration window's own bias is drift that the anchor
+            # tracks, so it widens nothing.
+            level = min(1.0, np.ceil((n + 1) * self.coverage) / n) if n else 1.0
+            half_width = float(np.quantile(np.abs(r - np.median(r)), level)) if n else 0.7
+            self.low_.append(-half_width)
+            self.high_.append(half_width)
             self.within_20_.append(float(np.mean(np.abs(np.exp(r) - 1) <= 0.2)) if n else 0.2)
         return self
 

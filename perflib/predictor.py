@@ -7,6 +7,7 @@ calibration tail of the training period; ``confidence`` is the calibrated chance
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,14 +21,21 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from perflib.config import ModelProfile, Settings
-from perflib.features import FEATURE_DESCRIPTIONS, build_features, latest_seconds_per_work
-from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, make_family,
-                            score)
+from perflib.features import (FEATURE_DESCRIPTIONS, build_features, history_keys, latest_median,
+                              past_median)
+from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
+                            make_family, score)
 from perflib.store import Store
 from perflib.store.schema import performance_prediction_models as models_table
 from perflib.validation import validate_job_params
 
+log = logging.getLogger(__name__)
+
 MIN_JOBS_FOR_MODEL = 30
+CALIBRATION_FRACTION = 0.25  # of the training window, its latest (or largest) part
+MIN_DRIFT_JOBS = 5  # recent jobs needed before their drift is trusted
+RECENT_JOBS = 50
+RECENT_CACHE_SECONDS = 30.0
 KEEP_VERSIONS = 3
 RELOAD_CHECK_SECONDS = 2.0
 MIN_SAVING = 0.10
@@ -38,7 +46,9 @@ HEURISTIC_DEFAULTS = {"image": (2.0, 1.0e-5), "video": (10.0, 1.0e-5)}
 TRUSTED_TYPES = [
     "perflib.predictor.TrainedModel", "perflib.models.AnchoredRegressor",
     "perflib.models.CostModel", "perflib.models.Calibration", "perflib.models._signed_log1p",
-    "perflib.config.ModelProfile",
+    "perflib.config.ModelProfile", "numpy.dtype", "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 ]
 
 
@@ -48,14 +58,16 @@ class UntrustedModelError(ValueError):
 
 @dataclass
 class TrainedModel:
-    """What is stored per model version: the fitted estimator and everything it needs to
-    predict, explain its uncertainty, and say where it came from."""
+    """What is stored per model version: the fitted cost model and family, and everything they
+    need to predict, explain their uncertainty, and say where they came from."""
 
     pipeline_type: str
     family: str
+    cost_model: CostModel
     estimator: AnchoredRegressor
     calibration: Calibration
-    history: dict[str, float]
+    history: dict[str, float]  # recent seconds per work unit, per "gpu|model"
+    drift: dict[str, float]  # recent log(actual / cost model), per "gpu|model"
     profiles: dict[str, ModelProfile]
     pipeline_counts: dict[str, int]
     metrics: dict[str, Any]
@@ -66,12 +78,28 @@ class TrainedModel:
     features: list[str] = field(default_factory=lambda: list(FEATURE_DESCRIPTIONS))
     version: int | None = None
 
-    def predict(self, jobs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Seconds, interval low/high and confidence for job rows."""
+    def predict(self, jobs: pd.DataFrame, drift: Mapping[str, float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Seconds, interval low/high and confidence for job rows; `drift` overrides the stored
+        recent drift per "gpu|model" with fresher values."""
         features = build_features(jobs, self.profiles, history=self.history)
-        seconds = self.estimator.predict(features)
+        recent = {**self.drift, **(drift or {})}
+        keys = history_keys(features)
+        anchored = anchor(features, self.cost_model, [recent.get(k, np.nan) for k in keys])
+        seconds = self.estimator.predict(anchored)
         low, high = self.calibration.interval(seconds)
         return seconds, low, high, self.calibration.confidence(seconds)
+
+    def drift_of(self, jobs: pd.DataFrame) -> float:
+        """Median log(actual / cost model) over finished job rows (NaN if too few)."""
+        jobs = jobs[(jobs.total_seconds > 0) & jobs.width.notna() & jobs.height.notna()
+                    & jobs.steps.notna()]
+        if len(jobs) < MIN_DRIFT_JOBS:
+            return float("nan")
+        features = build_features(jobs, self.profiles, history=self.history)
+        ratio = np.log(jobs.total_seconds.to_numpy(float)) - np.log(
+            self.cost_model.predict(features))
+        return float(np.median(ratio))
 
 
 class PerformancePredictor:
@@ -83,6 +111,7 @@ class PerformancePredictor:
         self._trained: dict[tuple[str, str], TrainedModel] = {}
         self._active: dict[str, tuple[int | None, TrainedModel | None, float]] = {}
         self._heuristics: dict[str, tuple[CostModel | None, float]] = {}
+        self._drift_cache: dict[tuple, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -119,22 +148,31 @@ class PerformancePredictor:
         features = build_features(jobs, self.config.model_profiles)
         seconds = jobs.total_seconds.to_numpy(float)
         train, test = _split(features, np.arange(len(features)), test_fraction, split)
-        proper, calibrate = _split(features, train, 0.2, split)
+        proper, calibrate = _split(features, train, CALIBRATION_FRACTION, split)
+        # The cost model is shared by every family: fit it once per training window.
+        online = split == "time"
+        on_proper = _anchored(jobs, features, seconds, proper, online)[1]
+        on_train = _anchored(jobs, features, seconds, train, online)[1]
 
         results: dict[str, tuple] = {}
         bar = tqdm(families, desc="training", unit="family", disable=not progress)
         for family in bar:
             bar.set_postfix_str(family)
-            results[family] = self._evaluate(family, features, seconds, train, test, proper,
-                                             calibrate, coverage, random_state)
+            results[family] = _evaluate(family, on_proper, on_train, seconds, train, test,
+                                        proper, calibrate, coverage, random_state)
         best = min(results, key=lambda f: (-results[f][0].accuracy_within_20_percent,
                                            results[f][0].mape))
         metrics, residual_actual, residual_predicted = results[best]
-        estimator = make_family(best, random_state).fit(features, seconds)
+        everything = np.arange(len(features))
+        cost_model, on_all, ratio = _anchored(jobs, features, seconds, everything)
+        per_work = seconds / features.work_units.to_numpy()
+        keys = history_keys(features)
         bundle = TrainedModel(
-            pipeline_type=pipeline_type or "all", family=best, estimator=estimator,
+            pipeline_type=pipeline_type or "all", family=best, cost_model=cost_model,
+            estimator=make_family(best, random_state).fit(on_all, seconds),
             calibration=Calibration(coverage).fit(residual_actual, residual_predicted),
-            history=latest_seconds_per_work(jobs, features),
+            history=latest_median(jobs, keys, per_work),
+            drift=latest_median(jobs, keys, ratio, min_periods=MIN_DRIFT_JOBS),
             profiles=dict(self.config.model_profiles),
             pipeline_counts={str(k): int(v) for k, v in jobs.pipeline_type.value_counts().items()},
             metrics={**metrics.as_dict(), "coverage_target": coverage, "split": split},
@@ -144,20 +182,6 @@ class PerformancePredictor:
         comparison = {family: result[0].as_dict() for family, result in results.items()}
         return {**metrics.as_dict(), "model_type": best, "pipeline_type": bundle.pipeline_type,
                 "comparison": comparison}
-
-    def _evaluate(self, family, features, seconds, train, test, proper, calibrate, coverage,
-                  random_state):
-        """Held-out metrics of one family, and the out-of-sample pairs that calibrate it."""
-        on_proper = make_family(family, random_state).fit(features.iloc[proper], seconds[proper])
-        calibration_predicted = on_proper.predict(features.iloc[calibrate])
-        calibration = Calibration(coverage).fit(seconds[calibrate], calibration_predicted)
-        on_train = make_family(family, random_state).fit(features.iloc[train], seconds[train])
-        predicted = on_train.predict(features.iloc[test])
-        low, high = calibration.interval(predicted)
-        metrics = score(seconds[test], predicted, low, high, n_train=len(train))
-        actual = np.concatenate([seconds[calibrate], seconds[test]])
-        out_of_sample = np.concatenate([calibration_predicted, predicted])
-        return metrics, actual, out_of_sample
 
     # -- model store ----------------------------------------------------------------------------
     def save_model_to_db(self, pipeline_type: str | None, model_type: str) -> int:
@@ -223,8 +247,12 @@ class PerformancePredictor:
             model = None
             if current_id is not None:
                 row = self._active_row(key)
-                model = load_model_blob(row.blob)
-                model.version = row.version
+                try:
+                    model = load_model_blob(row.blob)
+                    model.version = row.version
+                except UntrustedModelError as exc:
+                    log.error("model %s v%s for %s refused, using the heuristic: %s",
+                              row.id, row.version, key, exc)
             self._active[key] = (current_id, model, now)
             return model
 
@@ -269,7 +297,7 @@ class PerformancePredictor:
         model = self.active_model(job["pipeline_type"])
         if model is not None and model.pipeline_counts.get(job["pipeline_type"], 0) >= \
                 MIN_JOBS_FOR_MODEL:
-            seconds, low, high, confidence = model.predict(rows)
+            seconds, low, high, confidence = model.predict(rows, self._fresh_drift(model, job))
             method = "ml_model"
             used = f"{model.family} v{model.version} ({model.pipeline_type})"
         else:
@@ -283,6 +311,20 @@ class PerformancePredictor:
             "uncertainty_range": [round(float(low[0]), 3), round(float(high[0]), 3)],
             "recommendations": _recommendations(variants, seconds),
         }
+
+    def _fresh_drift(self, model: TrainedModel, job: Mapping[str, Any]) -> dict[str, float]:
+        """How much slower than the cost model this job's GPU and model ran in their latest
+        jobs, from the store (cached for a short while); empty when there are too few."""
+        gpu, name = job.get("gpu_name"), job.get("model_name")
+        key = f"{gpu or 'unknown'}|{name or 'unknown'}"
+        cache_key = (model.pipeline_type, model.version, key)
+        cached = self._drift_cache.get(cache_key)
+        now = time.monotonic()
+        if cached is None or now - cached[1] > RECENT_CACHE_SECONDS:
+            recent = self.store.recent_jobs(gpu, name, RECENT_JOBS)
+            cached = (model.drift_of(recent), now)
+            self._drift_cache[cache_key] = cached
+        return {} if np.isnan(cached[0]) else {key: cached[0]}
 
     def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
         """Predictions for many job rows of one pipeline type at once (no recommendations)."""
@@ -337,6 +379,40 @@ def load_model_blob(blob: bytes) -> TrainedModel:
         raise UntrustedModelError(f"stored model blob holds a {type(model).__name__}, "
                                   "not a perflib TrainedModel")
     return model
+
+
+def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
+              fit_positions: np.ndarray, online: bool = True
+              ) -> tuple[CostModel, pd.DataFrame, np.ndarray]:
+    """Fit the cost model on `fit_positions`; anchor every row to it, with each row's history
+    taken only from jobs that finished before it was submitted — any such job when `online`
+    (as in production), else only the fitted ones (so bigger jobs stay unseen)."""
+    cost_model = CostModel().fit(features.iloc[fit_positions], seconds[fit_positions])
+    ratio = np.log(seconds) - np.log(cost_model.predict(features))
+    keys = history_keys(features)
+    known = None
+    if not online:
+        known = np.zeros(len(features), dtype=bool)
+        known[fit_positions] = True
+        per_work = seconds / features.work_units.to_numpy()
+        features = features.assign(
+            recent_seconds_per_work=past_median(jobs, keys, per_work, known=known))
+    recent = past_median(jobs, keys, ratio, min_periods=MIN_DRIFT_JOBS, known=known)
+    return cost_model, anchor(features, cost_model, recent), ratio
+
+
+def _evaluate(family, on_proper, on_train, seconds, train, test, proper, calibrate, coverage,
+              random_state):
+    """Held-out metrics of one family, and the out-of-sample pairs that calibrate it."""
+    fitted = make_family(family, random_state).fit(on_proper.iloc[proper], seconds[proper])
+    calibration_predicted = fitted.predict(on_proper.iloc[calibrate])
+    calibration = Calibration(coverage).fit(seconds[calibrate], calibration_predicted)
+    fitted = make_family(family, random_state).fit(on_train.iloc[train], seconds[train])
+    predicted = fitted.predict(on_train.iloc[test])
+    low, high = calibration.interval(predicted)
+    metrics = score(seconds[test], predicted, low, high, n_train=len(train))
+    actual = np.concatenate([seconds[calibrate], seconds[test]])
+    return metrics, actual, np.concatenate([calibration_predicted, predicted])
 
 
 def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: str

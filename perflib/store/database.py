@@ -138,6 +138,21 @@ class Store:
                                  columns=[c.name for c in table.columns])
         return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
 
+    def recent_jobs(self, gpu_name: str | None, model_name: str | None,
+                    limit: int = 50) -> pd.DataFrame:
+        """The latest successful jobs of one GPU and model, newest first."""
+        table = schema.generation_performance
+        query = (sa.select(table).where(table.c.status == "success",
+                                        table.c.gpu_name.is_(None) if gpu_name is None
+                                        else table.c.gpu_name == gpu_name,
+                                        table.c.model_name.is_(None) if model_name is None
+                                        else table.c.model_name == model_name)
+                 .order_by(table.c.finished_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all(),
+                                 columns=[c.name for c in table.columns])
+        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+
     def phases_frame(self, job_ids: Iterable[str] | None = None) -> pd.DataFrame:
         table = schema.generation_phases
         query = sa.select(table).order_by(table.c.job_id, table.c.seq)

@@ -66,6 +66,8 @@ generation_performance = sa.Table(
     sa.Index("ix_generation_performance_started_at", "started_at"),
     sa.Index("ix_generation_performance_pipeline_started", "pipeline_type", "started_at"),
     sa.Index("ix_generation_performance_status_started", "status", "started_at"),
+    sa.Index("ix_generation_performance_gpu_model_finished", "gpu_name", "model_name",
+             "finished_at"),
 )
 
 generation_phases = sa.Table(

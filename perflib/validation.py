@@ -9,6 +9,7 @@ STATUSES = ("success", "failed", "cancelled")
 MAX_SIDE_PX = 8192
 MAX_FRAMES = 10_000
 MAX_STEPS = 1_000
+MAX_BATCH = 1_024
 
 _STATUS_ALIASES = {"completed": "success", "succeeded": "success", "ok": "success",
                    "error": "failed", "failure": "failed", "canceled": "cancelled"}
@@ -86,8 +87,9 @@ def validate_job_params(params: dict) -> dict:
     if job.get("steps") is None:
         raise ValueError("steps is required")
     job["steps"] = positive_int(job["steps"], "steps", MAX_STEPS)
-    job["frame_count"] = positive_int(job.get("frame_count", 1) or 1, "frame_count", MAX_FRAMES)
-    job["batch_size"] = positive_int(job.get("batch_size", 1) or 1, "batch_size", 1024)
+    for name, maximum in (("frame_count", MAX_FRAMES), ("batch_size", MAX_BATCH)):
+        value = job.get(name)
+        job[name] = 1 if value is None else positive_int(value, name, maximum)
     guidance = _bounded_number(job, "guidance_scale", 0.0, 100.0)
     job["guidance_scale"] = 7.5 if guidance is None else guidance
     for name in ("job_type", "sampler", "model_name", "gpu_name"):

@@ -178,6 +178,57 @@ def bench_sampler(samples: int = 200) -> dict:
             "cpu_share_of_one_core": per_sample / interval, "target_share_max": 0.01}
 
 
+@benchmark
+def bench_predictor(jobs: int = 50_000) -> dict:
+    """Training all four families on `jobs` simulated jobs; single estimates in-process (median
+    and p99); a batch estimate of 10,000 rows. References: the cost model alone, and one bare
+    scikit-learn LinearRegression prediction, timed in the same run."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LinearRegression
+
+    from perflib.predictor import PerformancePredictor
+    from perflib.simulate import generate_jobs
+
+    folder = Path(tempfile.mkdtemp(prefix="perflib-bench-"))
+    store = Store(f"sqlite:///{folder / 'predictor.db'}", Settings(spool_dir=folder / "spool"))
+    records = list(generate_jobs(weeks=52, gpus=4, seed=1, jobs_per_day=jobs / 364))[:jobs]
+    for offset in range(0, len(records), 5000):
+        store.write_jobs(records[offset:offset + 5000])
+    predictor = PerformancePredictor(store)
+    start = time.perf_counter()
+    result = predictor.train_model(None, "auto")
+    train_s = time.perf_counter() - start
+    predictor.save_model_to_db(None, result["model_type"])
+
+    request = {"pipeline_type": "video", "resolution": "768x768", "frame_count": 48,
+               "steps": 25, "job_type": "scene", "model_name": records[-1]["model_name"],
+               "gpu_name": records[-1]["gpu_name"]}
+    predictor.estimate(request)
+    latencies = []
+    for _ in range(300):
+        began = time.perf_counter()
+        predictor.estimate(request)
+        latencies.append(time.perf_counter() - began)
+    reference = LinearRegression().fit(np.arange(10.0).reshape(-1, 1), np.arange(10.0))
+    bare = _median_seconds(lambda: reference.predict(np.ones((1, 1))), 300)
+
+    batch = pd.DataFrame(records[-10_000:])
+    start = time.perf_counter()
+    predictor.estimate_batch(batch[batch.pipeline_type == "video"], "video")
+    predictor.estimate_batch(batch[batch.pipeline_type == "image"], "image")
+    batch_s = time.perf_counter() - start
+    return {"jobs": len(records), "chosen_family": result["model_type"],
+            "train_all_families_s": train_s, "train_target_s": 60.0,
+            "accuracy_within_20_percent": result["accuracy_within_20_percent"],
+            "estimate_median_ms": statistics.median(latencies) * 1e3,
+            "estimate_p99_ms": float(np.quantile(latencies, 0.99)) * 1e3,
+            "estimate_target_median_ms": 2.0,
+            "bare_sklearn_predict_ms": bare * 1e3,
+            "ratio_estimate_to_bare_predict": statistics.median(latencies) / bare,
+            "batch_10k_estimate_s": batch_s}
+
+
 def run(names: list[str] | None = None, report_path: Path = REPORT_PATH) -> dict:
     """Run the named benchmarks (default all), print them and merge them into the report."""
     results = json.loads(report_path.read_text()) if report_path.exists() else {}

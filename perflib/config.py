@@ -152,6 +152,17 @@ def _normalise_driver(url: URL) -> URL:
     return url
 
 
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The nearest folder at or above `start` (default: the working directory) holding perflib's
+    pyproject.toml; notebooks run from here so relative paths mean the same everywhere."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "perflib"' in pyproject.read_text():
+            return folder
+    return here
+
+
 def safe_url(url: URL | str) -> str:
     """The URL as text with any password replaced by ``***`` — the only form ever logged."""
     url = make_url(url) if isinstance(url, str) else url

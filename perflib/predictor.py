@@ -102,6 +102,18 @@ class TrainedModel:
         return float(np.median(ratio))
 
 
+@dataclass
+class TrainingReport:
+    """The last training run's held-out view, for notebooks: per family, the model fitted on the
+    training window and its test-period predictions and intervals."""
+
+    chosen: str
+    test_features: pd.DataFrame
+    test_seconds: np.ndarray
+    fitted: dict[str, AnchoredRegressor]
+    held_out: dict[str, pd.DataFrame]
+
+
 class PerformancePredictor:
     """Predicts a job's generation time before it starts, from the pipeline's own history."""
 
@@ -112,6 +124,7 @@ class PerformancePredictor:
         self._active: dict[str, tuple[int | None, TrainedModel | None, float]] = {}
         self._heuristics: dict[str, tuple[CostModel | None, float]] = {}
         self._drift_cache: dict[tuple, tuple[float, float]] = {}
+        self.last_training: TrainingReport | None = None
         self._lock = threading.Lock()
 
     @property
@@ -162,7 +175,13 @@ class PerformancePredictor:
                                         proper, calibrate, coverage, random_state)
         best = min(results, key=lambda f: (-results[f][0].accuracy_within_20_percent,
                                            results[f][0].mape))
-        metrics, residual_actual, residual_predicted = results[best]
+        metrics, residual_actual, residual_predicted = results[best][:3]
+        self.last_training = TrainingReport(
+            chosen=best, test_features=on_train.iloc[test], test_seconds=seconds[test],
+            fitted={family: result[3] for family, result in results.items()},
+            held_out={family: result[4].assign(job_id=jobs.job_id.to_numpy()[test],
+                                               pipeline_type=jobs.pipeline_type.to_numpy()[test])
+                      for family, result in results.items()})
         everything = np.arange(len(features))
         cost_model, on_all, ratio = _anchored(jobs, features, seconds, everything)
         per_work = seconds / features.work_units.to_numpy()
@@ -403,7 +422,8 @@ def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
 
 def _evaluate(family, on_proper, on_train, seconds, train, test, proper, calibrate, coverage,
               random_state):
-    """Held-out metrics of one family, and the out-of-sample pairs that calibrate it."""
+    """Held-out metrics of one family, the out-of-sample pairs that calibrate it, and the
+    model fitted on the training window with its test predictions and interval."""
     fitted = make_family(family, random_state).fit(on_proper.iloc[proper], seconds[proper])
     calibration_predicted = fitted.predict(on_proper.iloc[calibrate])
     calibration = Calibration(coverage).fit(seconds[calibrate], calibration_predicted)
@@ -412,7 +432,9 @@ def _evaluate(family, on_proper, on_train, seconds, train, test, proper, calibra
     low, high = calibration.interval(predicted)
     metrics = score(seconds[test], predicted, low, high, n_train=len(train))
     actual = np.concatenate([seconds[calibrate], seconds[test]])
-    return metrics, actual, np.concatenate([calibration_predicted, predicted])
+    held_out = pd.DataFrame({"actual_seconds": seconds[test], "predicted_seconds": predicted,
+                             "low_seconds": low, "high_seconds": high})
+    return metrics, actual, np.concatenate([calibration_predicted, predicted]), fitted, held_out
 
 
 def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: str

@@ -1,4 +1,4 @@
-"""Production-history simulator: weeks of realistic diffusion-job history, written through the store.
+"""Production-history simulator: weeks of realistic diffusion jobs, written through the store.
 
 New users, notebooks and tests get data that behaves like an anime image/video render farm, with
 known incidents planted in it (and their ground truth written beside it), so trends, bottleneck
@@ -7,10 +7,10 @@ detection and time prediction can be checked against what really happened.
 Generative model
 ----------------
 Everything random comes from ``numpy.random.default_rng([seed, day, stream])``: one generator per
-simulated day, so a seed gives the same history every time, and an incident changes the data of
-its own days only (plus the queue it leaves behind). Per-job random numbers are drawn before any
-incident is applied, so a history with and without an incident share every job outside the
-incident's window.
+simulated day, so a seed gives the same history every time. Per-job random numbers are drawn
+before any incident is applied, so a history with and without an incident are identical before it
+starts, and after it ends differ only through the queue and loaded models it leaves behind (and,
+after a backlog, in job ids).
 
 * **Arrivals** — a non-homogeneous Poisson process, piecewise constant per hour:
   ``rate = jobs_per_day/24 × hourly(h) × weekday(d)`` with both profiles normalised so a week
@@ -54,9 +54,9 @@ incident's window.
   phases, and power and temperature follow utilisation and duration. RAM holds the process, a
   CPU copy of the weights and the decoded frames.
 * **Feedback** — 60% of jobs carry ``predicted_seconds``: the clean cost model's processing time
-  on the assigned GPU times lognormal noise (σ = 0.12), as an estimator given before the run
-  would produce (it does not know about incidents). 20% of successful jobs carry a 1–5
-  ``user_rating``, a point lower after a long wait.
+  (without init) on the assigned GPU times lognormal noise (σ = 0.12), as an estimator given
+  before the run would produce (it does not know about incidents). 20% of successful jobs carry
+  a 1–5 ``user_rating``, a point lower after a long wait.
 
 Incidents
 ---------
@@ -67,8 +67,8 @@ Incidents
 ============================  ====================================================================
 ``driver_regression``         GPU time (generation and decoding) × (1 + magnitude): a step change
 ``queue_backlog``             arrival rate × (1 + magnitude): the extra jobs (of
-                              ``pipeline_type``, if set) come in batches of ``burst_size`` on
-                              average, as a script submits them
+                              ``pipeline_type``, if set; ``job_type`` is ignored) come in batches
+                              of ``burst_size`` on average, as a script submits them
 ``cpu_bound_preprocessing``   preprocessing grows by magnitude × the job's GPU time and saturates
                               the CPU; the GPU mostly waits
 ``vram_heavy_model``          this share of image jobs switch to ``model_name``, whose VRAM need
@@ -76,6 +76,9 @@ Incidents
 ============================  ====================================================================
 
 :func:`default_incidents` places one of each after a two-week clean baseline.
+
+Job ids are ``sim-<seed>-<n>``, ``n`` counting the arrivals in order, so writing the same
+simulation twice stores it once.
 """
 from __future__ import annotations
 
@@ -87,9 +90,12 @@ from collections import deque
 from datetime import date, datetime, timedelta, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from perflib.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +265,7 @@ class SimulationResult:
 
 
 # -- entry points -----------------------------------------------------------------------------
-def simulate_history(store, weeks: int = 8, gpus: int = 2, seed: int = 0,
+def simulate_history(store: Store, weeks: int = 8, gpus: int = 2, seed: int = 0,
                      end: datetime | None = None, incidents: Sequence[Incident] = (),
                      jobs_per_day: float = 180.0, ground_truth_path: str | Path | None = None,
                      batch_size: int = 5000) -> SimulationResult:

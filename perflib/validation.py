@@ -5,7 +5,9 @@ import re
 from typing import Any
 
 PIPELINE_TYPES = ("image", "video")
-STATUSES = ("success", "failed", "cancelled")
+FINAL_STATUSES = ("success", "failed", "cancelled")
+LIVE_STATUSES = ("queued", "running")  # jobs not finished yet, as services report them
+STATUSES = FINAL_STATUSES + LIVE_STATUSES
 MAX_SIDE_PX = 8192
 MAX_FRAMES = 10_000
 MAX_STEPS = 1_000

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
 from perflib.store import schema
 from perflib.store.engine import engine_for
+from perflib.validation import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,23 @@ class Store:
             return conn.execute(sa.select(schema.schema_info.c.version)).scalar()
 
     # -- writes -----------------------------------------------------------------------------
-    def write_jobs(self, records: Sequence[Mapping[str, Any]]) -> int:
-        """Insert job records with their phases and samples; return how many jobs were new."""
+    def write_jobs(self, records: Sequence[Mapping[str, Any]], replace_live: bool = False) -> int:
+        """Insert job records with their phases and samples; return how many jobs were new.
+
+        With `replace_live`, a stored row of the same job that is still queued or running is
+        replaced (a service reporting a job's progress); finished jobs are never overwritten.
+        """
         if not records:
             return 0
         phases = [{**p, "job_id": r["job_id"]} for r in records for p in r.get("phases") or ()]
         samples = [{**s, "job_id": r["job_id"]} for r in records for s in r.get("samples") or ()]
         with self.engine.begin() as conn:
+            if replace_live:
+                table = schema.generation_performance
+                ids = [str(r["job_id"]) for r in records]
+                for start in range(0, len(ids), 500):
+                    conn.execute(sa.delete(table).where(table.c.job_id.in_(ids[start:start + 500]),
+                                                        table.c.status.in_(LIVE_STATUSES)))
             inserted = _insert_ignoring_duplicates(conn, schema.generation_performance, records)
             _insert_ignoring_duplicates(conn, schema.generation_phases, phases)
             _insert_ignoring_duplicates(conn, schema.resource_samples, samples)
@@ -148,6 +159,16 @@ class Store:
                                         table.c.model_name.is_(None) if model_name is None
                                         else table.c.model_name == model_name)
                  .order_by(table.c.finished_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all(),
+                                 columns=[c.name for c in table.columns])
+        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+
+    def live_jobs(self) -> pd.DataFrame:
+        """Jobs reported as queued or running, oldest submission first."""
+        table = schema.generation_performance
+        query = (sa.select(table).where(table.c.status.in_(LIVE_STATUSES))
+                 .order_by(table.c.submitted_at, table.c.id))
         with self.engine.connect() as conn:
             frame = pd.DataFrame(conn.execute(query).mappings().all(),
                                  columns=[c.name for c in table.columns])

@@ -1,0 +1,95 @@
+"""Daily aggregates per pipeline, computed in SQL and kept in ``performance_trends``."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import pandas as pd
+import sqlalchemy as sa
+
+from perflib.analysis.sql import FINISHED, SUCCEEDED, ceil_int, day_of, in_window, work_units
+from perflib.store import Store
+from perflib.store.schema import generation_performance as jobs
+from perflib.store.schema import performance_trends
+
+DAILY_COLUMNS = ["day", "pipeline_type", "job_count", "success_rate", "mean_total_seconds",
+                 "median_total_seconds", "p95_total_seconds", "mean_queue_seconds",
+                 "mean_gpu_util_pct", "work_units", "processing_seconds"]
+
+
+def daily_stats(store: Store, start: datetime, end: datetime,
+                pipeline_type: str | None = None) -> pd.DataFrame:
+    """Per UTC day and pipeline: job count, success rate, mean/median/p95 total seconds of
+    successful jobs, mean queue seconds, mean GPU utilisation, and the work units and processing
+    seconds of successful jobs (their ratio is a mix-robust speed index)."""
+    dialect = store.engine.dialect.name
+    day = day_of(jobs.c.started_at, dialect).label("day")
+    conditions = [FINISHED, in_window(store, start, end)]
+    if pipeline_type:
+        conditions.append(jobs.c.pipeline_type == pipeline_type)
+    # Rank successful jobs by total time within their day, for exact median and p95 in SQL.
+    ranked = sa.select(
+        day, jobs.c.pipeline_type, jobs.c.status, jobs.c.total_seconds, jobs.c.queue_seconds,
+        jobs.c.gpu_util_avg_pct, jobs.c.processing_seconds, work_units().label("work"),
+        sa.func.row_number().over(
+            partition_by=[day, jobs.c.pipeline_type, SUCCEEDED],
+            order_by=jobs.c.total_seconds).label("rank"),
+        sa.func.count().over(partition_by=[day, jobs.c.pipeline_type, SUCCEEDED]).label("n"),
+    ).where(*conditions).subquery()
+    ok = ranked.c.status == "success"
+
+    def quantile(q: float):
+        position = ceil_int(ranked.c.n * q, dialect)
+        return sa.func.max(sa.case((sa.and_(ok, ranked.c.rank == position),
+                                    ranked.c.total_seconds)))
+
+    query = sa.select(
+        ranked.c.day, ranked.c.pipeline_type,
+        sa.func.count().label("job_count"),
+        (sa.func.sum(sa.case((ok, 1.0), else_=0.0)) / sa.func.count()).label("success_rate"),
+        sa.func.avg(sa.case((ok, ranked.c.total_seconds))).label("mean_total_seconds"),
+        quantile(0.5).label("median_total_seconds"),
+        quantile(0.95).label("p95_total_seconds"),
+        sa.func.avg(ranked.c.queue_seconds).label("mean_queue_seconds"),
+        sa.func.avg(ranked.c.gpu_util_avg_pct).label("mean_gpu_util_pct"),
+        sa.func.sum(sa.case((ok, ranked.c.work))).label("work_units"),
+        sa.func.sum(sa.case((sa.and_(ok, ranked.c.work.isnot(None)),
+                             ranked.c.processing_seconds))).label("processing_seconds"),
+    ).group_by(ranked.c.day, ranked.c.pipeline_type).order_by(ranked.c.day,
+                                                              ranked.c.pipeline_type)
+    with store.engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(query).mappings().all(), columns=DAILY_COLUMNS)
+    frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame
+
+
+def aggregate_daily(store: Store, start: datetime, end: datetime) -> int:
+    """Recompute ``performance_trends`` for the days in [start, end); return rows written."""
+    frame = daily_stats(store, start, end)
+    if frame.empty:
+        return 0
+    now = datetime.now(timezone.utc)
+    rows = [{**{k: _plain(v) for k, v in row.items() if k != "processing_seconds"},
+             "updated_at": now} for row in frame.to_dict("records")]
+    table = performance_trends
+    with store.engine.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.day >= min(frame.day),
+                                            table.c.day <= max(frame.day)))
+        conn.execute(sa.insert(table), rows)
+    return len(rows)
+
+
+def stored_trends(store: Store, since: date | None = None) -> pd.DataFrame:
+    """The ``performance_trends`` rows, oldest first."""
+    table = performance_trends
+    query = sa.select(table).order_by(table.c.day, table.c.pipeline_type)
+    if since is not None:
+        query = query.where(table.c.day >= since)
+    with store.engine.connect() as conn:
+        return pd.DataFrame(conn.execute(query).mappings().all(),
+                            columns=[c.name for c in table.columns])
+
+
+def _plain(value):
+    if isinstance(value, float) and value != value:
+        return None
+    return value.item() if hasattr(value, "item") else value

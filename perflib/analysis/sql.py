@@ -1,0 +1,68 @@
+"""SQL building blocks shared by the analyses: time windows, day buckets, work units.
+
+Every aggregate is computed in the database (GROUP BY, window functions), so analyses scale with
+the database, not with this machine's memory; the same expressions run on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from perflib.store import Store, parse_timestamp
+from perflib.store.schema import generation_performance as jobs
+from perflib.validation import FINAL_STATUSES
+
+FINISHED = jobs.c.status.in_(FINAL_STATUSES)
+SUCCEEDED = jobs.c.status == "success"
+
+
+def work_units():
+    """Token-steps of denoising work (SD-style 8× latent), as an SQL expression."""
+    cfg = sa.case((jobs.c.guidance_scale > 1, 2.0), else_=1.0)
+    return (jobs.c.width * jobs.c.height / 64.0 * sa.func.coalesce(jobs.c.frame_count, 1)
+            * sa.func.coalesce(jobs.c.batch_size, 1) * jobs.c.steps * cfg)
+
+
+def day_of(column, dialect: str):
+    """The UTC calendar day of a timestamp column, as text ``YYYY-MM-DD``."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone("UTC", column), "YYYY-MM-DD")
+    return sa.func.substr(column, 1, 10)  # SQLite stores UTC text 'YYYY-MM-DD HH:MM:SS'
+
+
+def hour_of(column, dialect: str):
+    """The UTC hour (0–23) of a timestamp column."""
+    if dialect == "postgresql":
+        return sa.cast(sa.extract("hour", sa.func.timezone("UTC", column)), sa.Integer)
+    return sa.cast(sa.func.substr(column, 12, 2), sa.Integer)
+
+
+def bound(store: Store, value: datetime):
+    """A timestamp as the store compares it (naive UTC on SQLite, aware on PostgreSQL)."""
+    value = parse_timestamp(value)
+    return value if store.is_postgres else value.replace(tzinfo=None)
+
+
+def window(store: Store, days_back: float, end: datetime | str | None = None
+           ) -> tuple[datetime, datetime]:
+    """[start, end) of an analysis: `end` defaults to just after the newest job's start."""
+    if end is None:
+        with store.engine.connect() as conn:
+            newest = conn.execute(sa.select(sa.func.max(jobs.c.started_at))).scalar()
+        end = parse_timestamp(newest) + timedelta(seconds=1) if newest is not None \
+            else datetime.now(timezone.utc)
+    end = parse_timestamp(end)
+    return end - timedelta(days=days_back), end
+
+
+def in_window(store: Store, start: datetime, end: datetime):
+    return sa.and_(jobs.c.started_at >= bound(store, start), jobs.c.started_at < bound(store, end))
+
+
+def ceil_int(expression, dialect: str):
+    """The smallest whole number ≥ a positive expression (SQLite's CAST truncates, PostgreSQL's
+    rounds, so each gets its own form)."""
+    if dialect == "postgresql":
+        return sa.cast(sa.func.ceil(expression), sa.Integer)
+    return sa.cast(expression + 0.999999, sa.Integer)

@@ -3,25 +3,33 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sklearn.linear_model import LinearRegression
 
-from perflib.analysis.sql import FINISHED, SUCCEEDED, ceil_int, day_of, in_window, work_units
+from perflib.analysis.sql import (FINISHED, SUCCEEDED, attention_work, ceil_int, compute_seconds,
+                                  day_of, in_window, work_units)
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_trends
 
 DAILY_COLUMNS = ["day", "pipeline_type", "job_count", "success_rate", "mean_total_seconds",
                  "median_total_seconds", "p95_total_seconds", "mean_queue_seconds",
-                 "mean_gpu_util_pct", "work_units", "processing_seconds"]
+                 "mean_gpu_util_pct", "work_units", "compute_seconds", "expected_seconds",
+                 "median_speed_ratio"]
+SAMPLE_JOBS = 20_000
 
 
 def daily_stats(store: Store, start: datetime, end: datetime,
                 pipeline_type: str | None = None) -> pd.DataFrame:
     """Per UTC day and pipeline: job count, success rate, mean/median/p95 total seconds of
-    successful jobs, mean queue seconds, mean GPU utilisation, and the work units and processing
-    seconds of successful jobs (their ratio is a mix-robust speed index)."""
+    successful jobs, mean queue seconds, mean GPU utilisation, and for successful jobs their work
+    units, compute seconds (processing without model loading), the seconds a cost model fitted on
+    the window expects for them, and the median of each job's compute ÷ expected — a speed index
+    that neither a change in job mix nor a few stragglers move."""
     dialect = store.engine.dialect.name
+    expected = _expected_seconds(store, start, end, pipeline_type)
     day = day_of(jobs.c.started_at, dialect).label("day")
     conditions = [FINISHED, in_window(store, start, end)]
     if pipeline_type:
@@ -29,18 +37,21 @@ def daily_stats(store: Store, start: datetime, end: datetime,
     # Rank successful jobs by total time within their day, for exact median and p95 in SQL.
     ranked = sa.select(
         day, jobs.c.pipeline_type, jobs.c.status, jobs.c.total_seconds, jobs.c.queue_seconds,
-        jobs.c.gpu_util_avg_pct, jobs.c.processing_seconds, work_units().label("work"),
+        jobs.c.gpu_util_avg_pct, compute_seconds().label("compute"), work_units().label("work"),
+        expected.label("expected"), (compute_seconds() / expected).label("speed"),
         sa.func.row_number().over(
             partition_by=[day, jobs.c.pipeline_type, SUCCEEDED],
             order_by=jobs.c.total_seconds).label("rank"),
+        sa.func.row_number().over(
+            partition_by=[day, jobs.c.pipeline_type, SUCCEEDED],
+            order_by=compute_seconds() / expected).label("speed_rank"),
         sa.func.count().over(partition_by=[day, jobs.c.pipeline_type, SUCCEEDED]).label("n"),
     ).where(*conditions).subquery()
     ok = ranked.c.status == "success"
 
-    def quantile(q: float):
+    def quantile(q: float, rank=ranked.c.rank, value=ranked.c.total_seconds):
         position = ceil_int(ranked.c.n * q, dialect)
-        return sa.func.max(sa.case((sa.and_(ok, ranked.c.rank == position),
-                                    ranked.c.total_seconds)))
+        return sa.func.max(sa.case((sa.and_(ok, rank == position), value)))
 
     query = sa.select(
         ranked.c.day, ranked.c.pipeline_type,
@@ -52,8 +63,10 @@ def daily_stats(store: Store, start: datetime, end: datetime,
         sa.func.avg(ranked.c.queue_seconds).label("mean_queue_seconds"),
         sa.func.avg(ranked.c.gpu_util_avg_pct).label("mean_gpu_util_pct"),
         sa.func.sum(sa.case((ok, ranked.c.work))).label("work_units"),
-        sa.func.sum(sa.case((sa.and_(ok, ranked.c.work.isnot(None)),
-                             ranked.c.processing_seconds))).label("processing_seconds"),
+        sa.func.sum(sa.case((sa.and_(ok, ranked.c.expected.isnot(None)),
+                             ranked.c.compute))).label("compute_seconds"),
+        sa.func.sum(sa.case((ok, ranked.c.expected))).label("expected_seconds"),
+        quantile(0.5, ranked.c.speed_rank, ranked.c.speed).label("median_speed_ratio"),
     ).group_by(ranked.c.day, ranked.c.pipeline_type).order_by(ranked.c.day,
                                                               ranked.c.pipeline_type)
     with store.engine.connect() as conn:
@@ -68,7 +81,8 @@ def aggregate_daily(store: Store, start: datetime, end: datetime) -> int:
     if frame.empty:
         return 0
     now = datetime.now(timezone.utc)
-    rows = [{**{k: _plain(v) for k, v in row.items() if k != "processing_seconds"},
+    rows = [{**{k: _plain(v) for k, v in row.items()
+                if k not in ("compute_seconds", "expected_seconds", "median_speed_ratio")},
              "updated_at": now} for row in frame.to_dict("records")]
     table = performance_trends
     with store.engine.begin() as conn:
@@ -76,6 +90,32 @@ def aggregate_daily(store: Store, start: datetime, end: datetime) -> int:
                                             table.c.day <= max(frame.day)))
         conn.execute(sa.insert(table), rows)
     return len(rows)
+
+
+def _expected_seconds(store: Store, start: datetime, end: datetime, pipeline_type: str | None):
+    """An SQL expression for a job's expected compute seconds: ``a + b·work + c·attention`` per
+    pipeline, fitted by non-negative least squares on relative error over a random sample of the
+    window's successful jobs."""
+    columns = [jobs.c.pipeline_type, compute_seconds().label("seconds"),
+               work_units().label("work"), attention_work().label("attention")]
+    query = (sa.select(*columns).where(jobs.c.status == "success", in_window(store, start, end),
+                                       work_units().isnot(None), compute_seconds() > 0)
+             .order_by(sa.func.random()).limit(SAMPLE_JOBS))
+    if pipeline_type:
+        query = query.where(jobs.c.pipeline_type == pipeline_type)
+    with store.engine.connect() as conn:
+        sample = pd.DataFrame(conn.execute(query).mappings().all())
+    cases = []
+    for pipeline, group in sample.groupby("pipeline_type") if len(sample) else ():
+        design = np.column_stack([np.ones(len(group)), group.work, group.attention])
+        scale = design.max(axis=0)
+        y = group.seconds.to_numpy(float)
+        fit = LinearRegression(fit_intercept=False, positive=True).fit(
+            design / scale, y, sample_weight=1.0 / y ** 2)
+        a, b, c = (float(v) for v in fit.coef_ / scale)
+        cases.append((jobs.c.pipeline_type == pipeline,
+                      a + b * work_units() + c * attention_work()))
+    return sa.case(*cases, else_=sa.null()) if cases else sa.null()
 
 
 def stored_trends(store: Store, since: date | None = None) -> pd.DataFrame:

@@ -24,6 +24,16 @@ def work_units():
             * sa.func.coalesce(jobs.c.batch_size, 1) * jobs.c.steps * cfg)
 
 
+def attention_work():
+    """Work units × latent tokens per frame: the self-attention term."""
+    return work_units() * jobs.c.width * jobs.c.height / 64.0
+
+
+def compute_seconds():
+    """Processing seconds without model loading: the time the generation itself took."""
+    return jobs.c.processing_seconds - sa.func.coalesce(jobs.c.init_seconds, 0.0)
+
+
 def day_of(column, dialect: str):
     """The UTC calendar day of a timestamp column, as text ``YYYY-MM-DD``."""
     if dialect == "postgresql":

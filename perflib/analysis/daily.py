@@ -22,15 +22,17 @@ SAMPLE_JOBS = 20_000
 
 
 def daily_stats(store: Store, start: datetime, end: datetime,
-                pipeline_type: str | None = None) -> pd.DataFrame:
+                pipeline_type: str | None = None, per_day: bool = True) -> pd.DataFrame:
     """Per UTC day and pipeline: job count, success rate, mean/median/p95 total seconds of
     successful jobs, mean queue seconds, mean GPU utilisation, and for successful jobs their work
     units, compute seconds (processing without model loading), the seconds a cost model fitted on
     the window expects for them, and the median of each job's compute ÷ expected — a speed index
-    that neither a change in job mix nor a few stragglers move."""
+    that neither a change in job mix nor a few stragglers move. With ``per_day=False`` the
+    whole window is one row per pipeline (``day`` is then its first day)."""
     dialect = store.engine.dialect.name
     expected = _expected_seconds(store, start, end, pipeline_type)
-    day = day_of(jobs.c.started_at, dialect).label("day")
+    day = (day_of(jobs.c.started_at, dialect) if per_day
+           else sa.literal(start.date().isoformat())).label("day")
     conditions = [FINISHED, in_window(store, start, end)]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)

@@ -1,0 +1,208 @@
+"""Analytics over recorded jobs: daily aggregates, bottlenecks, trends, alerts, opportunities,
+and the weekly report — behind the seed's ``PerformanceAnalyzer(db)`` facade.
+
+Every method takes ``end`` (default: just after the newest job) and a look-back in days, so a
+report can be re-run for any past week.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+from perflib.analysis import alerts as alert_store
+from perflib.analysis.bottlenecks import Bottleneck, BottleneckType, analyze_bottlenecks
+from perflib.analysis.daily import aggregate_daily, daily_stats
+from perflib.analysis.maintenance import MaintenancePlan, maintain
+from perflib.analysis.opportunities import find_opportunities
+from perflib.analysis.sql import hour_of, in_window, window
+from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
+from perflib.config import Settings
+from perflib.store import Store, parse_timestamp
+from perflib.store.schema import generation_performance as jobs
+
+TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
+
+__all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "MaintenancePlan",
+           "PerformanceAnalyzer", "TrendResult"]
+
+
+class PerformanceAnalyzer:
+    """Answers about recorded jobs; `db` is a URL, the seed-style dict, a Store or None."""
+
+    def __init__(self, db: Any = None, settings: Settings | None = None):
+        self.db = db
+        self.settings = settings
+
+    @property
+    def store(self) -> Store:
+        if not isinstance(self.db, Store):
+            self.db = Store(self.db, self.settings)
+        return self.db
+
+    @property
+    def thresholds(self):
+        return self.store.config.thresholds
+
+    def window(self, days_back: float, end: datetime | str | None = None):
+        return window(self.store, days_back, end)
+
+    def aggregate_daily(self, days_back: float | None = None, end=None) -> int:
+        """Fill ``performance_trends`` for the last `days_back` days (default: all history)."""
+        if days_back is None:
+            with self.store.engine.connect() as conn:
+                first = conn.execute(sa.select(sa.func.min(jobs.c.started_at))).scalar()
+            if first is None:
+                return 0
+            start, stop = self.window(0, end)
+            start = min(start, parse_timestamp(first))
+        else:
+            start, stop = self.window(days_back, end)
+        return aggregate_daily(self.store, start, stop)
+
+    def analyze_bottlenecks(self, days_back: float = 7, pipeline_type: str | None = None,
+                            end=None) -> list[Bottleneck]:
+        start, stop = self.window(days_back, end)
+        return analyze_bottlenecks(self.store, start, stop, self.thresholds, pipeline_type)
+
+    def analyze_trends(self, days_back: float = 30, pipeline_type: str | None = None,
+                       end=None) -> dict[str, TrendResult]:
+        start, stop = self.window(days_back, end)
+        return analyze_trends(self.store, start, stop, pipeline_type)
+
+    def detect_alerts(self, days_back: float = 7, end=None) -> list[dict]:
+        """Write (or refresh) alerts for the window; returns them."""
+        start, stop = self.window(days_back, end)
+        candidates = alert_store.alert_candidates(
+            self.store, start, stop, self.analyze_bottlenecks(days_back, end=stop),
+            self.analyze_trends(max(days_back, TREND_DAYS), end=stop),
+            self.thresholds.failure_rate)
+        return alert_store.save_alerts(self.store, candidates, stop)
+
+    def alerts(self, severity: str | None = None, acknowledged: bool | None = None) -> list[dict]:
+        return alert_store.list_alerts(self.store, severity, acknowledged)
+
+    def acknowledge_alert(self, alert_id: int) -> bool:
+        return alert_store.acknowledge(self.store, alert_id)
+
+    def find_optimization_opportunities(self, days_back: float = 7, end=None) -> list[dict]:
+        start, stop = self.window(days_back, end)
+        return find_opportunities(self.store, start, stop)
+
+    def maintain(self, retention_days: int | None = None, dry_run: bool = False
+                 ) -> MaintenancePlan:
+        days = retention_days or self.store.config.retention_days
+        return maintain(self.store, days, dry_run)
+
+    def overall_statistics(self, days_back: float = 7, end=None) -> dict:
+        """Job counts, success rate and time statistics over the window, overall and per
+        pipeline (computed in SQL)."""
+        start, stop = self.window(days_back, end)
+        per_pipeline = daily_stats(self.store, start, stop, per_day=False)
+        result = {"per_pipeline": {}}
+        total_jobs = int(per_pipeline.job_count.sum()) if len(per_pipeline) else 0
+        for row in per_pipeline.itertuples():
+            result["per_pipeline"][row.pipeline_type] = _statistics(row, days_back)
+        if total_jobs:
+            weights = per_pipeline.job_count / total_jobs
+            successes = (per_pipeline.success_rate * per_pipeline.job_count).sum()
+            result.update(
+                total_jobs=total_jobs, successful_jobs=int(round(successes)),
+                success_rate=round(float(successes / total_jobs), 4),
+                avg_generation_time=_weighted(per_pipeline.mean_total_seconds,
+                                              per_pipeline.job_count * per_pipeline.success_rate),
+                avg_queue_time=_weighted(per_pipeline.mean_queue_seconds, weights),
+                jobs_per_day=round(total_jobs / days_back, 1))
+        else:
+            result.update(total_jobs=0, successful_jobs=0, success_rate=None,
+                          avg_generation_time=None, avg_queue_time=None, jobs_per_day=0.0)
+        return result
+
+    def prediction_accuracy(self, days_back: float = 7, end=None) -> dict:
+        """How the estimates given before jobs ran compare with their processing time."""
+        start, stop = self.window(days_back, end)
+        error = sa.func.abs(jobs.c.processing_seconds - jobs.c.predicted_seconds)
+        query = (sa.select(sa.func.count().label("jobs"),
+                           sa.func.sum(sa.case((error <= 0.2 * jobs.c.processing_seconds, 1),
+                                               else_=0)).label("within"),
+                           sa.func.avg(error / jobs.c.processing_seconds).label("mape"))
+                 .where(jobs.c.status == "success", jobs.c.predicted_seconds > 0,
+                        jobs.c.processing_seconds > 0, in_window(self.store, start, stop)))
+        with self.store.engine.connect() as conn:
+            row = conn.execute(query).one()
+        if not row.jobs:
+            return {"jobs_with_estimate": 0, "accuracy_within_20_percent": None, "mape": None}
+        return {"jobs_with_estimate": int(row.jobs),
+                "accuracy_within_20_percent": round(row.within / row.jobs, 4),
+                "mape": round(float(row.mape), 4)}
+
+    def is_simulated(self) -> bool:
+        """True when the history comes from ``perflib simulate`` (job ids ``sim-…``)."""
+        with self.store.engine.connect() as conn:
+            return conn.execute(sa.select(jobs.c.job_id).where(jobs.c.job_id.like("sim-%"))
+                                .limit(1)).first() is not None
+
+    def generate_performance_report(self, days_back: float = 7, end=None) -> dict:
+        """Everything the weekly report shows, as JSON-ready values."""
+        start, stop = self.window(days_back, end)
+        statistics = self.overall_statistics(days_back, stop)
+        per_pipeline = statistics.pop("per_pipeline")
+        return {
+            "period_days": days_back, "start": start.isoformat(), "end": stop.isoformat(),
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "simulated": self.is_simulated(),
+            "overall_statistics": statistics,
+            "per_pipeline": per_pipeline,
+            "bottlenecks": [b.as_dict() for b in self.analyze_bottlenecks(days_back, end=stop)],
+            "trends": {p: t.as_dict() for p, t in
+                       self.analyze_trends(max(days_back, TREND_DAYS), end=stop).items()},
+            "alerts": self.detect_alerts(days_back, stop),
+            "opportunities": self.find_optimization_opportunities(days_back, stop),
+            "prediction_accuracy": self.prediction_accuracy(days_back, stop),
+        }
+
+    def dashboard(self, now: datetime | None = None) -> dict:
+        """The live view: the last 24 hours' headline numbers, jobs per hour, what to fix."""
+        now = now or datetime.now(timezone.utc)
+        statistics = self.overall_statistics(1, now)
+        start = now - timedelta(days=1)
+        hour = hour_of(jobs.c.started_at, self.store.engine.dialect.name).label("hour")
+        with self.store.engine.connect() as conn:
+            per_hour = conn.execute(sa.select(hour, sa.func.count().label("jobs"))
+                                    .where(in_window(self.store, start, now)).group_by(hour)
+                                    ).all()
+        return {
+            "system_status": {
+                "jobs_24h": statistics["total_jobs"],
+                "avg_generation_time": statistics["avg_generation_time"],
+                "success_rate_24h": statistics["success_rate"],
+                "queued_jobs": len(self.store.live_jobs()),
+            },
+            "jobs_per_hour": [{"hour": int(r.hour), "jobs": int(r.jobs)}
+                              for r in sorted(per_hour)],
+            "bottlenecks": [b.as_dict() for b in analyze_bottlenecks(
+                self.store, start, now, self.thresholds)],
+            "optimization_opportunities": find_opportunities(self.store, start, now),
+        }
+
+
+def _statistics(row, days_back: float) -> dict:
+    return {"jobs": int(row.job_count), "success_rate": round(float(row.success_rate), 4),
+            "avg_generation_time": _number(row.mean_total_seconds),
+            "median_generation_time": _number(row.median_total_seconds),
+            "p95_generation_time": _number(row.p95_total_seconds),
+            "avg_queue_time": _number(row.mean_queue_seconds),
+            "avg_gpu_util_pct": _number(row.mean_gpu_util_pct),
+            "jobs_per_day": round(row.job_count / days_back, 1)}
+
+
+def _number(value) -> float | None:
+    return None if value is None or value != value else round(float(value), 3)
+
+
+def _weighted(values, weights) -> float | None:
+    mask = values.notna() & (weights > 0)
+    if not mask.any():
+        return None
+    return round(float((values[mask] * weights[mask]).sum() / weights[mask].sum()), 3)

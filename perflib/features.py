@@ -82,7 +82,7 @@ def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | No
     hour, weekday = _hour_and_weekday(jobs)
     keys = gpus + "|" + models
     if history is None and {"total_seconds", "finished_at"} <= set(jobs.columns):
-        per_work = _numeric(jobs, "total_seconds") / work
+        per_work = outcome_seconds(jobs) / work
         recent = past_median(jobs, keys, per_work)
     else:
         history = history or {}
@@ -117,6 +117,16 @@ def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | No
         "gpu_name": gpus,
     }
     return pd.DataFrame({name: columns[name] for name in FEATURE_DESCRIPTIONS}, index=jobs.index)
+
+
+def outcome_seconds(jobs: pd.DataFrame) -> np.ndarray:
+    """What each job took once it started — ``processing_seconds`` (model loading included, queue
+    excluded; the queue is estimated apart) where recorded, else ``total_seconds``."""
+    total = _numeric(jobs, "total_seconds")
+    if "processing_seconds" not in jobs:
+        return total
+    processing = _numeric(jobs, "processing_seconds")
+    return np.where(processing > 0, processing, total)
 
 
 def history_keys(features: pd.DataFrame) -> np.ndarray:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from perflib.config import ModelProfile, Settings
 from perflib.features import (FEATURE_DESCRIPTIONS, build_features, history_keys, latest_median,
-                              past_median)
+                              outcome_seconds, past_median)
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             make_family, score)
 from perflib.store import Store
@@ -92,12 +92,12 @@ class TrainedModel:
 
     def drift_of(self, jobs: pd.DataFrame) -> float:
         """Median log(actual / cost model) over finished job rows (NaN if too few)."""
-        jobs = jobs[(jobs.total_seconds > 0) & jobs.width.notna() & jobs.height.notna()
+        jobs = jobs[(outcome_seconds(jobs) > 0) & jobs.width.notna() & jobs.height.notna()
                     & jobs.steps.notna()]
         if len(jobs) < MIN_DRIFT_JOBS:
             return float("nan")
         features = build_features(jobs, self.profiles, history=self.history)
-        ratio = np.log(jobs.total_seconds.to_numpy(float)) - np.log(
+        ratio = np.log(outcome_seconds(jobs)) - np.log(
             self.cost_model.predict(features))
         return float(np.median(ratio))
 
@@ -141,7 +141,7 @@ class PerformancePredictor:
     def training_data(self, pipeline_type: str | None = None) -> pd.DataFrame:
         """Successful jobs with the parameters a model needs, oldest first."""
         jobs = self.store.jobs_frame(pipeline_type=pipeline_type)
-        usable = (jobs.status == "success") & (jobs.total_seconds > 0) & jobs.width.notna() \
+        usable = (jobs.status == "success") & (outcome_seconds(jobs) > 0) & jobs.width.notna() \
             & jobs.height.notna() & jobs.steps.notna()
         return jobs[usable].reset_index(drop=True)
 
@@ -159,7 +159,7 @@ class PerformancePredictor:
             raise ValueError(f"pipeline_type {pipeline_type or 'all'!r} has {len(jobs)} usable "
                              f"jobs; at least {MIN_JOBS_FOR_MODEL} are needed to train")
         features = build_features(jobs, self.config.model_profiles)
-        seconds = jobs.total_seconds.to_numpy(float)
+        seconds = outcome_seconds(jobs)
         train, test = _split(features, np.arange(len(features)), test_fraction, split)
         proper, calibrate = _split(features, train, CALIBRATION_FRACTION, split)
         # The cost model is shared by every family: fit it once per training window.
@@ -374,9 +374,9 @@ class PerformancePredictor:
         if len(jobs) >= 5:
             features = build_features(jobs, self.config.model_profiles, history={})
             features = features.assign(attention_work=0.0, decode_work=0.0, step_passes=0.0)
-            fitted = CostModel(min_group_jobs=len(jobs) + 1).fit(features,
-                                                                 jobs.total_seconds.to_numpy())
-            relative = np.abs(fitted.predict(features) / jobs.total_seconds.to_numpy() - 1)
+            seconds = outcome_seconds(jobs)
+            fitted = CostModel(min_group_jobs=len(jobs) + 1).fit(features, seconds)
+            relative = np.abs(fitted.predict(features) / seconds - 1)
             confidence = float(min(np.mean(relative <= 0.2), 0.5))
         self._heuristics[pipeline_type] = (fitted, confidence)
         return fitted, confidence

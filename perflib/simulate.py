@@ -54,7 +54,7 @@ after a backlog, in job ids).
   phases, and power and temperature follow utilisation and duration. RAM holds the process, a
   CPU copy of the weights and the decoded frames.
 * **Feedback** — 60% of jobs carry ``predicted_seconds``: the clean cost model's processing time
-  (without init) on the assigned GPU times lognormal noise (σ = 0.12), as an estimator given
+  (model load included) on the assigned GPU times lognormal noise (σ = 0.12), as an estimator given
   before the run would produce (it does not know about incidents). 20% of successful jobs carry
   a 1–5 ``user_rating``, a point lower after a long wait.
 
@@ -687,8 +687,9 @@ def _records(jobs: _Jobs, fleet: _Fleet, keep: np.ndarray, seed: int, first_numb
     ram = 3500 + 1.1 * j.weights_mb + decoded_mb + 1500 * j.u_ram
 
     # What an estimator would have said before the run, and what users said after it.
-    predicted = ((j.clean_preprocessing + (j.clean_generation + j.clean_decoding) / j.speed)
-                 * np.exp(0.12 * j.z_predicted_noise))
+    # The scheduler knows which model the assigned GPU holds, so the estimate includes the load.
+    predicted = ((j.init + j.clean_preprocessing + (j.clean_generation + j.clean_decoding)
+                  / j.speed) * np.exp(0.12 * j.z_predicted_noise))
     has_prediction = j.u_predicted < PREDICTED_SHARE
     queue = j.start - j.submit
     rating = 1 + _categorical(j.u_rating, np.array([0.03, 0.07, 0.2, 0.4, 0.3]))

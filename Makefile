@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup demo test bench clean
+.PHONY: help setup report demo test bench serve clean
 
 help: ## list every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -19,14 +19,21 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(INSTALLED)
 
+report: setup ## main job: weekly HTML report into reports/ (simulates history if the database is empty)
+	$(VENV)/bin/perflib report --weeks-back 1
+
 demo: setup ## record 300 real tracked CPU jobs into data/perflib.db and print a summary
 	$(VENV)/bin/perflib demo --jobs 300
 
-test: setup ## run the whole test suite (SQLite and a throwaway PostgreSQL server)
-	$(PYTHON) -m pytest -q
+test: setup ## run the tests (SQLite and a throwaway PostgreSQL server) and the notebooks (nbval)
+	PERFLIB_DATABASE_URL=sqlite:///$$(mktemp -d)/perflib-test.db $(PYTHON) -m pytest -q \
+		--nbval-lax tests notebooks
 
 bench: setup ## run the benchmarks; figures as ratios, written to reports/benchmarks.json
 	$(PYTHON) -m perflib.bench
+
+serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)
+	$(VENV)/bin/perflib serve
 
 clean: ## remove the virtual environment and generated files (keeps data/perflib.db)
 	rm -rf $(VENV) .pytest_cache reports/*.html reports/*.json

@@ -87,6 +87,77 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from perflib.simulate import default_incidents, simulate_history
+
+    store = _store(args)
+    end = None
+    incidents = ()
+    if args.incidents:
+        from datetime import datetime, timezone
+
+        end = datetime.now(timezone.utc)
+        incidents = default_incidents(end.date(), args.weeks)
+    result = simulate_history(store, weeks=args.weeks, gpus=args.gpus, seed=args.seed, end=end,
+                              incidents=incidents, jobs_per_day=args.jobs_per_day,
+                              ground_truth_path=args.ground_truth)
+    print(f"simulated {result.jobs} jobs ({result.failed} failed, {result.inserted} new) on "
+          f"{result.gpus} GPUs from {result.start:%Y-%m-%d} to {result.end:%Y-%m-%d} into "
+          f"{safe_url(store.url)}")
+    for incident in result.incidents:
+        print(f"  incident {incident.kind} from {incident.start} to {incident.end or 'the end'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from perflib.report import ReportError, render_report
+
+    try:
+        path = render_report(weeks_back=args.weeks_back, database_url=args.database_url,
+                             end_date=args.end_date, pipeline_type=args.pipeline_type,
+                             output_dir=args.output_dir)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from perflib.analysis import PerformanceAnalyzer
+
+    report = PerformanceAnalyzer(_store(args)).generate_performance_report(
+        days_back=args.days_back, end=args.end_date)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(json.dumps(report["overall_statistics"], indent=2))
+    for bottleneck in report["bottlenecks"]:
+        print(f"- {bottleneck['type']} ({bottleneck['severity']:.2f}, "
+              f"{bottleneck['pipeline_type']}): {bottleneck['recommendations'][0]}")
+    return 0
+
+
+def cmd_maintain(args) -> int:
+    from perflib.analysis import PerformanceAnalyzer
+
+    analyzer = PerformanceAnalyzer(_store(args))
+    plan = analyzer.maintain(args.retention_days, dry_run=True)
+    print(plan.describe())
+    if not args.dry_run:
+        print(analyzer.maintain(args.retention_days).describe())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from perflib.serve import main as serve_main
+
+    argv = ["--host", args.host, "--port", str(args.port)]
+    if args.database_url:
+        argv += ["--database-url", args.database_url]
+    return serve_main(argv) or 0
+
+
 ESTIMATE_FIELDS = ("pipeline_type", "resolution", "frame_count", "steps", "job_type",
                    "guidance_scale", "batch_size", "sampler", "model_name", "gpu_name")
 
@@ -137,6 +208,42 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--model-name")
     estimate.add_argument("--gpu-name")
     estimate.set_defaults(handler=cmd_estimate)
+
+    simulate = commands.add_parser("simulate", help="write a simulated production history")
+    simulate.add_argument("--weeks", type=int, default=8)
+    simulate.add_argument("--gpus", type=int, default=2)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--jobs-per-day", type=float, default=180.0)
+    simulate.add_argument("--incidents", action="store_true",
+                          help="plant one incident of each kind (ground truth beside the data)")
+    simulate.add_argument("--ground-truth", help="write the incidents' ground truth here (JSON)")
+    simulate.set_defaults(handler=cmd_simulate)
+
+    report = commands.add_parser("report", help="render the weekly HTML report into reports/")
+    report.add_argument("--weeks-back", type=int, default=1)
+    report.add_argument("--end-date", help="ISO date the period ends (default: newest job)")
+    report.add_argument("--pipeline-type", choices=["image", "video"])
+    report.add_argument("--output-dir", default="reports",
+                        help="where the HTML goes (relative to the project root)")
+    report.set_defaults(handler=cmd_report)
+
+    analyze = commands.add_parser("analyze", help="print the performance report")
+    analyze.add_argument("--days-back", type=float, default=7)
+    analyze.add_argument("--end-date")
+    analyze.add_argument("--json", action="store_true", help="the whole report dict as JSON")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    maintain = commands.add_parser("maintain", help="apply retention, prune model versions, "
+                                   "refresh daily aggregates")
+    maintain.add_argument("--retention-days", type=int,
+                          help="keep this many days of jobs (default PERFLIB_RETENTION_DAYS, 90)")
+    maintain.add_argument("--dry-run", action="store_true", help="only say what would go")
+    maintain.set_defaults(handler=cmd_maintain)
+
+    serve = commands.add_parser("serve", help="run the HTTP service (estimate-time, ...)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8328)
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

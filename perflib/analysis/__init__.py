@@ -1,7 +1,7 @@
 """Analytics over recorded jobs: daily aggregates, bottlenecks, trends, alerts, opportunities,
 and the weekly report — behind the seed's ``PerformanceAnalyzer(db)`` facade.
 
-Every method takes ``end`` (default: just after the newest job) and a look-back in days, so a
+Every method takes ``end`` (default: the midnight after the newest job) and a look-back in days, so a
 report can be re-run for any past week.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis import alerts as alert_store
@@ -21,8 +22,11 @@ from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
 from perflib.config import Settings
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
+from perflib.store.schema import generation_phases as phases
+from perflib.validation import FINAL_STATUSES
 
 TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
+SAMPLE_ROWS = 20_000
 
 __all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "MaintenancePlan",
            "PerformanceAnalyzer", "TrendResult"]
@@ -136,6 +140,52 @@ class PerformanceAnalyzer:
         return {"jobs_with_estimate": int(row.jobs),
                 "accuracy_within_20_percent": round(row.within / row.jobs, 4),
                 "mape": round(float(row.mape), 4)}
+
+    def daily(self, days_back: float = 7, end=None) -> pd.DataFrame:
+        """Per day and pipeline aggregates of the window (see :func:`daily_stats`)."""
+        start, stop = self.window(days_back, end)
+        return daily_stats(self.store, start, stop)
+
+    def job_sample(self, days_back: float = 7, end=None, limit: int = SAMPLE_ROWS
+                   ) -> pd.DataFrame:
+        """Up to `limit` finished jobs of the window, drawn at random — enough for a chart
+        without loading a large history."""
+        start, stop = self.window(days_back, end)
+        query = (sa.select(jobs).where(jobs.c.status.in_(FINAL_STATUSES),
+                                       in_window(self.store, start, stop))
+                 .order_by(sa.func.random()).limit(limit))
+        with self.store.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all(),
+                                 columns=[c.name for c in jobs.columns])
+        for column in ("submitted_at", "started_at", "finished_at"):
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
+        return frame.sort_values("started_at").reset_index(drop=True)
+
+    def queue_by_hour(self, days_back: float = 7, end=None) -> pd.DataFrame:
+        """Jobs submitted and mean queue seconds per UTC hour of day and pipeline (SQL)."""
+        start, stop = self.window(days_back, end)
+        hour = hour_of(jobs.c.submitted_at, self.store.engine.dialect.name).label("hour")
+        query = (sa.select(hour, jobs.c.pipeline_type, sa.func.count().label("jobs"),
+                           sa.func.avg(jobs.c.queue_seconds).label("mean_queue_seconds"))
+                 .where(in_window(self.store, start, stop)).group_by(hour, jobs.c.pipeline_type)
+                 .order_by(hour))
+        with self.store.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).mappings().all(),
+                                columns=["hour", "pipeline_type", "jobs", "mean_queue_seconds"])
+
+    def phase_shares(self, days_back: float = 7, end=None) -> pd.DataFrame:
+        """Share of phase time per pipeline, job type and phase (SQL)."""
+        start, stop = self.window(days_back, end)
+        query = (sa.select(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name.label("phase"),
+                           sa.func.sum(phases.c.seconds).label("seconds"))
+                 .join(phases, phases.c.job_id == jobs.c.job_id)
+                 .where(jobs.c.status == "success", in_window(self.store, start, stop))
+                 .group_by(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name))
+        with self.store.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all(),
+                                 columns=["pipeline_type", "job_type", "phase", "seconds"])
+        totals = frame.groupby(["pipeline_type", "job_type"]).seconds.transform("sum")
+        return frame.assign(share=frame.seconds / totals)
 
     def is_simulated(self) -> bool:
         """True when the history comes from ``perflib simulate`` (job ids ``sim-…``)."""

@@ -56,12 +56,14 @@ def bound(store: Store, value: datetime):
 
 def window(store: Store, days_back: float, end: datetime | str | None = None
            ) -> tuple[datetime, datetime]:
-    """[start, end) of an analysis: `end` defaults to just after the newest job's start."""
+    """[start, end) of an analysis: `end` defaults to the midnight (UTC) after the newest job
+    started, so a report covers whole days."""
     if end is None:
         with store.engine.connect() as conn:
             newest = conn.execute(sa.select(sa.func.max(jobs.c.started_at))).scalar()
-        end = parse_timestamp(newest) + timedelta(seconds=1) if newest is not None \
-            else datetime.now(timezone.utc)
+        newest = parse_timestamp(newest) if newest is not None else datetime.now(timezone.utc)
+        end = datetime.combine(newest.date() + timedelta(days=1), datetime.min.time(),
+                               timezone.utc)
     end = parse_timestamp(end)
     return end - timedelta(days=days_back), end
 

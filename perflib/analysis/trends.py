@@ -91,7 +91,13 @@ def trend_of(pipeline: str, daily: pd.DataFrame) -> TrendResult:
     day_index = np.array([(d - usable.day.iloc[0]).days for d in usable.day], dtype=float)
     average = float((usable.mean_total_seconds * usable.job_count).sum() /
                     usable.job_count.sum())
-    slope, p_value = _hac_slope(day_index, series)
+    fit = _hac_fit(day_index, series)
+    slope, p_value = (float(fit.params[1]), float(fit.pvalues[1])) if fit else (None, None)
+    if fit is not None:  # the fitted line and its 95% confidence band, for charts
+        band = fit.get_prediction(sm.add_constant(day_index)).summary_frame(alpha=0.05)
+        usable["fitted_seconds"] = band["mean"].to_numpy()
+        usable["fitted_low"] = band["mean_ci_lower"].to_numpy()
+        usable["fitted_high"] = band["mean_ci_upper"].to_numpy()
     direction = "stable"
     if p_value is not None and p_value < TREND_P and slope is not None:
         total_change = slope * max(day_index[-1], 1) / series.mean()
@@ -105,12 +111,12 @@ def trend_of(pipeline: str, daily: pd.DataFrame) -> TrendResult:
         weekly_amplitude_pct=amplitude, change_points=change_points, daily=usable)
 
 
-def _hac_slope(x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+def _hac_fit(x: np.ndarray, y: np.ndarray):
+    """OLS of y on x with Newey–West (HAC) errors; None for fewer than four days."""
     if len(y) < 4:
-        return None, None
-    fit = sm.OLS(y, sm.add_constant(x)).fit(cov_type="HAC",
-                                            cov_kwds={"maxlags": max(1, int(len(y) ** 0.25))})
-    return float(fit.params[1]), float(fit.pvalues[1])
+        return None
+    return sm.OLS(y, sm.add_constant(x)).fit(cov_type="HAC",
+                                             cov_kwds={"maxlags": max(1, int(len(y) ** 0.25))})
 
 
 def _weekly(days: pd.Series, series: np.ndarray) -> tuple[np.ndarray, float | None]:

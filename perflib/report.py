@@ -1,0 +1,89 @@
+"""The weekly report: papermill runs ``notebooks/10-weekly-report.ipynb``, nbconvert renders it
+to ``reports/weekly-<ISO week>.html`` with the code hidden.
+
+A failed run raises :class:`ReportError` and keeps the executed notebook, with its traceback,
+beside where the HTML would have gone.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import nbformat
+import papermill
+from nbconvert import HTMLExporter
+
+from perflib.analysis import PerformanceAnalyzer
+from perflib.config import project_root, safe_url
+from perflib.predictor import MIN_JOBS_FOR_MODEL, PerformancePredictor
+from perflib.simulate import default_incidents, simulate_history
+from perflib.store import Store
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK = Path("notebooks") / "10-weekly-report.ipynb"
+SIMULATED_WEEKS = 8
+SIMULATED_GPUS = 2
+
+
+class ReportError(RuntimeError):
+    """The report notebook failed; ``executed`` is the notebook kept with its traceback."""
+
+    def __init__(self, message: str, executed: Path):
+        super().__init__(message)
+        self.executed = executed
+
+
+def ensure_history(store: Store) -> bool:
+    """Fill an empty database with simulated history (with its incidents) and train models;
+    True when it did."""
+    if store.count() > 0:
+        return False
+    now = datetime.now(timezone.utc)
+    print(f"{safe_url(store.url)} is empty: simulating {SIMULATED_WEEKS} weeks on "
+          f"{SIMULATED_GPUS} GPUs (the report will say it shows simulated data)")
+    simulate_history(store, weeks=SIMULATED_WEEKS, gpus=SIMULATED_GPUS, seed=0, end=now,
+                     incidents=default_incidents(now.date(), SIMULATED_WEEKS))
+    predictor = PerformancePredictor(store)
+    for pipeline in ("image", "video"):
+        if len(predictor.training_data(pipeline)) >= MIN_JOBS_FOR_MODEL:
+            result = predictor.train_model(pipeline, "auto")
+            predictor.save_model_to_db(pipeline, result["model_type"])
+    PerformanceAnalyzer(store).aggregate_daily()
+    return True
+
+
+def iso_week(end: datetime) -> str:
+    """``2026-W48`` for the ISO week holding the report period's last moment."""
+    year, week, _ = (end - timedelta(microseconds=1)).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def render_report(weeks_back: int = 1, database_url: str | None = None,
+                  end_date: str | None = None, pipeline_type: str | None = None,
+                  output_dir: str | Path = "reports") -> Path:
+    """Run the weekly notebook and render it to HTML; returns the HTML path."""
+    root = project_root()
+    store = Store(database_url)
+    ensure_history(store)
+    _, end = PerformanceAnalyzer(store).window(7 * weeks_back, end_date)
+    output = root / output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    stem = f"weekly-{iso_week(end)}"
+    executed = output / f"{stem}.ipynb"
+    parameters = {"database_url": database_url, "weeks_back": weeks_back,
+                  "pipeline_type": pipeline_type, "end_date": end_date}
+    try:
+        papermill.execute_notebook(str(root / NOTEBOOK), str(executed), parameters=parameters,
+                                   cwd=str(root), progress_bar=False, kernel_name="python3")
+    except papermill.PapermillExecutionError as exc:
+        raise ReportError(f"the report notebook failed ({exc.ename}: {exc.evalue}); the "
+                          f"executed notebook is kept at {executed}", executed) from None
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    html = output / f"{stem}.html"
+    html.write_text(body, encoding="utf-8")
+    executed.unlink()
+    return html

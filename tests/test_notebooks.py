@@ -1,0 +1,65 @@
+"""Notebooks are thin, parameterised templates committed without outputs; the report renders."""
+from __future__ import annotations
+
+import json
+
+import papermill
+import pytest
+
+from perflib.cli import main
+from perflib.simulate import simulate_history
+from perflib.store import Store
+from tests.conftest import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_has_one_parameters_cell_and_no_outputs(path):
+    notebook = json.loads(path.read_text())
+    tagged = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    parameters = papermill.inspect_notebook(str(path))
+    assert parameters and all(p["help"] for p in parameters.values()), "comment every parameter"
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs") and cell.get("execution_count") is None
+
+
+def test_expected_notebooks_exist():
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01-train-models.ipynb", "02-bottlenecks.ipynb", "03-trends.ipynb",
+            "10-weekly-report.ipynb"} <= names
+
+
+def test_report_on_an_empty_database_simulates_and_renders(tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    monkeypatch.setenv("PERFLIB_SPOOL_DIR", str(tmp_path / "spool"))
+    assert main(["--database-url", url, "report", "--weeks-back", "1",
+                 "--output-dir", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert "is empty: simulating" in output
+    html_path = output.strip().splitlines()[-1].split("report written to ")[1]
+    html = open(html_path, encoding="utf-8").read()
+    assert html.count("<img") >= 6
+    assert "This report shows simulated data" in html
+    assert "def " not in html and "import " not in html  # code hidden
+
+
+def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, monkeypatch,
+                                                                      capsys):
+    from perflib import report
+
+    broken = tmp_path / "broken.ipynb"
+    notebook = json.loads((REPO / report.NOTEBOOK).read_text())
+    notebook["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None,
+                              "outputs": [], "source": "raise RuntimeError('boom')"})
+    broken.write_text(json.dumps(notebook))
+    monkeypatch.setattr(report, "NOTEBOOK", broken)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    simulate_history(Store(url), weeks=1, gpus=1, seed=0, jobs_per_day=20)
+    assert main(["--database-url", url, "report", "--output-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "boom" in error
+    kept = error.split("kept at ")[1].strip()
+    assert "RuntimeError" in open(kept).read()

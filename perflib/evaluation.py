@@ -35,6 +35,7 @@ def feature_importances(report: TrainingReport, family: str | None = None,
     when one feature is shuffled (the anchor columns included)."""
     family = family or report.chosen
     model = report.fitted[family]
+
     def negative_log_error(estimator, X, y):
         return -float(np.median(np.abs(np.log(estimator.predict(X)) - np.log(y))))
 

@@ -25,7 +25,7 @@ from perflib.features import (FEATURE_DESCRIPTIONS, build_features, history_keys
                               outcome_seconds, past_median)
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             make_family, score)
-from perflib.store import Store
+from perflib.store import UsesStore
 from perflib.store.schema import performance_prediction_models as models_table
 from perflib.validation import validate_job_params
 
@@ -114,28 +114,17 @@ class TrainingReport:
     held_out: dict[str, pd.DataFrame]
 
 
-class PerformancePredictor:
+class PerformancePredictor(UsesStore):
     """Predicts a job's generation time before it starts, from the pipeline's own history."""
 
     def __init__(self, db: Any = None, settings: Settings | None = None):
-        self.db = db
-        self.settings = settings
+        super().__init__(db, settings)
         self._trained: dict[tuple[str, str], TrainedModel] = {}
         self._active: dict[str, tuple[int | None, TrainedModel | None, float]] = {}
         self._heuristics: dict[str, tuple[CostModel | None, float]] = {}
         self._drift_cache: dict[tuple, tuple[float, float]] = {}
         self.last_training: TrainingReport | None = None
         self._lock = threading.Lock()
-
-    @property
-    def store(self) -> Store:
-        if not isinstance(self.db, Store):
-            self.db = Store(self.db, self.settings)
-        return self.db
-
-    @property
-    def config(self) -> Settings:
-        return self.store.config
 
     # -- training -----------------------------------------------------------------------------
     def training_data(self, pipeline_type: str | None = None) -> pd.DataFrame:

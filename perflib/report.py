@@ -50,7 +50,7 @@ def ensure_history(store: Store) -> bool:
         if len(predictor.training_data(pipeline)) >= MIN_JOBS_FOR_MODEL:
             result = predictor.train_model(pipeline, "auto")
             predictor.save_model_to_db(pipeline, result["model_type"])
-    PerformanceAnalyzer(store).aggregate_daily()
+    PerformanceAnalyzer(store).aggregate_daily(days_back=None)
     return True
 
 

@@ -114,7 +114,7 @@ def test_report_dict_has_the_seed_keys(incident_history):
 
 def test_daily_aggregates_in_sql_match_pandas(db_url, settings):
     analyzer = _simulated_small(db_url, settings)
-    rows = analyzer.aggregate_daily()
+    rows = analyzer.aggregate_daily(days_back=None)
     frame = analyzer.store.jobs_frame()
     with analyzer.store.engine.connect() as conn:
         stored = {(r.day, r.pipeline_type): r for r in conn.execute(sa.select(performance_trends))}
@@ -127,7 +127,7 @@ def test_daily_aggregates_in_sql_match_pandas(db_url, settings):
         assert row.success_rate == pytest.approx((group.status == "success").mean())
         assert row.median_total_seconds == pytest.approx(ok[int((len(ok) + 1) // 2) - 1 if len(ok) % 2 else len(ok) // 2 - 1])
         assert row.p95_total_seconds == pytest.approx(ok[-(-len(ok) * 95 // 100) - 1])
-    assert analyzer.aggregate_daily() == rows  # re-running replaces, never duplicates
+    assert analyzer.aggregate_daily(days_back=None) == rows  # re-running replaces, never duplicates
 
 
 def _simulated_small(url: str, settings: Settings) -> PerformanceAnalyzer:

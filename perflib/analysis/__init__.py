@@ -7,8 +7,6 @@ report can be re-run for any past week.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
-
 import pandas as pd
 import sqlalchemy as sa
 
@@ -19,8 +17,7 @@ from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.sql import hour_of, in_window, window
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
-from perflib.config import Settings
-from perflib.store import Store, parse_timestamp
+from perflib.store import UsesStore, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
 from perflib.validation import FINAL_STATUSES
@@ -32,28 +29,19 @@ __all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "MaintenancePlan",
            "PerformanceAnalyzer", "TrendResult"]
 
 
-class PerformanceAnalyzer:
+class PerformanceAnalyzer(UsesStore):
     """Answers about recorded jobs; `db` is a URL, the seed-style dict, a Store or None."""
-
-    def __init__(self, db: Any = None, settings: Settings | None = None):
-        self.db = db
-        self.settings = settings
-
-    @property
-    def store(self) -> Store:
-        if not isinstance(self.db, Store):
-            self.db = Store(self.db, self.settings)
-        return self.db
 
     @property
     def thresholds(self):
-        return self.store.config.thresholds
+        return self.config.thresholds
 
     def window(self, days_back: float, end: datetime | str | None = None):
         return window(self.store, days_back, end)
 
-    def aggregate_daily(self, days_back: float | None = None, end=None) -> int:
-        """Fill ``performance_trends`` for the last `days_back` days (default: all history)."""
+    def aggregate_daily(self, days_back: float | None = 7, end=None) -> int:
+        """Refresh ``performance_trends`` for the last `days_back` days (a daily job needs the
+        last week, which late records may still change); ``None`` rebuilds all history."""
         if days_back is None:
             with self.store.engine.connect() as conn:
                 first = conn.execute(sa.select(sa.func.min(jobs.c.started_at))).scalar()
@@ -103,7 +91,7 @@ class PerformanceAnalyzer:
         """Job counts, success rate and time statistics over the window, overall and per
         pipeline (computed in SQL)."""
         start, stop = self.window(days_back, end)
-        per_pipeline = daily_stats(self.store, start, stop, per_day=False)
+        per_pipeline = daily_stats(self.store, start, stop, per_day=False, speed=False)
         result = {"per_pipeline": {}}
         total_jobs = int(per_pipeline.job_count.sum()) if len(per_pipeline) else 0
         for row in per_pipeline.itertuples():
@@ -144,7 +132,7 @@ class PerformanceAnalyzer:
     def daily(self, days_back: float = 7, end=None) -> pd.DataFrame:
         """Per day and pipeline aggregates of the window (see :func:`daily_stats`)."""
         start, stop = self.window(days_back, end)
-        return daily_stats(self.store, start, stop)
+        return daily_stats(self.store, start, stop, times=False, speed=False)
 
     def job_sample(self, days_back: float = 7, end=None, limit: int = SAMPLE_ROWS
                    ) -> pd.DataFrame:

@@ -18,74 +18,89 @@ DAILY_COLUMNS = ["day", "pipeline_type", "job_count", "success_rate", "mean_tota
                  "median_total_seconds", "p95_total_seconds", "mean_queue_seconds",
                  "mean_gpu_util_pct", "work_units", "compute_seconds", "expected_seconds",
                  "median_speed_ratio"]
+TIME_COLUMNS = ["median_total_seconds", "p95_total_seconds"]
+SPEED_COLUMNS = ["compute_seconds", "expected_seconds", "median_speed_ratio"]
 SAMPLE_JOBS = 20_000
 
 
 def daily_stats(store: Store, start: datetime, end: datetime,
-                pipeline_type: str | None = None, per_day: bool = True) -> pd.DataFrame:
-    """Per UTC day and pipeline: job count, success rate, mean/median/p95 total seconds of
-    successful jobs, mean queue seconds, mean GPU utilisation, and for successful jobs their work
-    units, compute seconds (processing without model loading), the seconds a cost model fitted on
-    the window expects for them, and the median of each job's compute ÷ expected — a speed index
-    that neither a change in job mix nor a few stragglers move. With ``per_day=False`` the
-    whole window is one row per pipeline (``day`` is then its first day)."""
+                pipeline_type: str | None = None, per_day: bool = True,
+                times: bool = True, speed: bool = True) -> pd.DataFrame:
+    """Per UTC day and pipeline: job count, success rate, mean queue seconds, mean GPU
+    utilisation, work units of successful jobs, and
+
+    - with `times`: mean/median/p95 total seconds of successful jobs;
+    - with `speed`: their compute seconds (processing without model loading), the seconds a cost
+      model fitted on the window expects for them, and the median of each job's compute ÷
+      expected — a speed index that neither a change in job mix nor a few stragglers move.
+
+    Medians and percentiles are exact, from window functions in SQL; each of `times` and `speed`
+    costs one sort, so ask only for what is needed. With ``per_day=False`` the whole window is
+    one row per pipeline (``day`` is then its first day)."""
     dialect = store.engine.dialect.name
-    expected = _expected_seconds(store, start, end, pipeline_type)
     day = (day_of(jobs.c.started_at, dialect) if per_day
            else sa.literal(start.date().isoformat())).label("day")
     conditions = [FINISHED, in_window(store, start, end)]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)
-    # Rank successful jobs by total time within their day, for exact median and p95 in SQL.
-    ranked = sa.select(
-        day, jobs.c.pipeline_type, jobs.c.status, jobs.c.total_seconds, jobs.c.queue_seconds,
-        jobs.c.gpu_util_avg_pct, compute_seconds().label("compute"), work_units().label("work"),
-        expected.label("expected"), (compute_seconds() / expected).label("speed"),
-        sa.func.row_number().over(
-            partition_by=[day, jobs.c.pipeline_type, SUCCEEDED],
-            order_by=jobs.c.total_seconds).label("rank"),
-        sa.func.row_number().over(
-            partition_by=[day, jobs.c.pipeline_type, SUCCEEDED],
-            order_by=compute_seconds() / expected).label("speed_rank"),
-        sa.func.count().over(partition_by=[day, jobs.c.pipeline_type, SUCCEEDED]).label("n"),
-    ).where(*conditions).subquery()
+    group = [day, jobs.c.pipeline_type, SUCCEEDED]
+    columns = [day, jobs.c.pipeline_type, jobs.c.status, jobs.c.total_seconds,
+               jobs.c.queue_seconds, jobs.c.gpu_util_avg_pct, work_units().label("work"),
+               sa.func.count().over(partition_by=group).label("n")]
+    if times:
+        columns.append(sa.func.row_number().over(partition_by=group,
+                                                 order_by=jobs.c.total_seconds).label("rank"))
+    if speed:
+        expected = _expected_seconds(store, start, end, pipeline_type)
+        ratio = compute_seconds() / expected
+        columns += [compute_seconds().label("compute"), expected.label("expected"),
+                    ratio.label("speed"),
+                    sa.func.row_number().over(partition_by=group, order_by=ratio
+                                              ).label("speed_rank")]
+    ranked = sa.select(*columns).where(*conditions).subquery()
     ok = ranked.c.status == "success"
 
-    def quantile(q: float, rank=ranked.c.rank, value=ranked.c.total_seconds):
+    def quantile(q: float, rank, value):
         position = ceil_int(ranked.c.n * q, dialect)
         return sa.func.max(sa.case((sa.and_(ok, rank == position), value)))
 
-    query = sa.select(
-        ranked.c.day, ranked.c.pipeline_type,
+    measures = [
         sa.func.count().label("job_count"),
         (sa.func.sum(sa.case((ok, 1.0), else_=0.0)) / sa.func.count()).label("success_rate"),
         sa.func.avg(sa.case((ok, ranked.c.total_seconds))).label("mean_total_seconds"),
-        quantile(0.5).label("median_total_seconds"),
-        quantile(0.95).label("p95_total_seconds"),
         sa.func.avg(ranked.c.queue_seconds).label("mean_queue_seconds"),
         sa.func.avg(ranked.c.gpu_util_avg_pct).label("mean_gpu_util_pct"),
-        sa.func.sum(sa.case((ok, ranked.c.work))).label("work_units"),
-        sa.func.sum(sa.case((sa.and_(ok, ranked.c.expected.isnot(None)),
-                             ranked.c.compute))).label("compute_seconds"),
-        sa.func.sum(sa.case((ok, ranked.c.expected))).label("expected_seconds"),
-        quantile(0.5, ranked.c.speed_rank, ranked.c.speed).label("median_speed_ratio"),
-    ).group_by(ranked.c.day, ranked.c.pipeline_type).order_by(ranked.c.day,
-                                                              ranked.c.pipeline_type)
+        sa.func.sum(sa.case((ok, ranked.c.work))).label("work_units")]
+    if times:
+        measures += [quantile(0.5, ranked.c.rank, ranked.c.total_seconds
+                              ).label("median_total_seconds"),
+                     quantile(0.95, ranked.c.rank, ranked.c.total_seconds
+                              ).label("p95_total_seconds")]
+    if speed:
+        measures += [
+            sa.func.sum(sa.case((sa.and_(ok, ranked.c.expected.isnot(None)), ranked.c.compute))
+                        ).label("compute_seconds"),
+            sa.func.sum(sa.case((ok, ranked.c.expected))).label("expected_seconds"),
+            quantile(0.5, ranked.c.speed_rank, ranked.c.speed).label("median_speed_ratio")]
+    query = (sa.select(ranked.c.day, ranked.c.pipeline_type, *measures)
+             .group_by(ranked.c.day, ranked.c.pipeline_type)
+             .order_by(ranked.c.day, ranked.c.pipeline_type))
+    wanted = [c for c in DAILY_COLUMNS if (times or c not in TIME_COLUMNS)
+              and (speed or c not in SPEED_COLUMNS)]
     with store.engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).mappings().all(), columns=DAILY_COLUMNS)
+        frame = pd.DataFrame(conn.execute(query).mappings().all(), columns=wanted)
     frame["day"] = pd.to_datetime(frame["day"]).dt.date
     return frame
 
 
 def aggregate_daily(store: Store, start: datetime, end: datetime) -> int:
     """Recompute ``performance_trends`` for the days in [start, end); return rows written."""
-    frame = daily_stats(store, start, end)
+    frame = daily_stats(store, start, end, speed=False)
     if frame.empty:
         return 0
     now = datetime.now(timezone.utc)
-    rows = [{**{k: _plain(v) for k, v in row.items()
-                if k not in ("compute_seconds", "expected_seconds", "median_speed_ratio")},
-             "updated_at": now} for row in frame.to_dict("records")]
+    rows = [{**{k: _plain(v) for k, v in row.items()}, "updated_at": now}
+            for row in frame.to_dict("records")]
     table = performance_trends
     with store.engine.begin() as conn:
         conn.execute(sa.delete(table).where(table.c.day >= min(frame.day),
@@ -96,17 +111,19 @@ def aggregate_daily(store: Store, start: datetime, end: datetime) -> int:
 
 def _expected_seconds(store: Store, start: datetime, end: datetime, pipeline_type: str | None):
     """An SQL expression for a job's expected compute seconds: ``a + b·work + c·attention`` per
-    pipeline, fitted by non-negative least squares on relative error over a random sample of the
+    pipeline, fitted by non-negative least squares on relative error over an even sample of the
     window's successful jobs."""
     columns = [jobs.c.pipeline_type, compute_seconds().label("seconds"),
                work_units().label("work"), attention_work().label("attention")]
-    query = (sa.select(*columns).where(jobs.c.status == "success", in_window(store, start, end),
-                                       work_units().isnot(None), compute_seconds() > 0)
-             .order_by(sa.func.random()).limit(SAMPLE_JOBS))
+    conditions = [jobs.c.status == "success", in_window(store, start, end),
+                  work_units().isnot(None), compute_seconds() > 0]
     if pipeline_type:
-        query = query.where(jobs.c.pipeline_type == pipeline_type)
+        conditions.append(jobs.c.pipeline_type == pipeline_type)
     with store.engine.connect() as conn:
-        sample = pd.DataFrame(conn.execute(query).mappings().all())
+        count = conn.execute(sa.select(sa.func.count()).where(*conditions)).scalar_one()
+        stride = max(1, count // SAMPLE_JOBS)  # an even spread of ids, cheaper than random()
+        sample = pd.DataFrame(conn.execute(sa.select(*columns).where(
+            *conditions, jobs.c.id % stride == 0)).mappings().all())
     cases = []
     for pipeline, group in sample.groupby("pipeline_type") if len(sample) else ():
         design = np.column_stack([np.ones(len(group)), group.work, group.attention])

@@ -72,7 +72,7 @@ class TrendResult:
 def analyze_trends(store: Store, start: datetime, end: datetime,
                    pipeline_type: str | None = None) -> dict[str, TrendResult]:
     """Per pipeline type: the trend of normalised generation time over [start, end)."""
-    daily = daily_stats(store, start, end, pipeline_type)
+    daily = daily_stats(store, start, end, pipeline_type, times=False)
     return {pipeline: trend_of(pipeline, frame.reset_index(drop=True))
             for pipeline, frame in daily.groupby("pipeline_type")}
 

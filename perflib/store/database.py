@@ -202,6 +202,25 @@ class Store:
             return pd.DataFrame(conn.execute(query).mappings().all())
 
 
+class UsesStore:
+    """Base of the seed's facades: `db` may be a URL, the seed-style dict, a Store or None (the
+    configured database); the store is opened on first use."""
+
+    def __init__(self, db: Any = None, settings: Settings | None = None):
+        self.db = db
+        self.settings = settings
+
+    @property
+    def store(self) -> Store:
+        if not isinstance(self.db, Store):
+            self.db = Store(self.db, self.settings)
+        return self.db
+
+    @property
+    def config(self) -> Settings:
+        return self.store.config
+
+
 # -- helpers ----------------------------------------------------------------------------------
 def parse_timestamp(value: Any) -> datetime:
     """A UTC-aware datetime from a datetime or ISO 8601 text (naive means UTC)."""

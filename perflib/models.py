@@ -92,6 +92,9 @@ class CostModel(RegressorMixin, BaseEstimator):
 
 
 ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
+# The corrections see every feature and the anchor, in this order, as one object array: column
+# selection by position keeps a single estimate quick (pandas selection costs milliseconds).
+MODEL_COLUMNS = NUMERIC_FEATURES + ANCHOR_FEATURES + CATEGORICAL_FEATURES
 
 
 class AnchoredRegressor(RegressorMixin, BaseEstimator):
@@ -115,13 +118,13 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
             spread = max(MAD_TO_SIGMA * np.median(np.abs(target - center)), 0.02)
             target = np.clip(target, center - self.clip_mads * spread,
                              center + self.clip_mads * spread)
-            self.correction_ = clone(self.correction).fit(X, target)
+            self.correction_ = clone(self.correction).fit(_as_array(X), target)
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         log_seconds = _anchor_log(X)
         if self.correction is not None:
-            log_seconds = log_seconds + self.correction_.predict(X)
+            log_seconds = log_seconds + self.correction_.predict(_as_array(X))
         return np.exp(log_seconds)
 
 
@@ -130,6 +133,10 @@ def anchor(features: pd.DataFrame, cost_model: CostModel, recent_log_ratio) -> p
     recent = np.clip(np.asarray(recent_log_ratio, dtype=float), -MAX_DRIFT, MAX_DRIFT)
     return features.assign(log_cost_seconds=np.log(cost_model.predict(features)),
                            recent_log_ratio=recent)
+
+
+def _as_array(X: pd.DataFrame) -> np.ndarray:
+    return X[MODEL_COLUMNS].to_numpy(dtype=object)
 
 
 def _anchor_log(X: pd.DataFrame) -> np.ndarray:
@@ -161,16 +168,17 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
 
 
 def _columns(scale: bool) -> ColumnTransformer:
-    numeric = NUMERIC_FEATURES + ANCHOR_FEATURES
+    """Numeric columns imputed and log-scaled (standardised for the MLP), categories one-hot."""
+    numeric = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
+    categorical = list(range(len(numeric), len(MODEL_COLUMNS)))
     steps = [SimpleImputer(strategy="median", keep_empty_features=True),
-             FunctionTransformer(_signed_log1p, feature_names_out="one-to-one")]
+             FunctionTransformer(_signed_log1p)]
     if scale:
         steps.append(StandardScaler())
     return ColumnTransformer(
         [("numeric", make_pipeline(*steps), numeric),
          ("categorical", OneHotEncoder(handle_unknown="ignore", min_frequency=5,
-                                       sparse_output=False), CATEGORICAL_FEATURES)],
-        verbose_feature_names_out=False)
+                                       sparse_output=False), categorical)])
 
 
 def _signed_log1p(values):

@@ -151,3 +151,26 @@ def test_maintenance_never_deletes_newer_rows(db_url, settings):
     assert set(before[before.started_at >= done.cutoff].job_id) == set(after.job_id)
     remaining_phases = store.phases_frame()
     assert set(remaining_phases.job_id) <= set(after.job_id)
+
+
+def test_cli_simulate_analyze_and_maintain(tmp_path, capsys):
+    import json
+
+    from perflib.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    truth = tmp_path / "truth.json"
+    assert main(["--database-url", url, "simulate", "--weeks", "4", "--gpus", "2",
+                 "--jobs-per-day", "60", "--incidents", "--ground-truth", str(truth)]) == 0
+    out = capsys.readouterr().out
+    assert "simulated" in out and "incident driver_regression" in out
+    assert {i["kind"] for i in json.loads(truth.read_text())} == {
+        "driver_regression", "queue_backlog", "cpu_bound_preprocessing", "vram_heavy_model"}
+    assert main(["--database-url", url, "analyze", "--days-back", "7", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overall_statistics"]["total_jobs"] > 100
+    assert main(["--database-url", url, "maintain", "--dry-run", "--retention-days", "14"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("would delete") and "deleted" not in out
+    assert main(["--database-url", url, "maintain", "--retention-days", "14"]) == 0
+    assert "deleted" in capsys.readouterr().out

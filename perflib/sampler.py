@@ -172,9 +172,6 @@ class ResourceSampler:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def gpu_name(self, index: int) -> str | None:
-        return self.nvml.name(index) if self.nvml else None
-
     def _run(self) -> None:
         wait = self.interval
         while not self._stop.wait(wait):

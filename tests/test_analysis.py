@@ -1,7 +1,7 @@
 """Analytics on simulated histories with known incidents — and on a clean one."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa

@@ -8,7 +8,7 @@ with the same fingerprint (last_seen, evidence, severity) instead of adding a du
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -168,7 +168,3 @@ def acknowledge(store: Store, alert_id: int) -> bool:
         result = conn.execute(sa.update(table).where(table.c.id == alert_id)
                               .values(acknowledged=True))
     return result.rowcount > 0
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

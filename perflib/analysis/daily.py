@@ -1,7 +1,7 @@
 """Daily aggregates per pipeline, computed in SQL and kept in ``performance_trends``."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -135,17 +135,6 @@ def _expected_seconds(store: Store, start: datetime, end: datetime, pipeline_typ
         cases.append((jobs.c.pipeline_type == pipeline,
                       a + b * work_units() + c * attention_work()))
     return sa.case(*cases, else_=sa.null()) if cases else sa.null()
-
-
-def stored_trends(store: Store, since: date | None = None) -> pd.DataFrame:
-    """The ``performance_trends`` rows, oldest first."""
-    table = performance_trends
-    query = sa.select(table).order_by(table.c.day, table.c.pipeline_type)
-    if since is not None:
-        query = query.where(table.c.day >= since)
-    with store.engine.connect() as conn:
-        return pd.DataFrame(conn.execute(query).mappings().all(),
-                            columns=[c.name for c in table.columns])
 
 
 def _plain(value):

@@ -280,6 +280,19 @@ def bench_scale(sizes: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
     return result
 
 
+@benchmark
+def bench_service() -> dict:
+    """estimate-time through uvicorn with 16 concurrent loopback clients, as a ratio to a bare
+    endpoint under the same server configuration (see :mod:`perflib.loadtest`): with a
+    realistic mix of 64 repeating requests, and with every request different."""
+    from perflib.loadtest import bench_service as load
+
+    repeating = load(distinct_bodies=64)
+    distinct = load(distinct_bodies=None)
+    return {**{f"repeating_{k}": v for k, v in repeating.items()},
+            **{f"all_distinct_{k}": v for k, v in distinct.items()}}
+
+
 def run(names: list[str] | None = None, report_path: Path = REPORT_PATH) -> dict:
     """Run the named benchmarks (default all), print them and merge them into the report."""
     results = json.loads(report_path.read_text()) if report_path.exists() else {}

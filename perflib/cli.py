@@ -38,11 +38,11 @@ def cmd_import(args) -> int:
 def cmd_flush_spool(args) -> int:
     store = _store(args)
     spool = Spool(store.config.spool_dir)
-    pending = spool.count_pending()
+    pending = spool.count_pending(args.all)
     if not pending:
-        print(f"spool {spool.directory} is empty")
+        print(f"spool {spool.directory} has nothing to replay")
         return 0
-    replayed = spool.replay(store.write_jobs)
+    replayed = spool.replay(store.write_jobs, args.all)
     print(f"replayed {replayed} spooled job records into {safe_url(store.url)}")
     return 0
 
@@ -152,7 +152,11 @@ def cmd_maintain(args) -> int:
 def cmd_serve(args) -> int:
     from perflib.serve import main as serve_main
 
-    argv = ["--host", args.host, "--port", str(args.port)]
+    argv = []
+    if args.host:
+        argv += ["--host", args.host]
+    if args.port:
+        argv += ["--port", str(args.port)]
     if args.database_url:
         argv += ["--database-url", args.database_url]
     return serve_main(argv) or 0
@@ -178,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="exit 1 when any row was rejected")
     importer.set_defaults(handler=cmd_import)
 
-    commands.add_parser("flush-spool", help="write spooled job records to the database"
-                        ).set_defaults(handler=cmd_flush_spool)
+    flush = commands.add_parser("flush-spool", help="write spooled job records to the database")
+    flush.add_argument("--all", action="store_true",
+                       help="also replay spools of processes still running (they may still be "
+                            "appending; records are idempotent, so at worst a late one waits)")
+    flush.set_defaults(handler=cmd_flush_spool)
 
     demo = commands.add_parser("demo", help="record real tracked CPU jobs and print a summary")
     demo.add_argument("--jobs", type=int, default=300)
@@ -241,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.set_defaults(handler=cmd_maintain)
 
     serve = commands.add_parser("serve", help="run the HTTP service (estimate-time, ...)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8328)
+    serve.add_argument("--host", help="default PERFLIB_HOST, else 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default PERFLIB_PORT, else 8328")
     serve.set_defaults(handler=cmd_serve)
     return parser
 

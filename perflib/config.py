@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from dotenv import dotenv_values
 from sqlalchemy.engine import URL, make_url
@@ -54,6 +55,8 @@ class Settings:
     keep_resource_samples: bool = False
     cuda_visible_devices: str | None = None
     api_token: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8328
     retention_days: int = 90
     thresholds: Thresholds = field(default_factory=Thresholds)
     model_profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
@@ -109,6 +112,8 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         keep_resource_samples=_truthy(env.get("PERFLIB_KEEP_SAMPLES")),
         cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
         api_token=env.get("PERFLIB_API_TOKEN") or None,
+        host=env.get("PERFLIB_HOST", "127.0.0.1"),
+        port=int(env.get("PERFLIB_PORT", 8328)),
         retention_days=int(env.get("PERFLIB_RETENTION_DAYS", 90)),
         thresholds=thresholds,
         model_profiles=_parse_profiles(env.get("PERFLIB_MODEL_PROFILES")),
@@ -150,6 +155,24 @@ def _normalise_driver(url: URL) -> URL:
     if url.drivername in ("postgresql", "postgres"):
         return url.set(drivername="postgresql+psycopg")
     return url
+
+
+@contextmanager
+def database_in_environment(database_url: str | None) -> Iterator[None]:
+    """Name a database to child processes (a notebook kernel) through ``PERFLIB_DATABASE_URL``
+    instead of an argument, so its password never lands in a file they write."""
+    if not database_url:
+        yield
+        return
+    previous = os.environ.get("PERFLIB_DATABASE_URL")
+    os.environ["PERFLIB_DATABASE_URL"] = str(database_url)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PERFLIB_DATABASE_URL", None)
+        else:
+            os.environ["PERFLIB_DATABASE_URL"] = previous
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:

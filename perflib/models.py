@@ -29,6 +29,7 @@ from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES
 
 FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
 MAD_TO_SIGMA = 1.4826
+MIN_SECONDS = 1e-3
 MAX_DRIFT = 1.0  # recent drift is trusted up to a factor of e either way
 
 
@@ -45,7 +46,8 @@ class CostModel(RegressorMixin, BaseEstimator):
         self.max_rounds = max_rounds
 
     def fit(self, X: pd.DataFrame, y) -> "CostModel":
-        y = np.asarray(y, dtype=float)
+        # A timer can record a job as (almost) instant; floor it so 1/y² stays finite.
+        y = np.maximum(np.asarray(y, dtype=float), MIN_SECONDS)
         design = _design(X)
         self.pooled_, pooled_kept = self._fit_terms(design, y)
         self.coefficients_ = {}
@@ -112,7 +114,7 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: pd.DataFrame, y) -> "AnchoredRegressor":
         if self.correction is not None:
-            target = np.log(np.asarray(y, dtype=float)) - _anchor_log(X)
+            target = np.log(np.maximum(np.asarray(y, dtype=float), MIN_SECONDS)) - _anchor_log(X)
             # Stragglers are unpredictable: clip their residuals so they cannot pull the fit.
             center = np.median(target)
             spread = max(MAD_TO_SIGMA * np.median(np.abs(target - center)), 0.02)

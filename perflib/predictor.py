@@ -233,6 +233,12 @@ class PerformancePredictor(UsesStore):
             return conn.execute(sa.select(sa.func.max(t.c.id)).where(
                 t.c.pipeline_type == pipeline_type, t.c.is_active.is_(True))).scalar()
 
+    def reload(self) -> None:
+        """Forget the loaded models: the next estimate reads the active versions afresh (a
+        service calls this after saving a model, instead of waiting for the periodic check)."""
+        with self._lock:
+            self._active.clear()
+
     def active_model(self, pipeline_type: str) -> TrainedModel | None:
         """The active model for `pipeline_type` (else the pooled one), reloaded when a newer
         version has been saved (checked at most every couple of seconds)."""
@@ -298,27 +304,59 @@ class PerformancePredictor(UsesStore):
         'heuristic'), model_used, uncertainty_range [low, high], recommendations``. Raises
         ValueError naming the field for malformed input; never fails for a well-formed one.
         """
-        job = validate_job_params(dict(params))
-        variants = _cheaper_variants(job)
-        rows = pd.DataFrame([job] + [variant for _, _, variant in variants])
-        rows["submitted_at"] = pd.Timestamp.now(tz="UTC")
-        model = self.active_model(job["pipeline_type"])
-        if model is not None and model.pipeline_counts.get(job["pipeline_type"], 0) >= \
-                MIN_JOBS_FOR_MODEL:
-            seconds, low, high, confidence = model.predict(rows, self._fresh_drift(model, job))
-            method = "ml_model"
-            used = f"{model.family} v{model.version} ({model.pipeline_type})"
-        else:
-            seconds, low, high, confidence = self._heuristic(job["pipeline_type"], rows)
-            method, used = "heuristic", "heuristic"
-        return {
-            "predicted_time_seconds": round(float(seconds[0]), 3),
-            "confidence": round(float(confidence[0]), 3),
-            "prediction_method": method,
-            "model_used": used,
-            "uncertainty_range": [round(float(low[0]), 3), round(float(high[0]), 3)],
-            "recommendations": _recommendations(variants, seconds),
-        }
+        result = self.estimate_many([params])[0]
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
+    def estimate_many(self, requests: list[Mapping[str, Any]]) -> list[dict | ValueError]:
+        """:meth:`estimate` for many requests in one pass through the model (a service batches
+        concurrent requests this way: the cost of a call hardly depends on its rows). Each
+        answer is the estimate dict, or the ValueError that request raised."""
+        answers: list[dict | ValueError] = []
+        jobs, rows, owners = [], [], []
+        for params in requests:
+            try:
+                job = validate_job_params(dict(params))
+            except ValueError as exc:
+                answers.append(exc)
+                continue
+            variants = _cheaper_variants(job)
+            answers.append({})
+            jobs.append((len(answers) - 1, job, variants))
+            rows += [job] + [variant for _, _, variant in variants]
+            owners += [len(jobs) - 1] * (1 + len(variants))
+        if not jobs:
+            return answers
+        frame = pd.DataFrame(rows).assign(submitted_at=pd.Timestamp.now(tz="UTC"))
+        owners = np.array(owners)
+        for pipeline in frame.pipeline_type.unique():
+            members = np.flatnonzero(frame.pipeline_type.to_numpy() == pipeline)
+            part = frame.iloc[members]
+            model = self.active_model(pipeline)
+            if model is not None and model.pipeline_counts.get(pipeline, 0) >= \
+                    MIN_JOBS_FOR_MODEL:
+                drift = {}
+                for _, job, _ in (jobs[i] for i in np.unique(owners[members])):
+                    drift.update(self._fresh_drift(model, job))
+                predicted = model.predict(part, drift)
+                method, used = "ml_model", f"{model.family} v{model.version} ({model.pipeline_type})"
+            else:
+                predicted = self._heuristic(pipeline, part)
+                method, used = "heuristic", "heuristic"
+            for number in np.unique(owners[members]):
+                position, job, variants = jobs[number]
+                mine = owners[members] == number
+                seconds, low, high, confidence = (values[mine] for values in predicted)
+                answers[position] = {
+                    "predicted_time_seconds": round(float(seconds[0]), 3),
+                    "confidence": round(float(confidence[0]), 3),
+                    "prediction_method": method,
+                    "model_used": used,
+                    "uncertainty_range": [round(float(low[0]), 3), round(float(high[0]), 3)],
+                    "recommendations": _recommendations(variants, seconds),
+                }
+        return answers
 
     def _fresh_drift(self, model: TrainedModel, job: Mapping[str, Any]) -> dict[str, float]:
         """How much slower than the cost model this job's GPU and model ran in their latest

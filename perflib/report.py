@@ -2,7 +2,7 @@
 to ``reports/weekly-<ISO week>.html`` with the code hidden.
 
 A failed run raises :class:`ReportError` and keeps the executed notebook, with its traceback,
-beside where the HTML would have gone.
+beside where the HTML would have gone. ``weeks_back`` other than 1 adds ``-<n>w`` to the name.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import papermill
 from nbconvert import HTMLExporter
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.config import project_root, safe_url
+from perflib.config import database_in_environment, project_root, safe_url
 from perflib.predictor import MIN_JOBS_FOR_MODEL, PerformancePredictor
 from perflib.simulate import default_incidents, simulate_history
 from perflib.store import Store
@@ -63,20 +63,26 @@ def iso_week(end: datetime) -> str:
 def render_report(weeks_back: int = 1, database_url: str | None = None,
                   end_date: str | None = None, pipeline_type: str | None = None,
                   output_dir: str | Path = "reports") -> Path:
-    """Run the weekly notebook and render it to HTML; returns the HTML path."""
-    root = project_root()
+    """Run the weekly notebook and render it to HTML; returns the HTML path.
+
+    The database reaches the notebook through the environment, never as a parameter, so a
+    password cannot end up in the executed notebook kept after a failure.
+    """
+    root = project_root(Path(__file__).resolve().parent)
     store = Store(database_url)
     ensure_history(store)
     _, end = PerformanceAnalyzer(store).window(7 * weeks_back, end_date)
     output = root / output_dir
     output.mkdir(parents=True, exist_ok=True)
-    stem = f"weekly-{iso_week(end)}"
+    stem = f"weekly-{iso_week(end)}" + (f"-{weeks_back}w" if weeks_back != 1 else "")
     executed = output / f"{stem}.ipynb"
-    parameters = {"database_url": database_url, "weeks_back": weeks_back,
-                  "pipeline_type": pipeline_type, "end_date": end_date}
+    parameters = {"weeks_back": weeks_back, "pipeline_type": pipeline_type,
+                  "end_date": end_date}
     try:
-        papermill.execute_notebook(str(root / NOTEBOOK), str(executed), parameters=parameters,
-                                   cwd=str(root), progress_bar=False, kernel_name="python3")
+        with database_in_environment(database_url):
+            papermill.execute_notebook(str(root / NOTEBOOK), str(executed),
+                                       parameters=parameters, cwd=str(root),
+                                       progress_bar=False, kernel_name="python3")
     except papermill.PapermillExecutionError as exc:
         raise ReportError(f"the report notebook failed ({exc.ename}: {exc.evalue}); the "
                           f"executed notebook is kept at {executed}", executed) from None

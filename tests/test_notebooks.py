@@ -63,3 +63,24 @@ def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, 
     assert "boom" in error
     kept = error.split("kept at ")[1].strip()
     assert "RuntimeError" in open(kept).read()
+
+
+def test_report_hands_the_database_to_the_kernel_through_the_environment(tmp_path,
+                                                                          monkeypatch):
+    """A password in the URL must not be written into the executed notebook."""
+    from perflib import report
+    from perflib.config import get_settings
+
+    seen = {}
+
+    def fake_execute(source, target, parameters, **kwargs):
+        seen["parameters"] = parameters
+        seen["url"] = get_settings().database_url
+        raise papermill.PapermillExecutionError(0, 0, "", "", "Stop", "stop")
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    simulate_history(Store(url), weeks=1, gpus=1, seed=0, jobs_per_day=20)
+    monkeypatch.setattr(report.papermill, "execute_notebook", fake_execute)
+    with pytest.raises(report.ReportError):
+        report.render_report(1, url, output_dir=tmp_path)
+    assert "database_url" not in seen["parameters"] and seen["url"] == url

@@ -1,6 +1,7 @@
 """An unreachable database loses nothing: records spool and flush-spool lands every one."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -77,3 +78,21 @@ def test_no_password_in_repr_or_errors(unreachable_url, settings, caplog):
             store.count()
     assert SECRET not in str(caught.value)
     assert SECRET not in caplog.text
+
+
+def test_replay_leaves_spools_of_live_processes_alone(sqlite_url, tmp_path):
+    from perflib.store.spool import HOST
+
+    record = {"job_id": "x", "pipeline_type": "image", "status": "success",
+              "total_seconds": 1.0, "started_at": "2026-11-01T10:00:00Z"}
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    live = folder / f"spool-{HOST}-1.jsonl"  # pid 1 is always alive: it may still be appending
+    live.write_text(json.dumps(record) + "\n")
+    dead = folder / f"spool-{HOST}-999999.jsonl"
+    dead.write_text(json.dumps({**record, "job_id": "y"}) + "\n")
+    store = Store(sqlite_url, Settings(spool_dir=folder))
+    spool = Spool(folder)
+    assert spool.replay(store.write_jobs) == 1 and set(store.jobs_frame().job_id) == {"y"}
+    assert live.exists()
+    assert spool.replay(store.write_jobs, include_live=True) == 1 and store.count() == 2

@@ -134,7 +134,8 @@ def _expected_seconds(store: Store, start: datetime, end: datetime, pipeline_typ
         a, b, c = (float(v) for v in fit.coef_ / scale)
         cases.append((jobs.c.pipeline_type == pipeline,
                       a + b * work_units() + c * attention_work()))
-    return sa.case(*cases, else_=sa.null()) if cases else sa.null()
+    nothing = sa.cast(sa.null(), sa.Float)  # typed, so SUM() over it works on PostgreSQL
+    return sa.case(*cases, else_=nothing) if cases else nothing
 
 
 def _plain(value):

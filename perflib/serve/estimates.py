@@ -1,15 +1,25 @@
-"""Estimates with the queue ETA, cached briefly so the hot endpoint stays cheap.
+"""Estimates with the queue ETA: concurrent requests share one pass through the model, and an
+identical request is answered from memory for a few seconds.
 
-The predictor already treats its inputs as fresh for a few seconds (it checks for a new model
-version every couple of seconds and caches recent drift for 30 s), so an identical request within
-``ESTIMATE_TTL_SECONDS`` gets the same answer from memory. The live queue is read at most once per
-``QUEUE_TTL_SECONDS``, and at once after this service records jobs.
+- A model call costs about the same for one job as for dozens (its time is per call, not per
+  row), so requests that arrive while a batch is being estimated wait and go together in the
+  next one — dynamic batching, as model servers do. A request that finds the estimator idle
+  goes at once.
+- The predictor treats its inputs as fresh for a while anyway (it looks for a new model version
+  every couple of seconds and caches recent drift for 30 s), so an identical request within
+  ``ESTIMATE_TTL_SECONDS`` gets the same answer; a model saved by this service's own retrain
+  clears that memory.
+- The live queue is read at most once per ``QUEUE_TTL_SECONDS``, and at once after this service
+  records jobs.
 """
 from __future__ import annotations
 
+import asyncio
+import random
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -19,14 +29,16 @@ from perflib.serve.queue import QueueSnapshot, fleet_size, take_snapshot
 from perflib.serve.schemas import EstimateResponse
 from perflib.store import Store
 
-ESTIMATE_TTL_SECONDS = 5.0
+MAX_BATCH = 64
+ESTIMATE_TTL_SECONDS = 10.0
 ESTIMATE_CACHE_SIZE = 4096
 QUEUE_TTL_SECONDS = 1.0
 FLEET_TTL_SECONDS = 60.0
 
 
 class TtlCache:
-    """A small LRU map whose entries expire `ttl` seconds after they were stored."""
+    """A small LRU map whose entries expire between `ttl`/2 and `ttl` seconds after they were
+    stored (spread, so entries stored together are not all recomputed together)."""
 
     def __init__(self, ttl: float, size: int):
         self.ttl = ttl
@@ -37,14 +49,15 @@ class TtlCache:
     def get(self, key: Any) -> Any | None:
         with self._lock:
             item = self._items.get(key)
-            if item is None or time.monotonic() - item[0] > self.ttl:
+            if item is None or time.monotonic() > item[0]:
                 return None
             self._items.move_to_end(key)
             return item[1]
 
     def put(self, key: Any, value: Any) -> None:
+        expires = time.monotonic() + self.ttl * random.uniform(0.5, 1.0)
         with self._lock:
-            self._items[key] = (time.monotonic(), value)
+            self._items[key] = (expires, value)
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -54,41 +67,112 @@ class TtlCache:
             self._items.clear()
 
 
+class EstimateBatcher:
+    """Runs ``predictor.estimate_many`` on batches of the requests waiting (one event loop)."""
+
+    def __init__(self, predictor: PerformancePredictor, max_batch: int = MAX_BATCH):
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._running = False
+
+    async def estimate(self, params: dict[str, Any]) -> dict:
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self._waiting.append((params, answer))
+        if not self._running:
+            self._running = True
+            loop.create_task(self._drain())
+        return await answer
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[:self.max_batch]
+                del self._waiting[:self.max_batch]
+                try:
+                    answers = await run_in_threadpool(self.predictor.estimate_many,
+                                                      [params for params, _ in batch])
+                except Exception as exc:  # reaches each waiting request as its own error
+                    answers = [exc] * len(batch)
+                for (_, future), answer in zip(batch, answers):
+                    if future.done():
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            self._running = False
+
+
 class QueueAwareEstimator:
     """``PerformancePredictor.estimate`` plus when the job would start behind the live queue."""
 
     def __init__(self, store: Store, predictor: PerformancePredictor):
         self.store = store
         self.predictor = predictor
+        self._batcher = EstimateBatcher(predictor)
         self._estimates = TtlCache(ESTIMATE_TTL_SECONDS, ESTIMATE_CACHE_SIZE)
         self._fleet = TtlCache(FLEET_TTL_SECONDS, 1)
-        self._queue = TtlCache(QUEUE_TTL_SECONDS, 1)
+        # The live queue is read by one thread at a time; requests meanwhile use the snapshot
+        # they have, unless jobs were recorded since (a new generation), then they wait for it.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perflib-queue")
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._snapshot: QueueSnapshot | None = None
+        self._reading: tuple[int, Future] | None = None
 
     async def estimate(self, params: dict[str, Any]) -> EstimateResponse:
         key = tuple(sorted(params.items()))
         prediction = self._estimates.get(key)
         if prediction is None:
-            prediction = await run_in_threadpool(self.predictor.estimate, params)
+            prediction = await self._batcher.estimate(params)
             self._estimates.put(key, prediction)
-        snapshot = self._queue.get("live") or await run_in_threadpool(self.queue_snapshot)
+        snapshot = await self._current_snapshot()
         return EstimateResponse(**prediction,
                                 queue=snapshot.eta(prediction["predicted_time_seconds"]))
 
-    def queue_snapshot(self) -> QueueSnapshot:
-        """The live queue, read from the store now."""
-        gpus = self._fleet.get("gpus")
-        if gpus is None:
-            gpus = fleet_size(self.store)
-            self._fleet.put("gpus", gpus)
-        snapshot = take_snapshot(self.store, self.predictor, gpus)
-        self._queue.put("live", snapshot)
-        return snapshot
+    async def _current_snapshot(self) -> QueueSnapshot:
+        with self._lock:
+            snapshot = self._snapshot
+            fresh = snapshot is not None and \
+                time.monotonic() - snapshot.taken_at <= QUEUE_TTL_SECONDS
+            if fresh:
+                return snapshot
+            if self._reading is None or self._reading[0] != self._generation:
+                self._reading = (self._generation,
+                                 self._reader.submit(self._read_queue, self._generation))
+            reading = self._reading[1]
+        if snapshot is not None:
+            return snapshot  # a second old at most, while the next one is read
+        return await asyncio.wrap_future(reading)
+
+    def _read_queue(self, generation: int) -> QueueSnapshot:
+        snapshot = None
+        try:
+            gpus = self._fleet.get("gpus") or fleet_size(self.store)
+            snapshot = take_snapshot(self.store, self.predictor, gpus)
+            return snapshot
+        finally:
+            with self._lock:
+                if snapshot is not None and generation == self._generation:
+                    self._snapshot = snapshot
+                    self._fleet.put("gpus", gpus)
+                if self._reading is not None and self._reading[0] == generation:
+                    self._reading = None
 
     def forget_queue(self) -> None:
-        """Jobs were recorded: read the queue (and the fleet) again on the next estimate."""
-        self._queue.clear()
-        self._fleet.clear()
+        """Jobs were recorded: read the queue (and the fleet) again before the next estimate."""
+        with self._lock:
+            self._generation += 1
+            self._snapshot = None
+            self._fleet.clear()
 
-    def forget_estimates(self) -> None:
-        """A new model was saved here: estimate afresh."""
+    def model_saved(self) -> None:
+        """A new model version was saved here: use it from the next request on."""
+        self.predictor.reload()
         self._estimates.clear()
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=False, cancel_futures=True)

@@ -53,7 +53,7 @@ class BodySizeLimit:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse({"detail": f"request body is over {self.max_bytes} bytes"},
-                                status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                status_code=413,
                                 headers={"Connection": "close"})
         await response(scope, receive, send)
 

@@ -5,15 +5,12 @@ import logging
 import threading
 from typing import Any, Sequence
 
+from perflib.serve.errors import SpoolUnavailable
 from perflib.serve.metrics import ServiceMetrics
 from perflib.serve.schemas import RecordResult
 from perflib.store import Spool, Store
 
 log = logging.getLogger(__name__)
-
-
-class SpoolUnavailable(RuntimeError):
-    """Neither the database nor the spool could take the records: nothing was accepted."""
 
 
 class JobIngest:

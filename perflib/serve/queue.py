@@ -64,16 +64,16 @@ def take_snapshot(store: Store, predictor: PerformancePredictor, gpus: int) -> Q
     live = store.live_jobs()
     seconds = _predicted_seconds(live, predictor)
     running = (live.status == "running").to_numpy()
-    now = pd.Timestamp.now(tz="UTC")
-    started = live.started_at.fillna(now)[running]
-    ends = [start.timestamp() + s for start, s in zip(started, seconds[running])]
+    now = time.time()
+    ends = [(now if pd.isna(start) else start.timestamp()) + s
+            for start, s in zip(live.started_at[running], seconds[running])]
     return QueueSnapshot(running_ends_at=tuple(ends),
                          queued_seconds=tuple(seconds[~running].tolist()),
                          gpus=max(gpus, int(running.sum()), 1), taken_at=time.monotonic())
 
 
 def _predicted_seconds(live: pd.DataFrame, predictor: PerformancePredictor) -> np.ndarray:
-    seconds = live.predicted_seconds.to_numpy(dtype=float, na_value=np.nan)
+    seconds = live.predicted_seconds.to_numpy(dtype=float, na_value=np.nan, copy=True)
     for pipeline, rows in live[np.isnan(seconds)].groupby("pipeline_type"):
         estimated = predictor.estimate_batch(rows, str(pipeline)).predicted_time_seconds
         seconds[live.index.get_indexer(rows.index)] = estimated.to_numpy(dtype=float)

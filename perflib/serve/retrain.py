@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from perflib.predictor import PerformancePredictor
+from perflib.serve.errors import describe_error
 from perflib.serve.schemas import RetrainTaskView
 from perflib.store import Store
 
@@ -25,11 +26,9 @@ log = logging.getLogger(__name__)
 class RetrainTasks:
     """Runs ``train_model`` then ``save_model_to_db`` on a worker thread, task by task."""
 
-    def __init__(self, store: Store, on_saved: Callable[[], None],
-                 describe_error: Callable[[BaseException], str]):
+    def __init__(self, store: Store, on_saved: Callable[[], None]):
         self.store = store
         self.on_saved = on_saved
-        self.describe_error = describe_error
         self._tasks: OrderedDict[str, RetrainTaskView] = OrderedDict()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perflib-retrain")
@@ -59,11 +58,13 @@ class RetrainTasks:
             if not isinstance(exc, ValueError):
                 log.exception("retrain task %s failed", task.task_id)
             self._update(task.model_copy(update={
-                "status": "failed", "finished_at": _now(), "error": self.describe_error(exc)}))
+                "status": "failed", "finished_at": _now(),
+                "error": describe_error(exc, self.store.url)}))
             return
         self.on_saved()
         self._update(task.model_copy(update={
-            "status": "succeeded", "finished_at": _now(), "result": {**result, "version": version}}))
+            "status": "succeeded", "finished_at": _now(),
+            "result": {**result, "version": version}}))
 
     def _update(self, task: RetrainTaskView) -> RetrainTaskView:
         with self._lock:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field,
                       StringConstraints, Tag, field_validator, model_validator)
 
+from perflib.analysis.alerts import SEVERITIES
 from perflib.models import FAMILIES
 from perflib.store.schema import generation_performance, generation_phases
 from perflib.validation import (FINAL_STATUSES, MAX_BATCH, MAX_FRAMES, MAX_SIDE_PX, MAX_STEPS,
@@ -18,17 +19,25 @@ from perflib.validation import (FINAL_STATUSES, MAX_BATCH, MAX_FRAMES, MAX_SIDE_
 MAX_RECORDS = 10_000  # job records in one record-metrics call
 MAX_SECONDS = 1.0e7  # about 115 days: longer than any real job or queue
 MAX_TEXT = 100_000
+MAX_JSON_DEPTH = 32
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL refuses NUL in text; refuse it here rather than spool a record that never lands.
+def _storable(value: str) -> str:
+    # PostgreSQL refuses NUL in text and no database takes lone surrogates: refuse them here
+    # rather than accept (and spool) a record that can never be written.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8 text") from None
     return value
 
 
 def _text(max_length: int = MAX_TEXT):
-    return Annotated[str, StringConstraints(max_length=max_length), AfterValidator(_no_nul)]
+    return Annotated[str, StringConstraints(max_length=max_length), AfterValidator(_storable)]
 
 
 def _column_text(table, name: str):
@@ -37,34 +46,44 @@ def _column_text(table, name: str):
 
 
 def _utc(value: datetime) -> datetime:
-    """Naive means UTC; aware is converted to UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+    """Naive means UTC; aware is converted to UTC. Only plausible times are accepted (the
+    analyses use pandas, whose timestamps end in 2262)."""
     try:
-        return value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None \
+            else value.astimezone(timezone.utc)
     except OverflowError:
         raise ValueError("is out of range once converted to UTC") from None
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"must be between {EARLIEST:%Y} and {LATEST:%Y}")
+    return value
 
 
-def _json_without_nul(value: Any) -> Any:
+def _portable_json(value: Any, depth: int = 0) -> Any:
+    """JSON both databases store: storable text, finite numbers, modest nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep")
     if isinstance(value, str):
-        _no_nul(value)
+        _storable(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not hold NaN or infinite numbers")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
-            _json_without_nul(item)
+            _storable(key)
+            _portable_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
-            _json_without_nul(item)
+            _portable_json(item, depth + 1)
     return value
 
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
-Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+# Durations are kept to the microsecond: nothing is timed finer, and 1e-300 s is not a job.
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False),
+                    AfterValidator(lambda seconds: round(seconds, 6))]
 Reading = Annotated[float, Field(ge=0, le=1.0e9, allow_inf_nan=False)]  # %, MB, W, °C, MHz
 Side = Annotated[int, Field(ge=1, le=MAX_SIDE_PX)]
 PipelineType = Literal[PIPELINE_TYPES]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_without_nul)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_portable_json)]
 Jobs = generation_performance
 
 
@@ -211,7 +230,11 @@ class JobRecord(BaseModel):
     def _complete(self) -> "JobRecord":
         self._split_resolution()
         self._fill_timeline()
-        _json_without_nul(self.model_extra or {})
+        for name, value in (self.model_extra or {}).items():
+            try:
+                _portable_json({name: value})
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         return self
 
     def _split_resolution(self) -> None:
@@ -228,7 +251,11 @@ class JobRecord(BaseModel):
             raise ValueError("finished_at is before started_at")
         if self.status in FINAL_STATUSES:
             if self.total_seconds is None and self.started_at and self.finished_at:
-                self.total_seconds = (self.finished_at - self.started_at).total_seconds()
+                seconds = (self.finished_at - self.started_at).total_seconds()
+                if seconds > MAX_SECONDS:
+                    raise ValueError(f"finished_at is more than {MAX_SECONDS:g} s after "
+                                     "started_at")
+                self.total_seconds = round(seconds, 6)
             if self.started_at is None and self.finished_at and self.total_seconds is not None:
                 self.started_at = _utc(datetime.fromtimestamp(
                     self.finished_at.timestamp() - self.total_seconds, timezone.utc))
@@ -295,6 +322,27 @@ class RetrainTaskView(BaseModel):
     error: str | None = None
 
 
+class Alert(BaseModel):
+    id: int
+    alert_type: str
+    severity: Literal[SEVERITIES]
+    pipeline_type: str | None
+    message: str
+    evidence: dict[str, Any] | None
+    first_seen: datetime
+    last_seen: datetime
+    acknowledged: bool
+
+
+class AlertsResponse(BaseModel):
+    alerts: list[Alert] = Field(description="most severe first, then most recent")
+
+
+class Acknowledged(BaseModel):
+    id: int
+    acknowledged: bool
+
+
 class PipelineTrend(BaseModel):
     avg_generation_time: float | None = Field(description="mean seconds per successful job")
     time_trend: Literal["improving", "degrading", "stable"]
@@ -338,12 +386,12 @@ def json_ready(value: Any) -> Any:
         return {str(key): json_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_ready(item) for item in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return value.value
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return value

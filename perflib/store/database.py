@@ -24,6 +24,7 @@ from perflib.validation import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
+MIN_YEAR, MAX_YEAR = 1970, 2200
 _DATETIME_COLUMNS = {
     table.name: {c.name for c in table.columns if isinstance(c.type, sa.DateTime)}
     for table in schema.metadata.tables.values()
@@ -232,6 +233,8 @@ def parse_timestamp(value: Any) -> datetime:
         value = datetime(value.year, value.month, value.day)
     if not isinstance(value, datetime):
         raise ValueError(f"not a timestamp: {value!r}")
+    if not MIN_YEAR <= value.year <= MAX_YEAR:  # pandas cannot hold dates far outside this
+        raise ValueError(f"timestamp {value.isoformat()} is outside {MIN_YEAR}–{MAX_YEAR}")
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)

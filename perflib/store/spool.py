@@ -2,14 +2,17 @@
 
 Each process appends to its own file (``spool-<host>-<pid>.jsonl``), one record per line, flushed
 and fsynced. Replaying claims a file by renaming it, so two processes never replay the same
-records; a claim left by a dead process is taken over. Writes are idempotent on ``job_id``, so a
-record replayed twice still lands once.
+records; a claim left by a dead process is taken over. A process replays its own file and those
+of dead processes on its host — never the file of a process that may still be appending to it,
+unless asked to (``flush-spool --all``). Writes are idempotent on ``job_id``, so a record replayed
+twice still lands once.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -19,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 1000
+HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())  # no dots or dashes: names parse
 
 
 class Spool:
@@ -30,7 +34,7 @@ class Spool:
 
     @property
     def path(self) -> Path:
-        return self.directory / f"spool-{socket.gethostname()}-{os.getpid()}.jsonl"
+        return self.directory / f"spool-{HOST}-{os.getpid()}.jsonl"
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Append records durably; return how many were written."""
@@ -45,11 +49,13 @@ class Spool:
                 os.fsync(handle.fileno())
         return len(lines)
 
-    def pending_files(self) -> list[Path]:
-        """Spool files waiting to be replayed, including claims of processes that died."""
+    def pending_files(self, include_live: bool = False) -> list[Path]:
+        """Spool files this process may replay: its own, those of dead processes on this host,
+        and claims left by dead replayers; with `include_live`, every spool file."""
         if not self.directory.is_dir():
             return []
-        files = sorted(self.directory.glob("spool-*.jsonl"))
+        files = [p for p in sorted(self.directory.glob("spool-*.jsonl"))
+                 if include_live or _replayable(p)]
         files += [p for p in sorted(self.directory.glob("spool-*.replaying-*"))
                   if not _process_alive(int(p.name.rsplit("-", 1)[1]))]
         return files
@@ -57,17 +63,17 @@ class Spool:
     def has_pending(self) -> bool:
         return bool(self.pending_files())
 
-    def count_pending(self) -> int:
-        return sum(_count_lines(p) for p in self.pending_files())
+    def count_pending(self, include_live: bool = False) -> int:
+        return sum(_count_lines(p) for p in self.pending_files(include_live))
 
-    def replay(self, write: Callable[[Sequence[dict]], Any]) -> int:
+    def replay(self, write: Callable[[Sequence[dict]], Any], include_live: bool = False) -> int:
         """Write every spooled record with `write`; return how many records were replayed.
 
         A file is deleted only after all its records were written; if `write` fails, the file is
         released for a later replay and the error propagates.
         """
         replayed = 0
-        for path in self.pending_files():
+        for path in self.pending_files(include_live):
             claimed = path.with_name(f"{_base_name(path)}.replaying-{os.getpid()}")
             try:
                 path.rename(claimed)
@@ -79,7 +85,7 @@ class Spool:
                     write(records[start:start + REPLAY_BATCH])
             except BaseException:
                 released = path if not path.exists() else path.with_name(
-                    f"{_base_name(path)}-{time.time_ns()}.jsonl")
+                    f"{_base_name(path)}.r{time.time_ns()}.jsonl")
                 claimed.rename(released)
                 raise
             claimed.unlink()
@@ -105,8 +111,16 @@ def _read_records(path: Path):
 
 
 def _base_name(path: Path) -> str:
-    """``spool-host-pid`` from ``spool-host-pid.jsonl`` or ``spool-host-pid.replaying-N``."""
-    return path.name.rsplit(".", 1)[0]
+    """``spool-host-pid`` from ``spool-host-pid.jsonl``, ``….r<ns>.jsonl`` or ``….replaying-N``."""
+    return path.name.split(".", 1)[0]
+
+
+def _replayable(path: Path) -> bool:
+    """Our own file, or one whose process on this host has ended."""
+    host, _, pid = _base_name(path).removeprefix("spool-").rpartition("-")
+    if not pid.isdigit():
+        return True  # not named by perflib: nobody is appending to it
+    return host == HOST and (int(pid) == os.getpid() or not _process_alive(int(pid)))
 
 
 def _count_lines(path: Path) -> int:

@@ -1,0 +1,3 @@
+from perflib.serve.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The FastAPI application: one store, predictor and analyzer per app, shared by every request."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from perflib.analysis import PerformanceAnalyzer
+from perflib.config import Settings, get_settings, safe_url
+from perflib.predictor import PerformancePredictor
+from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
+from perflib.serve.estimates import QueueAwareEstimator
+from perflib.serve.guards import MAX_BODY_BYTES, BodySizeLimit
+from perflib.serve.ingest import JobIngest
+from perflib.serve.metrics import ServiceMetrics
+from perflib.serve.retrain import RetrainTasks
+from perflib.serve.routes import api_router
+from perflib.store import Spool, Store
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/anime/performance"
+VERSION = version("perflib")
+DASHBOARD_HTML = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+
+
+@dataclass
+class Services:
+    """What the endpoints share."""
+
+    settings: Settings
+    store: Store
+    predictor: PerformancePredictor
+    analyzer: PerformanceAnalyzer
+    estimator: QueueAwareEstimator
+    ingest: JobIngest
+    retrain: RetrainTasks
+    metrics: ServiceMetrics
+
+    @property
+    def database_url(self) -> str:
+        """The URL with its password, for the report renderer to connect; never shown."""
+        return self.store.url.render_as_string(hide_password=False)
+
+
+def build_services(db: Any = None, settings: Settings | None = None) -> Services:
+    """One store and everything built on it; nothing connects yet."""
+    settings = settings or (db.config if isinstance(db, Store) else get_settings())
+    store = db if isinstance(db, Store) else Store(db, settings)
+    predictor = PerformancePredictor(store)
+    metrics = ServiceMetrics(store)
+    estimator = QueueAwareEstimator(store, predictor)
+    return Services(
+        settings=settings, store=store, predictor=predictor,
+        analyzer=PerformanceAnalyzer(store, settings), estimator=estimator,
+        ingest=JobIngest(store, Spool(settings.spool_dir), metrics),
+        retrain=RetrainTasks(store, on_saved=estimator.model_saved),
+        metrics=metrics)
+
+
+def create_app(db: Any = None, settings: Settings | None = None) -> FastAPI:
+    """The perflib service for database `db` (a URL, the seed-style dict, a Store, or None for
+    the configured one)."""
+    services = build_services(db, settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        services.retrain.shutdown()
+        services.estimator.close()
+
+    app = FastAPI(title="perflib", version=VERSION, lifespan=lifespan,
+                  description="Generation-time estimates with queue ETA, performance trends, "
+                              "bottlenecks, alerts and job ingestion for diffusion pipelines.")
+    app.state.services = services
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.include_router(api_router(services), prefix=API_PREFIX)
+
+    async def database_down(_request: Request, exc: Exception) -> JSONResponse:
+        url = services.store.url
+        log.warning("database %s unavailable: %s", safe_url(url), type(exc).__name__)
+        detail = f"database {safe_url(url)} is unavailable ({describe_error(exc, url)})"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "30"})
+
+    for error in DATABASE_DOWN:
+        app.add_exception_handler(error, database_down)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Each error names its field; the input is not echoed (it may be large, or hold NaN,
+        # which JSON cannot carry).
+        errors = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]}
+                  for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(SpoolUnavailable)
+    async def spool_unavailable(_request: Request, exc: SpoolUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict:
+        """Liveness, and whether the database answers."""
+        try:
+            with services.store.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            database = "ok"
+        except DATABASE_DOWN:
+            database = "unavailable"
+        return {"status": "ok", "database": database, "version": VERSION}
+
+    @app.get("/metrics", tags=["service"])
+    def metrics() -> Response:
+        """Prometheus exposition: jobs by pipeline and status, estimate latency, queue."""
+        return Response(generate_latest(services.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/dashboard", response_class=HTMLResponse, tags=["service"])
+    def dashboard_page() -> str:
+        """The live dashboard (a static page that polls the dashboard endpoint)."""
+        return DASHBOARD_HTML.read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    return app
+

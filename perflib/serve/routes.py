@@ -1,0 +1,168 @@
+"""The ``/api/anime/performance/`` endpoints."""
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, HTTPException, Path, Query, Response
+from fastapi.responses import FileResponse
+
+from perflib.analysis.alerts import SEVERITIES
+from perflib.config import project_root
+from perflib.serve.guards import require_token
+from perflib.serve.schemas import (Acknowledged, AlertsResponse, DashboardResponse,
+                                   EstimateRequest, EstimateResponse, PipelineTrend,
+                                   PipelineType, RecordBody, RecordResult, RetrainRequest,
+                                   RetrainTaskView, TrendsResponse, json_ready)
+
+if TYPE_CHECKING:
+    from perflib.serve.app import Services
+
+ALERT_REFRESH_SECONDS = 60.0  # stored alerts are re-detected at most this often
+SERVED_REPORTS = pathlib.Path("reports") / "served"
+DaysBack = Annotated[int, Query(ge=1, le=365, description="days of history to analyse")]
+
+
+def api_router(services: Services) -> APIRouter:
+    """Every endpoint, bound to one service's store, predictor and analyzer."""
+    router = APIRouter(tags=["performance"])
+    needs_token = [Depends(require_token(services.settings.api_token))]
+    alert_refresh = _Throttle(ALERT_REFRESH_SECONDS)
+    report_lock = threading.Lock()  # one rendering at a time: they write the same files
+
+    @router.post("/estimate-time", response_model=EstimateResponse)
+    async def estimate_time(job: EstimateRequest) -> EstimateResponse:
+        """How long a job will take, how sure that is, cheaper settings, and when it would
+        start and finish behind the live queue."""
+        with services.metrics.estimate_seconds.time():
+            return await services.estimator.estimate(job.params())
+
+    @router.get("/trends", response_model=TrendsResponse)
+    def trends(days_back: DaysBack = 7, pipeline_type: PipelineType | None = None
+               ) -> TrendsResponse:
+        """Per pipeline: average time, its trend, success rate, bottlenecks and advice."""
+        analyzer = services.analyzer
+        found = analyzer.analyze_bottlenecks(days_back, pipeline_type)
+        result = {}
+        for pipeline, trend in analyzer.analyze_trends(days_back, pipeline_type).items():
+            mine = [b for b in found if b.pipeline_type in (pipeline, None)]
+            result[pipeline] = PipelineTrend(
+                avg_generation_time=json_ready(trend.avg_generation_time),
+                time_trend=trend.direction,
+                slope_seconds_per_day=json_ready(trend.slope_seconds_per_day),
+                p_value=json_ready(trend.p_value),
+                change_points=json_ready([c.as_dict() for c in trend.change_points]),
+                success_rate=json_ready(trend.success_rate),
+                bottlenecks=json_ready([b.as_dict() for b in mine]),
+                recommendations=list(dict.fromkeys(r for b in mine for r in b.recommendations)))
+        return TrendsResponse(period_days=days_back, analysis_date=datetime.now(timezone.utc),
+                              trends=result)
+
+    @router.get("/alerts", response_model=AlertsResponse)
+    def alerts(severity: Literal[SEVERITIES] | None = None,
+               acknowledged: bool | None = None) -> AlertsResponse:
+        """Stored alerts, most severe first (detection re-runs at most once a minute)."""
+        if alert_refresh.due():
+            services.analyzer.detect_alerts()
+        return AlertsResponse(alerts=json_ready(services.analyzer.alerts(severity,
+                                                                         acknowledged)))
+
+    @router.post("/alerts/{alert_id}/acknowledge", response_model=Acknowledged,
+                 dependencies=needs_token)
+    def acknowledge(alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Acknowledged:
+        if not services.analyzer.acknowledge_alert(alert_id):
+            raise HTTPException(404, f"no alert {alert_id}")
+        return Acknowledged(id=alert_id, acknowledged=True)
+
+    @router.get("/weekly-report", response_model=None)
+    def weekly_report(weeks_back: Annotated[int, Query(ge=1, le=52)] = 1,
+                      format: Literal["json", "html"] = "json") -> dict | FileResponse:
+        """The weekly report as JSON, or as the rendered HTML report (rendered if missing)."""
+        if format == "html":
+            return FileResponse(_weekly_html(services, weeks_back, report_lock),
+                                media_type="text/html")
+        return json_ready(services.analyzer.generate_performance_report(7 * weeks_back))
+
+    @router.post("/record-metrics", response_model=RecordResult, dependencies=needs_token,
+                 responses={202: {"model": RecordResult,
+                                  "description": "database down: the records were spooled"}})
+    def record_metrics(body: Annotated[RecordBody, Body()], response: Response,
+                       background: BackgroundTasks) -> RecordResult:
+        """Store one job record or a list (idempotent on job_id; a queued/running job is
+        replaced by its newer report). While the database is down: spooled, 202."""
+        records = [record.as_record() for record in (body if isinstance(body, list) else [body])]
+        result = services.ingest.write(records)
+        if result.spooled:
+            response.status_code = 202
+        else:
+            services.estimator.forget_queue()
+            background.add_task(services.ingest.replay_spool)
+        return result
+
+    @router.get("/dashboard", response_model=DashboardResponse)
+    def dashboard() -> DashboardResponse:
+        """The last 24 hours' headline numbers, jobs per hour, bottlenecks and opportunities."""
+        return DashboardResponse(**json_ready(services.analyzer.dashboard()))
+
+    @router.get("/model-status")
+    def model_status() -> dict:
+        """Per pipeline: the active model's family, version, training time and metrics."""
+        return json_ready(services.predictor.model_status())
+
+    @router.post("/retrain", status_code=202, response_model=RetrainTaskView,
+                 dependencies=needs_token)
+    def retrain(request: Annotated[RetrainRequest | None, Body()] = None) -> RetrainTaskView:
+        """Train in the background and save a new active model version."""
+        request = request or RetrainRequest()
+        return services.retrain.submit(request.pipeline_type, request.model_type)
+
+    @router.get("/retrain/{task_id}", response_model=RetrainTaskView)
+    def retrain_status(task_id: Annotated[str, Path(max_length=64)]) -> RetrainTaskView:
+        task = services.retrain.get(task_id)
+        if task is None:
+            raise HTTPException(404, f"no retrain task {task_id}")
+        return task
+
+    return router
+
+
+def _weekly_html(services: Services, weeks_back: int, lock: threading.Lock) -> pathlib.Path:
+    """The period's rendered report, rendered now if it is not there yet. The service keeps its
+    own copies, one folder per period length (the file is named by ISO week only)."""
+    from perflib.report import ReportError, iso_week, render_report  # papermill: load on use
+
+    _, end = services.analyzer.window(7 * weeks_back)
+    folder = SERVED_REPORTS / f"last-{weeks_back}-weeks"
+    path = project_root() / folder / f"weekly-{iso_week(end)}.html"
+    with lock:
+        if path.is_file():
+            return path
+        try:
+            return render_report(weeks_back, services.database_url, output_dir=folder)
+        except ReportError as exc:
+            raise HTTPException(500, str(exc)) from None
+        except FileNotFoundError as exc:
+            raise HTTPException(500, f"cannot render the weekly report: {exc.filename} is "
+                                     "missing (run the service from the perflib project "
+                                     "folder)") from None
+
+
+class _Throttle:
+    """True at most once per `seconds` (thread-safe)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._last = -float("inf")
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.seconds:
+                return False
+            self._last = now
+            return True
+

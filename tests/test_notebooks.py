@@ -52,8 +52,9 @@ def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, 
 
     broken = tmp_path / "broken.ipynb"
     notebook = json.loads((REPO / report.NOTEBOOK).read_text())
-    notebook["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None,
-                              "outputs": [], "source": "raise RuntimeError('boom')"})
+    notebook["cells"].append({"cell_type": "code", "id": "boom", "metadata": {},
+                              "execution_count": None, "outputs": [],
+                              "source": "raise RuntimeError('boom')"})
     broken.write_text(json.dumps(notebook))
     monkeypatch.setattr(report, "NOTEBOOK", broken)
     url = f"sqlite:///{tmp_path / 'r.db'}"

@@ -8,13 +8,13 @@ import sqlalchemy as sa
 
 from perflib.analysis.daily import aggregate_daily
 from perflib.analysis.sql import bound
+from perflib.predictor import KEEP_VERSIONS
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
 from perflib.store.schema import performance_prediction_models as models
 from perflib.store.schema import resource_samples as samples
 
-KEEP_MODEL_VERSIONS = 3
 REFRESH_DAYS = 14
 
 
@@ -73,4 +73,4 @@ def _stale_model_ids(store: Store) -> list[int]:
     ranked = sa.select(models.c.id, rank).subquery()
     with store.engine.connect() as conn:
         return list(conn.execute(sa.select(ranked.c.id).where(
-            ranked.c.rank > KEEP_MODEL_VERSIONS)).scalars())
+            ranked.c.rank > KEEP_VERSIONS)).scalars())

@@ -23,7 +23,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (FunctionTransformer, OneHotEncoder, OrdinalEncoder,
+                                   StandardScaler)
 
 from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES
 
@@ -121,6 +122,10 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
             target = np.clip(target, center - self.clip_mads * spread,
                              center + self.clip_mads * spread)
             self.correction_ = clone(self.correction).fit(_as_array(X), target)
+            # Threads help fitting many trees; for the few rows of an estimate they cost more
+            # than they save.
+            self.correction_.set_params(**{name: 1 for name in self.correction_.get_params()
+                                           if name.endswith("n_jobs")})
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
@@ -152,35 +157,43 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
     if family == "random_forest":
         learner = RandomForestRegressor(n_estimators=80, min_samples_leaf=5, max_features=0.5,
                                         n_jobs=-1, random_state=random_state)
-        return AnchoredRegressor(Pipeline([("columns", _columns(scale=False)),
-                                           ("forest", learner)]))
+        return AnchoredRegressor(Pipeline([("columns", _tree_columns()), ("forest", learner)]))
     if family == "gradient_boosting":
-        learner = HistGradientBoostingRegressor(loss="absolute_error", max_iter=120,
-                                                learning_rate=0.1, min_samples_leaf=10,
-                                                l2_regularization=1.0, random_state=random_state)
-        return AnchoredRegressor(Pipeline([("columns", _columns(scale=False)),
-                                           ("boosting", learner)]))
+        learner = HistGradientBoostingRegressor(
+            loss="absolute_error", max_iter=120, learning_rate=0.1, min_samples_leaf=10,
+            l2_regularization=1.0, categorical_features=_CATEGORICAL_POSITIONS,
+            random_state=random_state)
+        return AnchoredRegressor(Pipeline([("columns", _tree_columns()), ("boosting", learner)]))
     if family == "neural_network":
         learner = MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, early_stopping=True,
                                max_iter=300, random_state=random_state)
-        return AnchoredRegressor(Pipeline([("columns", _columns(scale=True)),
-                                           ("mlp", learner)]))
+        return AnchoredRegressor(Pipeline([("columns", _scaled_columns()), ("mlp", learner)]))
     raise ValueError(f"model_type must be 'auto' or one of {', '.join(FAMILIES)}, "
                      f"got {family!r}")
 
 
-def _columns(scale: bool) -> ColumnTransformer:
-    """Numeric columns imputed and log-scaled (standardised for the MLP), categories one-hot."""
-    numeric = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
-    categorical = list(range(len(numeric), len(MODEL_COLUMNS)))
-    steps = [SimpleImputer(strategy="median", keep_empty_features=True),
-             FunctionTransformer(_signed_log1p)]
-    if scale:
-        steps.append(StandardScaler())
+_NUMERIC_POSITIONS = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
+_CATEGORICAL_POSITIONS = list(range(len(_NUMERIC_POSITIONS), len(MODEL_COLUMNS)))
+
+
+def _tree_columns() -> ColumnTransformer:
+    """Trees take numbers as they are (missing ones included) and categories as codes; an
+    unseen category becomes -1, which the trees treat as missing."""
     return ColumnTransformer(
-        [("numeric", make_pipeline(*steps), numeric),
+        [("numeric", "passthrough", _NUMERIC_POSITIONS),
+         ("categorical", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
+                                        encoded_missing_value=-1, min_frequency=5),
+          _CATEGORICAL_POSITIONS)])
+
+
+def _scaled_columns() -> ColumnTransformer:
+    """For the MLP: numbers imputed, log-scaled and standardised; categories one-hot."""
+    numeric = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
+                            FunctionTransformer(_signed_log1p), StandardScaler())
+    return ColumnTransformer(
+        [("numeric", numeric, _NUMERIC_POSITIONS),
          ("categorical", OneHotEncoder(handle_unknown="ignore", min_frequency=5,
-                                       sparse_output=False), categorical)])
+                                       sparse_output=False), _CATEGORICAL_POSITIONS)])
 
 
 def _signed_log1p(values):

@@ -41,13 +41,15 @@ def _peak_hours(store: Store, start, end) -> dict | None:
     mean_peak = peak_queue / peak_jobs
     mean_off = off_queue / off_jobs if off_jobs else 0.0
     moved = MOVED_SHARE * peak_jobs
-    saving = moved * max(0.0, mean_peak - mean_off)
+    saving = moved * (mean_peak - mean_off)
+    if saving <= 0:
+        return None  # peak hours wait no longer than the rest: nothing to gain by moving jobs
     return {
         "type": "shift_peak_load",
         "message": (f"{peak_queue / total_queue:.0%} of all queue time falls in the peak hours "
                     f"{', '.join(f'{h:02d}:00' for h in peak_hours)} UTC; running "
                     f"{MOVED_SHARE:.0%} of those jobs off-peak would save about "
-                    f"{saving / 3600:.1f} h of waiting ({mean_peak:.0f} s → {mean_off:.0f} s "
+                    f"{_duration(saving)} of waiting ({mean_peak:.0f} s → {mean_off:.0f} s "
                     "each)."),
         "evidence": {"peak_hours_utc": peak_hours,
                      "peak_queue_share": round(peak_queue / total_queue, 3),
@@ -73,7 +75,7 @@ def _surplus_steps(store: Store, start, end) -> dict | None:
     return {
         "type": "cap_steps",
         "message": (f"{row.jobs} jobs ran more than {STEP_CAP} steps; capping them at "
-                    f"{STEP_CAP} would save about {row.seconds / 3600:.1f} h of GPU time "
+                    f"{STEP_CAP} would save about {_duration(row.seconds)} of GPU time "
                     f"({row.seconds / row.all_seconds:.0%} of theirs) — beyond ~{STEP_CAP} "
                     "steps modern samplers change the image little."),
         "evidence": {"jobs": int(row.jobs), "step_cap": STEP_CAP,
@@ -93,8 +95,13 @@ def _model_reloads(store: Store, start, end) -> dict | None:
     return {
         "type": "group_by_model",
         "message": (f"{row.reloads} jobs started by loading their model "
-                    f"({row.seconds / 3600:.1f} h in all): routing jobs to GPUs that already "
+                    f"({_duration(row.seconds)} in all): routing jobs to GPUs that already "
                     "hold their model, or grouping submissions by model, removes most of it."),
         "evidence": {"model_loads": int(row.reloads), "load_seconds": round(row.seconds, 1)},
         "potential_saving_hours": round(row.seconds / 3600, 2),
     }
+
+
+def _duration(seconds: float) -> str:
+    """``2.5 h`` or ``14 min``, whichever reads better."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"

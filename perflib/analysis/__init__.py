@@ -7,6 +7,7 @@ report can be re-run for any past week.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+
 import pandas as pd
 import sqlalchemy as sa
 
@@ -142,11 +143,7 @@ class PerformanceAnalyzer(UsesStore):
         query = (sa.select(jobs).where(jobs.c.status.in_(FINAL_STATUSES),
                                        in_window(self.store, start, stop))
                  .order_by(sa.func.random()).limit(limit))
-        with self.store.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).mappings().all(),
-                                 columns=[c.name for c in jobs.columns])
-        for column in ("submitted_at", "started_at", "finished_at"):
-            frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
+        frame = self.store.frame(query)
         return frame.sort_values("started_at").reset_index(drop=True)
 
     def queue_by_hour(self, days_back: float = 7, end=None) -> pd.DataFrame:
@@ -157,9 +154,7 @@ class PerformanceAnalyzer(UsesStore):
                            sa.func.avg(jobs.c.queue_seconds).label("mean_queue_seconds"))
                  .where(in_window(self.store, start, stop)).group_by(hour, jobs.c.pipeline_type)
                  .order_by(hour))
-        with self.store.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(query).mappings().all(),
-                                columns=["hour", "pipeline_type", "jobs", "mean_queue_seconds"])
+        return self.store.frame(query)
 
     def phase_shares(self, days_back: float = 7, end=None) -> pd.DataFrame:
         """Share of phase time per pipeline, job type and phase (SQL)."""
@@ -169,9 +164,7 @@ class PerformanceAnalyzer(UsesStore):
                  .join(phases, phases.c.job_id == jobs.c.job_id)
                  .where(jobs.c.status == "success", in_window(self.store, start, stop))
                  .group_by(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name))
-        with self.store.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).mappings().all(),
-                                 columns=["pipeline_type", "job_type", "phase", "seconds"])
+        frame = self.store.frame(query)
         totals = frame.groupby(["pipeline_type", "job_type"]).seconds.transform("sum")
         return frame.assign(share=frame.seconds / totals)
 

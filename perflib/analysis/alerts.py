@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.bottlenecks import Bottleneck
 from perflib.analysis.sql import FINISHED, in_window
 from perflib.analysis.trends import TrendResult
-from perflib.store import Store
+from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_alerts as alerts_table
 
@@ -145,7 +144,9 @@ def list_alerts(store: Store, severity: str | None = None,
     if severity is not None and severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
     table = alerts_table
-    query = sa.select(table)
+    most_severe_first = sa.case({name: rank for rank, name in enumerate(reversed(SEVERITIES))},
+                                value=table.c.severity)
+    query = sa.select(table).order_by(most_severe_first, table.c.last_seen.desc(), table.c.id)
     if severity is not None:
         query = query.where(table.c.severity == severity)
     if acknowledged is not None:
@@ -153,12 +154,9 @@ def list_alerts(store: Store, severity: str | None = None,
     with store.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings().all()]
     for row in rows:
-        for key in ("first_seen", "last_seen"):
-            row[key] = pd.Timestamp(row[key]).tz_localize("UTC").isoformat() \
-                if pd.Timestamp(row[key]).tzinfo is None else pd.Timestamp(row[key]).isoformat()
-    rank = {name: i for i, name in enumerate(reversed(SEVERITIES))}
-    rows.sort(key=lambda r: r["last_seen"], reverse=True)
-    return sorted(rows, key=lambda r: rank[r["severity"]])
+        row["first_seen"] = parse_timestamp(row["first_seen"]).isoformat()
+        row["last_seen"] = parse_timestamp(row["last_seen"]).isoformat()
+    return rows
 
 
 def acknowledge(store: Store, alert_id: int) -> bool:

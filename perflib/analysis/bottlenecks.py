@@ -106,8 +106,7 @@ def _group_stats(store: Store, start, end, pipeline_type, keys) -> pd.DataFrame:
     ).where(FINISHED, in_window(store, start, end)).group_by(*keys)
     if pipeline_type:
         query = query.where(jobs.c.pipeline_type == pipeline_type)
-    with store.engine.connect() as conn:
-        return pd.DataFrame(conn.execute(query).mappings().all())
+    return store.frame(query)
 
 
 def _scope(row, *names) -> dict:
@@ -278,8 +277,7 @@ def _phase_imbalance(store: Store, start, end, pipeline_type) -> list[Bottleneck
              .group_by(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name))
     if pipeline_type:
         query = query.where(jobs.c.pipeline_type == pipeline_type)
-    with store.engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).mappings().all())
+    frame = store.frame(query)
     found = []
     if frame.empty:
         return found

@@ -87,8 +87,7 @@ def daily_stats(store: Store, start: datetime, end: datetime,
              .order_by(ranked.c.day, ranked.c.pipeline_type))
     wanted = [c for c in DAILY_COLUMNS if (times or c not in TIME_COLUMNS)
               and (speed or c not in SPEED_COLUMNS)]
-    with store.engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).mappings().all(), columns=wanted)
+    frame = store.frame(query, wanted)
     frame["day"] = pd.to_datetime(frame["day"]).dt.date
     return frame
 

@@ -29,6 +29,7 @@ _DATETIME_COLUMNS = {
     table.name: {c.name for c in table.columns if isinstance(c.type, sa.DateTime)}
     for table in schema.metadata.tables.values()
 }
+_TIMESTAMP_NAMES = set().union(*_DATETIME_COLUMNS.values())
 
 
 class Store:
@@ -131,6 +132,15 @@ class Store:
         return inserted
 
     # -- reads ------------------------------------------------------------------------------
+    def frame(self, query, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Run a SELECT; rows as a DataFrame (its own column names unless `columns` are given),
+        every timestamp column as UTC."""
+        with self.engine.connect() as conn:
+            result = conn.execute(query)
+            names = list(columns) if columns is not None else list(result.keys())
+            frame = pd.DataFrame(result.mappings().all(), columns=names)
+        return _utc_columns(frame, _TIMESTAMP_NAMES.intersection(frame.columns))
+
     def jobs_frame(self, since: datetime | None = None, until: datetime | None = None,
                    pipeline_type: str | None = None, limit: int | None = None) -> pd.DataFrame:
         """Jobs as a DataFrame ordered by ``submitted_at`` (timestamps as UTC)."""
@@ -145,10 +155,7 @@ class Store:
             query = query.where(table.c.pipeline_type == pipeline_type)
         if limit:
             query = query.limit(limit)
-        with self.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).mappings().all(),
-                                 columns=[c.name for c in table.columns])
-        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+        return self.frame(query)
 
     def recent_jobs(self, gpu_name: str | None, model_name: str | None,
                     limit: int = 50) -> pd.DataFrame:
@@ -160,30 +167,21 @@ class Store:
                                         table.c.model_name.is_(None) if model_name is None
                                         else table.c.model_name == model_name)
                  .order_by(table.c.finished_at.desc()).limit(limit))
-        with self.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).mappings().all(),
-                                 columns=[c.name for c in table.columns])
-        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+        return self.frame(query)
 
     def live_jobs(self) -> pd.DataFrame:
         """Jobs reported as queued or running, oldest submission first."""
         table = schema.generation_performance
         query = (sa.select(table).where(table.c.status.in_(LIVE_STATUSES))
                  .order_by(table.c.submitted_at, table.c.id))
-        with self.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).mappings().all(),
-                                 columns=[c.name for c in table.columns])
-        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+        return self.frame(query)
 
     def phases_frame(self, job_ids: Iterable[str] | None = None) -> pd.DataFrame:
         table = schema.generation_phases
         query = sa.select(table).order_by(table.c.job_id, table.c.seq)
         if job_ids is not None:
             query = query.where(table.c.job_id.in_(list(job_ids)))
-        with self.engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(query).mappings().all(),
-                                 columns=[c.name for c in table.columns])
-        return _utc_columns(frame, _DATETIME_COLUMNS[table.name])
+        return self.frame(query)
 
     def count(self, table: sa.Table = schema.generation_performance) -> int:
         with self.engine.connect() as conn:
@@ -199,8 +197,7 @@ class Store:
                            sa.func.avg(t.c.cpu_avg_pct).label("cpu_avg_pct"))
                  .group_by(t.c.pipeline_type, t.c.status)
                  .order_by(t.c.pipeline_type, t.c.status))
-        with self.engine.connect() as conn:
-            return pd.DataFrame(conn.execute(query).mappings().all())
+        return self.frame(query)
 
 
 class UsesStore:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import socket
 import threading
 import time
@@ -54,6 +55,7 @@ class _Binding:
 
 
 _default_binding: _Binding | None = None
+_named_bindings: dict[Any, _Binding] = {}  # keyed by URL text, or by the Store object itself
 _binding_lock = threading.Lock()
 
 
@@ -65,14 +67,30 @@ def configure(db: Any = None, settings: Settings | None = None) -> None:
 
 
 def _binding_for(db: Any) -> _Binding:
-    if db is not None:
-        return _Binding(db if isinstance(db, Store) else Store(db))
+    """The binding for a job's `db` — made once per database, not once per job."""
     global _default_binding
-    if _default_binding is None:
+    if db is None:
+        if _default_binding is None:
+            with _binding_lock:
+                if _default_binding is None:
+                    _default_binding = _Binding(Store())
+        return _default_binding
+    key = id(db) if isinstance(db, Store) else repr(db)
+    binding = _named_bindings.get(key)
+    if binding is None or (isinstance(db, Store) and binding.store is not db):
         with _binding_lock:
-            if _default_binding is None:
-                _default_binding = _Binding(Store())
-    return _default_binding
+            binding = _named_bindings[key] = _Binding(db if isinstance(db, Store) else Store(db))
+    return binding
+
+
+def _forget_bindings_in_child() -> None:
+    # The parent's writer and sampler threads do not exist in a forked child.
+    global _default_binding, _binding_lock
+    _default_binding, _binding_lock = None, threading.Lock()
+    _named_bindings.clear()
+
+
+os.register_at_fork(after_in_child=_forget_bindings_in_child)
 
 
 class Phase:

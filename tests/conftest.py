@@ -63,6 +63,7 @@ def _fresh_tracker_binding():
     """Each test names its own database; none falls back to the user's default file."""
     yield
     tracker._default_binding = None
+    tracker._named_bindings.clear()
 
 
 @pytest.fixture

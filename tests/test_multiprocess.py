@@ -32,3 +32,26 @@ def test_processes_writing_one_database_all_land(db_url, tmp_path, processes, jo
     store = Store(db_url, Settings(spool_dir=spool_dir))
     assert Spool(spool_dir).count_pending() == 0
     assert store.count() == processes * jobs
+
+
+def test_a_forked_child_tracks_into_the_parents_database(sqlite_url, tmp_path):
+    """Bindings made before a fork (their threads stay in the parent) are remade in the child."""
+    import multiprocessing
+
+    from perflib import track_generation_job
+    from perflib.store import flush_all
+
+    store = Store(sqlite_url, Settings(spool_dir=tmp_path / "spool"))
+    with track_generation_job("parent", "image", {}, db=store):
+        pass
+    flush_all()
+
+    def child():
+        with track_generation_job("child", "image", {}, db=store):
+            pass
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    assert set(store.jobs_frame().job_id) == {"parent", "child"}

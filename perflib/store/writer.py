@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import threading
+from multiprocessing import util as multiprocessing_util
 from queue import Empty, SimpleQueue
 from typing import Any, Mapping
 
@@ -181,3 +182,15 @@ def _reset_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
+
+
+class _MultiprocessingChild:
+    """A multiprocessing child leaves through ``os._exit``, skipping atexit, but runs its
+    finalizers first: one of them flushes what the child's writers still hold."""
+
+    def __call__(self, _self) -> None:
+        multiprocessing_util.Finalize(None, _close_all, exitpriority=100)
+
+
+_child_hook = _MultiprocessingChild()
+multiprocessing_util.register_after_fork(_child_hook, _child_hook)

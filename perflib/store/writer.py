@@ -3,7 +3,8 @@
 Items on the queue are either finished job records (dicts) or objects with an ``as_record()``
 method (the tracker's job contexts), so even building the record happens off the hot path. A
 batch that the database refuses goes to the spool; the spool is replayed after the next batch
-that lands. Records still queued at interpreter exit are flushed, or spooled if that fails.
+that lands. Records still queued at interpreter exit — or at the end of a multiprocessing child,
+which skips atexit — are flushed, or spooled if that fails.
 """
 from __future__ import annotations
 

@@ -335,18 +335,7 @@ class PerformancePredictor(UsesStore):
         owners = np.array(owners)
         for pipeline in frame.pipeline_type.unique():
             members = np.flatnonzero(frame.pipeline_type.to_numpy() == pipeline)
-            part = frame.iloc[members]
-            model = self.active_model(pipeline)
-            if model is not None and model.pipeline_counts.get(pipeline, 0) >= \
-                    MIN_JOBS_FOR_MODEL:
-                drift = {}
-                for _, job, _ in (jobs[i] for i in np.unique(owners[members])):
-                    drift.update(self._fresh_drift(model, job))
-                predicted = model.predict(part, drift)
-                method, used = "ml_model", f"{model.family} v{model.version} ({model.pipeline_type})"
-            else:
-                predicted = self._heuristic(pipeline, part)
-                method, used = "heuristic", "heuristic"
+            predicted, method, used = self._predict(pipeline, frame.iloc[members])
             for number in np.unique(owners[members]):
                 position, job, variants = jobs[number]
                 mine = owners[members] == number
@@ -377,13 +366,22 @@ class PerformancePredictor(UsesStore):
 
     def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
         """Predictions for many job rows of one pipeline type at once (no recommendations)."""
-        model = self.active_model(pipeline_type)
-        if model is None:
-            seconds, low, high, confidence = self._heuristic(pipeline_type, jobs)
-        else:
-            seconds, low, high, confidence = model.predict(jobs)
+        (seconds, low, high, confidence), _, _ = self._predict(pipeline_type, jobs)
         return pd.DataFrame({"predicted_time_seconds": seconds, "low": low, "high": high,
                              "confidence": confidence}, index=jobs.index)
+
+    def _predict(self, pipeline_type: str, rows: pd.DataFrame):
+        """(seconds, low, high, confidence), method and model label for rows of one pipeline:
+        the active model with each GPU and model's fresh drift, else the heuristic."""
+        model = self.active_model(pipeline_type)
+        if model is None or model.pipeline_counts.get(pipeline_type, 0) < MIN_JOBS_FOR_MODEL:
+            return self._heuristic(pipeline_type, rows), "heuristic", "heuristic"
+        drift: dict[str, float] = {}
+        for gpu, name in set(zip(_column(rows, "gpu_name"), _column(rows, "model_name"))):
+            drift.update(self._fresh_drift(model, {"gpu_name": _text_or_none(gpu),
+                                                   "model_name": _text_or_none(name)}))
+        used = f"{model.family} v{model.version} ({model.pipeline_type})"
+        return model.predict(rows, drift), "ml_model", used
 
     def _heuristic(self, pipeline_type: str, rows: pd.DataFrame):
         """Fixed overhead + seconds per work unit, fitted on whatever history exists, else
@@ -478,6 +476,14 @@ def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: 
         positions = positions[np.argsort(work, kind="stable")]
     cut = int(round(len(positions) * (1 - fraction)))
     return np.sort(positions[:cut]), np.sort(positions[cut:])
+
+
+def _column(rows: pd.DataFrame, name: str) -> list:
+    return rows[name].tolist() if name in rows else [None] * len(rows)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or value != value else str(value)
 
 
 def _cheaper_variants(job: dict) -> list[tuple[str, str, dict]]:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from perflib.analysis.sql import bound
 from perflib.predictor import PerformancePredictor
 from perflib.serve.schemas import QueueEta
 from perflib.store import Store
@@ -86,7 +87,7 @@ def fleet_size(store: Store, days: int = FLEET_DAYS) -> int:
     since = datetime.now(timezone.utc) - timedelta(days=days)
     seen = (sa.select(jobs.c.hostname, jobs.c.gpu_name)
             .where(jobs.c.gpu_name.is_not(None),
-                   sa.func.coalesce(jobs.c.started_at, jobs.c.submitted_at) >= since)
+                   sa.func.coalesce(jobs.c.started_at, jobs.c.submitted_at) >= bound(store, since))
             .distinct().subquery())
     with store.engine.connect() as conn:
         count = conn.execute(sa.select(sa.func.count()).select_from(seen)).scalar_one()

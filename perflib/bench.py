@@ -181,12 +181,13 @@ def bench_sampler(samples: int = 200) -> dict:
 @benchmark
 def bench_predictor(jobs: int = 50_000) -> dict:
     """Training all four families on `jobs` simulated jobs; single estimates in-process (median
-    and p99); a batch estimate of 10,000 rows. References: the cost model alone, and one bare
-    scikit-learn LinearRegression prediction, timed in the same run."""
+    and p99) with the chosen family and with each family in turn; a batch estimate of 10,000
+    rows. Reference: one bare scikit-learn LinearRegression prediction, timed in the same run."""
     import numpy as np
     import pandas as pd
     from sklearn.linear_model import LinearRegression
 
+    from perflib.models import FAMILIES
     from perflib.predictor import PerformancePredictor
     from perflib.simulate import generate_jobs
 
@@ -204,20 +205,22 @@ def bench_predictor(jobs: int = 50_000) -> dict:
     request = {"pipeline_type": "video", "resolution": "768x768", "frame_count": 48,
                "steps": 25, "job_type": "scene", "model_name": records[-1]["model_name"],
                "gpu_name": records[-1]["gpu_name"]}
-    predictor.estimate(request)
-    latencies = []
-    for _ in range(300):
-        began = time.perf_counter()
-        predictor.estimate(request)
-        latencies.append(time.perf_counter() - began)
+    latencies = _estimate_latencies(predictor, request)
     reference = LinearRegression().fit(np.arange(10.0).reshape(-1, 1), np.arange(10.0))
     bare = _median_seconds(lambda: reference.predict(np.ones((1, 1))), 300)
-
     batch = pd.DataFrame(records[-10_000:])
     start = time.perf_counter()
     predictor.estimate_batch(batch[batch.pipeline_type == "video"], "video")
     predictor.estimate_batch(batch[batch.pipeline_type == "image"], "image")
     batch_s = time.perf_counter() - start
+    by_family = {}
+    for family in FAMILIES:  # each family in turn as the active model
+        if family != result["model_type"]:
+            predictor.train_model(None, family)
+        predictor.save_model_to_db(None, family)
+        family_latencies = _estimate_latencies(PerformancePredictor(store), request)
+        by_family[f"estimate_median_ms_{family}"] = statistics.median(family_latencies) * 1e3
+        by_family[f"estimate_p99_ms_{family}"] = float(np.quantile(family_latencies, 0.99)) * 1e3
     return {"jobs": len(records), "chosen_family": result["model_type"],
             "train_all_families_s": train_s, "train_target_s": 60.0,
             "accuracy_within_20_percent": result["accuracy_within_20_percent"],
@@ -226,7 +229,19 @@ def bench_predictor(jobs: int = 50_000) -> dict:
             "estimate_target_median_ms": 2.0,
             "bare_sklearn_predict_ms": bare * 1e3,
             "ratio_estimate_to_bare_predict": statistics.median(latencies) / bare,
+            **by_family,
             "batch_10k_estimate_s": batch_s}
+
+
+def _estimate_latencies(predictor, request: dict, repeats: int = 300) -> list[float]:
+    """Seconds per single in-process estimate (after one warm-up that loads the model)."""
+    predictor.estimate(request)
+    latencies = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        predictor.estimate(request)
+        latencies.append(time.perf_counter() - began)
+    return latencies
 
 
 def _simulated_database(folder: Path, jobs: int) -> str:

@@ -7,7 +7,9 @@ one frame or all of them. Without a profile, SD-style defaults apply.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import time
+from datetime import datetime
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -53,13 +55,25 @@ COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work",
               "decode_work_per_sample"]
 HISTORY_WINDOW = 50
 
+# Job rows: a DataFrame as the store returns it, or a mapping of column sequences.
+JobRows = Union[pd.DataFrame, Mapping[str, Sequence]]
+# Features: build_features' DataFrame, or feature_columns' dict of arrays.
+Features = Union[pd.DataFrame, Mapping[str, np.ndarray]]
+
 _DEFAULT_PROFILE = ModelProfile()
 _DEFAULTS = {"frame_count": 1, "batch_size": 1, "steps": 20, "guidance_scale": 7.5}
 
 
 def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | None = None,
                    history: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """The feature matrix for job rows (as the store returns them).
+    """The feature matrix for job rows (as the store returns them); see :func:`feature_columns`."""
+    return pd.DataFrame(feature_columns(jobs, profiles, history), index=jobs.index)
+
+
+def feature_columns(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None = None,
+                    history: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Every feature of :data:`FEATURE_DESCRIPTIONS` as an array, for job rows: a DataFrame, or
+    a mapping of column sequences (an estimate's few rows need no DataFrame built).
 
     ``recent_seconds_per_work`` comes from the rows themselves when they carry outcomes
     (``total_seconds`` and ``finished_at``) and no `history` is given, else from `history`
@@ -81,9 +95,9 @@ def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | No
     span = np.where(full_attention, tokens_per_frame * latent_frames, tokens_per_frame)
     hour, weekday = _hour_and_weekday(jobs)
     keys = gpus + "|" + models
-    if history is None and {"total_seconds", "finished_at"} <= set(jobs.columns):
-        per_work = outcome_seconds(jobs) / work
-        recent = past_median(jobs, keys, per_work)
+    if history is None and "total_seconds" in jobs and "finished_at" in jobs:
+        jobs = pd.DataFrame(jobs)
+        recent = past_median(jobs, keys, outcome_seconds(jobs) / work)
     else:
         history = history or {}
         fallback = history.get("*", np.nan)
@@ -116,7 +130,7 @@ def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | No
         "model_name": models,
         "gpu_name": gpus,
     }
-    return pd.DataFrame({name: columns[name] for name in FEATURE_DESCRIPTIONS}, index=jobs.index)
+    return {name: columns[name] for name in FEATURE_DESCRIPTIONS}
 
 
 def outcome_seconds(jobs: pd.DataFrame) -> np.ndarray:
@@ -129,9 +143,10 @@ def outcome_seconds(jobs: pd.DataFrame) -> np.ndarray:
     return np.where(processing > 0, processing, total)
 
 
-def history_keys(features: pd.DataFrame) -> np.ndarray:
+def history_keys(features: Features) -> np.ndarray:
     """The group each job's history is kept in: ``"gpu_name|model_name"``."""
-    return (features["gpu_name"] + "|" + features["model_name"]).to_numpy()
+    return np.asarray(features["gpu_name"], dtype=object) + "|" + np.asarray(
+        features["model_name"], dtype=object)
 
 
 def succeeded(jobs: pd.DataFrame) -> np.ndarray:
@@ -152,7 +167,7 @@ def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
     finished = _instants(jobs["finished_at"]) if "finished_at" in jobs else None
     if finished is None:
         return np.full(len(jobs), np.nan)
-    submitted = _instants(_submitted_at(jobs))
+    submitted = _submitted_instants(jobs)
     usable = succeeded(jobs) & values.notna().to_numpy() & ~np.isnan(finished)
     if known is not None:
         usable &= known
@@ -188,7 +203,9 @@ def latest_median(jobs: pd.DataFrame, keys: np.ndarray, values,
 
 
 def _instants(values) -> np.ndarray:
-    """Timestamps as float seconds since the epoch (NaN where missing)."""
+    """Timestamps as float seconds since the epoch (NaN where missing; naive ones are UTC)."""
+    if isinstance(values, list) and all(isinstance(v, datetime) and v.tzinfo for v in values):
+        return np.array([v.timestamp() for v in values], dtype=float)  # an estimate's few rows
     stamps = pd.to_datetime(pd.Series(values), utc=True, errors="coerce")
     seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return seconds.to_numpy(dtype=float)
@@ -203,31 +220,43 @@ def _geometry(models: np.ndarray, profiles: Mapping[str, ModelProfile]
             np.array([p.full_attention for p in chosen], dtype=bool))
 
 
-def _numeric(jobs: pd.DataFrame, column: str, default: float | None = None) -> np.ndarray:
+def row_count(jobs: JobRows) -> int:
+    """How many job rows `jobs` holds (a DataFrame or a mapping of column sequences)."""
+    if isinstance(jobs, pd.DataFrame):
+        return len(jobs)
+    return len(next(iter(jobs.values()), ()))
+
+
+def _numeric(jobs: JobRows, column: str, default: float | None = None) -> np.ndarray:
     fill = _DEFAULTS.get(column, default)
     if column not in jobs:
-        return np.full(len(jobs), np.nan if fill is None else fill, dtype=float)
-    values = pd.to_numeric(jobs[column], errors="coerce").to_numpy(dtype=float)
+        return np.full(row_count(jobs), np.nan if fill is None else fill, dtype=float)
+    try:  # numbers (or None) convert directly, much faster than pd.to_numeric on a few rows
+        values = np.asarray(jobs[column], dtype=float)
+    except (TypeError, ValueError):
+        values = pd.to_numeric(pd.Series(jobs[column]), errors="coerce").to_numpy(dtype=float)
     return values if fill is None else np.where(np.isnan(values), fill, values)
 
 
-def _text(jobs: pd.DataFrame, column: str) -> np.ndarray:
+def _text(jobs: JobRows, column: str) -> np.ndarray:
     if column not in jobs:
-        return np.full(len(jobs), "unknown", dtype=object)
+        return np.full(row_count(jobs), "unknown", dtype=object)
     return np.array(["unknown" if v is None or v != v else str(v) for v in jobs[column]],
                     dtype=object)
 
 
-def _hour_and_weekday(jobs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    seconds = _instants(_submitted_at(jobs))
+def _hour_and_weekday(jobs: JobRows) -> tuple[np.ndarray, np.ndarray]:
+    seconds = _submitted_instants(jobs)
     days = np.floor(seconds / 86400.0)
     return np.floor((seconds - days * 86400.0) / 3600.0), (days + 3) % 7  # 1970-01-01: Thursday
 
 
-def _submitted_at(jobs: pd.DataFrame) -> pd.Series:
+def _submitted_instants(jobs: JobRows) -> np.ndarray:
+    """When each job was submitted (else started; else now), as seconds since the epoch."""
+    now = time.time()
     for column in ("submitted_at", "started_at"):
         if column in jobs:
-            values = pd.to_datetime(jobs[column], utc=True, errors="coerce")
-            if values.notna().any():
-                return values.fillna(pd.Timestamp.now(tz="UTC"))
-    return pd.Series(pd.Timestamp.now(tz="UTC"), index=jobs.index)
+            seconds = _instants(jobs[column])
+            if not np.isnan(seconds).all():
+                return np.where(np.isnan(seconds), now, seconds)
+    return np.full(row_count(jobs), now)

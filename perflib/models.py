@@ -16,17 +16,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.compose import ColumnTransformer
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.neural_network import MLPRegressor
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import (FunctionTransformer, OneHotEncoder, OrdinalEncoder,
-                                   StandardScaler)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES
+from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES, Features
 
 FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
 MAD_TO_SIGMA = 1.4826
@@ -58,8 +56,8 @@ class CostModel(RegressorMixin, BaseEstimator):
             if members.sum() >= self.min_group_jobs:
                 self.coefficients_[str(key)] = self._fit_terms(design[members], y[members])[0]
         ratio = y / np.maximum(design @ self.pooled_, 1e-9)
-        self.gpu_factor_ = _median_by(X["gpu_name"].to_numpy(), ratio, pooled_kept)
-        self.model_factor_ = _median_by(X["model_name"].to_numpy(), ratio, pooled_kept)
+        self.gpu_factor_ = _median_by(np.asarray(X["gpu_name"]), ratio, pooled_kept)
+        self.model_factor_ = _median_by(np.asarray(X["model_name"]), ratio, pooled_kept)
         return self
 
     def _fit_terms(self, design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +80,7 @@ class CostModel(RegressorMixin, BaseEstimator):
             kept = now_kept
         return coefficients, kept
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
+    def predict(self, X: Features) -> np.ndarray:
         design = _design(X)
         keys = _group_keys(X)
         seconds = design @ self.pooled_
@@ -95,25 +93,27 @@ class CostModel(RegressorMixin, BaseEstimator):
 
 
 ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
-# The corrections see every feature and the anchor, in this order, as one object array: column
-# selection by position keeps a single estimate quick (pandas selection costs milliseconds).
+# The corrections see every feature and the anchor, in this order, as one object array.
 MODEL_COLUMNS = NUMERIC_FEATURES + ANCHOR_FEATURES + CATEGORICAL_FEATURES
+_NUMERIC_POSITIONS = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
+_CATEGORICAL_POSITIONS = list(range(len(_NUMERIC_POSITIONS), len(MODEL_COLUMNS)))
 
 
 class AnchoredRegressor(RegressorMixin, BaseEstimator):
     """Seconds = exp(log cost-model seconds + recent drift + correction).
 
-    `X` carries the anchor columns (see :func:`anchor`): ``log_cost_seconds`` and
-    ``recent_log_ratio``, how much slower than the cost model the same GPU and model have run
-    lately (0 when unknown). `correction` learns the rest of log(actual / anchor); without one
-    this is the cost model itself, tracking drift.
+    `X` (a DataFrame or a mapping of column arrays) carries the anchor columns (see
+    :func:`anchor`): ``log_cost_seconds`` and ``recent_log_ratio``, how much slower than the cost
+    model the same GPU and model have run lately (0 when unknown). `correction` learns the rest
+    of log(actual / anchor) from the :data:`MODEL_COLUMNS`; without one this is the cost model
+    itself, tracking drift.
     """
 
     def __init__(self, correction=None, clip_mads: float = 4.0):
         self.correction = correction
         self.clip_mads = clip_mads
 
-    def fit(self, X: pd.DataFrame, y) -> "AnchoredRegressor":
+    def fit(self, X: Features, y) -> "AnchoredRegressor":
         if self.correction is not None:
             target = np.log(np.maximum(np.asarray(y, dtype=float), MIN_SECONDS)) - _anchor_log(X)
             # Stragglers are unpredictable: clip their residuals so they cannot pull the fit.
@@ -121,92 +121,132 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
             spread = max(MAD_TO_SIGMA * np.median(np.abs(target - center)), 0.02)
             target = np.clip(target, center - self.clip_mads * spread,
                              center + self.clip_mads * spread)
-            self.correction_ = clone(self.correction).fit(_as_array(X), target)
+            self.correction_ = clone(self.correction).fit(model_matrix(X), target)
+            self.correction_range_ = (float(target.min()), float(target.max()))
             # Threads help fitting many trees; for the few rows of an estimate they cost more
             # than they save.
             self.correction_.set_params(**{name: 1 for name in self.correction_.get_params()
                                            if name.endswith("n_jobs")})
         return self
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
+    def predict(self, X: Features) -> np.ndarray:
         log_seconds = _anchor_log(X)
         if self.correction is not None:
-            log_seconds = log_seconds + self.correction_.predict(_as_array(X))
+            # Far outside the training data a correction (an MLP's above all) can run away:
+            # it never moves an estimate further from the anchor than it did in training.
+            log_seconds = log_seconds + np.clip(self.correction_.predict(model_matrix(X)),
+                                                *self.correction_range_)
         return np.exp(log_seconds)
 
 
-def anchor(features: pd.DataFrame, cost_model: CostModel, recent_log_ratio) -> pd.DataFrame:
-    """The features plus the anchor columns every family predicts from."""
+class CategoryCodes(TransformerMixin, BaseEstimator):
+    """The model matrix as numbers: numeric columns as floats, each categorical column as the
+    code of its value (``one_hot=False``, for trees) or as indicator columns (``one_hot=True``).
+    Values seen fewer than `min_frequency` times in training, and unseen ones, are missing (NaN)
+    or all-zero indicators.
+
+    sklearn's OrdinalEncoder and OneHotEncoder, behind a ColumnTransformer, cost 0.6–1 ms a
+    call however few the rows; a single estimate has a 2 ms budget in all, so this is a lookup.
+    """
+
+    def __init__(self, categorical=(), one_hot: bool = False, min_frequency: int = 5):
+        self.categorical = categorical
+        self.one_hot = one_hot
+        self.min_frequency = min_frequency
+
+    def fit(self, X, y=None) -> "CategoryCodes":
+        X = np.asarray(X, dtype=object)
+        self.numeric_ = [i for i in range(X.shape[1]) if i not in set(self.categorical)]
+        self.codes_ = []
+        for position in self.categorical:
+            values, counts = np.unique(X[:, position].astype(str), return_counts=True)
+            kept = sorted(str(v) for v in values[counts >= self.min_frequency])
+            self.codes_.append({value: code for code, value in enumerate(kept)})
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=object)
+        blocks = [X[:, self.numeric_].astype(float)]
+        for position, codes in zip(self.categorical, self.codes_):
+            found = np.array([codes.get(str(value), -1) for value in X[:, position]])
+            if self.one_hot:
+                indicators = np.zeros((len(X), len(codes)))
+                known = np.flatnonzero(found >= 0)
+                indicators[known, found[known]] = 1.0
+                blocks.append(indicators)
+            else:
+                blocks.append(np.where(found >= 0, found, np.nan)[:, None])
+        return np.hstack(blocks)
+
+
+def anchor(features: Features, cost_model: CostModel, recent_log_ratio) -> Features:
+    """The features plus the anchor columns every family predicts from (a DataFrame for a
+    DataFrame, else a dict of column arrays)."""
     recent = np.clip(np.asarray(recent_log_ratio, dtype=float), -MAX_DRIFT, MAX_DRIFT)
-    return features.assign(log_cost_seconds=np.log(cost_model.predict(features)),
-                           recent_log_ratio=recent)
+    columns = {"log_cost_seconds": np.log(cost_model.predict(features)),
+               "recent_log_ratio": recent}
+    if isinstance(features, pd.DataFrame):
+        return features.assign(**columns)
+    return {**features, **columns}
 
 
-def _as_array(X: pd.DataFrame) -> np.ndarray:
-    return X[MODEL_COLUMNS].to_numpy(dtype=object)
+def model_matrix(X: Features) -> np.ndarray:
+    """The :data:`MODEL_COLUMNS` of `X` as one object array, the input of every correction."""
+    matrix = np.empty((len(X["log_cost_seconds"]), len(MODEL_COLUMNS)), dtype=object)
+    for position, name in enumerate(MODEL_COLUMNS):
+        matrix[:, position] = np.asarray(X[name])
+    return matrix
 
 
-def _anchor_log(X: pd.DataFrame) -> np.ndarray:
-    return X["log_cost_seconds"].to_numpy() + np.nan_to_num(X["recent_log_ratio"].to_numpy())
+def _anchor_log(X: Features) -> np.ndarray:
+    return np.asarray(X["log_cost_seconds"], dtype=float) + np.nan_to_num(
+        np.asarray(X["recent_log_ratio"], dtype=float))
 
 
 def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
-    """A fresh, unfitted estimator of one family."""
+    """A fresh, unfitted estimator of one family: a scikit-learn pipeline from the model matrix
+    to the correction, inside the anchor."""
     if family == "linear_regression":
         return AnchoredRegressor()
     if family == "random_forest":
-        learner = RandomForestRegressor(n_estimators=80, min_samples_leaf=5, max_features=0.5,
+        # Few trees: each costs ~50 µs of scikit-learn overhead per estimate, and averaging a
+        # residual this small gains little past a couple of dozen.
+        learner = RandomForestRegressor(n_estimators=16, min_samples_leaf=5, max_features=0.5,
                                         n_jobs=-1, random_state=random_state)
-        return AnchoredRegressor(Pipeline([("columns", _tree_columns()), ("forest", learner)]))
+        return AnchoredRegressor(make_pipeline(_codes(), learner))
     if family == "gradient_boosting":
+        # Categories go in as codes the trees split on; HistGradientBoosting's own categorical
+        # support re-encodes every call (~1.3 ms for a single estimate).
         learner = HistGradientBoostingRegressor(
             loss="absolute_error", max_iter=120, learning_rate=0.1, min_samples_leaf=10,
-            l2_regularization=1.0, categorical_features=_CATEGORICAL_POSITIONS,
-            random_state=random_state)
-        return AnchoredRegressor(Pipeline([("columns", _tree_columns()), ("boosting", learner)]))
+            l2_regularization=1.0, random_state=random_state)
+        return AnchoredRegressor(make_pipeline(_codes(), learner))
     if family == "neural_network":
         learner = MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, early_stopping=True,
                                max_iter=300, random_state=random_state)
-        return AnchoredRegressor(Pipeline([("columns", _scaled_columns()), ("mlp", learner)]))
+        return AnchoredRegressor(make_pipeline(
+            _codes(one_hot=True), SimpleImputer(strategy="median", keep_empty_features=True),
+            FunctionTransformer(_signed_log1p), StandardScaler(), learner))
     raise ValueError(f"model_type must be 'auto' or one of {', '.join(FAMILIES)}, "
                      f"got {family!r}")
 
 
-_NUMERIC_POSITIONS = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
-_CATEGORICAL_POSITIONS = list(range(len(_NUMERIC_POSITIONS), len(MODEL_COLUMNS)))
-
-
-def _tree_columns() -> ColumnTransformer:
-    """Trees take numbers as they are (missing ones included) and categories as codes; an
-    unseen category becomes -1, which the trees treat as missing."""
-    return ColumnTransformer(
-        [("numeric", "passthrough", _NUMERIC_POSITIONS),
-         ("categorical", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
-                                        encoded_missing_value=-1, min_frequency=5),
-          _CATEGORICAL_POSITIONS)])
-
-
-def _scaled_columns() -> ColumnTransformer:
-    """For the MLP: numbers imputed, log-scaled and standardised; categories one-hot."""
-    numeric = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
-                            FunctionTransformer(_signed_log1p), StandardScaler())
-    return ColumnTransformer(
-        [("numeric", numeric, _NUMERIC_POSITIONS),
-         ("categorical", OneHotEncoder(handle_unknown="ignore", min_frequency=5,
-                                       sparse_output=False), _CATEGORICAL_POSITIONS)])
+def _codes(one_hot: bool = False) -> CategoryCodes:
+    return CategoryCodes(categorical=_CATEGORICAL_POSITIONS, one_hot=one_hot)
 
 
 def _signed_log1p(values):
     return np.sign(values) * np.log1p(np.abs(values))
 
 
-def _design(X: pd.DataFrame) -> np.ndarray:
-    return np.column_stack([np.ones(len(X))] + [X[term].to_numpy(dtype=float)
-                                                for term in COST_TERMS])
+def _design(X: Features) -> np.ndarray:
+    terms = [np.asarray(X[term], dtype=float) for term in COST_TERMS]
+    return np.column_stack([np.ones(len(terms[0]))] + terms)
 
 
-def _group_keys(X: pd.DataFrame) -> np.ndarray:
-    return (X["model_name"].astype(str) + "|" + X["gpu_name"].astype(str)).to_numpy()
+def _group_keys(X: Features) -> np.ndarray:
+    return np.array([f"{model}|{gpu}" for model, gpu in zip(X["model_name"], X["gpu_name"])],
+                    dtype=object)
 
 
 def _median_by(labels: np.ndarray, ratio: np.ndarray, kept: np.ndarray) -> dict[str, float]:

@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from perflib.config import ModelProfile, Settings
-from perflib.features import (FEATURE_DESCRIPTIONS, build_features, history_keys, latest_median,
-                              outcome_seconds, past_median)
+from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, feature_columns,
+                              history_keys, latest_median, outcome_seconds, past_median,
+                              row_count)
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             make_family, score)
 from perflib.store import UsesStore
@@ -49,9 +50,7 @@ TRUSTED_TYPES = [
     "perflib.config.ModelProfile", "numpy.dtype", "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    # HistGradientBoosting's categorical preprocessing keeps a partial of check_array; a partial
-    # of anything else still shows that other function here and is refused.
-    "functools.partial", "sklearn.utils.validation.check_array",
+    "perflib.models.CategoryCodes",
 ]
 
 
@@ -81,11 +80,12 @@ class TrainedModel:
     features: list[str] = field(default_factory=lambda: list(FEATURE_DESCRIPTIONS))
     version: int | None = None
 
-    def predict(self, jobs: pd.DataFrame, drift: Mapping[str, float] | None = None
+    def predict(self, jobs: JobRows, drift: Mapping[str, float] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Seconds, interval low/high and confidence for job rows; `drift` overrides the stored
-        recent drift per "gpu|model" with fresher values."""
-        features = build_features(jobs, self.profiles, history=self.history)
+        """Seconds, interval low/high and confidence for job rows (a DataFrame or a mapping of
+        column sequences); `drift` overrides the stored recent drift per "gpu|model" with
+        fresher values."""
+        features = feature_columns(jobs, self.profiles, history=self.history)
         recent = {**self.drift, **(drift or {})}
         keys = history_keys(features)
         anchored = anchor(features, self.cost_model, [recent.get(k, np.nan) for k in keys])
@@ -317,28 +317,29 @@ class PerformancePredictor(UsesStore):
         concurrent requests this way: the cost of a call hardly depends on its rows). Each
         answer is the estimate dict, or the ValueError that request raised."""
         answers: list[dict | ValueError] = []
-        jobs, rows, owners = [], [], []
+        priced: dict[str, list[tuple[int, list, dict]]] = {}  # per pipeline: answer, variants, job
         for params in requests:
             try:
                 job = validate_job_params(dict(params))
             except ValueError as exc:
                 answers.append(exc)
                 continue
-            variants = _cheaper_variants(job)
             answers.append({})
-            jobs.append((len(answers) - 1, job, variants))
-            rows += [job] + [variant for _, _, variant in variants]
-            owners += [len(jobs) - 1] * (1 + len(variants))
-        if not jobs:
-            return answers
-        frame = pd.DataFrame(rows).assign(submitted_at=pd.Timestamp.now(tz="UTC"))
-        owners = np.array(owners)
-        for pipeline in frame.pipeline_type.unique():
-            members = np.flatnonzero(frame.pipeline_type.to_numpy() == pipeline)
-            predicted, method, used = self._predict(pipeline, frame.iloc[members])
-            for number in np.unique(owners[members]):
-                position, job, variants = jobs[number]
-                mine = owners[members] == number
+            priced.setdefault(job["pipeline_type"], []).append(
+                (len(answers) - 1, _cheaper_variants(job), job))
+        submitted = pd.Timestamp.now(tz="UTC")
+        for pipeline, entries in priced.items():
+            # Each job and its cheaper variants, as columns: one model pass prices them all.
+            rows = [row for _, variants, job in entries
+                    for row in [job] + [variant for _, _, variant in variants]]
+            names = {name for row in rows for name in row}
+            columns = {name: [row.get(name) for row in rows] for name in names}
+            columns["submitted_at"] = [submitted] * len(rows)
+            predicted, method, used = self._predict(pipeline, columns)
+            first = 0
+            for position, variants, _ in entries:
+                mine = slice(first, first + 1 + len(variants))
+                first = mine.stop
                 seconds, low, high, confidence = (values[mine] for values in predicted)
                 answers[position] = {
                     "predicted_time_seconds": round(float(seconds[0]), 3),
@@ -370,7 +371,7 @@ class PerformancePredictor(UsesStore):
         return pd.DataFrame({"predicted_time_seconds": seconds, "low": low, "high": high,
                              "confidence": confidence}, index=jobs.index)
 
-    def _predict(self, pipeline_type: str, rows: pd.DataFrame):
+    def _predict(self, pipeline_type: str, rows: JobRows):
         """(seconds, low, high, confidence), method and model label for rows of one pipeline:
         the active model with each GPU and model's fresh drift, else the heuristic."""
         model = self.active_model(pipeline_type)
@@ -383,17 +384,17 @@ class PerformancePredictor(UsesStore):
         used = f"{model.family} v{model.version} ({model.pipeline_type})"
         return model.predict(rows, drift), "ml_model", used
 
-    def _heuristic(self, pipeline_type: str, rows: pd.DataFrame):
+    def _heuristic(self, pipeline_type: str, rows: JobRows):
         """Fixed overhead + seconds per work unit, fitted on whatever history exists, else
         defaults per pipeline type; a wide range and a low, measured confidence."""
         fitted, confidence = self._heuristics.get(pipeline_type) or self._fit_heuristic(
             pipeline_type)
-        features = build_features(rows, self.config.model_profiles, history={})
+        features = feature_columns(rows, self.config.model_profiles, history={})
         if fitted is not None:
             seconds = fitted.predict(features)
         else:
             overhead, per_work = HEURISTIC_DEFAULTS[pipeline_type]
-            seconds = overhead + per_work * features.work_units.to_numpy()
+            seconds = overhead + per_work * features["work_units"]
         return seconds, seconds * 0.5, seconds * 2.0, np.full(len(seconds), confidence)
 
     def _fit_heuristic(self, pipeline_type: str):
@@ -478,8 +479,8 @@ def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: 
     return np.sort(positions[:cut]), np.sort(positions[cut:])
 
 
-def _column(rows: pd.DataFrame, name: str) -> list:
-    return rows[name].tolist() if name in rows else [None] * len(rows)
+def _column(rows: JobRows, name: str) -> list:
+    return list(rows[name]) if name in rows else [None] * row_count(rows)
 
 
 def _text_or_none(value: Any) -> str | None:

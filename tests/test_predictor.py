@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from perflib import predictor as predictor_module
 from perflib.config import ModelProfile, Settings
-from perflib.features import FEATURE_DESCRIPTIONS, build_features, past_median
-from perflib.models import FAMILIES
+from perflib.features import (FEATURE_DESCRIPTIONS, build_features, feature_columns,
+                              past_median)
+from perflib.models import FAMILIES, CategoryCodes, make_family
 from perflib.predictor import (PerformancePredictor, UntrustedModelError, load_model_blob)
 from perflib.store import Store
 from perflib.store.importer import import_jobs
@@ -139,6 +140,60 @@ def test_history_feature_never_sees_the_future():
     late = jobs.assign(finished_at=jobs.finished_at.where(jobs.index != 2,
                                                           start + pd.Timedelta(hours=1)))
     assert past_median(late, keys, values)[3] == 1.5
+
+
+def test_job_rows_as_columns_give_the_same_features_as_a_frame():
+    """An estimate builds features from column lists, training from a DataFrame: same code,
+    same numbers (timestamps included)."""
+    submitted = [pd.Timestamp("2026-11-02 22:30", tz="UTC").to_pydatetime(),
+                 pd.Timestamp("2026-11-05 03:10", tz="Europe/Berlin").to_pydatetime()]
+    columns = {"width": [768, 512], "height": [512, 512], "frame_count": [16, None],
+               "steps": [25, 30], "guidance_scale": [7.5, 1.0], "model_name": ["m", None],
+               "pipeline_type": ["video", "image"], "submitted_at": submitted}
+    from_columns = pd.DataFrame(feature_columns(columns, WAN_PROFILE))
+    from_frame = build_features(pd.DataFrame(columns), WAN_PROFILE)
+    pd.testing.assert_frame_equal(from_columns, from_frame)
+    assert list(from_frame.hour_of_day) == [22, 2] and list(from_frame.day_of_week) == [0, 3]
+
+
+def test_category_codes_map_rare_and_unseen_values_to_missing():
+    X = np.array([[1.0, "a"]] * 6 + [[2.0, "b"]] * 5 + [[3.0, "rare"]], dtype=object)
+    codes = CategoryCodes(categorical=[1], min_frequency=5).fit(X)
+    out = codes.transform(np.array([[4.0, "b"], [5.0, "rare"], [6.0, "new"], [7.0, None]],
+                                   dtype=object))
+    np.testing.assert_array_equal(out[:, 0], [4.0, 5.0, 6.0, 7.0])
+    np.testing.assert_array_equal(out[:2, 1], [1.0, np.nan])
+    assert np.isnan(out[2:, 1]).all()
+    indicators = CategoryCodes(categorical=[1], one_hot=True).fit(X).transform(X[[0, 6, 11]])
+    np.testing.assert_array_equal(indicators[:, 1:], [[1, 0], [0, 1], [0, 0]])
+
+
+def test_a_correction_never_runs_away_outside_the_training_range():
+    rng = np.random.default_rng(0)
+    steps = rng.uniform(10, 50, 400)
+    features = build_features(pd.DataFrame({"width": 512, "height": 512, "steps": steps}))
+    anchored = features.assign(log_cost_seconds=0.0, recent_log_ratio=0.0)
+    seconds = np.exp(0.01 * steps)  # the correction grows with steps
+    model = make_family("neural_network").fit(anchored, seconds)
+    low, high = model.correction_range_
+    far = anchored.iloc[:3].assign(steps=[1000.0, 5000.0, 9000.0],
+                                   step_passes=[2000.0, 10000.0, 18000.0])
+    corrections = np.log(model.predict(far))
+    assert high == pytest.approx(0.5, abs=0.05)
+    assert (corrections <= high + 1e-9).all() and (corrections >= low - 1e-9).all()
+
+
+def test_single_estimate_matches_the_batch_path(diffusion_store):
+    predictor = PerformancePredictor(diffusion_store)
+    predictor.train_model(None, "gradient_boosting")
+    predictor.save_model_to_db(None, "gradient_boosting")
+    single = predictor.estimate(VIDEO_REQUEST)
+    row = {**VIDEO_REQUEST, "width": 512, "height": 512}
+    del row["resolution"]
+    batch = predictor.estimate_batch(pd.DataFrame([row]), "video").iloc[0]
+    assert single["predicted_time_seconds"] == pytest.approx(batch.predicted_time_seconds,
+                                                             rel=1e-3)
+    assert single["uncertainty_range"] == pytest.approx([batch.low, batch.high], rel=1e-3)
 
 
 # -- fallback, model store ---------------------------------------------------------------------

@@ -54,6 +54,7 @@ NUMERIC_FEATURES = [name for name in FEATURE_DESCRIPTIONS if name not in CATEGOR
 COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work",
               "decode_work_per_sample"]
 HISTORY_WINDOW = 50
+IQR_TO_SIGMA = 1.349
 
 # Job rows: a DataFrame as the store returns it, or a mapping of column sequences.
 JobRows = Union[pd.DataFrame, Mapping[str, Sequence]]
@@ -158,11 +159,12 @@ def succeeded(jobs: pd.DataFrame) -> np.ndarray:
 
 def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
                 window: int = HISTORY_WINDOW, min_periods: int = 1,
-                known: np.ndarray | None = None) -> np.ndarray:
+                known: np.ndarray | None = None, statistic: str = "median") -> np.ndarray:
     """For each job, the median of `values` over the last `window` successful jobs of the same
     GPU and model that *finished before it was submitted* — never the job itself or anything
     later, so it can be used on the past and the future alike. NaN where fewer than
-    `min_periods` such jobs exist. `known` (a boolean mask) limits whose outcomes may be used."""
+    `min_periods` such jobs exist. `known` (a boolean mask) limits whose outcomes may be used.
+    ``statistic="spread"`` gives their robust spread instead (see :func:`spread`)."""
     values = pd.Series(np.asarray(values, dtype=float), index=jobs.index)
     finished = _instants(jobs["finished_at"]) if "finished_at" in jobs else None
     if finished is None:
@@ -178,7 +180,12 @@ def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
         if not len(done):
             continue
         done = done[np.argsort(finished[done], kind="stable")]
-        rolling = values.iloc[done].rolling(window, min_periods=min_periods).median().to_numpy()
+        rolling = values.iloc[done].rolling(window, min_periods=min_periods)
+        if statistic == "spread":
+            rolling = (rolling.quantile(0.75) - rolling.quantile(0.25)) / IQR_TO_SIGMA
+        else:
+            rolling = rolling.median()
+        rolling = rolling.to_numpy()
         wanted = np.flatnonzero(members)
         last_before = np.searchsorted(finished[done], submitted[wanted], side="left") - 1
         result[wanted] = np.where(last_before >= 0, rolling[np.clip(last_before, 0, None)],
@@ -187,19 +194,29 @@ def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
 
 
 def latest_median(jobs: pd.DataFrame, keys: np.ndarray, values,
-                  window: int = HISTORY_WINDOW, min_periods: int = 1) -> dict[str, float]:
-    """The history a trained model keeps: per "gpu|model", the median of `values` over its last
-    `window` successful jobs, plus "*" over the last jobs of all groups."""
+                  window: int = HISTORY_WINDOW, min_periods: int = 1,
+                  statistic: str = "median") -> dict[str, float]:
+    """The history a trained model keeps: per "gpu|model", the median (or ``"spread"``) of
+    `values` over its last `window` successful jobs, plus "*" over the last jobs of all
+    groups."""
     frame = pd.DataFrame({"key": keys,
                           "value": np.asarray(values, dtype=float),
                           "when": _instants(jobs["finished_at"])})
     frame = frame[succeeded(jobs) & frame.value.notna().to_numpy()]
     frame = frame.sort_values("when", kind="stable")
-    snapshot = {str(k): float(g.value.tail(window).median()) for k, g in frame.groupby("key")
+    summary = spread if statistic == "spread" else np.median
+    snapshot = {str(k): float(summary(g.value.tail(window))) for k, g in frame.groupby("key")
                 if len(g) >= min_periods}
     if len(frame) >= min_periods:
-        snapshot["*"] = float(frame.value.tail(window).median())
+        snapshot["*"] = float(summary(frame.value.tail(window)))
     return snapshot
+
+
+def spread(values) -> float:
+    """Robust spread of `values`: interquartile range / 1.349 (the standard deviation, were
+    they normal), untouched by the few stragglers a shared machine produces."""
+    low, high = np.quantile(np.asarray(values, dtype=float), [0.25, 0.75])
+    return float((high - low) / IQR_TO_SIGMA)
 
 
 def _instants(values) -> np.ndarray:

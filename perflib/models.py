@@ -286,42 +286,75 @@ def score(actual, predicted, low=None, high=None, n_train: int = 0) -> Metrics:
 
 
 class Calibration(BaseEstimator):
-    """Split-conformal intervals on log residuals — ``prediction × exp(±q)`` with q the
-    conformal quantile of the residuals' spread about their median — per size bin of the prediction when there
-    are enough calibration jobs (Mondrian), and the calibrated chance of landing within ±20%."""
+    """Normalised split-conformal intervals on log residuals, and the calibrated chance of
+    landing within ±20%.
 
-    def __init__(self, coverage: float = 0.8, min_bin: int = 150, max_bins: int = 3):
+    Each job comes with how scattered its GPU and model have run lately (the robust spread of
+    log(actual / cost model) over their last jobs, see :func:`perflib.features.spread`).
+    Residuals about their median, divided by that spread, are the conformity scores; the
+    interval is ``prediction × exp(±q · spread)`` with q their conformal quantile, so it widens
+    as soon as a GPU's recent jobs turn noisier and narrows when they calm down. Scores are
+    kept per size bin of the prediction when there are enough calibration jobs (Mondrian). A
+    job without a known spread gets the calibration window's typical one; spreads are floored
+    at a quarter of it, so a short quiet spell cannot make an interval vanish.
+    """
+
+    def __init__(self, coverage: float = 0.8, min_bin: int = 150, max_bins: int = 3,
+                 kept_scores: int = 1001):
         self.coverage = coverage
         self.min_bin = min_bin
         self.max_bins = max_bins
+        self.kept_scores = kept_scores
 
-    def fit(self, actual, predicted) -> "Calibration":
+    def fit(self, actual, predicted, spread=None) -> "Calibration":
         actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
+        known = np.asarray(spread if spread is not None else np.full(len(actual), np.nan), float)
+        known = known[np.isfinite(known) & (known > 0)]
+        self.typical_spread_ = float(np.median(known)) if len(known) else 1.0
         log_pred = np.log(predicted)
         residual = np.log(actual) - log_pred
+        scale = self._scale(spread, len(actual))
         bins = int(max(1, min(self.max_bins, len(actual) // self.min_bin)))
-        self.edges_ = np.quantile(log_pred, np.linspace(0, 1, bins + 1)[1:-1])
+        self.edges_ = np.unique(np.quantile(log_pred, np.linspace(0, 1, bins + 1)[1:-1]))
         which = np.searchsorted(self.edges_, log_pred)
-        self.low_, self.high_, self.within_20_ = [], [], []
-        for b in range(bins):
-            r = residual[which == b]
-            n = len(r)
-            # Split conformal on the spread of the log residuals about their median, with the
-            # finite-sample correction. A calibration window's own bias is drift that the anchor
-            # tracks, so it widens nothing.
-            level = min(1.0, np.ceil((n + 1) * self.coverage) / n) if n else 1.0
-            half_width = float(np.quantile(np.abs(r - np.median(r)), level)) if n else 0.7
-            self.low_.append(-half_width)
-            self.high_.append(half_width)
-            self.within_20_.append(float(np.mean(np.abs(np.exp(r) - 1) <= 0.2)) if n else 0.2)
+        self.half_width_, self.scores_ = [], []
+        for b in range(len(self.edges_) + 1):
+            members = which == b
+            if members.sum() < self.min_bin // 2:  # too few to stand alone: every job's
+                members = np.ones(len(actual), dtype=bool)
+            r, sigma = residual[members], scale[members]
+            # Split conformal with the finite-sample correction. A calibration window's own bias
+            # is drift that the anchor tracks, so it widens nothing.
+            scores = (r - np.median(r)) / sigma
+            level = min(1.0, np.ceil((len(r) + 1) * self.coverage) / len(r))
+            self.half_width_.append(float(np.quantile(np.abs(scores), level)))
+            if len(scores) > self.kept_scores:
+                scores = np.quantile(scores, np.linspace(0, 1, self.kept_scores))
+            self.scores_.append(np.sort(scores))
         return self
 
-    def interval(self, predicted) -> tuple[np.ndarray, np.ndarray]:
+    def interval(self, predicted, spread=None) -> tuple[np.ndarray, np.ndarray]:
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        return (predicted * np.exp(np.take(self.low_, which)),
-                predicted * np.exp(np.take(self.high_, which)))
+        half = np.take(self.half_width_, which) * self._scale(spread, len(predicted))
+        return predicted * np.exp(-half), predicted * np.exp(half)
 
-    def confidence(self, predicted) -> np.ndarray:
-        which = np.searchsorted(self.edges_, np.log(np.asarray(predicted, float)))
-        return np.take(self.within_20_, which)
+    def confidence(self, predicted, spread=None) -> np.ndarray:
+        """Share of calibration jobs that, scaled to each job's spread, land within ±20%."""
+        predicted = np.asarray(predicted, float)
+        which = np.searchsorted(self.edges_, np.log(predicted))
+        scale = self._scale(spread, len(predicted))
+        chances = np.empty(len(predicted))
+        for row, (b, sigma) in enumerate(zip(which, scale)):
+            scores = self.scores_[b]
+            inside = np.searchsorted(scores, np.log(1.2) / sigma, side="right") - \
+                np.searchsorted(scores, np.log(0.8) / sigma, side="left")
+            chances[row] = inside / len(scores)
+        return chances
+
+    def _scale(self, spread, rows: int) -> np.ndarray:
+        if spread is None:
+            return np.full(rows, self.typical_spread_)
+        spread = np.asarray(spread, float)
+        spread = np.where(np.isfinite(spread) & (spread > 0), spread, self.typical_spread_)
+        return np.maximum(spread, 0.25 * self.typical_spread_)

@@ -1,9 +1,10 @@
 """PerformancePredictor: train, store and use generation-time models (the seed's API).
 
 Training is time-ordered: fit on the past, score on the future (or, with ``split='size'``, fit on
-the smaller jobs and score on the largest). Intervals are split-conformal on log residuals from a
-calibration tail of the training period; ``confidence`` is the calibrated chance of landing within
-±20%. Models are stored with skops and loaded only with an explicit trusted-type list.
+the smaller jobs and score on the largest). Intervals are split-conformal on log residuals from
+the later half of the training period, scaled by how scattered each GPU and model have run
+lately; ``confidence`` is the calibrated chance of landing within ±20%. Models are stored with
+skops and loaded only with an explicit trusted-type list.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from perflib.config import ModelProfile, Settings
 from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, feature_columns,
                               history_keys, latest_median, outcome_seconds, past_median,
-                              row_count)
+                              row_count, spread)
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             make_family, score)
 from perflib.store import UsesStore
@@ -33,8 +34,12 @@ from perflib.validation import validate_job_params
 log = logging.getLogger(__name__)
 
 MIN_JOBS_FOR_MODEL = 30
-CALIBRATION_FRACTION = 0.25  # of the training window, its latest (or largest) part
+# The calibration part of the training window, its latest (or largest) jobs: half of it, to
+# hold both the calm and the noisy spells a shared machine goes through.
+CALIBRATION_FRACTION = 0.5
 MIN_DRIFT_JOBS = 5  # recent jobs needed before their drift is trusted
+MIN_SPREAD_JOBS = 10  # ... and before their spread is
+MODEL_FORMAT = 2  # what TrainedModel holds; a blob of another format is not used
 RECENT_JOBS = 50
 RECENT_CACHE_SECONDS = 30.0
 KEEP_VERSIONS = 3
@@ -58,6 +63,10 @@ class UntrustedModelError(ValueError):
     """A stored model blob holds types outside perflib's trusted list; it is never loaded."""
 
 
+class IncompatibleModelError(ValueError):
+    """A stored model was saved in another format by another perflib version: retrain it."""
+
+
 @dataclass
 class TrainedModel:
     """What is stored per model version: the fitted cost model and family, and everything they
@@ -70,6 +79,7 @@ class TrainedModel:
     calibration: Calibration
     history: dict[str, float]  # recent seconds per work unit, per "gpu|model"
     drift: dict[str, float]  # recent log(actual / cost model), per "gpu|model"
+    spread: dict[str, float]  # and its recent robust spread
     profiles: dict[str, ModelProfile]
     pipeline_counts: dict[str, int]
     metrics: dict[str, Any]
@@ -79,30 +89,37 @@ class TrainedModel:
     trained_at: str
     features: list[str] = field(default_factory=lambda: list(FEATURE_DESCRIPTIONS))
     version: int | None = None
+    format: int = MODEL_FORMAT
 
-    def predict(self, jobs: JobRows, drift: Mapping[str, float] | None = None
+    def predict(self, jobs: JobRows, recent: Mapping[str, tuple[float, float]] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Seconds, interval low/high and confidence for job rows (a DataFrame or a mapping of
-        column sequences); `drift` overrides the stored recent drift per "gpu|model" with
-        fresher values."""
+        column sequences); `recent` overrides the stored (drift, spread) per "gpu|model" with
+        fresher values (NaN where unknown)."""
         features = feature_columns(jobs, self.profiles, history=self.history)
-        recent = {**self.drift, **(drift or {})}
         keys = history_keys(features)
-        anchored = anchor(features, self.cost_model, [recent.get(k, np.nan) for k in keys])
-        seconds = self.estimator.predict(anchored)
-        low, high = self.calibration.interval(seconds)
-        return seconds, low, high, self.calibration.confidence(seconds)
+        drift = [self._recent(recent, key, 0, self.drift) for key in keys]
+        spread = [self._recent(recent, key, 1, self.spread) for key in keys]
+        seconds = self.estimator.predict(anchor(features, self.cost_model, drift))
+        low, high = self.calibration.interval(seconds, spread)
+        return seconds, low, high, self.calibration.confidence(seconds, spread)
 
-    def drift_of(self, jobs: pd.DataFrame) -> float:
-        """Median log(actual / cost model) over finished job rows (NaN if too few)."""
+    @staticmethod
+    def _recent(fresh, key: str, which: int, stored: Mapping[str, float]) -> float:
+        value = fresh[key][which] if fresh and key in fresh else np.nan
+        return stored.get(key, np.nan) if np.isnan(value) else value
+
+    def recent_behaviour(self, jobs: pd.DataFrame) -> tuple[float, float]:
+        """(drift, spread) of finished job rows: the median log(actual / cost model) and its
+        robust spread (each NaN if too few jobs)."""
         jobs = jobs[(outcome_seconds(jobs) > 0) & jobs.width.notna() & jobs.height.notna()
                     & jobs.steps.notna()]
         if len(jobs) < MIN_DRIFT_JOBS:
-            return float("nan")
+            return float("nan"), float("nan")
         features = build_features(jobs, self.profiles, history=self.history)
-        ratio = np.log(outcome_seconds(jobs)) - np.log(
-            self.cost_model.predict(features))
-        return float(np.median(ratio))
+        ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
+        return (float(np.median(ratio)),
+                spread(ratio) if len(ratio) >= MIN_SPREAD_JOBS else float("nan"))
 
 
 @dataclass
@@ -125,7 +142,7 @@ class PerformancePredictor(UsesStore):
         self._trained: dict[tuple[str, str], TrainedModel] = {}
         self._active: dict[str, tuple[int | None, TrainedModel | None, float]] = {}
         self._heuristics: dict[str, tuple[CostModel | None, float]] = {}
-        self._drift_cache: dict[tuple, tuple[float, float]] = {}
+        self._recent_cache: dict[tuple, tuple[tuple[float, float], float]] = {}
         self.last_training: TrainingReport | None = None
         self._lock = threading.Lock()
 
@@ -156,8 +173,8 @@ class PerformancePredictor(UsesStore):
         proper, calibrate = _split(features, train, CALIBRATION_FRACTION, split)
         # The cost model is shared by every family: fit it once per training window.
         online = split == "time"
-        on_proper = _anchored(jobs, features, seconds, proper, online)[1]
-        on_train = _anchored(jobs, features, seconds, train, online)[1]
+        on_proper = _anchored(jobs, features, seconds, proper, online)
+        on_train = _anchored(jobs, features, seconds, train, online)
 
         results: dict[str, tuple] = {}
         bar = tqdm(families, desc="training", unit="family", disable=not progress)
@@ -167,23 +184,25 @@ class PerformancePredictor(UsesStore):
                                         proper, calibrate, coverage, random_state)
         best = min(results, key=lambda f: (-results[f][0].accuracy_within_20_percent,
                                            results[f][0].mape))
-        metrics, residual_actual, residual_predicted = results[best][:3]
+        metrics, residuals = results[best][:2]
         self.last_training = TrainingReport(
-            chosen=best, test_features=on_train.iloc[test], test_seconds=seconds[test],
-            fitted={family: result[3] for family, result in results.items()},
-            held_out={family: result[4].assign(job_id=jobs.job_id.to_numpy()[test],
+            chosen=best, test_features=on_train.features.iloc[test], test_seconds=seconds[test],
+            fitted={family: result[2] for family, result in results.items()},
+            held_out={family: result[3].assign(job_id=jobs.job_id.to_numpy()[test],
                                                pipeline_type=jobs.pipeline_type.to_numpy()[test])
                       for family, result in results.items()})
         everything = np.arange(len(features))
-        cost_model, on_all, ratio = _anchored(jobs, features, seconds, everything)
+        on_all = _anchored(jobs, features, seconds, everything)
         per_work = seconds / features.work_units.to_numpy()
         keys = history_keys(features)
         bundle = TrainedModel(
-            pipeline_type=pipeline_type or "all", family=best, cost_model=cost_model,
-            estimator=make_family(best, random_state).fit(on_all, seconds),
-            calibration=Calibration(coverage).fit(residual_actual, residual_predicted),
+            pipeline_type=pipeline_type or "all", family=best, cost_model=on_all.cost_model,
+            estimator=make_family(best, random_state).fit(on_all.features, seconds),
+            calibration=Calibration(coverage).fit(*residuals),
             history=latest_median(jobs, keys, per_work),
-            drift=latest_median(jobs, keys, ratio, min_periods=MIN_DRIFT_JOBS),
+            drift=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_DRIFT_JOBS),
+            spread=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_SPREAD_JOBS,
+                                 statistic="spread"),
             profiles=dict(self.config.model_profiles),
             pipeline_counts={str(k): int(v) for k, v in jobs.pipeline_type.value_counts().items()},
             metrics={**metrics.as_dict(), "coverage_target": coverage, "split": split},
@@ -267,7 +286,7 @@ class PerformancePredictor(UsesStore):
                 try:
                     model = load_model_blob(row.blob)
                     model.version = row.version
-                except UntrustedModelError as exc:
+                except (UntrustedModelError, IncompatibleModelError) as exc:
                     log.error("model %s v%s for %s refused, using the heuristic: %s",
                               row.id, row.version, key, exc)
             self._active[key] = (current_id, model, now)
@@ -351,19 +370,20 @@ class PerformancePredictor(UsesStore):
                 }
         return answers
 
-    def _fresh_drift(self, model: TrainedModel, job: Mapping[str, Any]) -> dict[str, float]:
-        """How much slower than the cost model this job's GPU and model ran in their latest
-        jobs, from the store (cached for a short while); empty when there are too few."""
-        gpu, name = job.get("gpu_name"), job.get("model_name")
+    def _fresh_behaviour(self, model: TrainedModel, gpu: str | None, name: str | None
+                         ) -> tuple[str, tuple[float, float]]:
+        """How much slower than the cost model a GPU and model ran in their latest jobs, and
+        how scattered those were — ("gpu|model", (drift, spread)), from the store (cached for a
+        short while); NaN where there are too few jobs."""
         key = f"{gpu or 'unknown'}|{name or 'unknown'}"
         cache_key = (model.pipeline_type, model.version, key)
-        cached = self._drift_cache.get(cache_key)
+        cached = self._recent_cache.get(cache_key)
         now = time.monotonic()
         if cached is None or now - cached[1] > RECENT_CACHE_SECONDS:
             recent = self.store.recent_jobs(gpu, name, RECENT_JOBS)
-            cached = (model.drift_of(recent), now)
-            self._drift_cache[cache_key] = cached
-        return {} if np.isnan(cached[0]) else {key: cached[0]}
+            cached = (model.recent_behaviour(recent), now)
+            self._recent_cache[cache_key] = cached
+        return key, cached[0]
 
     def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
         """Predictions for many job rows of one pipeline type at once (no recommendations)."""
@@ -373,16 +393,16 @@ class PerformancePredictor(UsesStore):
 
     def _predict(self, pipeline_type: str, rows: JobRows):
         """(seconds, low, high, confidence), method and model label for rows of one pipeline:
-        the active model with each GPU and model's fresh drift, else the heuristic."""
+        the active model with each GPU and model's fresh drift and spread, else the
+        heuristic."""
         model = self.active_model(pipeline_type)
         if model is None or model.pipeline_counts.get(pipeline_type, 0) < MIN_JOBS_FOR_MODEL:
             return self._heuristic(pipeline_type, rows), "heuristic", "heuristic"
-        drift: dict[str, float] = {}
-        for gpu, name in set(zip(_column(rows, "gpu_name"), _column(rows, "model_name"))):
-            drift.update(self._fresh_drift(model, {"gpu_name": _text_or_none(gpu),
-                                                   "model_name": _text_or_none(name)}))
+        recent = dict(self._fresh_behaviour(model, _text_or_none(gpu), _text_or_none(name))
+                      for gpu, name in set(zip(_column(rows, "gpu_name"),
+                                               _column(rows, "model_name"))))
         used = f"{model.family} v{model.version} ({model.pipeline_type})"
-        return model.predict(rows, drift), "ml_model", used
+        return model.predict(rows, recent), "ml_model", used
 
     def _heuristic(self, pipeline_type: str, rows: JobRows):
         """Fixed overhead + seconds per work unit, fitted on whatever history exists, else
@@ -426,12 +446,26 @@ def load_model_blob(blob: bytes) -> TrainedModel:
     if not isinstance(model, TrainedModel):
         raise UntrustedModelError(f"stored model blob holds a {type(model).__name__}, "
                                   "not a perflib TrainedModel")
+    if getattr(model, "format", 1) != MODEL_FORMAT:
+        raise IncompatibleModelError(
+            f"stored model has format {getattr(model, 'format', 1)}, this perflib reads format "
+            f"{MODEL_FORMAT}: retrain it (perflib train)")
     return model
 
 
+@dataclass
+class _Anchoring:
+    """Every job anchored to a cost model fitted on some of them: the features with the anchor
+    columns, log(actual / cost model), and each job's leak-free recent spread of that ratio."""
+
+    cost_model: CostModel
+    features: pd.DataFrame
+    ratio: np.ndarray
+    spread: np.ndarray
+
+
 def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
-              fit_positions: np.ndarray, online: bool = True
-              ) -> tuple[CostModel, pd.DataFrame, np.ndarray]:
+              fit_positions: np.ndarray, online: bool = True) -> _Anchoring:
     """Fit the cost model on `fit_positions`; anchor every row to it, with each row's history
     taken only from jobs that finished before it was submitted — any such job when `online`
     (as in production), else only the fitted ones (so bigger jobs stay unseen)."""
@@ -446,24 +480,32 @@ def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
         features = features.assign(
             recent_seconds_per_work=past_median(jobs, keys, per_work, known=known))
     recent = past_median(jobs, keys, ratio, min_periods=MIN_DRIFT_JOBS, known=known)
-    return cost_model, anchor(features, cost_model, recent), ratio
+    recent_spread = past_median(jobs, keys, ratio, min_periods=MIN_SPREAD_JOBS, known=known,
+                                statistic="spread")
+    return _Anchoring(cost_model, anchor(features, cost_model, recent), ratio, recent_spread)
 
 
-def _evaluate(family, on_proper, on_train, seconds, train, test, proper, calibrate, coverage,
-              random_state):
-    """Held-out metrics of one family, the out-of-sample pairs that calibrate it, and the
-    model fitted on the training window with its test predictions and interval."""
-    fitted = make_family(family, random_state).fit(on_proper.iloc[proper], seconds[proper])
-    calibration_predicted = fitted.predict(on_proper.iloc[calibrate])
-    calibration = Calibration(coverage).fit(seconds[calibrate], calibration_predicted)
-    fitted = make_family(family, random_state).fit(on_train.iloc[train], seconds[train])
-    predicted = fitted.predict(on_train.iloc[test])
-    low, high = calibration.interval(predicted)
+def _evaluate(family: str, on_proper: _Anchoring, on_train: _Anchoring, seconds: np.ndarray,
+              train, test, proper, calibrate, coverage: float, random_state: int):
+    """Held-out metrics of one family; the out-of-sample (actual, predicted, spread) that
+    calibrate it; the model fitted on the training window, and its test predictions and
+    intervals."""
+    fitted = make_family(family, random_state).fit(on_proper.features.iloc[proper],
+                                                   seconds[proper])
+    calibration_predicted = fitted.predict(on_proper.features.iloc[calibrate])
+    calibration = Calibration(coverage).fit(seconds[calibrate], calibration_predicted,
+                                            on_proper.spread[calibrate])
+    fitted = make_family(family, random_state).fit(on_train.features.iloc[train],
+                                                   seconds[train])
+    predicted = fitted.predict(on_train.features.iloc[test])
+    low, high = calibration.interval(predicted, on_train.spread[test])
     metrics = score(seconds[test], predicted, low, high, n_train=len(train))
-    actual = np.concatenate([seconds[calibrate], seconds[test]])
+    residuals = (np.concatenate([seconds[calibrate], seconds[test]]),
+                 np.concatenate([calibration_predicted, predicted]),
+                 np.concatenate([on_proper.spread[calibrate], on_train.spread[test]]))
     held_out = pd.DataFrame({"actual_seconds": seconds[test], "predicted_seconds": predicted,
                              "low_seconds": low, "high_seconds": high})
-    return metrics, actual, np.concatenate([calibration_predicted, predicted]), fitted, held_out
+    return metrics, residuals, fitted, held_out
 
 
 def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: str

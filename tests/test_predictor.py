@@ -13,8 +13,9 @@ from perflib import predictor as predictor_module
 from perflib.config import ModelProfile, Settings
 from perflib.features import (FEATURE_DESCRIPTIONS, build_features, feature_columns,
                               past_median)
-from perflib.models import FAMILIES, CategoryCodes, make_family
-from perflib.predictor import (PerformancePredictor, UntrustedModelError, load_model_blob)
+from perflib.models import FAMILIES, Calibration, CategoryCodes, make_family
+from perflib.predictor import (IncompatibleModelError, PerformancePredictor,
+                               UntrustedModelError, load_model_blob)
 from perflib.store import Store
 from perflib.store.importer import import_jobs
 from perflib.store.schema import performance_prediction_models
@@ -140,6 +141,11 @@ def test_history_feature_never_sees_the_future():
     late = jobs.assign(finished_at=jobs.finished_at.where(jobs.index != 2,
                                                           start + pd.Timedelta(hours=1)))
     assert past_median(late, keys, values)[3] == 1.5
+    # the recent spread (which scales intervals) is just as blind to the future
+    spread_before = past_median(jobs, keys, values, min_periods=2, statistic="spread")
+    spread_after = past_median(jobs, keys, changed, min_periods=2, statistic="spread")
+    np.testing.assert_array_equal(spread_before[:5], spread_after[:5])
+    assert spread_before[3] == pytest.approx(1.0 / 1.349)  # IQR of 1, 2, 3 is 1
 
 
 def test_job_rows_as_columns_give_the_same_features_as_a_frame():
@@ -194,6 +200,54 @@ def test_single_estimate_matches_the_batch_path(diffusion_store):
     assert single["predicted_time_seconds"] == pytest.approx(batch.predicted_time_seconds,
                                                              rel=1e-3)
     assert single["uncertainty_range"] == pytest.approx([batch.low, batch.high], rel=1e-3)
+
+
+def test_intervals_follow_each_groups_recent_spread():
+    """Normalised conformal: calm and noisy groups each get about the asked coverage, where one
+    interval for all would over-cover the calm and under-cover the noisy."""
+    rng = np.random.default_rng(1)
+    sigma = np.where(rng.random(4000) < 0.5, 0.05, 0.25)
+    actual = np.exp(rng.normal(0, sigma))
+    calibration = Calibration(0.8).fit(actual[:2000], np.ones(2000), sigma[:2000])
+    low, high = calibration.interval(np.ones(2000), sigma[2000:])
+    inside = (actual[2000:] >= low) & (actual[2000:] <= high)
+    for group in (0.05, 0.25):
+        assert 0.75 <= inside[sigma[2000:] == group].mean() <= 0.85
+    typical = calibration.typical_spread_
+    low, high = calibration.interval([10.0] * 4, [0.05, 0.25, np.nan, typical])
+    assert np.log(high[1] / 10) == pytest.approx(5 * np.log(high[0] / 10))
+    assert (low[2], high[2]) == (low[3], high[3])  # unknown spread: the typical one
+    calm, noisy = calibration.confidence([10.0, 10.0], [0.05, 0.25])
+    assert calm > 0.99 and 0.5 < noisy < 0.65  # P(|N(0, 0.25)| within ±20%) ≈ 0.58
+
+
+def test_a_gpu_that_turns_noisy_gets_wider_intervals(tmp_path_factory):
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "diffusion-jobs.csv").exists():
+        pytest.skip("shared real-job data not found")
+    store = _store_with(tmp_path_factory, SHARED_DATA / "diffusion-jobs.csv")
+    predictor = PerformancePredictor(store)
+    predictor.train_model(None, "linear_regression")
+    predictor.save_model_to_db(None, "linear_regression")
+    request = {**VIDEO_REQUEST, "gpu_name": "cpu-2t"}
+    low, high = predictor.estimate(request)["uncertainty_range"]
+    calm = np.log(high / low)
+
+    # A day later, the same GPU's jobs run ±30% at random (a noisy neighbour moved in).
+    kept = ["pipeline_type", "job_type", "status", "width", "height", "frame_count", "steps",
+            "batch_size", "guidance_scale", "sampler", "model_name", "gpu_name", "started_at",
+            "finished_at", "total_seconds"]
+    jobs = predictor.training_data()
+    recent = jobs[jobs.gpu_name == "cpu-2t"].tail(40)[kept].to_dict("records")
+    rng = np.random.default_rng(0)
+    store.write_jobs([{**row, "job_id": f"noisy-{i}",
+                       "started_at": row["started_at"] + pd.Timedelta(days=1),
+                       "finished_at": row["finished_at"] + pd.Timedelta(days=1),
+                       "total_seconds": row["total_seconds"] * np.exp(rng.normal(0, 0.3))}
+                      for i, row in enumerate(recent)])
+    low, high = PerformancePredictor(store).estimate(request)["uncertainty_range"]
+    assert np.log(high / low) > 3 * calm
 
 
 # -- fallback, model store ---------------------------------------------------------------------
@@ -253,6 +307,13 @@ def test_tampered_model_blob_is_refused(diffusion_store, caplog, monkeypatch):
         load_model_blob(blob)
     with pytest.raises(UntrustedModelError):
         load_model_blob(b"not a model at all")
+    trainer = PerformancePredictor(diffusion_store)
+    trainer.train_model(None, "linear_regression")
+    older = trainer._trained[("all", "linear_regression")]
+    older.format = 1
+    with pytest.raises(IncompatibleModelError, match="retrain"):
+        load_model_blob(skops.io.dumps(older))
+    older.format = predictor_module.MODEL_FORMAT
     with diffusion_store.engine.begin() as conn:
         table = performance_prediction_models
         conn.execute(sa.update(table).values(is_active=False))

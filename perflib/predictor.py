@@ -314,7 +314,7 @@ class PerformancePredictor(UsesStore):
                 "trained_at": _iso(row["created_at"]) if row else None,
                 "n_rows": row["n_rows"] if row else 0,
                 "metrics": row["metrics"] if row else None,
-                "heuristic_in_use": row is None or too_few,
+                "heuristic_in_use": model is None or too_few,  # none, refused, or too few jobs
             }
         return status
 
@@ -441,7 +441,8 @@ def load_model_blob(blob: bytes) -> TrainedModel:
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unexpected:
         raise UntrustedModelError("stored model blob contains types that are not trusted and "
-                                  f"was not loaded: {', '.join(unexpected)}")
+                                  f"was not loaded: {', '.join(unexpected)} (a model saved by an "
+                                  "older perflib is refused too: retrain it)")
     model = skops.io.loads(blob, trusted=untrusted)
     if not isinstance(model, TrainedModel):
         raise UntrustedModelError(f"stored model blob holds a {type(model).__name__}, "

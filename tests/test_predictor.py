@@ -324,6 +324,8 @@ def test_tampered_model_blob_is_refused(diffusion_store, caplog, monkeypatch):
         result = PerformancePredictor(diffusion_store).estimate(VIDEO_REQUEST)
     assert result["prediction_method"] == "heuristic"
     assert "refused" in caplog.text and "Payload" in caplog.text
+    status = PerformancePredictor(diffusion_store).model_status()["video"]
+    assert status["version"] == 99 and status["heuristic_in_use"]
 
 
 # -- estimate API ---------------------------------------------------------------------------

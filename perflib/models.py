@@ -345,11 +345,11 @@ class Calibration(BaseEstimator):
         which = np.searchsorted(self.edges_, np.log(predicted))
         scale = self._scale(spread, len(predicted))
         chances = np.empty(len(predicted))
-        for row, (b, sigma) in enumerate(zip(which, scale)):
-            scores = self.scores_[b]
-            inside = np.searchsorted(scores, np.log(1.2) / sigma, side="right") - \
-                np.searchsorted(scores, np.log(0.8) / sigma, side="left")
-            chances[row] = inside / len(scores)
+        for b in np.unique(which):
+            rows, scores = which == b, self.scores_[b]
+            inside = np.searchsorted(scores, np.log(1.2) / scale[rows], side="right") - \
+                np.searchsorted(scores, np.log(0.8) / scale[rows], side="left")
+            chances[rows] = inside / len(scores)
         return chances
 
     def _scale(self, spread, rows: int) -> np.ndarray:

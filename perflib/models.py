@@ -12,12 +12,14 @@ predicting seconds.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.neural_network import MLPRegressor
@@ -121,7 +123,9 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
             spread = max(MAD_TO_SIGMA * np.median(np.abs(target - center)), 0.02)
             target = np.clip(target, center - self.clip_mads * spread,
                              center + self.clip_mads * spread)
-            self.correction_ = clone(self.correction).fit(model_matrix(X), target)
+            with warnings.catch_warnings():  # an iteration cap reached is by design
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                self.correction_ = clone(self.correction).fit(model_matrix(X), target)
             self.correction_range_ = (float(target.min()), float(target.max()))
             # Threads help fitting many trees; for the few rows of an estimate they cost more
             # than they save.
@@ -222,7 +226,10 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
             l2_regularization=1.0, random_state=random_state)
         return AnchoredRegressor(make_pipeline(_codes(), learner))
     if family == "neural_network":
-        learner = MLPRegressor(hidden_layer_sizes=(32, 16), alpha=1e-3, early_stopping=True,
+        # Small and strongly regularised: it learns a correction of a few percent, and an
+        # eager network fits the noise instead (0.82–0.90 within-20% on the real data, against
+        # 0.95–1.00 so). L-BFGS suits these few features; its iteration cap bounds the time.
+        learner = MLPRegressor(hidden_layer_sizes=(16,), alpha=1.0, solver="lbfgs",
                                max_iter=300, random_state=random_state)
         return AnchoredRegressor(make_pipeline(
             _codes(one_hot=True), SimpleImputer(strategy="median", keep_empty_features=True),
@@ -308,7 +315,7 @@ class Calibration(BaseEstimator):
 
     def fit(self, actual, predicted, spread=None) -> "Calibration":
         actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
-        known = np.asarray(spread if spread is not None else np.full(len(actual), np.nan), float)
+        known = np.asarray([] if spread is None else spread, float)
         known = known[np.isfinite(known) & (known > 0)]
         self.typical_spread_ = float(np.median(known)) if len(known) else 1.0
         log_pred = np.log(predicted)

@@ -40,7 +40,8 @@ CALIBRATION_FRACTION = 0.5
 MIN_DRIFT_JOBS = 5  # recent jobs needed before their drift is trusted
 MIN_SPREAD_JOBS = 10  # ... and before their spread is
 MODEL_FORMAT = 2  # what TrainedModel holds; a blob of another format is not used
-RECENT_JOBS = 50
+RECENT_JOBS = 50  # a GPU and model's latest jobs: their spread scales intervals
+DRIFT_JOBS = 20  # ... and the latest of these, their drift (short, to follow a step change)
 RECENT_CACHE_SECONDS = 30.0
 KEEP_VERSIONS = 3
 RELOAD_CHECK_SECONDS = 2.0
@@ -110,15 +111,15 @@ class TrainedModel:
         return stored.get(key, np.nan) if np.isnan(value) else value
 
     def recent_behaviour(self, jobs: pd.DataFrame) -> tuple[float, float]:
-        """(drift, spread) of finished job rows: the median log(actual / cost model) and its
-        robust spread (each NaN if too few jobs)."""
+        """(drift, spread) of finished job rows: the median log(actual / cost model) over the
+        latest DRIFT_JOBS of them, and its robust spread over all (each NaN if too few jobs)."""
         jobs = jobs[(outcome_seconds(jobs) > 0) & jobs.width.notna() & jobs.height.notna()
-                    & jobs.steps.notna()]
+                    & jobs.steps.notna()].sort_values("finished_at", kind="stable")
         if len(jobs) < MIN_DRIFT_JOBS:
             return float("nan"), float("nan")
         features = build_features(jobs, self.profiles, history=self.history)
         ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
-        return (float(np.median(ratio)),
+        return (float(np.median(ratio[-DRIFT_JOBS:])),
                 spread(ratio) if len(ratio) >= MIN_SPREAD_JOBS else float("nan"))
 
 
@@ -200,7 +201,8 @@ class PerformancePredictor(UsesStore):
             estimator=make_family(best, random_state).fit(on_all.features, seconds),
             calibration=Calibration(coverage).fit(*residuals),
             history=latest_median(jobs, keys, per_work),
-            drift=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_DRIFT_JOBS),
+            drift=latest_median(jobs, keys, on_all.ratio, window=DRIFT_JOBS,
+                                min_periods=MIN_DRIFT_JOBS),
             spread=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_SPREAD_JOBS,
                                  statistic="spread"),
             profiles=dict(self.config.model_profiles),
@@ -480,7 +482,8 @@ def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
         per_work = seconds / features.work_units.to_numpy()
         features = features.assign(
             recent_seconds_per_work=past_median(jobs, keys, per_work, known=known))
-    recent = past_median(jobs, keys, ratio, min_periods=MIN_DRIFT_JOBS, known=known)
+    recent = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
+                         known=known)
     recent_spread = past_median(jobs, keys, ratio, min_periods=MIN_SPREAD_JOBS, known=known,
                                 statistic="spread")
     return _Anchoring(cost_model, anchor(features, cost_model, recent), ratio, recent_spread)

@@ -6,8 +6,6 @@ import json
 import logging
 import sys
 
-import pandas as pd
-
 from perflib.config import safe_url
 from perflib.store import Spool, Store
 
@@ -58,6 +56,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from perflib.evaluation import comparison_table
     from perflib.predictor import PerformancePredictor
 
     predictor = PerformancePredictor(_store(args))
@@ -66,7 +65,7 @@ def cmd_train(args) -> int:
         result = predictor.train_model(pipeline, args.model_type, split=args.split,
                                        progress=True)
         version = predictor.save_model_to_db(pipeline, result["model_type"])
-        table = pd.DataFrame(result["comparison"]).T
+        table = comparison_table(result)
         print(f"\npipeline {result['pipeline_type']}: chose {result['model_type']} "
               f"(saved as version {version})")
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))

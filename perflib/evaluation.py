@@ -24,7 +24,8 @@ METRIC_COLUMNS = ["accuracy_within_20_percent", "accuracy_within_10_percent", "m
 
 def comparison_table(result: dict) -> pd.DataFrame:
     """The per-family metrics of a ``train_model`` result, the chosen family first."""
-    table = pd.DataFrame(result["comparison"]).T[METRIC_COLUMNS]
+    table = pd.DataFrame(result["comparison"]).T[METRIC_COLUMNS].astype(float)
+    table = table.astype({"n_train": int, "n_test": int})
     order = [result["model_type"]] + [f for f in table.index if f != result["model_type"]]
     return table.loc[order]
 

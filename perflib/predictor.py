@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -25,6 +25,7 @@ from perflib.config import ModelProfile, Settings
 from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, feature_columns,
                               history_keys, latest_median, outcome_seconds, past_median,
                               row_count, spread)
+from perflib.geometry import infer_profiles
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             make_family, score)
 from perflib.store import UsesStore
@@ -160,7 +161,8 @@ class PerformancePredictor(UsesStore):
                     random_state: int = 0, progress: bool = False) -> dict:
         """Train one family (or all four with ``'auto'``, keeping the best by within-20%
         accuracy, ties by MAPE) and return the chosen model's held-out metrics, plus
-        ``model_type`` and a per-family ``comparison``."""
+        ``model_type``, a per-family ``comparison``, and the ``inferred_profiles`` of video
+        models that have no configured profile (see :mod:`perflib.geometry`)."""
         families = FAMILIES if model_type == "auto" else (model_type,)
         for family in families:
             make_family(family)  # raises a clear ValueError for an unknown model_type
@@ -172,6 +174,12 @@ class PerformancePredictor(UsesStore):
         seconds = outcome_seconds(jobs)
         train, test = _split(features, np.arange(len(features)), test_fraction, split)
         proper, calibrate = _split(features, train, CALIBRATION_FRACTION, split)
+        # Video models without a configured profile get the geometry their training jobs show.
+        inferred = infer_profiles(jobs, seconds, proper, calibrate, self.config.model_profiles)
+        shown_profiles = {name: asdict(profile) for name, profile in inferred.items()}
+        profiles = {**inferred, **self.config.model_profiles}
+        if inferred:
+            features = build_features(jobs, profiles)
         # The cost model is shared by every family: fit it once per training window.
         online = split == "time"
         on_proper = _anchored(jobs, features, seconds, proper, online)
@@ -205,15 +213,16 @@ class PerformancePredictor(UsesStore):
                                 min_periods=MIN_DRIFT_JOBS),
             spread=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_SPREAD_JOBS,
                                  statistic="spread"),
-            profiles=dict(self.config.model_profiles),
+            profiles=profiles,
             pipeline_counts={str(k): int(v) for k, v in jobs.pipeline_type.value_counts().items()},
-            metrics={**metrics.as_dict(), "coverage_target": coverage, "split": split},
+            metrics={**metrics.as_dict(), "coverage_target": coverage, "split": split,
+                     "inferred_profiles": shown_profiles},
             n_rows=len(jobs), train_start=_iso(jobs.started_at.min()),
             train_end=_iso(jobs.started_at.max()), trained_at=_iso(datetime.now(timezone.utc)))
         self._trained[(bundle.pipeline_type, best)] = bundle
         comparison = {family: result[0].as_dict() for family, result in results.items()}
         return {**metrics.as_dict(), "model_type": best, "pipeline_type": bundle.pipeline_type,
-                "comparison": comparison}
+                "comparison": comparison, "inferred_profiles": shown_profiles}
 
     # -- model store ----------------------------------------------------------------------------
     def save_model_to_db(self, pipeline_type: str | None, model_type: str) -> int:

@@ -13,6 +13,7 @@ from perflib import predictor as predictor_module
 from perflib.config import ModelProfile, Settings
 from perflib.features import (FEATURE_DESCRIPTIONS, build_features, feature_columns,
                               past_median)
+from perflib.geometry import infer_profiles
 from perflib.models import FAMILIES, Calibration, CategoryCodes, make_family
 from perflib.predictor import (IncompatibleModelError, PerformancePredictor,
                                UntrustedModelError, load_model_blob)
@@ -72,6 +73,54 @@ def test_video_transformer_with_its_profile(dit_store, split, fraction):
     result = PerformancePredictor(dit_store).train_model(None, "auto", split=split,
                                                          test_fraction=fraction)
     assert result["accuracy_within_20_percent"] >= 0.90
+
+
+@pytest.fixture(scope="module")
+def dit_store_without_profile(tmp_path_factory) -> Store:
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "video-dit-jobs.csv").exists():
+        pytest.skip("shared real-job data not found")
+    return _store_with(tmp_path_factory, SHARED_DATA / "video-dit-jobs.csv")
+
+
+@pytest.mark.parametrize("split,fraction", [("time", 0.3), ("size", 0.2)])
+def test_video_transformer_without_a_profile_infers_its_geometry(dit_store_without_profile,
+                                                                 split, fraction):
+    predictor = PerformancePredictor(dit_store_without_profile)
+    result = predictor.train_model(None, "linear_regression", split=split,
+                                   test_fraction=fraction)
+    inferred = result["inferred_profiles"]["tiny-wan-dit-s"]
+    assert inferred["vae_temporal_factor"] == 4 and inferred["full_attention"]
+    assert result["accuracy_within_20_percent"] >= 0.90  # 0.69 on the size split with SD-style
+    predictor.save_model_to_db(None, "linear_regression")
+    assert PerformancePredictor(dit_store_without_profile).active_model("video").profiles[
+        "tiny-wan-dit-s"].full_attention
+
+
+def test_geometry_is_left_alone_where_configured_or_where_the_default_fits(diffusion_store,
+                                                                            dit_store):
+    assert PerformancePredictor(diffusion_store).train_model(
+        None, "linear_regression")["inferred_profiles"] == {}  # a UNet: per-frame attention
+    assert PerformancePredictor(dit_store).train_model(
+        None, "linear_regression")["inferred_profiles"] == {}  # its profile is configured
+
+
+def test_geometry_inference_recovers_a_planted_geometry():
+    rng = np.random.default_rng(3)
+    n = 300
+    side = rng.choice([256, 384, 512, 640], n)
+    jobs = pd.DataFrame({"model_name": "planted", "width": side, "height": side,
+                         "frame_count": rng.choice([9, 17, 33, 49, 65, 81], n),
+                         "steps": rng.integers(10, 40, n), "guidance_scale": 1.0})
+    for temporal, full in [(8, True), (1, True), (4, False), (1, False)]:
+        truth = {"planted": ModelProfile(vae_temporal_factor=temporal, full_attention=full)}
+        features = build_features(jobs, truth)
+        seconds = (0.5 + 2e-6 * features.work_units + 4e-10 * features.attention_work) \
+            * np.exp(rng.normal(0, 0.03, n))
+        positions = np.arange(n)
+        inferred = infer_profiles(jobs, seconds.to_numpy(), positions[:200], positions[200:], {})
+        assert inferred.get("planted", ModelProfile()) == truth["planted"]
 
 
 def test_auto_picks_the_best_family_and_reports_every_metric(diffusion_store):

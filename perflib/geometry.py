@@ -19,7 +19,7 @@ from perflib.features import build_features
 from perflib.models import CostModel
 
 TEMPORAL_FACTORS = (1, 4, 8)  # none; Wan / CogVideoX / HunyuanVideo; LTX-Video
-MIN_JOBS = 12  # on each side of the split, per model
+MIN_JOBS = 20  # on each side of the split, per model (fewer choose by chance)
 MIN_IMPROVEMENT = 0.10  # relative drop of the held-out error a candidate must bring
 
 

@@ -57,7 +57,7 @@ TRUSTED_TYPES = [
     "perflib.config.ModelProfile", "numpy.dtype", "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "perflib.models.CategoryCodes",
+    "perflib.models.MatrixEncoder",
 ]
 
 

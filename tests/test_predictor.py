@@ -14,7 +14,7 @@ from perflib.config import ModelProfile, Settings
 from perflib.features import (FEATURE_DESCRIPTIONS, build_features, feature_columns,
                               past_median)
 from perflib.geometry import infer_profiles
-from perflib.models import FAMILIES, Calibration, CategoryCodes, make_family
+from perflib.models import FAMILIES, Calibration, MatrixEncoder, make_family
 from perflib.predictor import (IncompatibleModelError, PerformancePredictor,
                                UntrustedModelError, load_model_blob)
 from perflib.store import Store
@@ -211,16 +211,28 @@ def test_job_rows_as_columns_give_the_same_features_as_a_frame():
     assert list(from_frame.hour_of_day) == [22, 2] and list(from_frame.day_of_week) == [0, 3]
 
 
-def test_category_codes_map_rare_and_unseen_values_to_missing():
-    X = np.array([[1.0, "a"]] * 6 + [[2.0, "b"]] * 5 + [[3.0, "rare"]], dtype=object)
-    codes = CategoryCodes(categorical=[1], min_frequency=5).fit(X)
-    out = codes.transform(np.array([[4.0, "b"], [5.0, "rare"], [6.0, "new"], [7.0, None]],
-                                   dtype=object))
+def test_matrix_encoder_gives_rare_and_unseen_values_one_code():
+    X = np.array([[1.0, np.nan, "a"]] * 6 + [[2.0, np.nan, "b"]] * 5 + [[3.0, np.nan, "rare"]],
+                 dtype=object)
+    encoder = MatrixEncoder(categorical=[2], min_frequency=5).fit(X)
+    out = encoder.transform(np.array([[4.0, 1.0, "b"], [5.0, np.nan, "rare"],
+                                      [6.0, 2.0, "new"], [7.0, np.nan, None]], dtype=object))
     np.testing.assert_array_equal(out[:, 0], [4.0, 5.0, 6.0, 7.0])
-    np.testing.assert_array_equal(out[:2, 1], [1.0, np.nan])
-    assert np.isnan(out[2:, 1]).all()
-    indicators = CategoryCodes(categorical=[1], one_hot=True).fit(X).transform(X[[0, 6, 11]])
-    np.testing.assert_array_equal(indicators[:, 1:], [[1, 0], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(out[:, 1], 0.0)  # empty in training: carries nothing
+    np.testing.assert_array_equal(out[:, 2], [1.0, 2.0, 2.0, 2.0])
+    indicators = MatrixEncoder(categorical=[2], one_hot=True).fit(X).transform(X[[0, 6, 11]])
+    np.testing.assert_array_equal(indicators[:, 2:], [[1, 0], [0, 1], [0, 0]])
+
+
+def test_a_short_history_still_trains_every_family(tmp_path, shared_data):
+    """35 jobs: categories all rare and some history columns empty in the first fits."""
+    jobs = pd.read_csv(shared_data / "video-dit-jobs.csv").head(35)
+    jobs.to_csv(tmp_path / "few.csv", index=False)
+    store = Store(f"sqlite:///{tmp_path / 'few.db'}", Settings(spool_dir=tmp_path))
+    import_jobs(tmp_path / "few.csv", store)
+    for split in ("time", "size"):
+        result = PerformancePredictor(store).train_model(None, "auto", split=split)
+        assert set(result["comparison"]) == set(FAMILIES)
 
 
 def test_a_correction_never_runs_away_outside_the_training_range():

@@ -56,7 +56,6 @@ TRUSTED_TYPES = [
     "perflib.models.CostModel", "perflib.models.Calibration", "perflib.models._signed_log1p",
     "perflib.config.ModelProfile", "numpy.dtype", "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "perflib.models.MatrixEncoder",
 ]
 

@@ -69,6 +69,10 @@ def cmd_train(args) -> int:
         print(f"\npipeline {result['pipeline_type']}: chose {result['model_type']} "
               f"(saved as version {version})")
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+        for model, profile in result["inferred_profiles"].items():
+            print(f"{model}: no profile configured; its jobs show {profile['vae_temporal_factor']}x"
+                  f" temporal compression and "
+                  f"{'full' if profile['full_attention'] else 'per-frame'} attention")
     return 0
 
 

@@ -26,7 +26,8 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from perflib.features import CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES, Features
+from perflib.features import (CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES, Features,
+                              history_keys)
 
 FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
 MAD_TO_SIGMA = 1.4826
@@ -52,7 +53,7 @@ class CostModel(RegressorMixin, BaseEstimator):
         design = _design(X)
         self.pooled_, pooled_kept = self._fit_terms(design, y)
         self.coefficients_ = {}
-        keys = _group_keys(X)
+        keys = history_keys(X)
         for key in np.unique(keys):
             members = keys == key
             if members.sum() >= self.min_group_jobs:
@@ -84,7 +85,7 @@ class CostModel(RegressorMixin, BaseEstimator):
 
     def predict(self, X: Features) -> np.ndarray:
         design = _design(X)
-        keys = _group_keys(X)
+        keys = history_keys(X)
         seconds = design @ self.pooled_
         seconds = seconds * np.array([self.gpu_factor_.get(g, 1.0) for g in X["gpu_name"]])
         seconds = seconds * np.array([self.model_factor_.get(m, 1.0) for m in X["model_name"]])
@@ -253,11 +254,6 @@ def _signed_log1p(values):
 def _design(X: Features) -> np.ndarray:
     terms = [np.asarray(X[term], dtype=float) for term in COST_TERMS]
     return np.column_stack([np.ones(len(terms[0]))] + terms)
-
-
-def _group_keys(X: Features) -> np.ndarray:
-    return np.array([f"{model}|{gpu}" for model, gpu in zip(X["model_name"], X["gpu_name"])],
-                    dtype=object)
 
 
 def _median_by(labels: np.ndarray, ratio: np.ndarray, kept: np.ndarray) -> dict[str, float]:

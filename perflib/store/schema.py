@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -62,6 +62,14 @@ generation_performance = sa.Table(
     sa.Column("predicted_seconds", sa.Float),
     sa.Column("user_rating", sa.Float),
     sa.Column("extra_params", Json),
+    # sampling passes of a multi-pass job (hires fix, refiner): a list of pass parameters
+    sa.Column("passes", Json),
+    # derived cost terms, computed once at write time from the job record (perflib.record)
+    sa.Column("work_units", sa.Float),
+    sa.Column("attention_work", sa.Float),
+    sa.Column("decode_work", sa.Float),
+    # rows written by perflib.simulate: purged with `perflib purge --simulated`
+    sa.Column("simulated", sa.Boolean),
     sa.Column("recorded_at", UtcDateTime, server_default=sa.func.now()),
     sa.Index("ix_generation_performance_started_at", "started_at"),
     sa.Index("ix_generation_performance_pipeline_started", "pipeline_type", "started_at"),

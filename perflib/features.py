@@ -1,20 +1,21 @@
 """Feature builders: one function turns job rows into the feature matrix for training,
 estimating and the notebooks.
 
-Token counts follow each model's latent geometry (:class:`perflib.config.ModelProfile`): the VAE's
-spatial and temporal compression, the transformer's patch size, and whether self-attention spans
-one frame or all of them. Without a profile, SD-style defaults apply.
+The cost terms (latent tokens, work units, attention and decode work, summed over a job's
+sampling passes) come from :mod:`perflib.workload`, the one definition of work that the store also
+writes into the job table for SQL.
 """
 from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Union
 
 import numpy as np
 import pandas as pd
 
 from perflib.config import ModelProfile
+from perflib.workload import JobRows, cost_terms, numeric_column, row_count, text_column
 
 # Every feature, with what it means. The cost model uses the *_work / *_tokens terms; the other
 # families also see the rest.
@@ -29,9 +30,11 @@ FEATURE_DESCRIPTIONS = {
     "batch_size": "images or videos generated together",
     "steps": "denoising steps",
     "cfg_factor": "2 when guidance_scale > 1 (classifier-free guidance doubles the passes), else 1",
-    "step_passes": "steps × cfg_factor: denoiser calls per sample (per-step overhead)",
+    "step_passes": "steps × cfg_factor: denoiser calls per sample (per-step overhead), over all"
+                   " sampling passes",
     "total_tokens": "tokens_per_frame × latent_frames × batch: tokens the denoiser holds at once",
-    "work_units": "total_tokens × steps × cfg_factor: token-steps of denoising work",
+    "work_units": "total_tokens × steps × cfg_factor: token-steps of denoising work, summed"
+                  " over the sampling passes",
     "log_work_units": "natural log of work_units",
     "attention_span": "tokens one token attends to: per frame, or across all latent frames",
     "attention_work": "work_units × attention_span: self-attention grows with tokens squared",
@@ -56,13 +59,8 @@ COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work",
 HISTORY_WINDOW = 50
 IQR_TO_SIGMA = 1.349
 
-# Job rows: a DataFrame as the store returns it, or a mapping of column sequences.
-JobRows = Union[pd.DataFrame, Mapping[str, Sequence]]
 # Features: build_features' DataFrame, or feature_columns' dict of arrays.
 Features = Union[pd.DataFrame, Mapping[str, np.ndarray]]
-
-_DEFAULT_PROFILE = ModelProfile()
-_DEFAULTS = {"frame_count": 1, "batch_size": 1, "steps": 20, "guidance_scale": 7.5}
 
 
 def build_features(jobs: pd.DataFrame, profiles: Mapping[str, ModelProfile] | None = None,
@@ -80,20 +78,10 @@ def feature_columns(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None =
     (``total_seconds`` and ``finished_at``) and no `history` is given, else from `history`
     (``{"gpu|model": seconds_per_work}``, as a trained model keeps it).
     """
-    width, height = _numeric(jobs, "width"), _numeric(jobs, "height")
-    frames = np.maximum(_numeric(jobs, "frame_count"), 1)
-    batch = np.maximum(_numeric(jobs, "batch_size"), 1)
-    steps = np.maximum(_numeric(jobs, "steps"), 1)
-    models = _text(jobs, "model_name")
-    gpus = _text(jobs, "gpu_name")
-
-    spatial, temporal, full_attention = _geometry(models, profiles or {})
-    tokens_per_frame = (width / spatial) * (height / spatial)
-    latent_frames = np.where(temporal > 1, 1 + (frames - 1) // temporal, frames)
-    cfg = np.where(_numeric(jobs, "guidance_scale") > 1, 2.0, 1.0)
-    total_tokens = tokens_per_frame * latent_frames * batch
-    work = total_tokens * steps * cfg
-    span = np.where(full_attention, tokens_per_frame * latent_frames, tokens_per_frame)
+    width, height = numeric_column(jobs, "width"), numeric_column(jobs, "height")
+    terms = cost_terms(jobs, profiles)
+    work = terms["work_units"]
+    gpus, models = text_column(jobs, "gpu_name"), text_column(jobs, "model_name")
     hour, weekday = _hour_and_weekday(jobs)
     keys = gpus + "|" + models
     if history is None and "total_seconds" in jobs and "finished_at" in jobs:
@@ -105,29 +93,21 @@ def feature_columns(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None =
         recent = np.array([history.get(k, fallback) for k in keys], dtype=float)
 
     columns = {
+        **terms,
         "width": width, "height": height,
         "megapixels": width * height / 1e6,
         "aspect_ratio": width / height,
-        "tokens_per_frame": tokens_per_frame,
-        "frame_count": frames,
-        "latent_frames": latent_frames,
-        "batch_size": batch, "steps": steps,
-        "cfg_factor": cfg,
-        "step_passes": steps * cfg,
-        "total_tokens": total_tokens,
-        "work_units": work,
+        "frame_count": np.maximum(numeric_column(jobs, "frame_count"), 1),
+        "batch_size": np.maximum(numeric_column(jobs, "batch_size"), 1),
+        "steps": np.maximum(numeric_column(jobs, "steps"), 1),
         "log_work_units": np.log(work),
-        "attention_span": span,
-        "attention_work": work * span,
-        "decode_work": tokens_per_frame * frames * batch,
-        "decode_work_per_sample": tokens_per_frame * frames,
         "hour_of_day": hour,
         "day_of_week": weekday,
-        "queue_depth": _numeric(jobs, "queue_depth", default=0.0),
+        "queue_depth": numeric_column(jobs, "queue_depth", default=0.0),
         "recent_seconds_per_work": recent,
-        "pipeline_type": _text(jobs, "pipeline_type"),
-        "job_type": _text(jobs, "job_type"),
-        "sampler": _text(jobs, "sampler"),
+        "pipeline_type": text_column(jobs, "pipeline_type"),
+        "job_type": text_column(jobs, "job_type"),
+        "sampler": text_column(jobs, "sampler"),
         "model_name": models,
         "gpu_name": gpus,
     }
@@ -137,10 +117,10 @@ def feature_columns(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None =
 def outcome_seconds(jobs: pd.DataFrame) -> np.ndarray:
     """What each job took once it started — ``processing_seconds`` (model loading included, queue
     excluded; the queue is estimated apart) where recorded, else ``total_seconds``."""
-    total = _numeric(jobs, "total_seconds")
+    total = numeric_column(jobs, "total_seconds")
     if "processing_seconds" not in jobs:
         return total
-    processing = _numeric(jobs, "processing_seconds")
+    processing = numeric_column(jobs, "processing_seconds")
     return np.where(processing > 0, processing, total)
 
 
@@ -226,40 +206,6 @@ def _instants(values) -> np.ndarray:
     stamps = pd.to_datetime(pd.Series(values), utc=True, errors="coerce")
     seconds = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return seconds.to_numpy(dtype=float)
-
-
-def _geometry(models: np.ndarray, profiles: Mapping[str, ModelProfile]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per job: pixels per latent token side, temporal compression, full attention or not."""
-    chosen = [profiles.get(m, _DEFAULT_PROFILE) for m in models]
-    return (np.array([p.vae_spatial_factor * p.patch_size for p in chosen], dtype=float),
-            np.array([p.vae_temporal_factor for p in chosen], dtype=float),
-            np.array([p.full_attention for p in chosen], dtype=bool))
-
-
-def row_count(jobs: JobRows) -> int:
-    """How many job rows `jobs` holds (a DataFrame or a mapping of column sequences)."""
-    if isinstance(jobs, pd.DataFrame):
-        return len(jobs)
-    return len(next(iter(jobs.values()), ()))
-
-
-def _numeric(jobs: JobRows, column: str, default: float | None = None) -> np.ndarray:
-    fill = _DEFAULTS.get(column, default)
-    if column not in jobs:
-        return np.full(row_count(jobs), np.nan if fill is None else fill, dtype=float)
-    try:  # numbers (or None) convert directly, much faster than pd.to_numeric on a few rows
-        values = np.asarray(jobs[column], dtype=float)
-    except (TypeError, ValueError):
-        values = pd.to_numeric(pd.Series(jobs[column]), errors="coerce").to_numpy(dtype=float)
-    return values if fill is None else np.where(np.isnan(values), fill, values)
-
-
-def _text(jobs: JobRows, column: str) -> np.ndarray:
-    if column not in jobs:
-        return np.full(row_count(jobs), "unknown", dtype=object)
-    return np.array(["unknown" if v is None or v != v else str(v) for v in jobs[column]],
-                    dtype=object)
 
 
 def _hour_and_weekday(jobs: JobRows) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel,
                             make_family, score)
 from perflib.store import UsesStore
 from perflib.store.schema import performance_prediction_models as models_table
-from perflib.validation import validate_job_params
+from perflib.record import estimate_params
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class PerformancePredictor(UsesStore):
         priced: dict[str, list[tuple[int, list, dict]]] = {}  # per pipeline: answer, variants, job
         for params in requests:
             try:
-                job = validate_job_params(dict(params))
+                job = estimate_params(dict(params))
             except ValueError as exc:
                 answers.append(exc)
                 continue
@@ -542,7 +542,10 @@ def _text_or_none(value: Any) -> str | None:
 
 
 def _cheaper_variants(job: dict) -> list[tuple[str, str, dict]]:
-    """(what changes, "old → new", job) for each cheaper setting worth pricing."""
+    """(what changes, "old → new", job) for each cheaper setting worth pricing (none for a
+    job that lists its sampling passes: its settings are per pass)."""
+    if job.get("passes"):
+        return []
     variants = []
     if job["steps"] > 10:
         fewer = max(10, int(round(job["steps"] * 2 / 3)))

@@ -22,7 +22,7 @@ from perflib.config import Settings
 from perflib.sampler import JobResources, gpu_indices_for, process_sampler
 from perflib.store import Store, writer_for
 from perflib.store.writer import BatchWriter
-from perflib.validation import parse_resolution
+from perflib.record import salvaged_record
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ _PARAM_ALIASES = {
     "hostname": "hostname", "predicted_seconds": "predicted_seconds",
     "queue_depth": "queue_depth", "user_rating": "user_rating",
 }
-_INT_COLUMNS = {"width", "height", "frame_count", "steps", "batch_size", "queue_depth"}
-_FLOAT_COLUMNS = {"guidance_scale", "predicted_seconds", "user_rating"}
 
 
 class _Binding:
@@ -250,7 +248,7 @@ class JobTracker:
             record.setdefault("gpu_name", resources.gpu_name)
             if resources.keep_samples:
                 record["samples"] = resources.sample_rows()
-        return record
+        return salvaged_record(record)
 
     def _wall(self, perf: float) -> datetime:
         return datetime.fromtimestamp(self._wall0 + (perf - self._t0), timezone.utc)
@@ -275,28 +273,20 @@ class JobTracker:
 
 
 def _split_params(params: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Typed job columns from known parameter names; JSON-safe leftovers go to extra_params."""
+    """Job columns from known parameter names; JSON-safe leftovers go to extra_params. Values
+    are checked later, by the job record (:func:`perflib.record.salvaged_record`)."""
     columns: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for name, value in params.items():
         if value is None:
             continue
-        column = _PARAM_ALIASES.get(name)
-        try:
-            if name == "resolution":
-                columns["width"], columns["height"] = parse_resolution(value)
-            elif column in _INT_COLUMNS:
-                columns[column] = int(value)
-            elif column in _FLOAT_COLUMNS:
-                columns[column] = float(value)
-            elif column is not None:
-                columns[column] = str(value)
-            elif isinstance(value, (str, int, float, bool)):
-                extra[name] = value
-            continue
-        except (TypeError, ValueError):
-            pass
-        extra[name] = value if isinstance(value, (str, int, float, bool)) else repr(value)[:200]
+        column = "resolution" if name == "resolution" else _PARAM_ALIASES.get(name)
+        if column is not None:
+            columns[column] = value
+        elif isinstance(value, (str, int, float, bool)):
+            extra[name] = value
+        else:
+            extra[name] = repr(value)[:200]
     return columns, extra
 
 

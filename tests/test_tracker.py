@@ -174,4 +174,7 @@ def test_unparseable_params_kept_as_extra(store):
     flush_all()
     row = _job(store, "job-p")
     assert row.width is None or row.width != row.width  # NULL (None or NaN)
-    assert row.extra_params == {"resolution": "huge", "steps": "many"}
+    invalid = row.extra_params["invalid_fields"]
+    assert {name: fault["value"] for name, fault in invalid.items()} == {
+        "resolution": "huge", "steps": "many"}
+    assert "WIDTHxHEIGHT" in invalid["resolution"]["error"]

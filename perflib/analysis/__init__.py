@@ -6,6 +6,7 @@ report can be re-run for any past week.
 """
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -16,12 +17,13 @@ from perflib.analysis.bottlenecks import Bottleneck, BottleneckType, analyze_bot
 from perflib.analysis.daily import aggregate_daily, daily_stats
 from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
-from perflib.analysis.sql import hour_of, in_window, window
+from perflib.analysis.origin import DataOrigin, data_origin
+from perflib.analysis.sql import SIMULATED, hour_of, in_window, window
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
 from perflib.store import UsesStore, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
-from perflib.validation import FINAL_STATUSES
+from perflib.record import FINAL_STATUSES
 
 TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
 SAMPLE_ROWS = 20_000
@@ -65,7 +67,8 @@ class PerformanceAnalyzer(UsesStore):
         return analyze_trends(self.store, start, stop, pipeline_type)
 
     def detect_alerts(self, days_back: float = 7, end=None) -> list[dict]:
-        """Write (or refresh) alerts for the window; returns them."""
+        """Write (or refresh) alerts for the window; returns them. The one analysis that writes:
+        ``perflib maintain`` runs it; reports and the service only read alerts."""
         start, stop = self.window(days_back, end)
         candidates = alert_store.alert_candidates(
             self.store, start, stop, self.analyze_bottlenecks(days_back, end=stop),
@@ -85,8 +88,12 @@ class PerformanceAnalyzer(UsesStore):
 
     def maintain(self, retention_days: int | None = None, dry_run: bool = False
                  ) -> MaintenancePlan:
+        """Retention, model pruning and fresh daily aggregates, then the last week's alerts."""
         days = retention_days or self.store.config.retention_days
-        return maintain(self.store, days, dry_run)
+        plan = maintain(self.store, days, dry_run)
+        if not dry_run:
+            plan.raised_alerts = len(self.detect_alerts())
+        return plan
 
     def overall_statistics(self, days_back: float = 7, end=None) -> dict:
         """Job counts, success rate and time statistics over the window, overall and per
@@ -169,26 +176,36 @@ class PerformanceAnalyzer(UsesStore):
         return frame.assign(share=frame.seconds / totals)
 
     def is_simulated(self) -> bool:
-        """True when the history comes from ``perflib simulate`` (job ids ``sim-…``)."""
+        """True when the database holds jobs written by ``perflib simulate``."""
         with self.store.engine.connect() as conn:
-            return conn.execute(sa.select(jobs.c.job_id).where(jobs.c.job_id.like("sim-%"))
-                                .limit(1)).first() is not None
+            return conn.execute(sa.select(jobs.c.job_id).where(SIMULATED).limit(1)
+                                ).first() is not None
+
+    def data_origin(self, days_back: float = 7, end=None) -> DataOrigin:
+        """Real and simulated job counts of the database and of the window."""
+        return data_origin(self.store, *self.window(days_back, end))
 
     def generate_performance_report(self, days_back: float = 7, end=None) -> dict:
-        """Everything the weekly report shows, as JSON-ready values."""
+        """Everything the weekly report shows, as JSON-ready values. It only reads: its alerts
+        are those the window calls for, with their stored state (see ``as_reported``)."""
         start, stop = self.window(days_back, end)
+        bottlenecks = self.analyze_bottlenecks(days_back, end=stop)
+        trends = self.analyze_trends(max(days_back, TREND_DAYS), end=stop)
+        alerts = alert_store.alert_candidates(self.store, start, stop, bottlenecks, trends,
+                                              self.thresholds.failure_rate)
+        origin = data_origin(self.store, start, stop)
         statistics = self.overall_statistics(days_back, stop)
         per_pipeline = statistics.pop("per_pipeline")
         return {
             "period_days": days_back, "start": start.isoformat(), "end": stop.isoformat(),
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "simulated": self.is_simulated(),
+            "simulated": origin.simulated,
+            "data_origin": {**dataclasses.asdict(origin), "notice": origin.notice()},
             "overall_statistics": statistics,
             "per_pipeline": per_pipeline,
-            "bottlenecks": [b.as_dict() for b in self.analyze_bottlenecks(days_back, end=stop)],
-            "trends": {p: t.as_dict() for p, t in
-                       self.analyze_trends(max(days_back, TREND_DAYS), end=stop).items()},
-            "alerts": self.detect_alerts(days_back, stop),
+            "bottlenecks": [b.as_dict() for b in bottlenecks],
+            "trends": {p: t.as_dict() for p, t in trends.items()},
+            "alerts": alert_store.as_reported(self.store, alerts, stop),
             "opportunities": self.find_optimization_opportunities(days_back, stop),
             "prediction_accuracy": self.prediction_accuracy(days_back, stop),
         }

@@ -11,22 +11,25 @@ import sqlalchemy as sa
 
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
-from perflib.validation import FINAL_STATUSES
+from perflib.record import FINAL_STATUSES
 
 FINISHED = jobs.c.status.in_(FINAL_STATUSES)
 SUCCEEDED = jobs.c.status == "success"
+# Written by perflib.simulate: flagged, or (rows from before the flag existed) a sim- job id.
+SIMULATED = sa.or_(jobs.c.simulated.is_(True),
+                   sa.and_(jobs.c.simulated.is_(None), jobs.c.job_id.like("sim-%")))
 
 
 def work_units():
-    """Token-steps of denoising work (SD-style 8× latent), as an SQL expression."""
-    cfg = sa.case((jobs.c.guidance_scale > 1, 2.0), else_=1.0)
-    return (jobs.c.width * jobs.c.height / 64.0 * sa.func.coalesce(jobs.c.frame_count, 1)
-            * sa.func.coalesce(jobs.c.batch_size, 1) * jobs.c.steps * cfg)
+    """Token-steps of denoising work (summed over a job's sampling passes, following each
+    model's latent geometry): the stored column the store computes at write time with
+    :mod:`perflib.workload`, so SQL and Python share one definition."""
+    return jobs.c.work_units
 
 
 def attention_work():
-    """Work units × latent tokens per frame: the self-attention term."""
-    return work_units() * jobs.c.width * jobs.c.height / 64.0
+    """Work units × the tokens each token attends to: the self-attention term (stored)."""
+    return jobs.c.attention_work
 
 
 def compute_seconds():

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
-from perflib.validation import LIVE_STATUSES
+from perflib.record import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 

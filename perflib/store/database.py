@@ -20,7 +20,8 @@ from sqlalchemy.engine import URL
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
 from perflib.store import schema
 from perflib.store.engine import engine_for
-from perflib.validation import LIVE_STATUSES
+from perflib.record import LIVE_STATUSES
+from perflib.workload import stored_terms
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Store:
             self._add_missing_columns(conn)
             current = conn.execute(sa.select(schema.schema_info.c.version)
                                    .where(schema.schema_info.c.id == 1)).scalar()
+            if current is not None and current < 2:
+                self._backfill_cost_terms(conn)
             if current is None:
                 conn.execute(sa.insert(schema.schema_info).values(
                     id=1, version=schema.SCHEMA_VERSION, upgraded_at=_utcnow()))
@@ -104,6 +107,20 @@ class Store:
                         f'ALTER TABLE {_qualified(table.name, schema_name)} '
                         f'ADD COLUMN "{column.name}" {column_type}'))
 
+    def _backfill_cost_terms(self, conn: sa.Connection) -> None:
+        """Schema 1 → 2: compute the stored cost terms of jobs written before they existed."""
+        table = schema.generation_performance
+        inputs = ["id", "width", "height", "frame_count", "batch_size", "steps",
+                  "guidance_scale", "model_name", "passes"]
+        rows = conn.execute(sa.select(*(table.c[name] for name in inputs))
+                            .where(table.c.work_units.is_(None))).mappings().all()
+        for start in range(0, len(rows), 5000):
+            chunk = rows[start:start + 5000]
+            terms = stored_terms(chunk, self.config.model_profiles)
+            conn.execute(sa.update(table).where(table.c.id == sa.bindparam("row_id")),
+                         [{"row_id": row["id"], **derived} for row, derived in zip(chunk, terms)])
+        log.info("computed the cost terms of %d stored jobs", len(rows))
+
     def schema_version(self) -> int | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(schema.schema_info.c.version)).scalar()
@@ -117,6 +134,7 @@ class Store:
         """
         if not records:
             return 0
+        records = self._with_cost_terms(records)
         phases = [{**p, "job_id": r["job_id"]} for r in records for p in r.get("phases") or ()]
         samples = [{**s, "job_id": r["job_id"]} for r in records for s in r.get("samples") or ()]
         with self.engine.begin() as conn:
@@ -130,6 +148,11 @@ class Store:
             _insert_ignoring_duplicates(conn, schema.generation_phases, phases)
             _insert_ignoring_duplicates(conn, schema.resource_samples, samples)
         return inserted
+
+    def _with_cost_terms(self, records: Sequence[Mapping[str, Any]]) -> list[dict]:
+        """Records with the derived cost terms (:mod:`perflib.workload`) that SQL aggregates."""
+        terms = stored_terms(records, self.config.model_profiles)
+        return [{**record, **derived} for record, derived in zip(records, terms)]
 
     # -- reads ------------------------------------------------------------------------------
     def frame(self, query, columns: Sequence[str] | None = None) -> pd.DataFrame:

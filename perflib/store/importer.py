@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from perflib.store import schema
-from perflib.store.database import Store, parse_timestamp
-from perflib.validation import (PIPELINE_TYPES, normalise_status, parse_resolution,
-                                positive_int)
+from perflib.record import JobRecord, RecordError, job_record
+from perflib.store.database import Store
 
 REQUIRED_COLUMNS = ("job_id", "pipeline_type", "job_type", "status", "resolution",
                     "frame_count", "steps", "batch_size", "guidance_scale", "sampler",
                     "model_name", "gpu_name", "started_at", "finished_at", "total_seconds")
 BATCH_ROWS = 5000
-
-_TYPED_COLUMNS = {c.name: c.type.python_type for c in schema.generation_performance.columns
-                  if c.name not in ("id", "recorded_at", "extra_params")}
 
 
 @dataclass
@@ -64,7 +58,7 @@ def import_jobs(path: str | Path, store: Store) -> ImportReport:
         report.rows_read += 1
         try:
             batch.append(job_record_from_row(raw))
-        except FieldError as exc:
+        except RecordError as exc:
             report.errors.append(RowError(line, exc.field, exc.message))
             continue
         if len(batch) >= BATCH_ROWS:
@@ -74,96 +68,41 @@ def import_jobs(path: str | Path, store: Store) -> ImportReport:
     return report
 
 
-class FieldError(ValueError):
-    """A value that cannot be taken, with the field it belongs to."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
-
-
 def job_record_from_row(raw: Mapping[str, Any]) -> dict:
-    """Validate one imported row and turn it into a job record."""
+    """Validate one imported row and turn it into a job record (the job record's own checks,
+    as every other way into the store); raises :class:`RecordError` naming the field."""
     if "__invalid__" in raw:
-        raise FieldError("row", raw["__invalid__"])
-    row = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in raw.items() if k}
-    if "resolution" not in row and row.get("width") and row.get("height"):
-        row["resolution"] = f"{row.pop('width')}x{row.pop('height')}"
-    missing = [c for c in REQUIRED_COLUMNS if c not in row]
+        raise RecordError("row", raw["__invalid__"])
+    row = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in raw.items()
+           if isinstance(k, str) and k.strip()}
+    missing = [c for c in REQUIRED_COLUMNS if c not in row and not _split_resolution(c, row)]
     if missing:
-        raise FieldError(missing[0], "column is missing")
-    record: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    phases: list[dict] = []
-    for name, value in row.items():
-        if value in ("", None):
-            continue
-        if name == "resolution":
-            _guard(name, lambda: record.update(zip(("width", "height"), parse_resolution(value))))
-        elif name in ("extra_params",):
-            extra.update(json.loads(value) if isinstance(value, str) else value)
-        elif name in _TYPED_COLUMNS:
-            record[name] = _guard(name, lambda: _typed(name, value))
-        elif name.endswith("_seconds"):
-            seconds = _guard(name, lambda: _non_negative(value))
-            phases.append({"seq": len(phases), "name": name[: -len("_seconds")],
-                           "seconds": seconds})
-        else:
-            extra[name] = value
-    for name in ("job_id", "pipeline_type", "status", "started_at", "total_seconds"):
-        if record.get(name) is None:
-            raise FieldError(name, "value is required")
-    if record["pipeline_type"] not in PIPELINE_TYPES:
-        raise FieldError("pipeline_type", f"must be one of {', '.join(PIPELINE_TYPES)}")
-    record["status"] = _guard("status", lambda: normalise_status(record["status"]))
-    if record.get("finished_at") and record["finished_at"] < record["started_at"]:
-        raise FieldError("finished_at", "is before started_at")
-    for name in ("frame_count", "steps", "batch_size"):
-        if name in record:
-            record[name] = _guard(name, lambda: positive_int(record[name], name))
-    record.setdefault("submitted_at", record["started_at"])
-    record.setdefault("processing_seconds", record["total_seconds"])
-    if extra:
-        record["extra_params"] = extra
+        raise RecordError(missing[0], "column is missing")
+    row = {name: value for name, value in row.items() if value not in ("", None)}
+    phases = [{"seq": seq, "name": name[: -len("_seconds")], "seconds": row.pop(name)}
+              for seq, name in enumerate([n for n in row if n.endswith("_seconds")
+                                          and n not in JobRecord.model_fields])]
     if phases:
-        record["phases"] = phases
-    return record
+        row["phases"] = phases
+    for name in ("extra_params", "passes"):
+        if isinstance(row.get(name), str):
+            row[name] = _json_cell(name, row[name])
+    for name in ("started_at", "total_seconds"):
+        if name not in row:
+            raise RecordError(name, "value is required")
+    return job_record(row)
 
 
-def _guard(field_name: str, convert):
+def _split_resolution(column: str, row: Mapping[str, Any]) -> bool:
+    """A row may give width and height instead of resolution."""
+    return column == "resolution" and "width" in row and "height" in row
+
+
+def _json_cell(name: str, text: str) -> Any:
     try:
-        return convert()
-    except FieldError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise FieldError(field_name, str(exc)) from None
-
-
-def _typed(name: str, value: Any) -> Any:
-    kind = _TYPED_COLUMNS[name]
-    if kind is str:
-        return str(value)
-    if kind is int:
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError(f"{value!r} is not a whole number")
-        return int(number)
-    if kind is float:
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"{value!r} is not a finite number")
-        if name.endswith("_seconds") and number < 0:
-            raise ValueError(f"{value!r} is negative")
-        return number
-    return parse_timestamp(value)
-
-
-def _non_negative(value: Any) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{value!r} is not a non-negative number of seconds")
-    return number
+        return json.loads(text)
+    except ValueError as exc:
+        raise RecordError(name, f"is not valid JSON ({exc})") from None
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, dict]]:

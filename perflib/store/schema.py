@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from perflib.record import TEXT_LENGTHS
+
 SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
@@ -20,11 +22,11 @@ generation_performance = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
               autoincrement=True),
-    sa.Column("job_id", sa.String(200), nullable=False, unique=True),
-    sa.Column("pipeline_type", sa.String(32), nullable=False),
-    sa.Column("job_type", sa.String(64)),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("error_type", sa.String(200)),
+    sa.Column("job_id", sa.String(TEXT_LENGTHS["job_id"]), nullable=False, unique=True),
+    sa.Column("pipeline_type", sa.String(TEXT_LENGTHS["pipeline_type"]), nullable=False),
+    sa.Column("job_type", sa.String(TEXT_LENGTHS["job_type"])),
+    sa.Column("status", sa.String(TEXT_LENGTHS["status"]), nullable=False),
+    sa.Column("error_type", sa.String(TEXT_LENGTHS["error_type"])),
     sa.Column("error_message", sa.Text),
     # generation parameters
     sa.Column("width", sa.Integer),
@@ -33,11 +35,12 @@ generation_performance = sa.Table(
     sa.Column("steps", sa.Integer),
     sa.Column("guidance_scale", sa.Float),
     sa.Column("batch_size", sa.Integer),
-    sa.Column("sampler", sa.String(64)),
-    sa.Column("model_name", sa.String(200)),
+    sa.Column("sampler", sa.String(TEXT_LENGTHS["sampler"])),
+    sa.Column("model_name", sa.String(TEXT_LENGTHS["model_name"])),
     # where it ran
-    sa.Column("hostname", sa.String(200)),
-    sa.Column("gpu_name", sa.String(200)),
+    sa.Column("hostname", sa.String(TEXT_LENGTHS["hostname"])),
+    sa.Column("gpu_name", sa.String(TEXT_LENGTHS["gpu_name"])),
+    sa.Column("gpu_index", sa.Integer),
     # timeline
     sa.Column("submitted_at", UtcDateTime),
     sa.Column("queued_at", UtcDateTime),
@@ -83,10 +86,10 @@ generation_phases = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
               autoincrement=True),
-    sa.Column("job_id", sa.String(200),
+    sa.Column("job_id", sa.String(TEXT_LENGTHS["job_id"]),
               sa.ForeignKey("generation_performance.job_id", ondelete="CASCADE"), nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(TEXT_LENGTHS["phase_name"]), nullable=False),
     sa.Column("description", sa.Text),
     sa.Column("started_at", UtcDateTime),
     sa.Column("seconds", sa.Float),
@@ -98,7 +101,7 @@ resource_samples = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
               autoincrement=True),
-    sa.Column("job_id", sa.String(200),
+    sa.Column("job_id", sa.String(TEXT_LENGTHS["job_id"]),
               sa.ForeignKey("generation_performance.job_id", ondelete="CASCADE"), nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("sampled_at", UtcDateTime, nullable=False),
@@ -119,7 +122,7 @@ performance_prediction_models = sa.Table(
     "performance_prediction_models",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("pipeline_type", sa.String(32), nullable=False),
+    sa.Column("pipeline_type", sa.String(TEXT_LENGTHS["pipeline_type"]), nullable=False),
     sa.Column("family", sa.String(64), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("is_active", sa.Boolean, nullable=False, default=False),
@@ -138,7 +141,7 @@ performance_trends = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("day", sa.Date, nullable=False),
-    sa.Column("pipeline_type", sa.String(32), nullable=False),
+    sa.Column("pipeline_type", sa.String(TEXT_LENGTHS["pipeline_type"]), nullable=False),
     sa.Column("job_count", sa.Integer, nullable=False),
     sa.Column("success_rate", sa.Float),
     sa.Column("mean_total_seconds", sa.Float),
@@ -157,7 +160,7 @@ performance_alerts = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("alert_type", sa.String(64), nullable=False),
     sa.Column("severity", sa.String(16), nullable=False),
-    sa.Column("pipeline_type", sa.String(32)),
+    sa.Column("pipeline_type", sa.String(TEXT_LENGTHS["pipeline_type"])),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("evidence", Json),
     sa.Column("fingerprint", sa.String(200), nullable=False),

@@ -4,10 +4,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
+from pathlib import Path
 
-from perflib.config import safe_url
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from perflib.config import ConfigError, resolve_database_url, safe_url
 from perflib.store import Spool, Store
+from perflib.store.errors import DATABASE_DOWN, describe_error
+
+# The database cannot be reached: the service is down, the file cannot be opened, no driver.
+UNREACHABLE = (*DATABASE_DOWN, sa.exc.NoSuchModuleError, psycopg.OperationalError,
+               sqlite3.OperationalError)
+DATABASE_FAILED = (sa.exc.DBAPIError, psycopg.Error, sqlite3.Error)
 
 
 def _store(args) -> Store:
@@ -91,6 +103,8 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    if args.if_empty:
+        return _seed_demo(args)
     from perflib.simulate import default_incidents, simulate_history
 
     store = _store(args)
@@ -103,18 +117,53 @@ def cmd_simulate(args) -> int:
         incidents = default_incidents(end.date(), args.weeks)
     result = simulate_history(store, weeks=args.weeks, gpus=args.gpus, seed=args.seed, end=end,
                               incidents=incidents, jobs_per_day=args.jobs_per_day,
-                              ground_truth_path=args.ground_truth)
+                              ground_truth_path=args.ground_truth,
+                              gpus_per_host=args.gpus_per_host)
+    _print_simulation(result, store)
+    return 0
+
+
+def _seed_demo(args) -> int:
+    from perflib.demo_data import seed_if_empty
+
+    store = _store(args)
+    demo = seed_if_empty(store, weeks=args.weeks, gpus=args.gpus,
+                         gpus_per_host=args.gpus_per_host, seed=args.seed,
+                         jobs_per_day=args.jobs_per_day, ground_truth_path=args.ground_truth)
+    if demo is None:
+        print(f"{safe_url(store.url)} holds {store.count()} jobs: nothing simulated (--if-empty)")
+        return 0
+    _print_simulation(demo.simulation, store)
+    for pipeline, family in demo.trained.items():
+        print(f"  trained a {family} model for {pipeline} jobs")
+    print(f"  {demo.trend_rows} daily aggregates; reports will say they show simulated data "
+          "(`perflib purge --simulated` removes it)")
+    return 0
+
+
+def _print_simulation(result, store) -> None:
     print(f"simulated {result.jobs} jobs ({result.failed} failed, {result.inserted} new) on "
           f"{result.gpus} GPUs from {result.start:%Y-%m-%d} to {result.end:%Y-%m-%d} into "
           f"{safe_url(store.url)}")
     for incident in result.incidents:
         print(f"  incident {incident.kind} from {incident.start} to {incident.end or 'the end'}")
+
+
+def cmd_purge(args) -> int:
+    from perflib.analysis.purge import purge_simulated
+
+    print(purge_simulated(_store(args), dry_run=args.dry_run).describe())
     return 0
 
 
 def cmd_report(args) -> int:
+    from perflib.analysis import PerformanceAnalyzer
     from perflib.report import ReportError, render_report
 
+    notice = PerformanceAnalyzer(_store(args)).data_origin(
+        7 * args.weeks_back, args.end_date).notice()
+    if notice:
+        print(f"note: {notice}")
     try:
         path = render_report(weeks_back=args.weeks_back, database_url=args.database_url,
                              end_date=args.end_date, pipeline_type=args.pipeline_type,
@@ -174,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", default=None,
                         help="SQLAlchemy URL (default: PERFLIB_DATABASE_URL, else data/perflib.db)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true",
+                        help="log at DEBUG level and show the traceback of any failure")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("init-db", help="create or upgrade the schema").set_defaults(
@@ -208,12 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = commands.add_parser("estimate", help="predict a job's time before it runs")
     estimate.add_argument("--pipeline-type", required=True, choices=["image", "video"])
+    # Values stay text here: the job record checks them as it checks every other way in.
     estimate.add_argument("--resolution", required=True, help="WIDTHxHEIGHT")
-    estimate.add_argument("--steps", type=int, required=True)
-    estimate.add_argument("--frame-count", type=int)
+    estimate.add_argument("--steps", required=True)
+    estimate.add_argument("--frame-count")
     estimate.add_argument("--job-type")
-    estimate.add_argument("--guidance-scale", type=float)
-    estimate.add_argument("--batch-size", type=int)
+    estimate.add_argument("--guidance-scale")
+    estimate.add_argument("--batch-size")
     estimate.add_argument("--sampler")
     estimate.add_argument("--model-name")
     estimate.add_argument("--gpu-name")
@@ -222,12 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("simulate", help="write a simulated production history")
     simulate.add_argument("--weeks", type=int, default=8)
     simulate.add_argument("--gpus", type=int, default=2)
+    simulate.add_argument("--gpus-per-host", type=int, default=1,
+                          help="GPUs on each simulated host (render-01, render-02, ...)")
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--jobs-per-day", type=float, default=180.0)
     simulate.add_argument("--incidents", action="store_true",
                           help="plant one incident of each kind (ground truth beside the data)")
     simulate.add_argument("--ground-truth", help="write the incidents' ground truth here (JSON)")
+    simulate.add_argument("--if-empty", action="store_true",
+                          help="demo data: only into a database with no job, with the incidents, "
+                               "then train models and build daily aggregates (make report)")
     simulate.set_defaults(handler=cmd_simulate)
+
+    purge = commands.add_parser("purge", help="delete simulated jobs and what was built from "
+                                "them (models, daily aggregates, alerts)")
+    purge.add_argument("--simulated", action="store_true", required=True,
+                       help="the jobs written by perflib simulate")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would go")
+    purge.set_defaults(handler=cmd_purge)
 
     report = commands.add_parser("report", help="render the weekly HTML report into reports/")
     report.add_argument("--weeks-back", type=int, default=1)
@@ -259,9 +323,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return args.handler(args)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except Exception as exc:
+        failure = None if args.debug else _failure_line(exc, args.database_url)
+        if failure is None:
+            raise
+        print(f"perflib {args.command}: {failure}", file=sys.stderr)
+        return 1
+
+
+def _failure_line(exc: Exception, database_url: str | None) -> str | None:
+    """One line saying what failed, for failures fixed outside perflib (the database, a file,
+    the configuration), with no password in it; None for anything else, whose traceback helps."""
+    if isinstance(exc, ConfigError):
+        return f"bad configuration: {exc}"
+    try:
+        url = resolve_database_url(database_url)
+    except (ConfigError, sa.exc.ArgumentError):
+        return ("bad configuration: the database URL (--database-url or PERFLIB_DATABASE_URL) "
+                "is not a valid SQLAlchemy URL")
+    if isinstance(exc, UNREACHABLE) or _is_database_file_error(exc, url):
+        return f"cannot reach the database {safe_url(url)}: {describe_error(exc, url)}"
+    if isinstance(exc, DATABASE_FAILED):
+        return f"the database {safe_url(url)} failed: {describe_error(exc, url)}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return None
+
+
+def _is_database_file_error(exc: Exception, url: URL) -> bool:
+    """An OSError on a SQLite database file or on a folder it should be in."""
+    if not isinstance(exc, OSError) or not exc.filename or url.get_backend_name() != "sqlite" \
+            or not url.database or url.database == ":memory:":
+        return False
+    database, failed = Path(url.database).absolute(), Path(exc.filename).absolute()
+    return failed == database or failed in database.parents
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class Thresholds:
     high_cpu_pct: float = 80.0
     failure_rate: float = 0.10
     queue_seconds: float = 30.0
+    high_vram_pct: float = 90.0  # a job whose VRAM peak reaches this share is near full
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8328
     retention_days: int = 90
+    retrain_limit: int = 6  # retrainings the service starts per window, at most
+    retrain_window_seconds: float = 3600.0
     thresholds: Thresholds = field(default_factory=Thresholds)
     model_profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
 
@@ -68,6 +71,21 @@ class Settings:
     def profile_for(self, model_name: str | None) -> ModelProfile:
         """The configured profile of `model_name`, else SD-style defaults."""
         return self.model_profiles.get(model_name or "", ModelProfile())
+
+
+class ConfigError(ValueError):
+    """A configuration value perflib cannot use; the message names the variable."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type = float):
+    """Variable `name` as a `kind` number (`default` when unset)."""
+    raw = env.get(name)
+    if raw is None:
+        return kind(default)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
 def _truthy(value: str | None) -> bool:
@@ -82,7 +100,7 @@ def _parse_profiles(raw: str | None) -> dict[str, ModelProfile]:
         data = json.loads(raw)
         return {name: ModelProfile(**fields) for name, fields in data.items()}
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"PERFLIB_MODEL_PROFILES is not valid profile JSON: {exc}") from None
+        raise ConfigError(f"PERFLIB_MODEL_PROFILES is not valid profile JSON: {exc}") from None
 
 
 def _read_environment(env_file: str | os.PathLike | None) -> dict[str, str]:
@@ -100,21 +118,23 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
     default = Thresholds()
     thresholds = Thresholds(
         **{
-            name: float(env.get(f"PERFLIB_THRESHOLD_{name.upper()}", getattr(default, name)))
+            name: _number(env, f"PERFLIB_THRESHOLD_{name.upper()}", getattr(default, name))
             for name in default.__dataclass_fields__
         }
     )
     return Settings(
         database_url=env.get("PERFLIB_DATABASE_URL", ""),
         db_schema=env.get("PERFLIB_DB_SCHEMA", "anime_api"),
-        sample_interval=float(env.get("PERFLIB_SAMPLE_INTERVAL", 1.0)),
+        sample_interval=_number(env, "PERFLIB_SAMPLE_INTERVAL", 1.0),
         spool_dir=Path(env.get("PERFLIB_SPOOL_DIR", Path("data") / "spool")),
         keep_resource_samples=_truthy(env.get("PERFLIB_KEEP_SAMPLES")),
         cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
         api_token=env.get("PERFLIB_API_TOKEN") or None,
         host=env.get("PERFLIB_HOST", "127.0.0.1"),
-        port=int(env.get("PERFLIB_PORT", 8328)),
-        retention_days=int(env.get("PERFLIB_RETENTION_DAYS", 90)),
+        port=_number(env, "PERFLIB_PORT", 8328, int),
+        retention_days=_number(env, "PERFLIB_RETENTION_DAYS", 90, int),
+        retrain_limit=_number(env, "PERFLIB_RETRAIN_LIMIT", 6, int),
+        retrain_window_seconds=_number(env, "PERFLIB_RETRAIN_WINDOW_SECONDS", 3600.0),
         thresholds=thresholds,
         model_profiles=_parse_profiles(env.get("PERFLIB_MODEL_PROFILES")),
     )

@@ -214,6 +214,36 @@ def cmd_serve(args) -> int:
     return serve_main(argv) or 0
 
 
+def cmd_comfyui_collect(args) -> int:
+    from perflib.comfyui.collect import Collector
+
+    store = _store(args)
+    collector = Collector(args.url, store, interval=args.interval)
+    if args.once:
+        stored = collector.poll_once()
+        for status in collector.statuses():
+            print(status.summary())
+        print(f"{stored} new prompts stored in {safe_url(store.url)}")
+        return 0 if all(status.up for status in collector.statuses()) else 1
+    print(f"collecting from {', '.join(args.url)} every {args.interval:g} s into "
+          f"{safe_url(store.url)} (Ctrl-C stops)", flush=True)
+    try:
+        collector.run(on_change=lambda status: print(status.summary(), flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return seconds
+
+
 ESTIMATE_FIELDS = ("pipeline_type", "resolution", "frame_count", "steps", "job_type",
                    "guidance_scale", "batch_size", "sampler", "model_name", "gpu_name")
 
@@ -313,6 +343,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="keep this many days of jobs (default PERFLIB_RETENTION_DAYS, 90)")
     maintain.add_argument("--dry-run", action="store_true", help="only say what would go")
     maintain.set_defaults(handler=cmd_maintain)
+
+    comfyui = commands.add_parser("comfyui", help="ComfyUI: collect the prompts its servers "
+                                  "run")
+    comfyui_commands = comfyui.add_subparsers(dest="comfyui_command", required=True)
+    collect = comfyui_commands.add_parser(
+        "collect", help="store every prompt ComfyUI servers run, and their queues as live jobs")
+    collect.add_argument("--url", action="append", required=True,
+                         help="a ComfyUI server, e.g. http://127.0.0.1:8188 (repeat for several)")
+    mode = collect.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="poll each server once, print its status, exit 1 if any is down")
+    mode.add_argument("--follow", action="store_true", help="keep polling (the default)")
+    collect.add_argument("--interval", type=_positive_seconds, default=2.0,
+                         help="seconds between polls (default 2; a server that is down is "
+                              "retried with backoff up to a minute)")
+    collect.set_defaults(handler=cmd_comfyui_collect)
 
     serve = commands.add_parser("serve", help="run the HTTP service (estimate-time, ...)")
     serve.add_argument("--host", help="default PERFLIB_HOST, else 127.0.0.1")

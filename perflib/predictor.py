@@ -152,7 +152,7 @@ class PerformancePredictor(UsesStore):
         """Successful jobs with the parameters a model needs, oldest first."""
         jobs = self.store.jobs_frame(pipeline_type=pipeline_type)
         usable = (jobs.status == "success") & (outcome_seconds(jobs) > 0) & jobs.width.notna() \
-            & jobs.height.notna() & jobs.steps.notna()
+            & jobs.height.notna() & jobs.steps.notna() & ~_cache_hits(jobs)
         return jobs[usable].reset_index(drop=True)
 
     def train_model(self, pipeline_type: str | None = None, model_type: str = "auto",
@@ -518,6 +518,17 @@ def _evaluate(family: str, on_proper: _Anchoring, on_train: _Anchoring, seconds:
     held_out = pd.DataFrame({"actual_seconds": seconds[test], "predicted_seconds": predicted,
                              "low_seconds": low, "high_seconds": high})
     return metrics, residuals, fitted, held_out
+
+
+def _cache_hits(jobs: pd.DataFrame) -> np.ndarray:
+    """Jobs answered from a cache (a ComfyUI prompt whose every node was cached): their time
+    says nothing about the work asked for, so they never train a model."""
+    typed = jobs.job_type.fillna("").eq("comfyui-cache-hit").to_numpy()
+    flagged = np.array([isinstance(extra, dict) and isinstance(extra.get("comfyui"), dict)
+                        and extra["comfyui"].get("cache_hit") is True
+                        for extra in jobs.get("extra_params", pd.Series([None] * len(jobs)))],
+                       dtype=bool)
+    return typed | flagged
 
 
 def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: str

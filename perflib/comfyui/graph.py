@@ -129,12 +129,14 @@ class SamplingPass:
     source: str
 
     def as_dict(self) -> dict[str, Any]:
-        """The pass as perflib's job record lists it."""
-        return {"width": self.width, "height": self.height, "frame_count": self.frame_count,
-                "batch_size": self.batch_size, "steps": self.steps, "denoise": self.denoise,
-                "guidance_scale": self.guidance_scale, "sampler": self.sampler,
-                "scheduler": self.scheduler, "model_name": self.model_name,
-                "model_calls_per_step": self.model_calls_per_step, "source": self.source}
+        """The pass as perflib's job record lists it (what the graph does not say is left
+        out)."""
+        values = {"width": self.width, "height": self.height, "frame_count": self.frame_count,
+                  "batch_size": self.batch_size, "steps": self.steps, "denoise": self.denoise,
+                  "guidance_scale": self.guidance_scale, "sampler": self.sampler,
+                  "scheduler": self.scheduler, "model_name": self.model_name,
+                  "model_calls_per_step": self.model_calls_per_step, "source": self.source}
+        return {name: value for name, value in values.items() if value is not None}
 
 
 @dataclass

@@ -195,6 +195,12 @@ def database_in_environment(database_url: str | None) -> Iterator[None]:
             os.environ["PERFLIB_DATABASE_URL"] = previous
 
 
+def environment_for_child(database_url: str) -> dict[str, str]:
+    """This process's environment with ``PERFLIB_DATABASE_URL`` set to `database_url`, for a
+    child process: the password travels in its environment, never on its command line."""
+    return {**os.environ, "PERFLIB_DATABASE_URL": str(database_url)}
+
+
 def project_root(start: str | os.PathLike | None = None) -> Path:
     """The nearest folder at or above `start` (default: the working directory) holding perflib's
     pyproject.toml; notebooks run from here so relative paths mean the same everywhere."""

@@ -2,7 +2,8 @@
 to ``reports/weekly-<ISO week>.html`` with the code hidden.
 
 A failed run raises :class:`ReportError` and keeps the executed notebook, with its traceback,
-beside where the HTML would have gone. ``weeks_back`` other than 1 adds ``-<n>w`` to the name.
+beside where the HTML would have gone. Files are named by :func:`report_stem`, which the service
+uses too to find a report already rendered.
 """
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ def iso_week(end: datetime) -> str:
     return f"{year}-W{week:02d}"
 
 
+def report_stem(end: datetime, weeks_back: int = 1, pipeline_type: str | None = None) -> str:
+    """The report's file name without suffix: ``weekly-2026-W48``, plus ``-2w`` for a two-week
+    period and ``-video`` for one pipeline. The renderer and the service both name files by it."""
+    return (f"weekly-{iso_week(end)}" + (f"-{weeks_back}w" if weeks_back != 1 else "")
+            + (f"-{pipeline_type}" if pipeline_type else ""))
+
+
 def render_report(weeks_back: int = 1, database_url: str | None = None,
                   end_date: str | None = None, pipeline_type: str | None = None,
                   output_dir: str | Path = "reports") -> Path:
@@ -74,7 +82,7 @@ def render_report(weeks_back: int = 1, database_url: str | None = None,
     _, end = PerformanceAnalyzer(store).window(7 * weeks_back, end_date)
     output = root / output_dir
     output.mkdir(parents=True, exist_ok=True)
-    stem = f"weekly-{iso_week(end)}" + (f"-{weeks_back}w" if weeks_back != 1 else "")
+    stem = report_stem(end, weeks_back, pipeline_type)
     executed = output / f"{stem}.ipynb"
     parameters = {"weeks_back": weeks_back, "pipeline_type": pipeline_type,
                   "end_date": end_date}
@@ -90,6 +98,8 @@ def render_report(weeks_back: int = 1, database_url: str | None = None,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     html = output / f"{stem}.html"
-    html.write_text(body, encoding="utf-8")
+    partial = html.with_suffix(".html.partial")  # renamed into place: never a half-written report
+    partial.write_text(body, encoding="utf-8")
+    partial.replace(html)
     executed.unlink()
     return html

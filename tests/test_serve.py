@@ -234,27 +234,6 @@ def test_retrain_without_enough_history_fails_with_a_reason(sqlite_url, settings
     assert state["status"] == "failed" and "at least 30" in state["error"]
 
 
-def test_weekly_report_html_is_rendered_when_missing(in_process, tmp_path, monkeypatch):
-    report = pytest.importorskip("perflib.report")
-    monkeypatch.chdir(tmp_path)  # reports/ under a fresh project root
-    end = in_process.app.state.services.analyzer.window(7)[1]
-    rendered = []
-
-    def render(weeks_back, database_url=None, output_dir="reports"):
-        rendered.append((weeks_back, database_url))
-        path = Path(tmp_path, output_dir, f"weekly-{report.iso_week(end)}.html")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("<html><body>weekly report</body></html>")
-        return path
-
-    monkeypatch.setattr(report, "render_report", render)
-    for _ in range(2):
-        answer = in_process.get(f"{API}/weekly-report", params={"format": "html"})
-        assert answer.status_code == 200 and "weekly report" in answer.text
-        assert answer.headers["content-type"].startswith("text/html")
-    assert len(rendered) == 1 and rendered[0][0] == 1  # the second request found the file
-
-
 def test_metrics_expose_jobs_latency_and_queue(sqlite_url, settings):
     client = app_client(sqlite_url, settings)
     records = [job(f"m-{n}", seconds=10.0 * (n + 1)) for n in range(3)]

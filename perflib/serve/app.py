@@ -16,13 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.config import Settings, get_settings, safe_url
+from perflib.config import Settings, get_settings, project_root, safe_url
 from perflib.predictor import PerformancePredictor
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
 from perflib.serve.estimates import QueueAwareEstimator
 from perflib.serve.guards import MAX_BODY_BYTES, BodySizeLimit
 from perflib.serve.ingest import JobIngest
 from perflib.serve.metrics import ServiceMetrics
+from perflib.serve.reports import RenderCommand, ReportRenders, perflib_report_command
 from perflib.serve.retrain import RetrainTasks
 from perflib.serve.routes import api_router
 from perflib.store import Spool, Store
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 API_PREFIX = "/api/anime/performance"
 VERSION = version("perflib")
 DASHBOARD_HTML = Path(__file__).resolve().parents[1] / "static" / "dashboard.html"
+SERVED_REPORTS = Path("reports") / "served"  # under the project root the service runs in
 
 
 @dataclass
@@ -46,14 +48,11 @@ class Services:
     ingest: JobIngest
     retrain: RetrainTasks
     metrics: ServiceMetrics
-
-    @property
-    def database_url(self) -> str:
-        """The URL with its password, for the report renderer to connect; never shown."""
-        return self.store.url.render_as_string(hide_password=False)
+    reports: ReportRenders
 
 
-def build_services(db: Any = None, settings: Settings | None = None) -> Services:
+def build_services(db: Any = None, settings: Settings | None = None,
+                   render_command: RenderCommand = perflib_report_command) -> Services:
     """One store and everything built on it; nothing connects yet."""
     settings = settings or (db.config if isinstance(db, Store) else get_settings())
     store = db if isinstance(db, Store) else Store(db, settings)
@@ -65,17 +64,23 @@ def build_services(db: Any = None, settings: Settings | None = None) -> Services
         analyzer=PerformanceAnalyzer(store, settings), estimator=estimator,
         ingest=JobIngest(store, Spool(settings.spool_dir), metrics),
         retrain=RetrainTasks(store, on_saved=estimator.model_saved),
-        metrics=metrics)
+        metrics=metrics,
+        # The renderer connects with the password; it is never shown.
+        reports=ReportRenders(project_root() / SERVED_REPORTS,
+                              store.url.render_as_string(hide_password=False), render_command))
 
 
-def create_app(db: Any = None, settings: Settings | None = None) -> FastAPI:
+def create_app(db: Any = None, settings: Settings | None = None,
+               render_command: RenderCommand = perflib_report_command) -> FastAPI:
     """The perflib service for database `db` (a URL, the seed-style dict, a Store, or None for
-    the configured one)."""
-    services = build_services(db, settings)
+    the configured one); `render_command` gives the child process that renders a weekly
+    report (tests swap in a fake)."""
+    services = build_services(db, settings, render_command)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
+        await services.reports.close()
         services.retrain.shutdown()
         services.estimator.close()
 

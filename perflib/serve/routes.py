@@ -1,18 +1,19 @@
 """The ``/api/anime/performance/`` endpoints."""
 from __future__ import annotations
 
-import pathlib
 import threading
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, HTTPException, Path, Query, Response
+from fastapi import (APIRouter, BackgroundTasks, Body, Depends, HTTPException, Path, Query, Request,
+                     Response)
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from perflib.analysis.alerts import SEVERITIES
-from perflib.config import project_root
 from perflib.serve.guards import require_token
+from perflib.serve.reports import RETRY_AFTER_S, RenderFailed, RendersBusy, unless_disconnected
 from perflib.serve.schemas import (Acknowledged, AlertsResponse, DashboardResponse,
                                    EstimateRequest, EstimateResponse, PipelineTrend,
                                    PipelineType, RecordBody, RecordResult, RetrainRequest,
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from perflib.serve.app import Services
 
 ALERT_REFRESH_SECONDS = 60.0  # stored alerts are re-detected at most this often
-SERVED_REPORTS = pathlib.Path("reports") / "served"
 DaysBack = Annotated[int, Query(ge=1, le=365, description="days of history to analyse")]
 
 
@@ -31,7 +31,6 @@ def api_router(services: Services) -> APIRouter:
     router = APIRouter(tags=["performance"])
     needs_token = [Depends(require_token(services.settings.api_token))]
     alert_refresh = _Throttle(ALERT_REFRESH_SECONDS)
-    report_lock = threading.Lock()  # one rendering at a time: they write the same files
 
     @router.post("/estimate-time", response_model=EstimateResponse)
     async def estimate_time(job: EstimateRequest) -> EstimateResponse:
@@ -77,14 +76,27 @@ def api_router(services: Services) -> APIRouter:
             raise HTTPException(404, f"no alert {alert_id}")
         return Acknowledged(id=alert_id, acknowledged=True)
 
-    @router.get("/weekly-report", response_model=None)
-    def weekly_report(weeks_back: Annotated[int, Query(ge=1, le=52)] = 1,
-                      format: Literal["json", "html"] = "json") -> dict | FileResponse:
-        """The weekly report as JSON, or as the rendered HTML report (rendered if missing)."""
-        if format == "html":
-            return FileResponse(_weekly_html(services, weeks_back, report_lock),
-                                media_type="text/html")
-        return json_ready(services.analyzer.generate_performance_report(7 * weeks_back))
+    @router.get("/weekly-report", response_model=None,
+                responses={429: {"description": "as many reports as allowed are rendering"}})
+    async def weekly_report(request: Request, weeks_back: Annotated[int, Query(ge=1, le=52)] = 1,
+                            format: Literal["json", "html"] = "json") -> dict | Response:
+        """The weekly report as JSON, or as the rendered HTML report (rendered once, in a child
+        process; concurrent requests for it share that render)."""
+        if format == "json":
+            return json_ready(await run_in_threadpool(
+                services.analyzer.generate_performance_report, 7 * weeks_back))
+        _, end = await run_in_threadpool(services.analyzer.window, 7 * weeks_back)
+        job = services.reports.job(weeks_back, end)
+        try:
+            html = await unless_disconnected(request, services.reports.html(job))
+        except RendersBusy as exc:
+            raise HTTPException(429, str(exc),
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except RenderFailed as exc:
+            raise HTTPException(500, str(exc)) from None
+        if html is None:
+            return Response(status_code=499)  # the client has gone: nothing is sent
+        return FileResponse(html, media_type="text/html")
 
     @router.post("/record-metrics", response_model=RecordResult, dependencies=needs_token,
                  responses={202: {"model": RecordResult,
@@ -127,27 +139,6 @@ def api_router(services: Services) -> APIRouter:
         return task
 
     return router
-
-
-def _weekly_html(services: Services, weeks_back: int, lock: threading.Lock) -> pathlib.Path:
-    """The period's rendered report, rendered now if it is not there yet. The service keeps its
-    own copies, one folder per period length (the file is named by ISO week only)."""
-    from perflib.report import ReportError, iso_week, render_report  # papermill: load on use
-
-    _, end = services.analyzer.window(7 * weeks_back)
-    folder = SERVED_REPORTS / f"last-{weeks_back}-weeks"
-    path = project_root() / folder / f"weekly-{iso_week(end)}.html"
-    with lock:
-        if path.is_file():
-            return path
-        try:
-            return render_report(weeks_back, services.database_url, output_dir=folder)
-        except ReportError as exc:
-            raise HTTPException(500, str(exc)) from None
-        except FileNotFoundError as exc:
-            raise HTTPException(500, f"cannot render the weekly report: {exc.filename} is "
-                                     "missing (run the service from the perflib project "
-                                     "folder)") from None
 
 
 class _Throttle:

@@ -11,9 +11,10 @@ from perflib.config import get_settings, safe_url
 from perflib.serve.app import create_app
 from perflib.serve.guards import is_loopback
 
-# One config for the service and for the benchmark's bare reference app.
+# One config for the service and for the benchmark's bare reference app. On SIGTERM, requests
+# still running after the graceful timeout are cancelled (a weekly report render with them).
 UVICORN_OPTIONS: dict[str, Any] = {"log_level": "info", "access_log": False,
-                                   "timeout_keep_alive": 30}
+                                   "timeout_keep_alive": 30, "timeout_graceful_shutdown": 3}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -46,14 +46,26 @@ def cmd_import(args) -> int:
 
 
 def cmd_flush_spool(args) -> int:
+    from functools import partial
+
+    from perflib.store.deadletter import DeadLetter, write_or_dead_letter
+
     store = _store(args)
     spool = Spool(store.config.spool_dir)
-    pending = spool.count_pending(args.all)
+    # Appends and replays take turns through a lock on each file, so the spools of processes
+    # still running are replayed too; --all adds those named for other hosts.
+    pending = spool.count_pending(include_live=True, other_hosts=args.all)
     if not pending:
         print(f"spool {spool.directory} has nothing to replay")
         return 0
-    replayed = spool.replay(store.write_jobs, args.all)
+    dead_letter = DeadLetter(spool.directory)
+    replayed = spool.replay(partial(write_or_dead_letter, store.write_jobs,
+                                    dead_letter=dead_letter),
+                            include_live=True, other_hosts=args.all)
     print(f"replayed {replayed} spooled job records into {safe_url(store.url)}")
+    if dead_letter.taken:
+        print(f"{dead_letter.taken} of them refused by the database: kept in "
+              f"{dead_letter.path}", file=sys.stderr)
     return 0
 
 
@@ -268,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     flush = commands.add_parser("flush-spool", help="write spooled job records to the database")
     flush.add_argument("--all", action="store_true",
-                       help="also replay spools of processes still running (they may still be "
-                            "appending; records are idempotent, so at worst a late one waits)")
+                       help="also replay spools named for other hosts (a spool folder shared "
+                            "between machines; whether their processes still run cannot be told)")
     flush.set_defaults(handler=cmd_flush_spool)
 
     demo = commands.add_parser("demo", help="record real tracked CPU jobs and print a summary")

@@ -53,6 +53,7 @@ class Settings:
     db_schema: str = "anime_api"
     sample_interval: float = 1.0
     spool_dir: Path = Path("data") / "spool"
+    spool_retry_seconds: float = 5.0  # first retry of spooled records; doubles up to a minute
     keep_resource_samples: bool = False
     cuda_visible_devices: str | None = None
     api_token: str | None = None
@@ -127,6 +128,7 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         db_schema=env.get("PERFLIB_DB_SCHEMA", "anime_api"),
         sample_interval=_number(env, "PERFLIB_SAMPLE_INTERVAL", 1.0),
         spool_dir=Path(env.get("PERFLIB_SPOOL_DIR", Path("data") / "spool")),
+        spool_retry_seconds=_number(env, "PERFLIB_SPOOL_RETRY_SECONDS", 5.0),
         keep_resource_samples=_truthy(env.get("PERFLIB_KEEP_SAMPLES")),
         cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
         api_token=env.get("PERFLIB_API_TOKEN") or None,

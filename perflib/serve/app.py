@@ -79,7 +79,9 @@ def create_app(db: Any = None, settings: Settings | None = None,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        services.ingest.drain.start()  # records an earlier run left in the spool
         yield
+        services.ingest.drain.close()
         await services.reports.close()
         services.retrain.shutdown()
         services.estimator.close()
@@ -114,14 +116,17 @@ def create_app(db: Any = None, settings: Settings | None = None,
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict:
-        """Liveness, and whether the database answers."""
+        """Liveness, whether the database answers, and how many records wait in the spool
+        (status "degraded" while the database is unavailable or records wait)."""
         try:
             with services.store.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
             database = "ok"
         except DATABASE_DOWN:
             database = "unavailable"
-        return {"status": "ok", "database": database, "version": VERSION}
+        spooled = services.ingest.spool.count_pending(include_live=True)
+        status = "ok" if database == "ok" and not spooled else "degraded"
+        return {"status": status, "database": database, "spooled": spooled, "version": VERSION}
 
     @app.get("/metrics", tags=["service"])
     def metrics() -> Response:

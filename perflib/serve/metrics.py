@@ -75,4 +75,8 @@ class ServiceMetrics:
         self.records = Counter(
             "perflib_api_records", "Job records taken by record-metrics, by outcome "
             "(stored, already_stored, spooled)", ["outcome"], registry=self.registry)
+        self.dead_letters = Counter(
+            "perflib_dead_letter_records", "Job records the database refused for what they "
+            "hold, kept in the spool folder's dead-letter file and never retried",
+            registry=self.registry)
         self.registry.register(StoreCollector(store))

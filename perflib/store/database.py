@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
 from perflib.store import schema
-from perflib.store.engine import engine_for
+from perflib.store.engine import DatabaseFileReplaced, engine_for, sqlite_file_replaced
 from perflib.record import LIVE_STATUSES
 from perflib.workload import stored_terms
 
@@ -74,10 +74,11 @@ class Store:
         engine = engine or engine_for(self.url, self.config.db_schema)
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
+                # Concurrent first-time creators wait here instead of racing on CREATE SCHEMA
+                # and CREATE TABLE (IF NOT EXISTS does not stop two at once).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7346251)"))
                 conn.execute(sa.text(
                     f'CREATE SCHEMA IF NOT EXISTS "{self.config.db_schema}"'))
-                # Concurrent first-time creators wait here instead of racing on CREATE TABLE.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7346251)"))
             schema.metadata.create_all(conn, checkfirst=True)
             self._add_missing_columns(conn)
             current = conn.execute(sa.select(schema.schema_info.c.version)
@@ -131,13 +132,29 @@ class Store:
 
         With `replace_live`, a stored row of the same job that is still queued or running is
         replaced (a service reporting a job's progress); finished jobs are never overwritten.
+
+        On SQLite, a file deleted or replaced during the write took the rows with it: they are
+        written again into the file at the path now, and the count is returned only once they
+        are there.
         """
         if not records:
             return 0
         records = self._with_cost_terms(records)
         phases = [{**p, "job_id": r["job_id"]} for r in records for p in r.get("phases") or ()]
         samples = [{**s, "job_id": r["job_id"]} for r in records for s in r.get("samples") or ()]
-        with self.engine.begin() as conn:
+        for _attempt in range(2):
+            engine = self.engine
+            inserted = self._insert_jobs(engine, records, phases, samples, replace_live)
+            if not sqlite_file_replaced(engine):
+                return inserted
+        raise DatabaseFileReplaced(f"SQLite file {self.url.database} was deleted or replaced "
+                                   "during two writes in a row")
+
+    @staticmethod
+    def _insert_jobs(engine: sa.Engine, records: Sequence[Mapping[str, Any]],
+                     phases: list[dict], samples: list[dict], replace_live: bool) -> int:
+        """One transaction: live rows replaced if asked, then jobs, phases and samples."""
+        with engine.begin() as conn:
             if replace_live:
                 table = schema.generation_performance
                 ids = [str(r["job_id"]) for r in records]

@@ -1,11 +1,15 @@
 """Engines: one SQLAlchemy engine per database URL, tuned for concurrent writers.
 
 SQLite gets WAL journaling, a long busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
-processes can write one file without "database is locked" escaping. PostgreSQL tables live in the
-configured schema through ``schema_translate_map``.
+processes can write one file without "database is locked" escaping. An SQLite engine remembers
+which file (device and inode) it opened: if the file at its path is deleted or replaced, the
+engine is dropped and the next one opens (or recreates) the file that is there now, instead of
+writing on into a file nobody can read any more. PostgreSQL tables live in the configured schema
+through ``schema_translate_map``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -13,7 +17,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_S = 60
+
+
+class DatabaseFileReplaced(RuntimeError):
+    """The SQLite file was deleted or replaced while rows were written to it."""
+
 
 _engines: dict[tuple[str, str], sa.Engine] = {}
 _engines_lock = threading.Lock()
@@ -21,13 +32,23 @@ _engines_lock = threading.Lock()
 
 def _configure_sqlite(engine: sa.Engine) -> None:
     @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
+    def _on_connect(dbapi_connection, record):
         dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        record.info["read_only"] = not _writable(engine.url.database)
+        if not hasattr(engine, "_perflib_sqlite_file"):
+            engine._perflib_sqlite_file = _file_identity(engine.url.database)
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_connection, record, _proxy):
+        # SQLite opens a file it may not write read-only, and the connection stays read-only
+        # after the file is writable again: replace it then (the pool opens a new one).
+        if record.info.get("read_only") and _writable(engine.url.database):
+            raise sa.exc.DisconnectionError("the SQLite file is writable again")
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection):
@@ -51,13 +72,44 @@ def create_engine(url: URL, schema: str) -> sa.Engine:
 
 
 def engine_for(url: URL, schema: str) -> sa.Engine:
-    """The process-wide engine for `url` (created once, shared by every store on it)."""
+    """The process-wide engine for `url` (created once, shared by every store on it; made
+    afresh when its SQLite file was deleted or replaced)."""
     key = (url.render_as_string(hide_password=False), schema)
     with _engines_lock:
         engine = _engines.get(key)
+        if engine is not None and sqlite_file_replaced(engine):
+            log.warning("SQLite file %s was deleted or replaced; opening the one there now",
+                        url.database)
+            engine.dispose()
+            engine = None
         if engine is None:
             engine = _engines[key] = create_engine(url, schema)
         return engine
+
+
+def sqlite_file_replaced(engine: sa.Engine) -> bool:
+    """True when the SQLite file `engine` opened is no longer the file at its path: what it
+    writes now could never be read back."""
+    opened = getattr(engine, "_perflib_sqlite_file", None)
+    return opened is not None and _file_identity(engine.url.database) != opened
+
+
+def _writable(path: str | None) -> bool:
+    """Whether this process may write the SQLite file at `path` (a missing one it creates)."""
+    if not path or path == ":memory:" or not os.path.exists(path):
+        return True
+    return os.access(path, os.W_OK)
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none."""
+    if not path or path == ":memory:":
+        return None
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _forget_engines_in_child() -> None:

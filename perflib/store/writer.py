@@ -2,9 +2,11 @@
 
 Items on the queue are either finished job records (dicts) or objects with an ``as_record()``
 method (the tracker's job contexts), so even building the record happens off the hot path. A
-batch that the database refuses goes to the spool; the spool is replayed after the next batch
-that lands. Records still queued at interpreter exit — or at the end of a multiprocessing child,
-which skips atexit — are flushed, or spooled if that fails.
+batch the database cannot take (down, locked, read-only) goes to the spool, which drains after
+the next batch that lands or by itself with backoff (:mod:`perflib.store.drain`); a record the
+database refuses for what it holds goes to the dead-letter file and the rest of its batch lands
+(:mod:`perflib.store.deadletter`). Records still queued at interpreter exit — or at the end of a
+multiprocessing child, which skips atexit — are flushed, or spooled if that fails.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any, Mapping
 
 from perflib.config import safe_url
 from perflib.store.database import Store
+from perflib.store.deadletter import DeadLetter, write_or_dead_letter
+from perflib.store.drain import SpoolDrain
 from perflib.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,8 @@ class BatchWriter:
     def __init__(self, store: Store, spool: Spool, max_batch: int = MAX_BATCH):
         self.store = store
         self.spool = spool
+        self.dead_letter = DeadLetter(spool.directory)
+        self.drain = SpoolDrain(spool, self._write_spooled, store.config.spool_retry_seconds)
         self.max_batch = max_batch
         self._queue: SimpleQueue = SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -85,16 +91,21 @@ class BatchWriter:
                 marker.done.set()
 
     def write(self, records: list[Mapping[str, Any]]) -> None:
-        """Write records now; on any database error spool them instead. Never raises."""
+        """Write records now — those the database refuses into the dead-letter file — or, while
+        the database is unavailable, into the spool. Never raises."""
         if not records:
             return
         try:
-            self.store.write_jobs(records)
-        except Exception as exc:  # the database is down, locked for too long, or refused a row
+            landed = write_or_dead_letter(self.store.write_jobs, records, self.dead_letter)
+        except Exception as exc:  # the database is down, locked for too long, or read-only
             self._spool(records, exc)
             return
-        self.written += len(records)
-        self._replay_spool()
+        self.written += len(records) - landed.dead_lettered
+        self._warned = False
+        self.drain.landed()
+
+    def _write_spooled(self, records: list[Mapping[str, Any]]) -> None:
+        write_or_dead_letter(self.store.write_jobs, records, self.dead_letter)
 
     def _spool(self, records: list[Mapping[str, Any]], exc: Exception) -> None:
         try:
@@ -102,18 +113,11 @@ class BatchWriter:
         except Exception:  # noqa: BLE001 — last resort: say exactly what could not be kept
             log.exception("perflib could not spool %d job records", len(records))
             return
+        self.drain.spooled()
         if not self._warned:
             self._warned = True
             log.warning("perflib database %s unavailable (%s); spooling job records to %s",
                         safe_url(self.store.url), type(exc).__name__, self.spool.directory)
-
-    def _replay_spool(self) -> None:
-        try:
-            if self.spool.has_pending():
-                self.spool.replay(self.store.write_jobs)
-                self._warned = False
-        except Exception as exc:  # the records stay in the spool for the next try
-            log.debug("spool replay deferred: %s", type(exc).__name__)
 
     def close(self, timeout: float = EXIT_FLUSH_TIMEOUT_S) -> None:
         """Flush at exit; whatever could not be written in time is spooled from this thread."""

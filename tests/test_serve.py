@@ -20,6 +20,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from perflib.analysis import PerformanceAnalyzer
 from perflib.config import Settings
 from perflib.loadtest import free_port, wait_until_serving
 from perflib.predictor import RELOAD_CHECK_SECONDS, PerformancePredictor
@@ -66,13 +67,15 @@ def job(job_id: str, status: str = "success", minutes_ago: float = 60, seconds: 
 # -- databases and clients ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_db(tmp_path_factory) -> Path:
-    """Two simulated weeks on two GPUs with a trained linear model (copied per use)."""
+    """Two simulated weeks on two GPUs with a trained linear model and the alerts `perflib
+    maintain` raises (copied per use)."""
     path = tmp_path_factory.mktemp("trained") / "perflib.db"
     store = Store(f"sqlite:///{path}")
     store.write_jobs(list(generate_jobs(weeks=2, gpus=2, seed=0)))
     predictor = PerformancePredictor(store)
     predictor.train_model(None, "linear_regression")
     predictor.save_model_to_db(None, "linear_regression")
+    PerformanceAnalyzer(store).detect_alerts()
     return path
 
 

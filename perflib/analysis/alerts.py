@@ -4,6 +4,9 @@ Sources: bottlenecks (queue backlog, GPU underuse, VRAM pressure, failures, ...)
 change-points, failure-rate spikes against the previous weeks, and jobs far slower than the
 estimate given before they ran. Each alert has a fingerprint; re-running updates the open alert
 with the same fingerprint (last_seen, evidence, severity) instead of adding a duplicate.
+
+Only :func:`save_alerts` writes (run by ``perflib maintain`` and ``detect_alerts``); a report
+shows the window's alerts through :func:`as_reported`, which reads.
 """
 from __future__ import annotations
 
@@ -122,8 +125,7 @@ def save_alerts(store: Store, candidates: list[dict], seen_at: datetime) -> list
     alerts for these candidates."""
     table = alerts_table
     with store.engine.begin() as conn:
-        for alert in candidates:
-            alert = {**alert, "evidence": json.loads(json.dumps(alert["evidence"], default=str))}
+        for alert in map(_json_evidence, candidates):
             existing = conn.execute(sa.select(table.c.id).where(
                 table.c.fingerprint == alert["fingerprint"],
                 table.c.acknowledged.is_(False))).scalar()
@@ -136,6 +138,22 @@ def save_alerts(store: Store, candidates: list[dict], seen_at: datetime) -> list
                     evidence=alert["evidence"], last_seen=seen_at))
     fingerprints = [a["fingerprint"] for a in candidates]
     return [a for a in list_alerts(store, acknowledged=False) if a["fingerprint"] in fingerprints]
+
+
+def as_reported(store: Store, candidates: list[dict], seen_at: datetime) -> list[dict]:
+    """The candidates as stored alerts look, without storing them: each takes the id, first
+    sighting and state of the open stored alert with its fingerprint, else is new (id None,
+    first seen at `seen_at`). Most severe first."""
+    stored = {a["fingerprint"]: a for a in list_alerts(store, acknowledged=False)}
+    seen = parse_timestamp(seen_at).isoformat()
+    new = {"id": None, "first_seen": seen, "last_seen": seen, "acknowledged": False}
+    reported = [{**new, **{k: v for k, v in stored.get(alert["fingerprint"], {}).items()
+                           if k in new}, **_json_evidence(alert)} for alert in candidates]
+    return sorted(reported, key=lambda a: -SEVERITIES.index(a["severity"]))
+
+
+def _json_evidence(alert: dict) -> dict:
+    return {**alert, "evidence": json.loads(json.dumps(alert["evidence"], default=str))}
 
 
 def list_alerts(store: Store, severity: str | None = None,

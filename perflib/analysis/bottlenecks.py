@@ -3,7 +3,7 @@
 Statistics come from GROUP BY queries over the analysis window (per pipeline, per job type, per
 model and GPU, per phase), so this scales with the database. Thresholds come from configuration
 (the seed's defaults: slow image 120 s, slow video 300 s, low GPU 60%, high CPU 80%, failures
-10%, queue 30 s).
+10%, queue 30 s; and VRAM peaks at 90% of the card).
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
 
 MIN_JOBS = 20  # a group smaller than this says nothing reliable
-VRAM_NEAR_FULL = 0.9
 INIT_SHARE = 0.15
 PHASE_SHARE = 0.4
 SLOWDOWN = 1.15  # seconds per work unit against the previous weeks
@@ -61,15 +60,16 @@ def analyze_bottlenecks(store: Store, start: datetime, end: datetime,
                         thresholds: Thresholds, pipeline_type: str | None = None
                         ) -> list[Bottleneck]:
     """Every bottleneck found in [start, end), most severe first."""
-    groups = _group_stats(store, start, end, pipeline_type, [jobs.c.pipeline_type])
+    groups = _group_stats(store, start, end, pipeline_type, [jobs.c.pipeline_type], thresholds)
     by_job_type = _group_stats(store, start, end, pipeline_type,
-                               [jobs.c.pipeline_type, jobs.c.job_type])
+                               [jobs.c.pipeline_type, jobs.c.job_type], thresholds)
     by_device = _group_stats(store, start, end, pipeline_type,
-                             [jobs.c.pipeline_type, jobs.c.model_name, jobs.c.gpu_name])
+                             [jobs.c.pipeline_type, jobs.c.model_name, jobs.c.gpu_name],
+                             thresholds)
     found: list[Bottleneck] = []
     found += _utilisation(by_job_type, thresholds)
     found += _queueing(groups, thresholds)
-    found += _vram(by_device)
+    found += _vram(by_device, thresholds)
     found += _failures(groups, by_device, thresholds)
     found += _slow(store, groups, start, end, pipeline_type, thresholds)
     found += _initialisation(groups)
@@ -78,20 +78,20 @@ def analyze_bottlenecks(store: Store, start: datetime, end: datetime,
 
 
 # -- statistics ------------------------------------------------------------------------------
-def _group_stats(store: Store, start, end, pipeline_type, keys) -> pd.DataFrame:
+def _group_stats(store: Store, start, end, pipeline_type, keys, t: Thresholds) -> pd.DataFrame:
     ok = jobs.c.status == "success"
     failed = jobs.c.status == "failed"
     oom = sa.and_(failed, sa.or_(jobs.c.error_type.like("%OutOfMemory%"),
                                  jobs.c.error_message.like("%out of memory%")))
     vram_ratio = jobs.c.vram_peak_mb / sa.func.nullif(jobs.c.vram_total_mb, 0)
+    near_full = vram_ratio >= t.high_vram_pct / 100
     query = sa.select(
         *keys,
         sa.func.count().label("jobs"),
         sa.func.sum(sa.case((failed, 1), else_=0)).label("failed"),
         sa.func.sum(sa.case((oom, 1), else_=0)).label("oom"),
-        sa.func.sum(sa.case((vram_ratio >= VRAM_NEAR_FULL, 1), else_=0)).label("vram_full"),
-        sa.func.sum(sa.case((sa.or_(oom, vram_ratio >= VRAM_NEAR_FULL), 1), else_=0)
-                    ).label("vram_pressed"),
+        sa.func.sum(sa.case((near_full, 1), else_=0)).label("vram_full"),
+        sa.func.sum(sa.case((sa.or_(oom, near_full), 1), else_=0)).label("vram_pressed"),
         sa.func.avg(vram_ratio).label("vram_ratio"),
         sa.func.avg(jobs.c.gpu_util_avg_pct).label("gpu_util"),
         sa.func.avg(jobs.c.cpu_avg_pct).label("cpu"),
@@ -174,7 +174,7 @@ def _queueing(groups: pd.DataFrame, t: Thresholds) -> list[Bottleneck]:
     return found
 
 
-def _vram(groups: pd.DataFrame) -> list[Bottleneck]:
+def _vram(groups: pd.DataFrame, t: Thresholds) -> list[Bottleneck]:
     found = []
     for _, row in groups[groups.jobs >= MIN_JOBS].iterrows() if len(groups) else ():
         pressure = row.vram_pressed / row.jobs
@@ -184,10 +184,11 @@ def _vram(groups: pd.DataFrame) -> list[Bottleneck]:
         found.append(Bottleneck(
             BottleneckType.VRAM_PRESSURE, _clip(2 * pressure), row.pipeline_type,
             {"oom_failures": int(row.oom), "jobs_near_full_vram": int(row.vram_full),
-             "mean_vram_use": _round(row.vram_ratio, 3), "jobs": int(row.jobs)},
+             "mean_vram_use": _round(row.vram_ratio, 3), "jobs": int(row.jobs),
+             "threshold_pct": t.high_vram_pct},
             int(row.vram_pressed),
             [f"{row.model_name} on {row.gpu_name}: {row.oom:.0f} out-of-memory failures and "
-             f"{row.vram_full:.0f} jobs above {VRAM_NEAR_FULL:.0%} of VRAM — route it to GPUs "
+             f"{row.vram_full:.0f} jobs above {t.high_vram_pct:.0f}% of VRAM — route it to GPUs "
              "with more memory, or enable VAE tiling / attention slicing / a smaller batch."],
             scope))
     return found
@@ -220,7 +221,7 @@ def _slow(store: Store, groups: pd.DataFrame, start, end, pipeline_type,
     work (seconds per work unit, so a change in job mix is not mistaken for a slowdown)."""
     found = []
     baseline = _group_stats(store, start - timedelta(days=BASELINE_DAYS), start, pipeline_type,
-                            [jobs.c.pipeline_type])
+                            [jobs.c.pipeline_type], t)
     for _, row in groups.iterrows():
         limit = t.slow_video_seconds if row.pipeline_type == "video" else t.slow_image_seconds
         evidence = {"mean_processing_seconds": _round(row.processing), "limit_seconds": limit}

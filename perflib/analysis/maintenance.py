@@ -1,4 +1,5 @@
-"""Maintenance: retention of old jobs, pruning of model versions, fresh daily aggregates."""
+"""Maintenance: retention on every table that grows, pruning of model versions, fresh daily
+aggregates."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ from perflib.predictor import KEEP_VERSIONS
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
+from perflib.store.schema import performance_alerts as alerts
 from perflib.store.schema import performance_prediction_models as models
+from perflib.store.schema import performance_trends as trends
 from perflib.store.schema import resource_samples as samples
 
 REFRESH_DAYS = 14
@@ -27,44 +30,67 @@ class MaintenancePlan:
     phases: int
     samples: int
     model_versions: int
-    trend_rows: int = 0
+    alerts: int = 0
+    daily_rows: int = 0
+    trend_rows: int = 0  # daily aggregates refreshed
+    raised_alerts: int = 0
     dry_run: bool = True
 
     def describe(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        return (f"{verb} {self.jobs} jobs started before {self.cutoff:%Y-%m-%d %H:%M} UTC with "
-                f"{self.phases} phases and {self.samples} resource samples, and "
-                f"{self.model_versions} old model versions"
-                + ("" if self.dry_run else f"; refreshed {self.trend_rows} daily aggregates"))
+        text = (f"{verb} {self.jobs} jobs started before {self.cutoff:%Y-%m-%d %H:%M} UTC with "
+                f"{self.phases} phases and {self.samples} resource samples, {self.alerts} alerts "
+                f"last seen and {self.daily_rows} daily aggregates dated before it, and "
+                f"{self.model_versions} old model versions")
+        if self.dry_run:
+            return text
+        return (text + f"; refreshed {self.trend_rows} daily aggregates and raised or refreshed "
+                f"{self.raised_alerts} alerts")
 
 
 def maintain(store: Store, retention_days: int, dry_run: bool = False,
              now: datetime | None = None) -> MaintenancePlan:
-    """Delete jobs older than `retention_days` (never a row newer than the cut-off) with their
-    phases and samples, keep the newest model versions, refresh recent daily aggregates."""
+    """Delete what is older than `retention_days` (never a row newer than the cut-off): jobs
+    with their phases and samples, alerts last seen before it, daily aggregates of days before
+    it; keep the newest model versions; refresh recent daily aggregates."""
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=retention_days)
-    old = jobs.c.started_at < bound(store, cutoff)
-    old_ids = sa.select(jobs.c.job_id).where(old)
+    old_jobs = _old_jobs(store, cutoff)
+    old_ids = sa.select(jobs.c.job_id).where(old_jobs)
+    old_alerts = alerts.c.last_seen < bound(store, cutoff)
+    old_days = trends.c.day < cutoff.date()
     stale_models = _stale_model_ids(store)
     with store.engine.connect() as conn:
+        def count(table, condition) -> int:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)
+                                .where(condition)).scalar_one()
+
         plan = MaintenancePlan(
-            cutoff, conn.execute(sa.select(sa.func.count()).where(old)).scalar_one(),
-            conn.execute(sa.select(sa.func.count()).select_from(phases)
-                         .where(phases.c.job_id.in_(old_ids))).scalar_one(),
-            conn.execute(sa.select(sa.func.count()).select_from(samples)
-                         .where(samples.c.job_id.in_(old_ids))).scalar_one(),
-            len(stale_models), dry_run=dry_run)
+            cutoff, count(jobs, old_jobs), count(phases, phases.c.job_id.in_(old_ids)),
+            count(samples, samples.c.job_id.in_(old_ids)), len(stale_models),
+            alerts=count(alerts, old_alerts), daily_rows=count(trends, old_days),
+            dry_run=dry_run)
     if dry_run:
         return plan
     with store.engine.begin() as conn:
         conn.execute(sa.delete(phases).where(phases.c.job_id.in_(old_ids)))
         conn.execute(sa.delete(samples).where(samples.c.job_id.in_(old_ids)))
-        conn.execute(sa.delete(jobs).where(old))
+        conn.execute(sa.delete(jobs).where(old_jobs))
+        conn.execute(sa.delete(alerts).where(old_alerts))
+        conn.execute(sa.delete(trends).where(old_days))
         if stale_models:
             conn.execute(sa.delete(models).where(models.c.id.in_(stale_models)))
     plan.trend_rows = aggregate_daily(store, now - timedelta(days=REFRESH_DAYS), now)
     return plan
+
+
+def _old_jobs(store: Store, cutoff: datetime):
+    """Jobs started before `cutoff`, and jobs that never started (queued, then lost) submitted
+    or recorded before it."""
+    never_started = sa.and_(jobs.c.started_at.is_(None),
+                            sa.func.coalesce(jobs.c.submitted_at, jobs.c.recorded_at)
+                            < bound(store, cutoff))
+    return sa.or_(jobs.c.started_at < bound(store, cutoff), never_started)
 
 
 def _stale_model_ids(store: Store) -> list[int]:

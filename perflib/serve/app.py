@@ -20,7 +20,7 @@ from perflib.config import Settings, get_settings, project_root, safe_url
 from perflib.predictor import PerformancePredictor
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
 from perflib.serve.estimates import QueueAwareEstimator
-from perflib.serve.guards import MAX_BODY_BYTES, BodySizeLimit
+from perflib.serve.guards import MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin
 from perflib.serve.ingest import JobIngest
 from perflib.serve.metrics import ServiceMetrics
 from perflib.serve.reports import RenderCommand, ReportRenders, perflib_report_command
@@ -63,7 +63,9 @@ def build_services(db: Any = None, settings: Settings | None = None,
         settings=settings, store=store, predictor=predictor,
         analyzer=PerformanceAnalyzer(store, settings), estimator=estimator,
         ingest=JobIngest(store, Spool(settings.spool_dir), metrics),
-        retrain=RetrainTasks(store, on_saved=estimator.model_saved),
+        retrain=RetrainTasks(store, on_saved=estimator.model_saved,
+                             limit=settings.retrain_limit,
+                             window_seconds=settings.retrain_window_seconds),
         metrics=metrics,
         # The renderer connects with the password; it is never shown.
         reports=ReportRenders(project_root() / SERVED_REPORTS,
@@ -91,6 +93,7 @@ def create_app(db: Any = None, settings: Settings | None = None,
                               "bottlenecks, alerts and job ingestion for diffusion pipelines.")
     app.state.services = services
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(JsonWritesFromThisOrigin)  # outermost: refused before a body is read
     app.include_router(api_router(services), prefix=API_PREFIX)
 
     async def database_down(_request: Request, exc: Exception) -> JSONResponse:

@@ -1,15 +1,19 @@
-"""What stands in front of the endpoints: a request-body size cap and the write token."""
+"""What stands in front of the endpoints: a request-body size cap, JSON-only writes from this
+origin, and the write token."""
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 1024 * 1024
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class BodySizeLimit:
@@ -56,6 +60,51 @@ class BodySizeLimit:
                                 status_code=413,
                                 headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+class JsonWritesFromThisOrigin:
+    """Refuses a write (POST, PUT, PATCH, DELETE) that a web page of another site could make a
+    visitor's browser send without asking it first — token or not:
+
+    - 403 when an ``Origin`` header names another site (browsers send one with every POST;
+      pages on this machine, and this service's own pages, are trusted);
+    - 415 when its body is not ``application/json`` (a form post or a ``text/plain`` fetch). A
+      write that sends no body at all may leave out the Content-Type.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in WRITE_METHODS:
+            headers = Headers(scope=scope)
+            refusal = _foreign_origin(headers) or _not_json(headers)
+            if refusal is not None:
+                status_code, detail = refusal
+                await JSONResponse({"detail": detail}, status_code)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _foreign_origin(headers: Headers) -> tuple[int, str] | None:
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and parts.hostname and (
+            is_loopback(parts.hostname) or parts.netloc.lower() == headers.get("host", "").lower()):
+        return None
+    return 403, f"Origin {origin[:200]!r} is another site: writes are refused from its pages"
+
+
+def _not_json(headers: Headers) -> tuple[int, str] | None:
+    content_type = headers.get("content-type")
+    if content_type is None:
+        no_body = headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
+        return None if no_body else (415, "Content-Type must be application/json (none was sent)")
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        return None
+    return 415, f"Content-Type must be application/json, not {content_type[:100]!r}"
 
 
 def require_token(token: str | None):

@@ -1,8 +1,6 @@
 """The ``/api/anime/performance/`` endpoints."""
 from __future__ import annotations
 
-import threading
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -13,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from perflib.analysis.alerts import SEVERITIES
 from perflib.serve.guards import require_token
+from perflib.serve.retrain import RetrainLimited
 from perflib.serve.reports import RETRY_AFTER_S, RenderFailed, RendersBusy, unless_disconnected
 from perflib.serve.schemas import (Acknowledged, AlertsResponse, DashboardResponse,
                                    EstimateRequest, EstimateResponse, PipelineTrend,
@@ -22,7 +21,6 @@ from perflib.serve.schemas import (Acknowledged, AlertsResponse, DashboardRespon
 if TYPE_CHECKING:
     from perflib.serve.app import Services
 
-ALERT_REFRESH_SECONDS = 60.0  # stored alerts are re-detected at most this often
 DaysBack = Annotated[int, Query(ge=1, le=365, description="days of history to analyse")]
 
 
@@ -30,7 +28,6 @@ def api_router(services: Services) -> APIRouter:
     """Every endpoint, bound to one service's store, predictor and analyzer."""
     router = APIRouter(tags=["performance"])
     needs_token = [Depends(require_token(services.settings.api_token))]
-    alert_refresh = _Throttle(ALERT_REFRESH_SECONDS)
 
     @router.post("/estimate-time", response_model=EstimateResponse)
     async def estimate_time(job: EstimateRequest) -> EstimateResponse:
@@ -63,9 +60,7 @@ def api_router(services: Services) -> APIRouter:
     @router.get("/alerts", response_model=AlertsResponse)
     def alerts(severity: Literal[SEVERITIES] | None = None,
                acknowledged: bool | None = None) -> AlertsResponse:
-        """Stored alerts, most severe first (detection re-runs at most once a minute)."""
-        if alert_refresh.due():
-            services.analyzer.detect_alerts()
+        """Stored alerts, most severe first (raised by ``perflib maintain``; this only reads)."""
         return AlertsResponse(alerts=json_ready(services.analyzer.alerts(severity,
                                                                          acknowledged)))
 
@@ -125,11 +120,23 @@ def api_router(services: Services) -> APIRouter:
         return json_ready(services.predictor.model_status())
 
     @router.post("/retrain", status_code=202, response_model=RetrainTaskView,
-                 dependencies=needs_token)
-    def retrain(request: Annotated[RetrainRequest | None, Body()] = None) -> RetrainTaskView:
-        """Train in the background and save a new active model version."""
+                 dependencies=needs_token, responses={
+                     200: {"model": RetrainTaskView,
+                           "description": "this pipeline's retraining already queued or running"},
+                     429: {"description": "too many retrainings this window (see Retry-After)"}})
+    def retrain(response: Response,
+                request: Annotated[RetrainRequest | None, Body()] = None) -> RetrainTaskView:
+        """Train in the background and save a new active model version (one task per pipeline
+        at a time; asking again returns it)."""
         request = request or RetrainRequest()
-        return services.retrain.submit(request.pipeline_type, request.model_type)
+        try:
+            task, created = services.retrain.submit(request.pipeline_type, request.model_type)
+        except RetrainLimited as exc:
+            raise HTTPException(429, str(exc), headers={
+                "Retry-After": str(exc.retry_after_seconds)}) from None
+        if not created:
+            response.status_code = 200
+        return task
 
     @router.get("/retrain/{task_id}", response_model=RetrainTaskView)
     def retrain_status(task_id: Annotated[str, Path(max_length=64)]) -> RetrainTaskView:
@@ -139,21 +146,4 @@ def api_router(services: Services) -> APIRouter:
         return task
 
     return router
-
-
-class _Throttle:
-    """True at most once per `seconds` (thread-safe)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._last = -float("inf")
-        self._lock = threading.Lock()
-
-    def due(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self.seconds:
-                return False
-            self._last = now
-            return True
 

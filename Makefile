@@ -5,10 +5,10 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup report demo test bench serve clean
+.PHONY: help setup report demo test bench serve comfyui-e2e clean
 
 help: ## list every target with what it does
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(INSTALLED) ## create .venv and install perflib (editable) with its test extras
@@ -34,6 +34,10 @@ bench: setup ## run the benchmarks; figures as ratios, written to reports/benchm
 
 serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)
 	$(VENV)/bin/perflib serve
+
+comfyui-e2e: setup ## not in CI: real ComfyUI on CPU with the perflib node (set COMFYUI_DIR, COMFYUI_PYTHON)
+	$(PYTHON) -m pip install --quiet -e '.[comfyui-e2e]'
+	$(PYTHON) scripts/comfyui_e2e.py
 
 clean: ## remove the virtual environment and generated files (keeps data/perflib.db)
 	rm -rf $(VENV) .pytest_cache reports/*.html reports/*.json

@@ -175,8 +175,8 @@ def _job_params(graph: dict, outputs: list | None) -> tuple[dict, dict, Any]:
     try:
         parsed = parse_prompt(graph, [str(o) for o in outputs] if outputs else None)
         params = parsed.job_params()
-    except ValueError as exc:  # a graph the parser cannot read is still a job
-        logger.warning("perflib: could not parse the prompt graph: %s", exc)
+    except Exception as exc:  # a graph the parser cannot read (or a parser bug): still a job
+        logger.warning("perflib: could not parse the prompt graph: %r", exc)
         parsed = None
         params = {"pipeline_type": "image", "job_type": "comfyui", "passes": [],
                   "extra_params": {"comfyui": {"parse_error": str(exc)}}}

@@ -1,5 +1,6 @@
 """The weekly report: papermill runs ``notebooks/10-weekly-report.ipynb``, nbconvert renders it
-to ``reports/weekly-<ISO week>.html`` with the code hidden.
+to ``reports/weekly-<ISO week>.html`` with the code hidden. Rendering only reads the database: an
+empty one gives a report that says so (``perflib simulate --if-empty`` writes demo data).
 
 A failed run raises :class:`ReportError` and keeps the executed notebook, with its traceback,
 beside where the HTML would have gone. Files are named by :func:`report_stem`, which the service
@@ -8,7 +9,7 @@ uses too to find a report already rendered.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import nbformat
@@ -16,16 +17,12 @@ import papermill
 from nbconvert import HTMLExporter
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.config import database_in_environment, project_root, safe_url
-from perflib.predictor import MIN_JOBS_FOR_MODEL, PerformancePredictor
-from perflib.simulate import default_incidents, simulate_history
+from perflib.config import database_in_environment, project_root
 from perflib.store import Store
 
 log = logging.getLogger(__name__)
 
 NOTEBOOK = Path("notebooks") / "10-weekly-report.ipynb"
-SIMULATED_WEEKS = 8
-SIMULATED_GPUS = 2
 
 
 class ReportError(RuntimeError):
@@ -34,25 +31,6 @@ class ReportError(RuntimeError):
     def __init__(self, message: str, executed: Path):
         super().__init__(message)
         self.executed = executed
-
-
-def ensure_history(store: Store) -> bool:
-    """Fill an empty database with simulated history (with its incidents) and train models;
-    True when it did."""
-    if store.count() > 0:
-        return False
-    now = datetime.now(timezone.utc)
-    print(f"{safe_url(store.url)} is empty: simulating {SIMULATED_WEEKS} weeks on "
-          f"{SIMULATED_GPUS} GPUs (the report will say it shows simulated data)")
-    simulate_history(store, weeks=SIMULATED_WEEKS, gpus=SIMULATED_GPUS, seed=0, end=now,
-                     incidents=default_incidents(now.date(), SIMULATED_WEEKS))
-    predictor = PerformancePredictor(store)
-    for pipeline in ("image", "video"):
-        if len(predictor.training_data(pipeline)) >= MIN_JOBS_FOR_MODEL:
-            result = predictor.train_model(pipeline, "auto")
-            predictor.save_model_to_db(pipeline, result["model_type"])
-    PerformanceAnalyzer(store).aggregate_daily(days_back=None)
-    return True
 
 
 def iso_week(end: datetime) -> str:
@@ -77,9 +55,7 @@ def render_report(weeks_back: int = 1, database_url: str | None = None,
     password cannot end up in the executed notebook kept after a failure.
     """
     root = project_root(Path(__file__).resolve().parent)
-    store = Store(database_url)
-    ensure_history(store)
-    _, end = PerformanceAnalyzer(store).window(7 * weeks_back, end_date)
+    _, end = PerformanceAnalyzer(Store(database_url)).window(7 * weeks_back, end_date)
     output = root / output_dir
     output.mkdir(parents=True, exist_ok=True)
     stem = report_stem(end, weeks_back, pipeline_type)

@@ -55,6 +55,7 @@ class JobResources:
     cpu_max: float | None = None
     ram_peak_mb: float | None = None
     gpu_name: str | None = None
+    visible_gpus: tuple[int, ...] = ()  # NVML indices in the latest reading
     last_seen: ResourceSample | None = None  # the reading to fall back on for very short jobs
     samples: list[ResourceSample] = field(default_factory=list)
 
@@ -64,6 +65,7 @@ class JobResources:
         self.cpu_max = _max(self.cpu_max, sample.cpu_pct)
         self.ram_peak_mb = _max(self.ram_peak_mb, sample.process_rss_mb)
         vram_used = vram_total = None
+        self.visible_gpus = tuple(sample.gpus)
         for reading in self._readings(sample):
             self.gpu_name = self.gpu_name or reading.name
             if reading.gpu_util_pct is not None:
@@ -103,7 +105,17 @@ class JobResources:
             "cpu_avg_pct": self.cpu_sum / self.count,
             "cpu_max_pct": self.cpu_max,
             "ram_peak_mb": self.ram_peak_mb,
+            "gpu_index": self.gpu_index(),
         }
+
+    def gpu_index(self) -> int | None:
+        """NVML index of the job's (first) GPU, so the fleet counts GPUs rather than hosts;
+        None without a GPU reading, or when the job may use any of several."""
+        if self.gpu_name is None:
+            return None
+        if self.gpu_indices:
+            return self.gpu_indices[0]
+        return self.visible_gpus[0] if len(self.visible_gpus) == 1 else None
 
     def sample_rows(self) -> list[dict[str, Any]]:
         """Rows for ``resource_samples`` (one per reading; GPU values summed/averaged)."""

@@ -22,8 +22,9 @@ after a backlog, in job ids).
   (video 16–120), steps (image 20–40, video 20–30), batch (image 1–4, video 1), guidance scale
   (mostly > 1) and sampler. Images use ``sdxl-base`` or ``anything-v5`` (SD1.5-class, preferred at
   ≤768 px); videos ``animatediff-v3`` or ``wan2.1-1.3b``.
-* **Fleet** — ``gpus`` devices, one per host ``render-01``, ``render-02``, …, alternating
-  NVIDIA GeForce RTX 4090 (24 GB, speed 1.0) and NVIDIA A100-SXM4-80GB (80 GB, 1.3× faster).
+* **Fleet** — ``gpus`` devices, ``gpus_per_host`` to a host (``render-01``, ``render-02``, …,
+  each GPU with its ``gpu_index`` on its host), alternating NVIDIA GeForce RTX 4090 (24 GB,
+  speed 1.0) and NVIDIA A100-SXM4-80GB (80 GB, 1.3× faster).
 * **Cost model** (seconds on an RTX 4090) — with ``tokens = (w/8)·(h/8)`` latent tokens per
   frame, ``cfg = 2 if guidance_scale > 1 else 1`` and
   ``work = tokens × frames × batch × steps × cfg``:
@@ -78,7 +79,8 @@ Incidents
 :func:`default_incidents` places one of each after a two-week clean baseline.
 
 Job ids are ``sim-<seed>-<n>``, ``n`` counting the arrivals in order, so writing the same
-simulation twice stores it once.
+simulation twice stores it once. Every record carries ``simulated=True``, so simulated jobs are
+never taken for real ones (``perflib purge --simulated`` removes them).
 """
 from __future__ import annotations
 
@@ -268,7 +270,7 @@ class SimulationResult:
 def simulate_history(store: Store, weeks: int = 8, gpus: int = 2, seed: int = 0,
                      end: datetime | None = None, incidents: Sequence[Incident] = (),
                      jobs_per_day: float = 180.0, ground_truth_path: str | Path | None = None,
-                     batch_size: int = 5000) -> SimulationResult:
+                     batch_size: int = 5000, gpus_per_host: int = 1) -> SimulationResult:
     """Write `weeks` of simulated job history ending at `end` (default: this hour) into `store`.
 
     Job ids are ``sim-<seed>-<n>``, so running the same simulation again adds nothing.
@@ -277,7 +279,7 @@ def simulate_history(store: Store, weeks: int = 8, gpus: int = 2, seed: int = 0,
     incidents = list(incidents)
     jobs = failed = inserted = 0
     records = generate_jobs(weeks=weeks, gpus=gpus, seed=seed, end=end, incidents=incidents,
-                            jobs_per_day=jobs_per_day)
+                            jobs_per_day=jobs_per_day, gpus_per_host=gpus_per_host)
     while batch := list(islice(records, batch_size)):
         inserted += store.write_jobs(batch)
         jobs += len(batch)
@@ -340,19 +342,21 @@ def history_window(end: datetime | None, weeks: int) -> tuple[datetime, datetime
 
 
 def generate_jobs(weeks: int = 8, gpus: int = 2, seed: int = 0, end: datetime | None = None,
-                  incidents: Sequence[Incident] = (), jobs_per_day: float = 180.0
-                  ) -> Iterator[dict[str, Any]]:
+                  incidents: Sequence[Incident] = (), jobs_per_day: float = 180.0,
+                  gpus_per_host: int = 1) -> Iterator[dict[str, Any]]:
     """Job records (with phases) of the simulated history, in submission order; no database.
 
     The parameters mean what they mean for :func:`simulate_history`, which writes these records.
     """
     if gpus < 1:
         raise ValueError("gpus must be at least 1")
+    if gpus_per_host < 1:
+        raise ValueError("gpus_per_host must be at least 1")
     if jobs_per_day < 0:
         raise ValueError("jobs_per_day must not be negative")
     start, end = history_window(end, weeks)
     incidents = list(incidents)
-    fleet = _Fleet(gpus, incidents)
+    fleet = _Fleet(gpus, gpus_per_host, incidents)
     start_ts, end_ts = start.timestamp(), end.timestamp()
     number = 0
     for day in range(math.ceil((end_ts - start_ts) / _DAY)):
@@ -374,9 +378,10 @@ def generate_jobs(weeks: int = 8, gpus: int = 2, seed: int = 0, end: datetime | 
 class _Fleet:
     """The GPUs, the models in play, and the scheduler's state carried from day to day."""
 
-    def __init__(self, gpus: int, incidents: Sequence[Incident]):
+    def __init__(self, gpus: int, gpus_per_host: int, incidents: Sequence[Incident]):
         self.kinds = [g % len(GPU_KINDS) for g in range(gpus)]
-        self.hostnames = [f"render-{g + 1:02d}" for g in range(gpus)]
+        self.hostnames = [f"render-{g // gpus_per_host + 1:02d}" for g in range(gpus)]
+        self.gpu_indices = [g % gpus_per_host for g in range(gpus)]   # on its host
         names = list(MODELS)
         names += sorted({i.model_name for i in incidents if i.kind == "vram_heavy_model"}
                         - set(names))
@@ -724,6 +729,7 @@ def _records(jobs: _Jobs, fleet: _Fleet, keep: np.ndarray, seed: int, first_numb
         "sampler": np.array(SAMPLERS[0])[j.sampler].tolist(),
         "model_name": np.array(fleet.model_names)[j.model].tolist(),
         "hostname": np.array(fleet.hostnames)[j.gpu].tolist(),
+        "gpu_index": np.array(fleet.gpu_indices)[j.gpu].tolist(),
         "gpu_name": np.array([k.name for k in kinds])[j.kind].tolist(),
         "submitted_at": _datetimes(j.submit),
         "started_at": _datetimes(j.start),
@@ -746,6 +752,7 @@ def _records(jobs: _Jobs, fleet: _Fleet, keep: np.ndarray, seed: int, first_numb
         "user_rating": _where(has_rating, rating.astype(float)),
     }
     columns["queued_at"] = columns["submitted_at"]
+    columns["simulated"] = [True] * len(j)
     phase_starts = j.start + j.init
     columns["phases"] = _phase_lists(
         phase_count=1 + (elapsed > pre) + (elapsed > pre + gen),

@@ -9,7 +9,7 @@ import pytest
 
 from perflib import tracker
 from perflib.config import Settings
-from perflib.store import Store
+from perflib.store import Store, schema
 from perflib.pgserver import PostgresServer, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +71,8 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "diffusion-jobs.csv").exists():
         pytest.skip(f"shared real-job data not found in {SHARED_DATA}")
     return SHARED_DATA
+
+
+def row_counts(store: Store) -> dict[str, int]:
+    """Rows in every perflib table: what a read must leave unchanged."""
+    return {name: store.count(table) for name, table in schema.metadata.tables.items()}

@@ -9,7 +9,7 @@ import pytest
 from perflib.cli import main
 from perflib.simulate import simulate_history
 from perflib.store import Store
-from tests.conftest import REPO
+from tests.conftest import REPO, row_counts
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -32,18 +32,43 @@ def test_expected_notebooks_exist():
             "10-weekly-report.ipynb"} <= names
 
 
-def test_report_on_an_empty_database_simulates_and_renders(tmp_path, monkeypatch, capsys):
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    monkeypatch.setenv("PERFLIB_SPOOL_DIR", str(tmp_path / "spool"))
-    assert main(["--database-url", url, "report", "--weeks-back", "1",
-                 "--output-dir", str(tmp_path)]) == 0
-    output = capsys.readouterr().out
-    assert "is empty: simulating" in output
-    html_path = output.strip().splitlines()[-1].split("report written to ")[1]
-    html = open(html_path, encoding="utf-8").read()
-    assert html.count("<img") >= 6
-    assert "This report shows simulated data" in html
-    assert "def " not in html and "import " not in html  # code hidden
+def _run_notebook(path, url: str, folder) -> str:
+    """Execute a notebook on the database at `url`; its outputs as text."""
+    parameters = {"database_url": url}
+    if path.name.startswith("01"):
+        parameters.update(real_data_dir="", model_type="linear_regression")
+    executed = folder / path.name
+    papermill.execute_notebook(str(path), str(executed), parameters=parameters, cwd=str(REPO),
+                               progress_bar=False, kernel_name="python3")
+    return executed.read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_runs_on_an_empty_database_and_writes_nothing(path, tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'empty.db'}")
+    store.init_db()
+    before = row_counts(store)
+    output = _run_notebook(path, str(store.db), tmp_path)
+    assert "The database is empty" in output and "perflib simulate --if-empty" in output
+    assert row_counts(store) == before
+
+
+@pytest.fixture(scope="module")
+def demo_database(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.db'}"
+    assert main(["--database-url", url, "simulate", "--incidents", "--weeks", "3",
+                 "--jobs-per-day", "40"]) == 0
+    return url
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if not p.name.startswith("10")],
+                         ids=lambda p: p.name)
+def test_analysis_notebooks_read_demo_data_without_writing(path, demo_database, tmp_path):
+    store = Store(demo_database)
+    before = row_counts(store)
+    output = _run_notebook(path, demo_database, tmp_path)
+    assert "This report shows simulated data" in output
+    assert row_counts(store) == before
 
 
 def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, monkeypatch,

@@ -181,8 +181,11 @@ class PerformanceAnalyzer(UsesStore):
             return conn.execute(sa.select(jobs.c.job_id).where(SIMULATED).limit(1)
                                 ).first() is not None
 
-    def data_origin(self, days_back: float = 7, end=None) -> DataOrigin:
-        """Real and simulated job counts of the database and of the window."""
+    def data_origin(self, days_back: float | None = 7, end=None) -> DataOrigin:
+        """Real and simulated job counts of the database and of the window (None: no window,
+        the whole database)."""
+        if days_back is None:
+            return data_origin(self.store)
         return data_origin(self.store, *self.window(days_back, end))
 
     def generate_performance_report(self, days_back: float = 7, end=None) -> dict:

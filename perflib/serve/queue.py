@@ -83,12 +83,13 @@ def _predicted_seconds(live: pd.DataFrame, predictor: PerformancePredictor) -> n
 
 
 def fleet_size(store: Store, days: int = FLEET_DAYS) -> int:
-    """Distinct GPUs (host and GPU model) that ran jobs in the last `days`; at least 1."""
+    """GPUs that ran jobs in the last `days`, at least 1: per host and GPU model, the distinct
+    ``gpu_index`` values seen (one GPU where jobs did not say which index)."""
     since = datetime.now(timezone.utc) - timedelta(days=days)
-    seen = (sa.select(jobs.c.hostname, jobs.c.gpu_name)
-            .where(jobs.c.gpu_name.is_not(None),
-                   sa.func.coalesce(jobs.c.started_at, jobs.c.submitted_at) >= bound(store, since))
-            .distinct().subquery())
+    per_host = (sa.select(sa.func.count(sa.distinct(jobs.c.gpu_index)).label("indices"))
+                .where(jobs.c.gpu_name.is_not(None),
+                       sa.func.coalesce(jobs.c.started_at, jobs.c.submitted_at)
+                       >= bound(store, since))
+                .group_by(jobs.c.hostname, jobs.c.gpu_name))
     with store.engine.connect() as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(seen)).scalar_one()
-    return max(1, int(count))
+        return max(1, sum(max(1, indices) for indices in conn.execute(per_host).scalars()))

@@ -19,7 +19,8 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $(INSTALLED)
 
-report: setup ## main job: weekly HTML report into reports/ (simulates history if the database is empty)
+report: setup ## main job: weekly HTML report into reports/ (an empty database first gets demo data)
+	$(VENV)/bin/perflib simulate --if-empty
 	$(VENV)/bin/perflib report --weeks-back 1
 
 demo: setup ## record 300 real tracked CPU jobs into data/perflib.db and print a summary

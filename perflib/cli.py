@@ -106,12 +106,34 @@ def cmd_estimate(args) -> int:
     params = {key: value for key, value in vars(args).items()
               if key in ESTIMATE_FIELDS and value is not None}
     try:
+        params, parsed_job = _estimate_request(args, params)
         result = PerformancePredictor(_store(args)).estimate(params)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if parsed_job is not None:
+        result["parsed_job"] = parsed_job
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
+
+
+def _estimate_request(args, params: dict) -> tuple[dict, dict | None]:
+    """The estimate's parameters, from the options or from a ComfyUI prompt file (then also
+    what was understood of its graph)."""
+    if args.comfyui_prompt is None:
+        missing = [f"--{name.replace('_', '-')}" for name in ("pipeline_type", "resolution",
+                                                               "steps") if name not in params]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                             "required (or give --comfyui-prompt)")
+        return params, None
+    from perflib.comfyui.estimate import prompt_estimate, read_prompt_file
+
+    beside = {name: params.pop(name) for name in ("gpu_name", "job_type") if name in params}
+    if params:
+        raise ValueError(f"--{next(iter(params)).replace('_', '-')} cannot be given with "
+                         "--comfyui-prompt: the graph says it")
+    return prompt_estimate(read_prompt_file(args.comfyui_prompt), **beside)
 
 
 def cmd_simulate(args) -> int:
@@ -300,10 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     estimate = commands.add_parser("estimate", help="predict a job's time before it runs")
-    estimate.add_argument("--pipeline-type", required=True, choices=["image", "video"])
+    estimate.add_argument("--comfyui-prompt", metavar="FILE",
+                          help="a ComfyUI prompt in API format (or a /prompt body): its graph "
+                               "gives the parameters; only --gpu-name and --job-type go with it")
+    estimate.add_argument("--pipeline-type", choices=["image", "video"],
+                          help="required without --comfyui-prompt")
     # Values stay text here: the job record checks them as it checks every other way in.
-    estimate.add_argument("--resolution", required=True, help="WIDTHxHEIGHT")
-    estimate.add_argument("--steps", required=True)
+    estimate.add_argument("--resolution", help="WIDTHxHEIGHT (required without --comfyui-prompt)")
+    estimate.add_argument("--steps", help="required without --comfyui-prompt")
     estimate.add_argument("--frame-count")
     estimate.add_argument("--job-type")
     estimate.add_argument("--guidance-scale")

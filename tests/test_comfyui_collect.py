@@ -251,3 +251,22 @@ def test_history_recorded_bytes_are_served_as_recorded(sd15):
         with urllib.request.urlopen(fake.url + "/history") as response:
             assert response.read() == sd15.history_bytes
     assert json.loads(sd15.history_bytes) == sd15.history
+
+
+def test_the_wan_video_run_is_collected_as_video_jobs_with_frames(store):
+    if not (RECORDINGS / "wan21" / "history.json").exists():
+        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
+    wan = Recording.load(RECORDINGS / "wan21")
+    with FakeComfyUI(wan) as fake:
+        assert Collector([fake.url], store).poll_once() == len(wan.history)
+    jobs = store.jobs_frame().set_index("job_id")
+    assert len(jobs) == len(wan.history)
+    for prompt_id, row in derived(wan).items():
+        job = jobs.loc[job_id(prompt_id)]
+        if row["status"] != "success" or job.job_type == "comfyui-cache-hit":
+            continue
+        frames = int(row["length"])
+        assert (job.frame_count, job.pipeline_type) == (frames, "video" if frames > 1
+                                                        else "image")
+        assert job.model_name == "tiny_wan21_t2v_random.safetensors"
+    assert (jobs.job_type == "comfyui-cache-hit").sum() == 4

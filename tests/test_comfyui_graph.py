@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from perflib.comfyui.graph import parse_prompt
+from perflib.comfyui.graph import KNOWN, parse_prompt
 
 RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "comfyui"
 CKPT = "tiny_sd15_random.safetensors"
@@ -348,4 +350,51 @@ def test_graph_module_needs_nothing_but_the_standard_library():
     source = (Path(__file__).resolve().parents[1] / "perflib" / "comfyui" / "graph.py")
     imports = [line.split()[1] for line in source.read_text().splitlines()
                if line.startswith(("import ", "from "))]
-    assert set(imports) <= {"__future__", "re", "contextlib", "dataclasses", "typing"}
+    assert set(imports) <= {"__future__", "math", "re", "contextlib", "dataclasses", "typing"}
+
+
+# -- any input ------------------------------------------------------------------------------
+NODE_IDS = st.sampled_from(["1", "2", "3", "4", "5", "x"])
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=8)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+        ["euler", "heun", "karras", "model.safetensors", "1, 0.5, 0"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=2),
+    max_leaves=4)
+INPUTS = st.dictionaries(
+    st.sampled_from(["model", "samples", "latent_image", "sigmas", "sampler", "guider",
+                     "pixels", "image", "steps", "cfg", "denoise", "width", "height", "length",
+                     "batch_size", "scale_by", "step", "start_at_step", "end_at_step",
+                     "sampler_name", "ckpt_name", "megapixels", "amount", "sigmas_text"]),
+    VALUES | st.tuples(NODE_IDS, st.integers(0, 2)).map(list), max_size=6)
+GRAPHS = st.dictionaries(NODE_IDS, st.fixed_dictionaries({
+    "class_type": st.sampled_from(sorted(KNOWN) + ["Custom", "KSampler (Efficient)"]),
+    "inputs": INPUTS}), max_size=6)
+
+
+@given(GRAPHS)
+@settings(max_examples=600, deadline=None, database=None)
+def test_any_graph_parses_or_is_refused_with_a_value_error(graph):
+    try:
+        job = parse_prompt(graph).job_params()
+    except ValueError:
+        return
+    json.dumps(job, allow_nan=False)  # what is returned is plain, finite JSON
+    for one in job["passes"]:
+        assert all(isinstance(one.get(name, 1), int) for name in
+                   ("width", "height", "steps", "frame_count", "batch_size"))
+
+
+@given(st.sampled_from(["base", "hires", "img2img", "custom"]), st.data())
+@settings(max_examples=600, deadline=None, database=None)
+def test_any_value_in_a_real_graph_parses_or_is_refused_with_a_value_error(which, data):
+    graph = {"base": base_graph, "img2img": lambda: img2img_graph(True),
+             "custom": lambda: custom_advanced_graph(split_at=5),
+             "hires": lambda: hires_fix_graph({"class_type": "LatentUpscaleBy", "inputs": {
+                 "samples": ["3", 0], "upscale_method": "area", "scale_by": 1.5}})}[which]()
+    for _ in range(data.draw(st.integers(1, 3))):
+        node = data.draw(st.sampled_from(sorted(graph)))
+        name = data.draw(st.sampled_from(sorted(graph[node]["inputs"]) + ["extra"]))
+        graph[node]["inputs"][name] = data.draw(VALUES)
+    test_any_graph_parses_or_is_refused_with_a_value_error.hypothesis.inner_test(graph)

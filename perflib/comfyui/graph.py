@@ -16,6 +16,7 @@ Pure standard library, with no perflib imports: the ComfyUI custom node ships th
 """
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -183,6 +184,8 @@ def parse_prompt(prompt: Any, outputs: list[str] | None = None) -> ParsedPrompt:
         return _Parser(nodes).parse(outputs)
     except RecursionError:
         raise ValueError("prompt: its links are chained too deeply to follow") from None
+    except OverflowError:
+        raise ValueError("prompt: a size or scale in the graph is too large") from None
 
 
 def _checked(prompt: Any) -> dict[str, dict]:
@@ -298,10 +301,17 @@ class _Parser:
         return constants[0] if len(constants) == 1 and len(source) == 1 else None
 
     def _number(self, node_id: str, name: str, default: float | None = None) -> float | None:
+        """A finite number, else `default`."""
         value = self._value(node_id, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
             return default
         return value
+
+    def _name(self, node_id: str, name: str) -> str | None:
+        """A text input (a sampler, scheduler or file name), else None."""
+        value = self._value(node_id, name)
+        return value if isinstance(value, str) else None
 
     def _carrier(self, node_id: str, preferred: str | None = None) -> str | None:
         """The input a reroute-like node passes on: the named one, its only link, or the first
@@ -363,8 +373,8 @@ class _Parser:
             denoise = round(max(0.0, 1.0 - start / steps), 4) if steps else 1.0
         return {"steps": runs, "denoise": denoise,
                 "guidance_scale": self._number(node_id, "cfg"),
-                "sampler": self._value(node_id, "sampler_name"),
-                "scheduler": self._value(node_id, "scheduler"), "model": None}
+                "sampler": self._name(node_id, "sampler_name"),
+                "scheduler": self._name(node_id, "scheduler"), "model": None}
 
     def _custom_settings(self, node_id: str) -> dict[str, Any]:
         links = self._links(node_id)
@@ -383,7 +393,7 @@ class _Parser:
     def _sampler_name(self, node_id: str) -> str | None:
         class_type = self._class(node_id)
         if class_type == "KSamplerSelect":
-            return self._value(node_id, "sampler_name")
+            return self._name(node_id, "sampler_name")
         if class_type == "SamplerSASolver":
             return "sa_solver_pece" if self._value(node_id, "use_pece") else "sa_solver"
         if class_type in SAMPLER_NODES:
@@ -422,7 +432,7 @@ class _Parser:
 
     def _scheduled(self, node_id: str) -> tuple[int | None, str | None, float]:
         class_type = self._class(node_id)
-        scheduler = SCHEDULERS[class_type] or self._value(node_id, "scheduler")
+        scheduler = SCHEDULERS[class_type] or self._name(node_id, "scheduler")
         steps = self._number(node_id, "steps")
         denoise = self._number(node_id, "denoise", 1.0)
         if steps is None:
@@ -560,9 +570,9 @@ class _Parser:
         """The checkpoint or UNet behind a MODEL output; LoRAs on the way are listed."""
         class_type = self._class(node_id)
         if class_type in CHECKPOINT_LOADERS:
-            return self._value(node_id, CHECKPOINT_LOADERS[class_type])
+            return self._name(node_id, CHECKPOINT_LOADERS[class_type])
         if class_type in LORA_LOADERS:
-            lora = self._value(node_id, "lora_name")
+            lora = self._name(node_id, "lora_name")
             if lora and lora not in self.result.loras:
                 self.result.loras.append(lora)
         links = self._links(node_id)
@@ -583,7 +593,7 @@ class _Parser:
     def _any_model(self, needed: list[str]) -> str | None:
         for node_id in needed:
             if self._class(node_id) in CHECKPOINT_LOADERS:
-                return self._value(node_id, CHECKPOINT_LOADERS[self._class(node_id)])
+                return self._name(node_id, CHECKPOINT_LOADERS[self._class(node_id)])
         return None
 
 

@@ -15,6 +15,7 @@ identical request is answered from memory for a few seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
@@ -124,7 +125,7 @@ class QueueAwareEstimator:
         self._reading: tuple[int, Future] | None = None
 
     async def estimate(self, params: dict[str, Any]) -> EstimateResponse:
-        key = tuple(sorted(params.items()))
+        key = json.dumps(params, sort_keys=True, default=str)  # passes are lists: not hashable
         prediction = self._estimates.get(key)
         if prediction is None:
             prediction = await self._batcher.estimate(params)

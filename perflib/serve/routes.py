@@ -13,10 +13,10 @@ from perflib.analysis.alerts import SEVERITIES
 from perflib.serve.guards import require_token
 from perflib.serve.retrain import RetrainLimited
 from perflib.serve.reports import RETRY_AFTER_S, RenderFailed, RendersBusy, unless_disconnected
-from perflib.serve.schemas import (Acknowledged, AlertsResponse, DashboardResponse,
-                                   EstimateRequest, EstimateResponse, PipelineTrend,
-                                   PipelineType, RecordBody, RecordResult, RetrainRequest,
-                                   RetrainTaskView, TrendsResponse, json_ready)
+from perflib.serve.schemas import (Acknowledged, AlertsResponse, ComfyUIEstimateRequest,
+                                   DashboardResponse, EstimateBody, EstimateResponse,
+                                   PipelineTrend, PipelineType, RecordBody, RecordResult,
+                                   RetrainRequest, RetrainTaskView, TrendsResponse, json_ready)
 
 if TYPE_CHECKING:
     from perflib.serve.app import Services
@@ -29,12 +29,17 @@ def api_router(services: Services) -> APIRouter:
     router = APIRouter(tags=["performance"])
     needs_token = [Depends(require_token(services.settings.api_token))]
 
-    @router.post("/estimate-time", response_model=EstimateResponse)
-    async def estimate_time(job: EstimateRequest) -> EstimateResponse:
+    @router.post("/estimate-time", response_model=EstimateResponse,
+                 response_model_exclude_unset=True)
+    async def estimate_time(job: Annotated[EstimateBody, Body()]) -> EstimateResponse:
         """How long a job will take, how sure that is, cheaper settings, and when it would
-        start and finish behind the live queue."""
+        start and finish behind the live queue. A ComfyUI prompt (``comfyui_prompt``) is
+        estimated from its graph, and the answer says what was understood (``parsed_job``)."""
         with services.metrics.estimate_seconds.time():
-            return await services.estimator.estimate(job.params())
+            answer = await services.estimator.estimate(job.params())
+        if isinstance(job, ComfyUIEstimateRequest):
+            answer = answer.model_copy(update={"parsed_job": job.parsed_job})
+        return answer
 
     @router.get("/trends", response_model=TrendsResponse)
     def trends(days_back: DaysBack = 7, pipeline_type: PipelineType | None = None

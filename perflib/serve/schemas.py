@@ -7,11 +7,14 @@ import math
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      model_validator)
 
 from perflib.analysis.alerts import SEVERITIES
+from perflib.comfyui.estimate import prompt_estimate
 from perflib.models import FAMILIES
-from perflib.record import JobParams, JobRecord, PipelineType
+from perflib.record import (GpuName, HostName, JobParams, JobRecord, JobType, JsonObject,
+                            PipelineType)
 
 MAX_RECORDS = 10_000  # job records in one record-metrics call
 
@@ -37,6 +40,63 @@ class EstimateRequest(JobParams):
         return self.model_dump(exclude_none=True, exclude={"resolution"})
 
 
+class ComfyUIEstimateRequest(BaseModel):
+    """A ComfyUI prompt about to be queued: its graph (the API-format JSON posted to ComfyUI's
+    ``/prompt``) says what it generates, in one or more sampling passes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "comfyui_prompt": {
+            "4": {"class_type": "CheckpointLoaderSimple",
+                  "inputs": {"ckpt_name": "sd15.safetensors"}},
+            "5": {"class_type": "EmptyLatentImage",
+                  "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+            "3": {"class_type": "KSampler",
+                  "inputs": {"seed": 1, "steps": 20, "cfg": 7.0, "sampler_name": "euler",
+                             "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
+                             "positive": ["6", 0], "negative": ["6", 0],
+                             "latent_image": ["5", 0]}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+            "9": {"class_type": "SaveImage",
+                  "inputs": {"images": ["8", 0], "filename_prefix": "x"}}},
+        "gpu_name": "NVIDIA GeForce RTX 4090"}]})
+
+    comfyui_prompt: JsonObject = Field(description="API-format ComfyUI prompt graph")
+    gpu_name: GpuName | None = None
+    hostname: HostName | None = None
+    job_type: JobType | None = None
+    _params: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _parsed_job: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _parse(self) -> "ComfyUIEstimateRequest":
+        self._params, self._parsed_job = prompt_estimate(
+            self.comfyui_prompt, gpu_name=self.gpu_name, hostname=self.hostname,
+            job_type=self.job_type)
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The graph's job as :meth:`PerformancePredictor.estimate` takes it."""
+        return self._params
+
+    @property
+    def parsed_job(self) -> dict[str, Any]:
+        """What was understood of the graph: the job's parameters, each sampling pass, and the
+        node types that were not understood."""
+        return self._parsed_job
+
+
+def _job_or_comfyui(value: Any) -> str:
+    return "comfyui" if isinstance(value, dict) and "comfyui_prompt" in value else "job"
+
+
+EstimateBody = Annotated[
+    Annotated[EstimateRequest, Tag("job")]
+    | Annotated[ComfyUIEstimateRequest, Tag("comfyui")],
+    Discriminator(_job_or_comfyui),
+]
+
+
 class QueueEta(BaseModel):
     """When a job submitted now would start and finish, behind the live queue."""
 
@@ -54,6 +114,9 @@ class EstimateResponse(BaseModel):
     uncertainty_range: tuple[float, float]
     recommendations: list[str]
     queue: QueueEta
+    parsed_job: dict[str, Any] | None = Field(
+        None, description="for a comfyui_prompt: what was understood of its graph (only then "
+                          "present)")
 
 
 def _one_or_many(value: Any) -> str:

@@ -90,7 +90,7 @@ def stored_ids(path: Path) -> set[str]:
 
 
 def spooled(settings: Settings) -> int:
-    return Spool(settings.spool_dir).count_pending(include_live=True)
+    return Spool(settings.spool_dir).count_waiting()
 
 
 # -- fault 3: a database that was read-only -----------------------------------------------------

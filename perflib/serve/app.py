@@ -127,7 +127,7 @@ def create_app(db: Any = None, settings: Settings | None = None,
             database = "ok"
         except DATABASE_DOWN:
             database = "unavailable"
-        spooled = services.ingest.spool.count_pending(include_live=True)
+        spooled = services.ingest.spool.count_waiting()
         status = "ok" if database == "ok" and not spooled else "degraded"
         return {"status": status, "database": database, "spooled": spooled, "version": VERSION}
 

@@ -27,47 +27,47 @@ class SpoolDrain:
         self.spool = spool
         self.write = write
         self.first_retry_s = min(first_retry_s, MAX_RETRY_SECONDS)
-        self._pending: bool | None = None  # None: not looked at yet
+        self._pending = False  # records known to wait
+        self._state_lock = threading.Lock()
         self._replay_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def pending(self) -> bool:
-        """Whether records wait in the spool (the folder is looked at once, then tracked)."""
-        if self._pending is None:
-            self._pending = self.spool.has_pending()
-        return self._pending
-
     def start(self) -> None:
-        """Look for records left by an earlier run, and retry them in the background."""
-        if self.pending:
-            self._start()
+        """Retry in the background any records an earlier run left in the spool."""
+        if self.spool.has_pending():
+            self.spooled()
 
     def spooled(self) -> None:
         """Records were just spooled: retry them in the background."""
-        self._pending = True
+        with self._state_lock:
+            self._pending = True
         self._start()
 
     def landed(self) -> None:
-        """A write just landed: replay what waits now, on this thread."""
-        if self.pending and not self.replay():
-            self._start()
+        """A write just landed: replay now, on this thread, what waits in the spool (ours, or
+        left by a process that has ended)."""
+        if self._pending or self.spool.has_pending():
+            with self._state_lock:
+                self._pending = True
+            if not self.replay():
+                self._start()
 
     def replay(self) -> bool:
         """Replay the spool now; True when nothing waits any more."""
         with self._replay_lock:
-            if not self.pending:
-                return True
+            if not self._pending:
+                return True  # another thread has just drained it
             try:
                 self.spool.replay(self.write)
             except Exception as exc:  # the database is still unavailable: the records wait
                 log.info("spool replay deferred: %s", type(exc).__name__)
                 return False
-            self._pending = self.spool.has_pending()
-            return not self._pending
+            with self._state_lock:  # records spooled meanwhile keep it pending
+                self._pending = self.spool.has_pending()
+                return not self._pending
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the background retries (records still waiting stay in the spool)."""

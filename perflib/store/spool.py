@@ -68,6 +68,14 @@ class Spool:
     def count_pending(self, include_live: bool = False, other_hosts: bool = False) -> int:
         return sum(_count_lines(p) for p in self.pending_files(include_live, other_hosts))
 
+    def count_waiting(self) -> int:
+        """Every record in the folder not yet in the database: spooled by any process, or
+        claimed by a replay still under way."""
+        if not self.directory.is_dir():
+            return 0
+        return sum(_count_lines(p) for p in self.directory.glob("spool-*")
+                   if p.suffix != ".corrupt")
+
     def replay(self, write: Callable[[Sequence[dict]], Any], include_live: bool = False,
                other_hosts: bool = False) -> int:
         """Write every spooled record with `write`; return how many records were replayed.

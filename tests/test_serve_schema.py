@@ -3,6 +3,7 @@ generates may produce a server error."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 import schemathesis
@@ -13,13 +14,19 @@ from perflib.serve import create_app
 from perflib.simulate import generate_jobs
 from perflib.store import Store
 
+# Writes the report at once: rendering for real is tested in test_serve_reports.py.
+QUICK_RENDER = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('<html></html>')"
+
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     folder = tmp_path_factory.mktemp("schema")
     store = Store(f"sqlite:///{folder / 'perflib.db'}", Settings(spool_dir=folder / "spool"))
     store.write_jobs(list(generate_jobs(weeks=1, gpus=2, seed=0, jobs_per_day=60)))
-    application = create_app(store)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # reports are rendered under this folder
+        application = create_app(
+            store, render_command=lambda job: [sys.executable, "-c", QUICK_RENDER, str(job.html)])
     yield application
     shutil.rmtree(folder, ignore_errors=True)
 

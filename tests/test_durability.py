@@ -151,6 +151,21 @@ def test_flush_spool_replays_the_spool_of_a_running_process(sqlite_url, tmp_path
     assert not list(folder.glob("spool-*"))
 
 
+def test_flush_spool_all_adds_the_spools_of_other_hosts(sqlite_url, tmp_path, monkeypatch,
+                                                        capsys):
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    record = {"job_id": "from-elsewhere", "pipeline_type": "image", "status": "success",
+              "total_seconds": 1.0, "started_at": "2026-11-01T10:00:00Z"}
+    (folder / "spool-otherhost-123.jsonl").write_text(json.dumps(record) + "\n")
+    monkeypatch.setenv("PERFLIB_SPOOL_DIR", str(folder))
+    assert main(["--database-url", sqlite_url, "flush-spool"]) == 0
+    assert "nothing to replay" in capsys.readouterr().out
+    assert main(["--database-url", sqlite_url, "flush-spool", "--all"]) == 0
+    assert "replayed 1" in capsys.readouterr().out
+    assert set(Store(sqlite_url).jobs_frame().job_id) == {"from-elsewhere"}
+
+
 def test_append_to_a_file_claimed_meanwhile_goes_to_a_new_file(tmp_path):
     path = tmp_path / f"spool-{HOST}-1.jsonl"
     path.write_text("old\n")

@@ -15,8 +15,8 @@
 5. Checks: a ``perflib.estimate`` message arrived for every prompt before its
    ``execution_start`` and ``GET /perflib/estimate/{id}`` answers; every prompt's job is stored
    with one phase per executed node (``"<id>:<class_type>"``); every output image is
-   byte-identical to the one made without the node. Prints what it saw and writes
-   ``summary.json`` in the work folder; exits 1 if a check fails.
+   byte-identical to the one made without the node; ComfyUI serves the frontend extension.
+   Prints what it saw and writes ``summary.json`` in the work folder; exits 1 if a check fails.
 
 The websocket client is ``websocket-client`` (``pip install -e '.[comfyui-e2e]'``).
 """
@@ -179,10 +179,22 @@ class Run:
     route_answers: dict[str, dict] = field(default_factory=dict)
     wall_seconds: float = 0.0
     record_check: tuple[list[str], dict] | None = None  # failures and counts, with the node
+    frontend_failures: list[str] = field(default_factory=list)
 
     def of(self, prompt_id: str, event: str) -> list[tuple[float, dict]]:
         return [(t, data) for t, kind, data in self.messages
                 if kind == event and data.get("prompt_id") == prompt_id]
+
+
+def check_frontend(url: str, base: Path) -> list[str]:
+    """ComfyUI lists the node's frontend extension and serves it as installed."""
+    path = "/extensions/perflib_estimate/perflib.js"
+    if path not in _get_json(f"{url}/extensions"):
+        return [f"GET /extensions does not list {path}"]
+    with urllib.request.urlopen(url + path, timeout=60) as response:
+        served = response.read()
+    installed = (base / "custom_nodes" / "perflib_estimate" / "web" / "perflib.js").read_bytes()
+    return [] if served == installed else [f"{path} is not the installed file"]
 
 
 def run_prompts(url: str, graphs: list[dict], base: Path, name: str,
@@ -365,7 +377,7 @@ def run_check(args) -> dict:
         estimates=rows, records=counts, identical_outputs=sum(same),
         wall_seconds={"plain": round(plain.wall_seconds, 1),
                       "with_node": round(node.wall_seconds, 1)},
-        failures=failures + record_failures
+        failures=failures + record_failures + node.frontend_failures
         + [f"prompt {i}: output differs from the run without the node"
            for i, equal in enumerate(same) if not equal])
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -383,6 +395,7 @@ def _phase(services: Services, base: Path, name: str, graphs: list[dict], collec
             print(services.perflib("comfyui", "collect", "--url", url, "--once").strip())
         else:  # before ComfyUI stops, so the node has sent every record
             run.record_check = check_records(services.database_url, run, graphs)
+            run.frontend_failures = check_frontend(url, base)
         return run
     finally:
         services.stop(process)
@@ -415,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                              "$COMFYUI_PYTHON)")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: steady on a shared machine; both runs use it)")
     parser.add_argument("--workdir", help="default: a new temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep every output image")
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -512,6 +513,25 @@ def test_a_prompt_without_a_client_is_recorded_from_its_history(
     assert job["processing_seconds"] == pytest.approx(3.599, abs=0.0005)
 
 
+def test_a_parser_failure_never_loses_the_record(
+        package, service, tmp_path, recording, monkeypatch):
+    recorder = importlib.import_module(f"{package.__name__}.recorder")
+
+    def broken(*args, **kwargs):
+        raise KeyError("a parser bug")
+    monkeypatch.setattr(recorder, "parse_prompt", broken)
+    server, clock = FakePromptServer(), ReplayClock()
+    attach(package, server, service.url, tmp_path, clock=clock)
+    request, entry, messages = copy.deepcopy(recording[0])
+    prompt_id = entry["prompt"][1] = f"parser-bug-{uuid.uuid4().hex}"
+    messages = [(t, event, {**data, "prompt_id": prompt_id}) for t, event, data in messages]
+    replay(server, clock, request, entry, messages)
+    job = wait_for(lambda: stored_jobs(service.database_url, [f"comfyui-{prompt_id}"]))
+    job = job[f"comfyui-{prompt_id}"]
+    assert job["status"] == "success" and len(job["phases"]) == 7
+    assert "a parser bug" in job["extra_params"]["comfyui"]["parse_error"]
+
+
 def test_gpu_use_is_recorded_through_nvml_when_there_is_one(
         package, service, tmp_path, recording, monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([FakeDevice("NVIDIA H100", util=80)]))
@@ -546,3 +566,38 @@ def test_records_are_spooled_while_the_service_is_down_and_sent_when_it_is_back(
                    if job["job_type"] != "comfyui-cache-hit")
     finally:
         stop(process)
+
+
+# -- the browser panel --------------------------------------------------------------------------
+PANEL_CHECK = """
+import { describe } from "./extensions/perflib_estimate/perflib.js";
+const queued = {predicted_time_seconds: 42, uncertainty_range: [35, 50],
+                queue: {state: "queued", expected_start_seconds: 120}};
+console.log(JSON.stringify([
+  describe(queued, 0), describe(queued, 119.5),
+  describe({...queued, predicted_time_seconds: 300, uncertainty_range: [80, 400],
+            queue: {state: "running"}}, 0),
+  globalThis.registered.name]));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_the_panel_says_how_long_and_when_it_starts(comfyui_dir, tmp_path):
+    """The frontend extension, loaded as ComfyUI's page loads it (its app/api modules stood in
+    for), words an estimate as the issue asks."""
+    installed = install_node(comfyui_dir)
+    site = tmp_path / "site"
+    shutil.copytree(installed.path / "web", site / "extensions" / PACKAGE_NAME)
+    (site / "scripts").mkdir()
+    (site / "scripts" / "app.js").write_text(
+        "export const app = {registerExtension(e) { globalThis.registered = e; }};\n")
+    (site / "scripts" / "api.js").write_text(
+        "export const api = {addEventListener() {}, fetchApi() {}};\n")
+    (site / "package.json").write_text('{"type": "module"}\n')
+    (site / "check.js").write_text(PANEL_CHECK)
+    done = subprocess.run(["node", "check.js"], cwd=site, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        "≈ 42 s (35–50 s), starts in ~2 min", "≈ 42 s (35–50 s), starts next",
+        "≈ 5 min (80 s–7 min)", "perflib.estimate"]

@@ -100,11 +100,12 @@ class Integration:
     def _watch(self, event, data) -> None:
         if not isinstance(event, str) or event not in FOLLOWED or not isinstance(data, dict):
             return
+        now = self.clock()
         if event == "status":
             self.board.queue_changed()
         elif event == "execution_start" and data.get("prompt_id") is not None:
             self.board.started(str(data["prompt_id"]))
-        self._events.put((event, data, self.clock()))
+        self._events.put((event, data, now))
 
     def _follow(self) -> None:
         """The record thread: messages in, job records out, spool offered again meanwhile."""

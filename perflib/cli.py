@@ -268,6 +268,22 @@ def cmd_comfyui_collect(args) -> int:
     return 0
 
 
+def cmd_comfyui_install(args) -> int:
+    from perflib.comfyui.install import install_node
+
+    try:
+        installed = install_node(args.comfyui_dir, args.service_url, args.base_directory)
+    except ValueError as exc:
+        print(f"perflib comfyui install: {exc}", file=sys.stderr)
+        return 2
+    print(f"installed the perflib node package in {installed.path} "
+          f"({len(installed.files)} files)")
+    if installed.config:
+        print(f"service URL written to {installed.config}")
+    print("restart ComfyUI to load it")
+    return 0
+
+
 def _positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -383,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.set_defaults(handler=cmd_maintain)
 
     comfyui = commands.add_parser("comfyui", help="ComfyUI: collect the prompts its servers "
-                                  "run")
+                                  "run; install the perflib node into one")
     comfyui_commands = comfyui.add_subparsers(dest="comfyui_command", required=True)
     collect = comfyui_commands.add_parser(
         "collect", help="store every prompt ComfyUI servers run, and their queues as live jobs")
@@ -397,6 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seconds between polls (default 2; a server that is down is "
                               "retried with backoff up to a minute)")
     collect.set_defaults(handler=cmd_comfyui_collect)
+    install = comfyui_commands.add_parser(
+        "install", help="install the perflib custom node package (estimates in the browser, "
+                        "per-node job records) into a ComfyUI checkout")
+    install.add_argument("comfyui_dir", metavar="COMFYUI_DIR",
+                         help="the ComfyUI checkout (the folder with main.py)")
+    install.add_argument("--service-url",
+                         help="the perflib service the node talks to (default: the node's "
+                              "PERFLIB_SERVICE_URL, else http://127.0.0.1:8328)")
+    install.add_argument("--base-directory",
+                         help="ComfyUI's --base-directory, when it runs with one")
+    install.set_defaults(handler=cmd_comfyui_install)
 
     serve = commands.add_parser("serve", help="run the HTTP service (estimate-time, ...)")
     serve.add_argument("--host", help="default PERFLIB_HOST, else 127.0.0.1")

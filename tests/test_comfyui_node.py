@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from perflib.cli import main
 from perflib.comfyui.install import PACKAGE_NAME, install_node
 from perflib.loadtest import free_port, wait_until_serving
 from perflib.store import Store
@@ -330,6 +331,14 @@ def test_install_into_a_base_directory(tmp_path, comfyui_dir):
     installed = install_node(comfyui_dir, base_directory=tmp_path / "base")
     assert installed.path == tmp_path / "base" / "custom_nodes" / PACKAGE_NAME
     assert not (comfyui_dir / "custom_nodes" / PACKAGE_NAME).exists()
+
+
+def test_the_install_command(comfyui_dir, tmp_path, capsys):
+    assert main(["comfyui", "install", str(comfyui_dir), "--service-url", "http://h:8328"]) == 0
+    out = capsys.readouterr().out
+    assert str(comfyui_dir / "custom_nodes" / PACKAGE_NAME) in out and "restart ComfyUI" in out
+    assert main(["comfyui", "install", str(tmp_path / "nothing")]) == 2
+    assert "is not a ComfyUI checkout" in capsys.readouterr().err
 
 
 def test_imported_by_comfyui_it_attaches_with_its_settings_file(comfyui_dir, monkeypatch):

@@ -26,7 +26,7 @@ def sd15() -> Recording:
 
 
 @pytest.fixture
-def store(sqlite_url, settings) -> Store:
+def sqlite_store(sqlite_url, settings) -> Store:
     return Store(sqlite_url, settings)
 
 
@@ -83,10 +83,10 @@ def test_replayed_run_stores_every_executed_prompt_exactly_once(sd15, store):
     assert jobs.queue_depth.max() == 8
 
 
-def test_errors_and_interrupts_are_marked_with_their_node(sd15, store):
+def test_errors_and_interrupts_are_marked_with_their_node(sd15, sqlite_store):
     with FakeComfyUI(sd15) as fake:
-        Collector([fake.url], store).poll_once()
-    jobs = store.jobs_frame().set_index("job_id")
+        Collector([fake.url], sqlite_store).poll_once()
+    jobs = sqlite_store.jobs_frame().set_index("job_id")
     failed = jobs[jobs.status == "failed"]
     errors = sorted((e["comfyui"]["error_node"]["type"], error_type)
                     for e, error_type in zip(failed.extra_params, failed.error_type))
@@ -104,19 +104,19 @@ def test_errors_and_interrupts_are_marked_with_their_node(sd15, store):
         ["KSampler", "KSampler", "VAEDecode"]
 
 
-def test_cache_hits_never_train_a_model(sd15, store):
+def test_cache_hits_never_train_a_model(sd15, sqlite_store):
     with FakeComfyUI(sd15) as fake:
-        Collector([fake.url], store).poll_once()
-    training = PerformancePredictor(store).training_data()
+        Collector([fake.url], sqlite_store).poll_once()
+    training = PerformancePredictor(sqlite_store).training_data()
     assert len(training) == 118  # the computed successes
     assert not training.job_type.eq("comfyui-cache-hit").any()
     assert not any(e["comfyui"]["cache_hit"] for e in training.extra_params)
 
 
-def test_the_first_prompt_pays_the_model_load_and_says_so(sd15, store):
+def test_the_first_prompt_pays_the_model_load_and_says_so(sd15, sqlite_store):
     with FakeComfyUI(sd15) as fake:
-        Collector([fake.url], store).poll_once()
-    jobs = store.jobs_frame()
+        Collector([fake.url], sqlite_store).poll_once()
+    jobs = sqlite_store.jobs_frame()
     loaded = [e["comfyui"]["model_loaded"] for e in jobs.extra_params]
     assert loaded[0] is False and all(loaded[1:])
 
@@ -145,7 +145,7 @@ def test_running_and_pending_prompts_are_live_jobs_estimated_by_their_graphs(sd1
     assert (predicted.predicted_time_seconds > 0).all()
 
 
-def test_queue_wait_falls_back_to_when_the_prompt_was_first_seen(sd15, store):
+def test_queue_wait_falls_back_to_when_the_prompt_was_first_seen(sd15, sqlite_store):
     """A server that does not send create_time: the wait counts from the first /queue poll
     that saw the prompt."""
     prompt_id, entry = next(iter(sd15.history.items()))
@@ -154,7 +154,7 @@ def test_queue_wait_falls_back_to_when_the_prompt_was_first_seen(sd15, store):
     with FakeComfyUI(sd15) as fake:
         fake.history = {}
         fake.queue = {"queue_running": [], "queue_pending": [entry["prompt"][:5]]}
-        poller = ServerPoller(fake.url, store)
+        poller = ServerPoller(fake.url, sqlite_store)
         poller.poll()
         seen = time.time()
         start = int((seen + 1.5) * 1000)  # it starts 1.5 s after it was first seen
@@ -164,14 +164,14 @@ def test_queue_wait_falls_back_to_when_the_prompt_was_first_seen(sd15, store):
         fake.history, fake.queue = {prompt_id: entry}, {"queue_running": [],
                                                         "queue_pending": []}
         assert poller.poll() == 1
-    job = store.jobs_frame().iloc[0]
+    job = sqlite_store.jobs_frame().iloc[0]
     assert job.queue_seconds == pytest.approx(1.5, abs=0.3)
     assert job.processing_seconds == pytest.approx(3.599)
 
 
-def test_history_is_read_incrementally(sd15, store):
+def test_history_is_read_incrementally(sd15, sqlite_store):
     with FakeComfyUI(sd15) as fake:
-        poller = ServerPoller(fake.url, store, page=16)
+        poller = ServerPoller(fake.url, sqlite_store, page=16)
         poller.poll()  # a first poll pages back (16, 64, 256) to the start of history
         first = [r for r in fake.requests if r.startswith("/history")]
         fake.requests.clear()
@@ -180,16 +180,16 @@ def test_history_is_read_incrementally(sd15, store):
     assert first == ["/history?max_items=16", "/history?max_items=64",
                      "/history?max_items=256"]
     assert second == ["/history?max_items=16"]
-    assert store.count() == len(sd15.history)
+    assert sqlite_store.count() == len(sd15.history)
 
 
-def test_several_servers_one_down_is_retried_with_backoff_and_reported(sd15, store, caplog,
-                                                                       capsys):
+def test_several_servers_one_down_is_retried_with_backoff_and_reported(sd15, sqlite_store,
+                                                                       caplog):
     caplog.set_level(logging.WARNING, "perflib.comfyui.collect")
     with FakeComfyUI(sd15) as up, FakeComfyUI(sd15) as flaky:
         flaky.failing = True
         closed = "http://127.0.0.1:9"  # nothing listens on the discard port
-        collector = Collector([up.url, flaky.url, closed], store, interval=0.5)
+        collector = Collector([up.url, flaky.url, closed], sqlite_store, interval=0.5)
         assert collector.poll_once() == len(sd15.history)
         statuses = {s.url: s for s in collector.statuses()}
         assert statuses[up.url].up and statuses[up.url].stored == len(sd15.history)
@@ -206,7 +206,7 @@ def test_several_servers_one_down_is_retried_with_backoff_and_reported(sd15, sto
         assert statuses[flaky.url].up and statuses[flaky.url].failures == 0
         assert statuses[closed].failures == 2
         assert flaky.requests  # it was asked again, and its prompts are already stored
-    assert store.count() == len(sd15.history)
+    assert sqlite_store.count() == len(sd15.history)
     assert any("reachable again" in r.message for r in caplog.records)
 
 
@@ -229,7 +229,7 @@ def test_cli_refuses_a_bad_interval(capsys):
     assert "not a number of seconds > 0" in capsys.readouterr().err
 
 
-def test_a_malformed_history_entry_never_stops_the_collector(sd15, store):
+def test_a_malformed_history_entry_never_stops_the_collector(sd15, sqlite_store):
     history = dict(list(sd15.history.items())[:3])
     broken = copy.deepcopy(history)
     first = next(iter(broken))
@@ -237,8 +237,8 @@ def test_a_malformed_history_entry_never_stops_the_collector(sd15, store):
                                         "inputs": {"samples": ["404", 0]}}}
     with FakeComfyUI(sd15) as fake:
         fake.history = broken
-        assert Collector([fake.url], store).poll_once() == 3
-    job = store.jobs_frame().set_index("job_id").loc[job_id(first)]
+        assert Collector([fake.url], sqlite_store).poll_once() == 3
+    job = sqlite_store.jobs_frame().set_index("job_id").loc[job_id(first)]
     assert "links to node '404'" in job.extra_params["comfyui"]["parse_error"]
     assert job.status == "success"
 
@@ -253,13 +253,13 @@ def test_history_recorded_bytes_are_served_as_recorded(sd15):
     assert json.loads(sd15.history_bytes) == sd15.history
 
 
-def test_the_wan_video_run_is_collected_as_video_jobs_with_frames(store):
+def test_the_wan_video_run_is_collected_as_video_jobs_with_frames(sqlite_store):
     if not (RECORDINGS / "wan21" / "history.json").exists():
         pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
     wan = Recording.load(RECORDINGS / "wan21")
     with FakeComfyUI(wan) as fake:
-        assert Collector([fake.url], store).poll_once() == len(wan.history)
-    jobs = store.jobs_frame().set_index("job_id")
+        assert Collector([fake.url], sqlite_store).poll_once() == len(wan.history)
+    jobs = sqlite_store.jobs_frame().set_index("job_id")
     assert len(jobs) == len(wan.history)
     for prompt_id, row in derived(wan).items():
         job = jobs.loc[job_id(prompt_id)]

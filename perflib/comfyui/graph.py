@@ -494,8 +494,9 @@ class _Parser:
         width, height = size.width, size.height
         if class_type == "LatentUpscaleBy":
             scale = self._number(node_id, "scale_by", 1.0)
-            width = None if width is None else round(width // LATENT_FACTOR * scale) * LATENT_FACTOR
-            height = None if height is None else round(height // LATENT_FACTOR * scale) * LATENT_FACTOR
+            width, height = (None if side is None else
+                             round(side // LATENT_FACTOR * scale) * LATENT_FACTOR
+                             for side in (width, height))
         elif class_type == "LatentCrop":
             width, height = self._pixels(node_id, "width"), self._pixels(node_id, "height")
         else:

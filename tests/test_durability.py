@@ -114,6 +114,17 @@ def test_service_started_on_read_only_sqlite_drains_by_itself_once_writable(
     assert stored_ids(sqlite_file) == {"ro-1", "ro-2", "after"}
 
 
+def test_a_spooled_final_record_replaces_the_live_report_it_follows(sqlite_file, fast_settings):
+    url = f"sqlite:///{sqlite_file}"
+    with TestClient(create_app(url, fast_settings)) as client:
+        assert client.post(f"{API}/record-metrics", json=job("j", "running")).status_code == 200
+        with read_only(sqlite_file):
+            engine_for(sa.make_url(url), fast_settings.db_schema).dispose()  # open files anew
+            assert client.post(f"{API}/record-metrics", json=job("j")).status_code == 202
+        assert wait_until(lambda: spooled(fast_settings) == 0), "the spool never drained"
+    assert set(Store(url, fast_settings).jobs_frame().status) == {"success"}
+
+
 def test_tracker_started_on_read_only_sqlite_drains_by_itself_once_writable(
         sqlite_file, fast_settings):
     store = Store(f"sqlite:///{sqlite_file}", fast_settings)

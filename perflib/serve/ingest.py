@@ -25,7 +25,9 @@ class JobIngest:
         self.spool = spool
         self.metrics = metrics
         self.dead_letter = DeadLetter(spool.directory)
-        self.drain = SpoolDrain(spool, self._land, store.config.spool_retry_seconds)
+        # Replayed like a fresh post: a spooled final record replaces the job's live report.
+        self.drain = SpoolDrain(spool, partial(self._land, replace_live=True),
+                                store.config.spool_retry_seconds)
 
     def write(self, records: Sequence[dict[str, Any]]) -> RecordResult:
         try:
@@ -46,7 +48,7 @@ class JobIngest:
         refuses it again)."""
         self.drain.landed()
 
-    def _land(self, records: Sequence[dict[str, Any]], replace_live: bool = False) -> Landed:
+    def _land(self, records: Sequence[dict[str, Any]], replace_live: bool) -> Landed:
         landed = write_or_dead_letter(partial(self.store.write_jobs, replace_live=replace_live),
                                       records, self.dead_letter)
         self.metrics.dead_letters.inc(landed.dead_lettered)

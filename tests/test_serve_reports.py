@@ -36,6 +36,7 @@ with warnings.catch_warnings():
 
 API = "/api/anime/performance"
 REPORT = f"{API}/weekly-report"
+END = datetime(2026, 1, 5, tzinfo=timezone.utc)  # a report period's end
 ESTIMATE = {"pipeline_type": "video", "resolution": "768x768", "frame_count": 60, "steps": 25,
             "job_type": "scene"}
 
@@ -222,11 +223,31 @@ def test_a_render_past_its_timeout_is_killed(tmp_path):
     log = tmp_path / "renders.log"
     renders = ReportRenders(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", fake_render(log, 60),
                             timeout_s=1)
-    job = renders.job(1, datetime(2026, 1, 5, tzinfo=timezone.utc))
+    job = renders.job(1, END)
     with pytest.raises(RenderFailed, match="took over 1 s"):
         asyncio.run(renders.html(job))
     child, kernel = renders_started(log)[0]
     wait_for(lambda: not alive(child) and not alive(kernel), 5, "the render to be killed")
+
+
+def test_closing_kills_the_renders_still_running(tmp_path):
+    """What the service does last when it stops, waiting requests or not."""
+    log = tmp_path / "renders.log"
+    renders = ReportRenders(tmp_path, f"sqlite:///{tmp_path / 'p.db'}", fake_render(log, 60))
+
+    async def render_then_close():
+        waiting = asyncio.ensure_future(renders.html(renders.job(1, END)))
+        while not renders_started(log):
+            await asyncio.sleep(0.05)
+        await renders.close()
+        child, kernel = renders_started(log)[0]
+        assert not alive(child)  # killed and reaped before close returns
+        await asyncio.sleep(0)
+        assert waiting.cancelled()
+        return kernel
+
+    kernel = asyncio.run(render_then_close())
+    wait_for(lambda: not alive(kernel), 5, "the kernel to be killed")
 
 
 FAILING_RENDER = ("import os, sys; print('starting', file=sys.stderr); "
@@ -236,7 +257,7 @@ FAILING_RENDER = ("import os, sys; print('starting', file=sys.stderr); "
 def test_a_failed_render_says_why_without_the_password(tmp_path):
     renders = ReportRenders(tmp_path, "postgresql://perflib:hunter2@127.0.0.1:9/perflib",
                             lambda job: [sys.executable, "-c", FAILING_RENDER])
-    job = renders.job(3, datetime(2026, 1, 5, tzinfo=timezone.utc))
+    job = renders.job(3, END)
     with pytest.raises(RenderFailed) as failed:
         asyncio.run(renders.html(job))
     message = str(failed.value)

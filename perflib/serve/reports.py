@@ -79,7 +79,8 @@ class ReportRenders:
         self.max_renders = max_renders
         self.timeout_s = timeout_s
         self._slots = asyncio.Semaphore(slots)
-        self._renders: dict[Path, _Render] = {}
+        self._renders: dict[Path, _Render] = {}  # by file, while someone waits for it
+        self._running: set[asyncio.Task] = set()  # every render not finished, waited for or not
 
     def job(self, weeks_back: int, end: datetime) -> ReportJob:
         return ReportJob(weeks_back, end, self.folder / f"{report_stem(end, weeks_back)}.html")
@@ -96,7 +97,9 @@ class ReportRenders:
                                   f"to, the most allowed; retry in {RETRY_AFTER_S} s")
             render = _Render(asyncio.ensure_future(self._render(job)))
             render.task.add_done_callback(lambda _: self._forget(job.html, render))
+            render.task.add_done_callback(self._running.discard)
             self._renders[job.html] = render
+            self._running.add(render.task)
         render.waiting += 1
         try:
             return await asyncio.shield(render.task)
@@ -107,9 +110,9 @@ class ReportRenders:
                 render.task.cancel()
 
     async def close(self) -> None:
-        """Stop every render and kill its child (the service is stopping)."""
-        tasks = [render.task for render in self._renders.values()]
+        """Stop every render and wait until its child is killed (the service is stopping)."""
         self._renders.clear()
+        tasks = list(self._running)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

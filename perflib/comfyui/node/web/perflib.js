@@ -73,7 +73,9 @@ async function refresh() {
     if (entry.state !== "queued") continue;
     try {
       const response = await api.fetchApi(`/perflib/estimate/${encodeURIComponent(id)}`);
-      if (response.ok) Object.assign(entry, { estimate: await response.json(), receivedAt: Date.now() });
+      if (response.ok) {
+        Object.assign(entry, { estimate: await response.json(), receivedAt: Date.now() });
+      }
     } catch (error) {
       console.debug("perflib: refresh failed", error);
     }
@@ -85,7 +87,9 @@ function finish(detail, state) {
   if (!entry || entry.doneAt) return;
   entry.state = state;
   entry.doneAt = Date.now();
-  if (state === "done" && entry.startedAt) entry.tookSeconds = (entry.doneAt - entry.startedAt) / 1000;
+  if (state === "done" && entry.startedAt) {
+    entry.tookSeconds = (entry.doneAt - entry.startedAt) / 1000;
+  }
   render();
 }
 
@@ -95,9 +99,10 @@ app.registerExtension({
     api.addEventListener("perflib.estimate", ({ detail }) => {
       if (!detail || !detail.prompt_id) return;
       const known = prompts.get(detail.prompt_id);
-      const state = detail.queue && detail.queue.state === "running" ? "running" : "queued";
+      const running = (known && known.state === "running")
+        || (detail.queue && detail.queue.state === "running");
       prompts.set(detail.prompt_id, { ...known, estimate: detail, receivedAt: Date.now(),
-                                      state: known && known.state === "running" ? "running" : state });
+                                      state: running ? "running" : "queued" });
       render();
     });
     api.addEventListener("execution_start", ({ detail }) => {

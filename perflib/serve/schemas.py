@@ -14,7 +14,7 @@ from perflib.analysis.alerts import SEVERITIES
 from perflib.comfyui.estimate import prompt_estimate
 from perflib.models import FAMILIES
 from perflib.record import (GpuName, HostName, JobParams, JobRecord, JobType, JsonObject,
-                            PipelineType)
+                            PipelineType, Resolution, Steps)
 
 MAX_RECORDS = 10_000  # job records in one record-metrics call
 
@@ -27,13 +27,8 @@ class EstimateRequest(JobParams):
         "pipeline_type": "video", "resolution": "768x768", "frame_count": 60, "steps": 25,
         "job_type": "scene"}]})
 
-    @model_validator(mode="after")
-    def _required(self) -> "EstimateRequest":
-        if self.width is None:
-            raise ValueError("resolution is required (WIDTHxHEIGHT)")
-        if self.steps is None:
-            raise ValueError("steps is required")
-        return self
+    resolution: Resolution
+    steps: Steps
 
     def params(self) -> dict[str, Any]:
         """The parameters as :meth:`PerformancePredictor.estimate` takes them."""

@@ -51,6 +51,7 @@ class RecordError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.values: dict[str, Any] | None = None  # the refused record, when there is one
 
     @classmethod
     def first_of(cls, error: ValidationError) -> "RecordError":
@@ -420,6 +421,7 @@ def salvaged_record(values: dict[str, Any]) -> dict[str, Any]:
         except RecordError as exc:
             name = exc.field.split(".")[0]
             if name in _IDENTITY_FIELDS or name not in values:
+                exc.values = values  # what was measured, for the dead-letter file
                 raise
             extra = dict(values.get("extra_params") or {}) if name != "extra_params" else {}
             invalid = dict(extra.get("invalid_fields") or {})

@@ -197,3 +197,15 @@ def test_an_old_database_gets_its_cost_terms_on_upgrade(tmp_path):
         conn.execute(sa.text("UPDATE perflib_schema_info SET version = 1"))
     Store(url).init_db()
     assert Store(url).jobs_frame().work_units.iloc[0] == 64 * 64 * 20 * 2
+
+
+def test_a_tracked_job_the_record_refuses_outright_goes_to_the_dead_letter_file(store, settings):
+    """An identifying field at fault (here the pipeline type) cannot be salvaged: the measured
+    job is kept in the dead-letter file with the reason, not dropped."""
+    with track_generation_job("bad-pipeline", "audio", {"steps": 20}, db=store):
+        pass
+    flush_all()
+    assert "bad-pipeline" not in set(store.jobs_frame().job_id)
+    lines = (settings.spool_dir / "dead-letter.jsonl").read_text().splitlines()
+    entry = json.loads(lines[-1])
+    assert entry["record"]["job_id"] == "bad-pipeline" and "pipeline_type" in entry["reason"]

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from perflib.config import safe_url
 from perflib.store.database import Store
+from perflib.record import RecordError
 from perflib.store.deadletter import DeadLetter, write_or_dead_letter
 from perflib.store.drain import SpoolDrain
 from perflib.store.spool import Spool
@@ -83,12 +84,23 @@ class BatchWriter:
     def _process(self, batch: list) -> None:
         markers = [item for item in batch if isinstance(item, _FlushMarker)]
         records = [record for item in batch if not isinstance(item, _FlushMarker)
-                   if (record := _as_record(item)) is not None]
+                   if (record := self._as_record(item)) is not None]
         try:
             self.write(records)
         finally:
             for marker in markers:
                 marker.done.set()
+
+    def _as_record(self, item: Any) -> dict | None:
+        """The record of a queued item; a job the record refuses outright (its id or pipeline
+        type at fault) goes to the dead-letter file, a tracker bug is logged."""
+        try:
+            return item.as_record() if hasattr(item, "as_record") else dict(item)
+        except RecordError as exc:
+            self.dead_letter.append(exc.values or {"item": repr(item)[:200]}, exc)
+        except Exception:  # a tracker bug must not take the writer thread down
+            log.exception("perflib could not build a job record; skipped")
+        return None
 
     def write(self, records: list[Mapping[str, Any]]) -> None:
         """Write records now — those the database refuses into the dead-letter file — or, while
@@ -136,18 +148,10 @@ class BatchWriter:
                 break
             if isinstance(item, _FlushMarker):
                 item.done.set()
-            elif (record := _as_record(item)) is not None:
+            elif (record := self._as_record(item)) is not None:
                 records.append(record)
         if records:
             self.spool.append(records)
-
-
-def _as_record(item: Any) -> dict | None:
-    try:
-        return item.as_record() if hasattr(item, "as_record") else dict(item)
-    except Exception:  # a tracker bug must not take the writer thread down
-        log.exception("perflib could not build a job record; skipped")
-        return None
 
 
 _writers: dict[tuple, BatchWriter] = {}

@@ -83,6 +83,7 @@ class ReportRenders:
         self._running: set[asyncio.Task] = set()  # every render not finished, waited for or not
 
     def job(self, weeks_back: int, end: datetime) -> ReportJob:
+        """The report of the `weeks_back` weeks up to `end`, named as the renderer names it."""
         return ReportJob(weeks_back, end, self.folder / f"{report_stem(end, weeks_back)}.html")
 
     async def html(self, job: ReportJob) -> Path:

@@ -15,6 +15,7 @@ from perflib.cli import main
 from perflib.nvml import Nvml
 from perflib.predictor import PerformancePredictor
 from perflib.sampler import JobResources, ResourceSampler
+from perflib.serve import app as service_app
 from perflib.serve import create_app
 from perflib.serve.queue import fleet_size
 from perflib.simulate import generate_jobs, simulate_history
@@ -55,7 +56,10 @@ def test_report_on_an_empty_database_writes_nothing_and_says_so(tmp_path, capsys
     assert "This report shows simulated data" not in html
 
 
-def test_service_report_routes_on_an_empty_database_write_nothing(tmp_path, settings):
+def test_service_report_routes_on_an_empty_database_write_nothing(tmp_path, settings,
+                                                                  monkeypatch):
+    # Rendered here, not taken from the project's folder of served reports.
+    monkeypatch.setattr(service_app, "SERVED_REPORTS", tmp_path / "served")
     store = Store(f"sqlite:///{tmp_path / 'empty.db'}", settings)
     store.init_db()
     before = row_counts(store)
@@ -65,7 +69,14 @@ def test_service_report_routes_on_an_empty_database_write_nothing(tmp_path, sett
         assert report.json()["data_origin"]["notice"] == EMPTY_DATABASE
         page = client.get(f"{API}/weekly-report", params={"format": "html"})
         assert page.status_code == 200 and "The database is empty" in page.text
-    assert row_counts(store) == before
+        assert list((tmp_path / "served").glob("*.html"))
+        assert row_counts(store) == before
+
+        simulate_history(store, weeks=1, end=NOW, jobs_per_day=40)
+        with_jobs = row_counts(store)
+        report = client.get(f"{API}/weekly-report").json()
+        assert report["simulated"] is True and "simulated data" in report["data_origin"]["notice"]
+        assert row_counts(store) == with_jobs
 
 
 # -- explicit seeding -------------------------------------------------------------------------

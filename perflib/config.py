@@ -60,6 +60,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8328
     retention_days: int = 90
+    heuristic_refresh_seconds: float = 300.0  # how long a fitted heuristic is used
     retrain_limit: int = 6  # retrainings the service starts per window, at most
     retrain_window_seconds: float = 3600.0
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -135,6 +136,7 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         host=env.get("PERFLIB_HOST", "127.0.0.1"),
         port=_number(env, "PERFLIB_PORT", 8328, int),
         retention_days=_number(env, "PERFLIB_RETENTION_DAYS", 90, int),
+        heuristic_refresh_seconds=_number(env, "PERFLIB_HEURISTIC_REFRESH_SECONDS", 300.0),
         retrain_limit=_number(env, "PERFLIB_RETRAIN_LIMIT", 6, int),
         retrain_window_seconds=_number(env, "PERFLIB_RETRAIN_WINDOW_SECONDS", 3600.0),
         thresholds=thresholds,

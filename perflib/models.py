@@ -12,8 +12,11 @@ predicting seconds.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -94,6 +97,16 @@ class CostModel(RegressorMixin, BaseEstimator):
             seconds[members] = design[members] @ self.coefficients_[key]
         return np.maximum(seconds, 1e-3)
 
+    def check_fitted(self, name: str = "cost_model") -> None:
+        """Raise ValueError naming the part at fault unless every coefficient and factor is there,
+        finite, and of the right shape (a stored cost model may be damaged)."""
+        terms = (len(COST_TERMS) + 1,)
+        check_array(getattr(self, "pooled_", None), f"{name}.pooled_", shape=terms)
+        check_mapping(getattr(self, "coefficients_", None), f"{name}.coefficients_",
+                      lambda value, where: check_array(value, where, shape=terms))
+        for factor in ("gpu_factor_", "model_factor_"):
+            check_mapping(getattr(self, factor, None), f"{name}.{factor}", check_number)
+
 
 ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
 # The corrections see every feature and the anchor, in this order, as one object array.
@@ -142,6 +155,19 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
             log_seconds = log_seconds + np.clip(self.correction_.predict(model_matrix(X)),
                                                 *self.correction_range_)
         return np.exp(log_seconds)
+
+    def check_fitted(self, name: str = "estimator") -> None:
+        """Raise ValueError naming the part at fault unless a fitted correction, where there is
+        one, can predict within a finite range (what it predicts is probed by the caller)."""
+        if self.correction is None:
+            return
+        if not callable(getattr(getattr(self, "correction_", None), "predict", None)):
+            raise ValueError(f"{name}.correction_ is missing or cannot predict")
+        bounds = getattr(self, "correction_range_", None)
+        if not isinstance(bounds, tuple) or len(bounds) != 2:
+            raise ValueError(f"{name}.correction_range_ is not a (low, high) pair")
+        for which, bound in zip(("low", "high"), bounds):
+            check_number(bound, f"{name}.correction_range_ {which}")
 
 
 class MatrixEncoder(TransformerMixin, BaseEstimator):
@@ -365,3 +391,54 @@ class Calibration(BaseEstimator):
         spread = np.asarray(spread, float)
         spread = np.where(np.isfinite(spread) & (spread > 0), spread, self.typical_spread_)
         return np.maximum(spread, 0.25 * self.typical_spread_)
+
+    def check_fitted(self, name: str = "calibration") -> None:
+        """Raise ValueError naming the part at fault unless the bin edges, half widths, scores
+        and typical spread are there, finite, and agree in number."""
+        check_number(getattr(self, "typical_spread_", None), f"{name}.typical_spread_")
+        edges = getattr(self, "edges_", None)
+        check_array(edges, f"{name}.edges_", ndim=1)
+        for part in ("half_width_", "scores_"):
+            values = getattr(self, part, None)
+            if not isinstance(values, list) or len(values) != len(edges) + 1:
+                raise ValueError(f"{name}.{part} is not a list of one entry per bin "
+                                 f"({len(edges) + 1})")
+        for b, (half, scores) in enumerate(zip(self.half_width_, self.scores_)):
+            check_number(half, f"{name}.half_width_[{b}]")
+            check_array(scores, f"{name}.scores_[{b}]", ndim=1)
+            if not len(scores):
+                raise ValueError(f"{name}.scores_[{b}] is empty")
+
+
+# -- checking a loaded model's parts ----------------------------------------------------------
+def check_number(value: Any, name: str, allow_nan: bool = False) -> None:
+    """Raise ValueError unless `value` is a real number, finite (or NaN where allowed)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} is a {type(value).__name__}, not a number")
+    if not (math.isfinite(value) or (allow_nan and math.isnan(value))):
+        raise ValueError(f"{name} is {value}, not a finite number")
+
+
+def check_array(value: Any, name: str, shape: tuple | None = None, ndim: int | None = None
+                ) -> None:
+    """Raise ValueError unless `value` is a numeric array of that shape (or number of
+    dimensions) holding only finite values."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf":
+        raise ValueError(f"{name} is a {type(value).__name__}, not a numeric array")
+    if (shape is not None and value.shape != shape) or (ndim is not None and
+                                                        value.ndim != ndim):
+        raise ValueError(f"{name} has shape {value.shape}, expected "
+                         f"{shape if shape is not None else f'{ndim} dimension(s)'}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} holds values that are not finite (NaN or infinite)")
+
+
+def check_mapping(value: Any, name: str, check_value: Callable[[Any, str], None]) -> None:
+    """Raise ValueError unless `value` is a dict with text keys whose every value passes
+    `check_value(value, "name['key']")`."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is a {type(value).__name__}, not a dict")
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{name} has a key of type {type(key).__name__}, not text")
+        check_value(item, f"{name}[{key!r}]")

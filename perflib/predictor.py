@@ -8,7 +8,7 @@ skops and loaded only with an explicit trusted-type list.
 """
 from __future__ import annotations
 
-import logging
+import numbers
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,12 +27,12 @@ from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, fea
                               row_count, spread)
 from perflib.geometry import infer_profiles
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
-                            make_family, score)
+                            check_mapping, check_number, make_family, score)
+from perflib.cache import TtlCache
+from perflib.record import PIPELINE_TYPES, estimate_params
 from perflib.store import UsesStore
 from perflib.store.schema import performance_prediction_models as models_table
-from perflib.record import estimate_params
-
-log = logging.getLogger(__name__)
+from perflib.stored_models import POOLED, StoredModels, StoredVersion
 
 MIN_JOBS_FOR_MODEL = 30
 # The calibration part of the training window, its latest (or largest) jobs: half of it, to
@@ -44,12 +44,16 @@ MODEL_FORMAT = 2  # what TrainedModel holds; a blob of another format is not use
 RECENT_JOBS = 50  # a GPU and model's latest jobs: their spread scales intervals
 DRIFT_JOBS = 20  # ... and the latest of these, their drift (short, to follow a step change)
 RECENT_CACHE_SECONDS = 30.0
+RECENT_CACHE_SIZE = 4096  # (stored version, GPU and model) pairs whose drift is kept
 KEEP_VERSIONS = 3
 RELOAD_CHECK_SECONDS = 2.0
 MIN_SAVING = 0.10
 # Heuristic defaults when there is no history at all: fixed overhead and seconds per work unit
 # (token-steps) of a current consumer GPU, per pipeline type.
 HEURISTIC_DEFAULTS = {"image": (2.0, 1.0e-5), "video": (10.0, 1.0e-5)}
+HEURISTIC = "heuristic"
+# A loaded model must price this job, for each GPU and model it knows, finite and positive.
+PROBE_JOB = {"resolution": "512x512", "frame_count": 16, "steps": 20}
 
 TRUSTED_TYPES = [
     "perflib.predictor.TrainedModel", "perflib.models.AnchoredRegressor",
@@ -60,12 +64,21 @@ TRUSTED_TYPES = [
 ]
 
 
-class UntrustedModelError(ValueError):
+class RefusedModelError(ValueError):
+    """A stored model that is not used; the message says why."""
+
+
+class UntrustedModelError(RefusedModelError):
     """A stored model blob holds types outside perflib's trusted list; it is never loaded."""
 
 
-class IncompatibleModelError(ValueError):
+class IncompatibleModelError(RefusedModelError):
     """A stored model was saved in another format by another perflib version: retrain it."""
+
+
+class InvalidModelError(RefusedModelError):
+    """A stored model made of trusted types that is damaged: unreadable, a part of the wrong
+    type or shape, a non-finite coefficient, or a probe job it cannot price."""
 
 
 @dataclass
@@ -122,6 +135,45 @@ class TrainedModel:
         return (float(np.median(ratio[-DRIFT_JOBS:])),
                 spread(ratio) if len(ratio) >= MIN_SPREAD_JOBS else float("nan"))
 
+    def check(self) -> None:
+        """Raise InvalidModelError saying what is wrong unless every part has the right type,
+        shape and finite values, and a probe job is priced finite and positive for each GPU
+        and model this model knows (a stored model may be damaged in ways its types hide)."""
+        try:
+            self._check_parts()
+        except ValueError as exc:
+            raise InvalidModelError(str(exc)) from None
+        pipelines = PIPELINE_TYPES if self.pipeline_type == POOLED else (self.pipeline_type,)
+        pairs = {tuple(key.split("|", 1)) for key in self.history if "|" in key}
+        jobs = [{**estimate_params({**PROBE_JOB, "pipeline_type": pipeline}),
+                 "gpu_name": gpu, "model_name": name}
+                for pipeline in pipelines for gpu, name in pairs | {(None, None)}]
+        try:
+            priced = np.asarray(self.predict(job_columns(jobs)), dtype=float)
+        except Exception as exc:  # whatever a damaged part raises, the model is not used
+            raise InvalidModelError(f"a probe job cannot be priced: {type(exc).__name__}: "
+                                    f"{exc}") from None
+        if not sound_estimates(priced).all():
+            raise InvalidModelError("a probe job is priced at a value that is not finite and "
+                                    "positive")
+
+    def _check_parts(self) -> None:
+        for name, kind in (("cost_model", CostModel), ("estimator", AnchoredRegressor),
+                           ("calibration", Calibration)):
+            part = getattr(self, name, None)
+            if not isinstance(part, kind):
+                raise ValueError(f"{name} is a {type(part).__name__}, not a {kind.__name__}")
+            part.check_fitted(name)
+        if self.pipeline_type not in (*PIPELINE_TYPES, POOLED):
+            raise ValueError(f"pipeline_type {self.pipeline_type!r} is not known")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family {self.family!r} is not known")
+        for name in ("history", "drift", "spread"):
+            check_mapping(getattr(self, name, None), name,
+                          lambda value, where: check_number(value, where, allow_nan=True))
+        check_mapping(self.profiles, "profiles", _check_profile)
+        check_mapping(self.pipeline_counts, "pipeline_counts", _check_count)
+
 
 @dataclass
 class TrainingReport:
@@ -141,11 +193,11 @@ class PerformancePredictor(UsesStore):
     def __init__(self, db: Any = None, settings: Settings | None = None):
         super().__init__(db, settings)
         self._trained: dict[tuple[str, str], TrainedModel] = {}
-        self._active: dict[str, tuple[int | None, TrainedModel | None, float]] = {}
-        self._heuristics: dict[str, tuple[CostModel | None, float]] = {}
-        self._recent_cache: dict[tuple, tuple[tuple[float, float], float]] = {}
+        self._stored = StoredModels(lambda: self.store, _load_version, RELOAD_CHECK_SECONDS)
+        self._heuristics: dict[str, tuple[CostModel | None, float, float]] = {}  # and fit time
+        self._heuristic_lock = threading.Lock()
+        self._recent_cache = TtlCache(RECENT_CACHE_SECONDS, RECENT_CACHE_SIZE)
         self.last_training: TrainingReport | None = None
-        self._lock = threading.Lock()
 
     # -- training -----------------------------------------------------------------------------
     def training_data(self, pipeline_type: str | None = None) -> pd.DataFrame:
@@ -252,81 +304,59 @@ class PerformancePredictor(UsesStore):
         bundle.version = latest + 1
         return latest + 1
 
-    def _active_row(self, pipeline_type: str):
-        t = models_table
-        with self.store.engine.connect() as conn:
-            return conn.execute(sa.select(t.c.id, t.c.blob, t.c.version).where(
-                t.c.pipeline_type == pipeline_type, t.c.is_active.is_(True))
-                .order_by(t.c.id.desc()).limit(1)).first()
-
-    def _active_id(self, pipeline_type: str) -> int | None:
-        t = models_table
-        with self.store.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.max(t.c.id)).where(
-                t.c.pipeline_type == pipeline_type, t.c.is_active.is_(True))).scalar()
-
     def reload(self) -> None:
-        """Forget the loaded models: the next estimate reads the active versions afresh (a
+        """Read the stored versions afresh at the next estimate and try refused ones again (a
         service calls this after saving a model, instead of waiting for the periodic check)."""
-        with self._lock:
-            self._active.clear()
+        self._stored.reload()
 
     def active_model(self, pipeline_type: str) -> TrainedModel | None:
-        """The active model for `pipeline_type` (else the pooled one), reloaded when a newer
-        version has been saved (checked at most every couple of seconds)."""
-        for key in (pipeline_type, "all"):
-            model = self._cached_model(key)
-            if model is not None:
-                return model
-        return None
+        """The stored model that answers for `pipeline_type` (None: the heuristic does); a
+        newly saved version is picked up within a couple of seconds."""
+        return next((model for _, model in self._answering(pipeline_type)), None)
 
-    def _cached_model(self, key: str) -> TrainedModel | None:
-        now = time.monotonic()
-        cached = self._active.get(key)
-        if cached is not None and now - cached[2] < RELOAD_CHECK_SECONDS:
-            return cached[1]
-        with self._lock:
-            current_id = self._active_id(key)
-            if cached is not None and cached[0] == current_id:
-                self._active[key] = (cached[0], cached[1], now)
-                return cached[1]
-            model = None
-            if current_id is not None:
-                row = self._active_row(key)
-                try:
-                    model = load_model_blob(row.blob)
-                    model.version = row.version
-                except (UntrustedModelError, IncompatibleModelError) as exc:
-                    log.error("model %s v%s for %s refused, using the heuristic: %s",
-                              row.id, row.version, key, exc)
-            self._active[key] = (current_id, model, now)
-            return model
+    def _answering(self, pipeline_type: str):
+        """(version, model) of each stored model that may price jobs of `pipeline_type`, in
+        order of preference: loaded, checked, and trained on enough jobs of that type."""
+        for version, model in self._stored.usable(pipeline_type):
+            if model.pipeline_counts.get(pipeline_type, 0) >= MIN_JOBS_FOR_MODEL:
+                yield version, model
 
     def model_status(self) -> dict:
-        """Per pipeline type: the active model's family, version, training time and metrics,
-        and whether estimates for it fall back to the heuristic."""
-        t = models_table
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(sa.select(t.c.pipeline_type, t.c.family, t.c.version,
-                                          t.c.created_at, t.c.metrics, t.c.n_rows)
-                                .where(t.c.is_active.is_(True))).mappings().all()
-        active = {row["pipeline_type"]: row for row in rows}
+        """Per pipeline type: which model answers (``model_used``: its label, or "heuristic"),
+        its family, version, training time and metrics; the active stored version; each
+        version passed over and why (``refused``); and the versions that left some jobs to
+        the next one, how often and why (``estimate_fallbacks``)."""
         status = {}
-        for pipeline in ("image", "video"):
-            row = active.get(pipeline) or active.get("all")
-            model = self.active_model(pipeline) if row else None
-            too_few = model is not None and model.pipeline_counts.get(pipeline, 0) < \
-                MIN_JOBS_FOR_MODEL
+        for pipeline in PIPELINE_TYPES:
+            answering = next(self._answering(pipeline), (None, None))[0]
+            versions = self._stored.versions(pipeline)
+            active = next((version for version in versions if version.is_active), None)
             status[pipeline] = {
-                "model_pipeline_type": row["pipeline_type"] if row else None,
-                "family": row["family"] if row else None,
-                "version": row["version"] if row else None,
-                "trained_at": _iso(row["created_at"]) if row else None,
-                "n_rows": row["n_rows"] if row else 0,
-                "metrics": row["metrics"] if row else None,
-                "heuristic_in_use": model is None or too_few,  # none, refused, or too few jobs
+                "model_used": answering.label if answering else HEURISTIC,
+                "heuristic_in_use": answering is None,
+                "model_pipeline_type": answering.pipeline_type if answering else None,
+                "family": answering.family if answering else None,
+                "version": answering.version if answering else None,
+                "trained_at": _iso(answering.created_at) if answering else None,
+                "n_rows": answering.n_rows if answering else 0,
+                "metrics": answering.metrics if answering else None,
+                "active": active.identity() if active else None,
+                "refused": [{**version.identity(), "reason": reason} for version in versions
+                            if (reason := self._passed_over(version, pipeline))],
+                "estimate_fallbacks": [
+                    {**version.identity(), "count": noted[0], "last_reason": noted[1]}
+                    for version in versions if (noted := self._stored.fallbacks(version))],
             }
         return status
+
+    def _passed_over(self, version: StoredVersion, pipeline_type: str) -> str | None:
+        """Why `version` does not answer for `pipeline_type`, if it was tried and does not."""
+        model = self._stored.loaded(version)
+        if model is not None and model.pipeline_counts.get(pipeline_type, 0) < \
+                MIN_JOBS_FOR_MODEL:
+            return (f"trained on {model.pipeline_counts.get(pipeline_type, 0)} {pipeline_type} "
+                    f"jobs, fewer than {MIN_JOBS_FOR_MODEL}")
+        return self._stored.refusal(version)
 
     # -- estimating -----------------------------------------------------------------------------
     def estimate(self, params: Mapping[str, Any]) -> dict:
@@ -356,78 +386,130 @@ class PerformancePredictor(UsesStore):
             answers.append({})
             priced.setdefault(job["pipeline_type"], []).append(
                 (len(answers) - 1, _cheaper_variants(job), job))
-        submitted = pd.Timestamp.now(tz="UTC")
         for pipeline, entries in priced.items():
-            # Each job and its cheaper variants, as columns: one model pass prices them all.
+            # Each job and its cheaper variants, as columns: one model pass prices them all,
+            # and one model prices each request.
             rows = [row for _, variants, job in entries
                     for row in [job] + [variant for _, _, variant in variants]]
-            names = {name for row in rows for name in row}
-            columns = {name: [row.get(name) for row in rows] for name in names}
-            columns["submitted_at"] = [submitted] * len(rows)
-            predicted, method, used = self._predict(pipeline, columns)
+            requests_of_rows = np.repeat(np.arange(len(entries)),
+                                         [1 + len(variants) for _, variants, _ in entries])
+            predicted, labels = self._predict(pipeline, job_columns(rows), requests_of_rows)
             first = 0
             for position, variants, _ in entries:
                 mine = slice(first, first + 1 + len(variants))
                 first = mine.stop
-                seconds, low, high, confidence = (values[mine] for values in predicted)
+                seconds, low, high, confidence = predicted[:, mine]
                 answers[position] = {
                     "predicted_time_seconds": round(float(seconds[0]), 3),
                     "confidence": round(float(confidence[0]), 3),
-                    "prediction_method": method,
-                    "model_used": used,
+                    "prediction_method": HEURISTIC if labels[mine.start] == HEURISTIC
+                    else "ml_model",
+                    "model_used": labels[mine.start],
                     "uncertainty_range": [round(float(low[0]), 3), round(float(high[0]), 3)],
                     "recommendations": _recommendations(variants, seconds),
                 }
         return answers
 
-    def _fresh_behaviour(self, model: TrainedModel, gpu: str | None, name: str | None
-                         ) -> tuple[str, tuple[float, float]]:
-        """How much slower than the cost model a GPU and model ran in their latest jobs, and
-        how scattered those were — ("gpu|model", (drift, spread)), from the store (cached for a
-        short while); NaN where there are too few jobs."""
-        key = f"{gpu or 'unknown'}|{name or 'unknown'}"
-        cache_key = (model.pipeline_type, model.version, key)
-        cached = self._recent_cache.get(cache_key)
-        now = time.monotonic()
-        if cached is None or now - cached[1] > RECENT_CACHE_SECONDS:
-            recent = self.store.recent_jobs(gpu, name, RECENT_JOBS)
-            cached = (model.recent_behaviour(recent), now)
-            self._recent_cache[cache_key] = cached
-        return key, cached[0]
-
     def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
         """Predictions for many job rows of one pipeline type at once (no recommendations)."""
-        (seconds, low, high, confidence), _, _ = self._predict(pipeline_type, jobs)
+        (seconds, low, high, confidence), _ = self._predict(pipeline_type, jobs)
         return pd.DataFrame({"predicted_time_seconds": seconds, "low": low, "high": high,
                              "confidence": confidence}, index=jobs.index)
 
-    def _predict(self, pipeline_type: str, rows: JobRows):
-        """(seconds, low, high, confidence), method and model label for rows of one pipeline:
-        the active model with each GPU and model's fresh drift and spread, else the
-        heuristic."""
-        model = self.active_model(pipeline_type)
-        if model is None or model.pipeline_counts.get(pipeline_type, 0) < MIN_JOBS_FOR_MODEL:
-            return self._heuristic(pipeline_type, rows), "heuristic", "heuristic"
-        recent = dict(self._fresh_behaviour(model, _text_or_none(gpu), _text_or_none(name))
-                      for gpu, name in set(zip(_column(rows, "gpu_name"),
-                                               _column(rows, "model_name"))))
-        used = f"{model.family} v{model.version} ({model.pipeline_type})"
-        return model.predict(rows, recent), "ml_model", used
+    def _predict(self, pipeline_type: str, rows: JobRows, groups: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, low, high, confidence) as a 4×rows array, and each row's model label, for
+        rows of one pipeline type: the preferred stored model with each GPU and model's fresh
+        drift and spread. Rows it cannot price (an error, or a value that is not finite and
+        positive — and with them every row of the same group) go to the next stored model,
+        and what is left to the heuristic."""
+        count = row_count(rows)
+        groups = np.arange(count) if groups is None else groups
+        predicted = np.full((4, count), np.nan)
+        labels = np.full(count, HEURISTIC, dtype=object)
+        pending = np.arange(count)
+        if not count:
+            return predicted, labels
+        for version, model in self._answering(pipeline_type):
+            priced = self._model_predict(version, model, _take(rows, pending, count))
+            sound = sound_estimates(priced)
+            if not sound.all():
+                sound &= ~np.isin(groups[pending], groups[pending][~sound])
+            predicted[:, pending[sound]] = priced[:, sound]
+            labels[pending[sound]] = version.label
+            pending = pending[~sound]
+            if not len(pending):
+                return predicted, labels
+        predicted[:, pending] = self._heuristic(pipeline_type, _take(rows, pending, count))
+        return predicted, labels
 
-    def _heuristic(self, pipeline_type: str, rows: JobRows):
+    def _model_predict(self, version: StoredVersion, model: TrainedModel, rows: JobRows
+                       ) -> np.ndarray:
+        """What `model` prices rows at (4×rows), NaN where it fails; a failure is noted with
+        why, for model_status."""
+        try:
+            recent = dict(self._fresh_behaviour(version, model, _text_or_none(gpu),
+                                                _text_or_none(name))
+                          for gpu, name in set(zip(_column(rows, "gpu_name"),
+                                                   _column(rows, "model_name"))))
+            priced = np.asarray(model.predict(rows, recent), dtype=float)
+        except sa.exc.SQLAlchemyError:
+            raise  # the database, not the model: the caller reports it
+        except Exception as exc:  # a model that passed its checks may still fail on a job
+            self._stored.note_fallback(version, f"{type(exc).__name__}: {exc}")
+            return np.full((4, row_count(rows)), np.nan)
+        unsound = int((~sound_estimates(priced)).sum())
+        if unsound:
+            self._stored.note_fallback(version, f"priced {unsound} of {len(priced[0])} job "
+                                                "rows at a non-finite or non-positive value")
+        return priced
+
+    def _fresh_behaviour(self, version: StoredVersion, model: TrainedModel, gpu: str | None,
+                         name: str | None) -> tuple[str, tuple[float, float]]:
+        """How much slower than the cost model a GPU and model ran in their latest jobs, and
+        how scattered those were — ("gpu|model", (drift, spread)), from the store (cached per
+        stored version for a short while); NaN where there are too few jobs."""
+        key = f"{gpu or 'unknown'}|{name or 'unknown'}"
+        behaviour = self._recent_cache.get((version.id, key))
+        if behaviour is None:
+            behaviour = model.recent_behaviour(self.store.recent_jobs(gpu, name, RECENT_JOBS))
+            self._recent_cache.put((version.id, key), behaviour)
+        return key, behaviour
+
+    def _heuristic(self, pipeline_type: str, rows: JobRows) -> np.ndarray:
         """Fixed overhead + seconds per work unit, fitted on whatever history exists, else
         defaults per pipeline type; a wide range and a low, measured confidence."""
-        fitted, confidence = self._heuristics.get(pipeline_type) or self._fit_heuristic(
-            pipeline_type)
+        fitted, confidence = self._current_heuristic(pipeline_type)
         features = feature_columns(rows, self.config.model_profiles, history={})
+        overhead, per_work = HEURISTIC_DEFAULTS[pipeline_type]
+        seconds = overhead + per_work * np.asarray(features["work_units"], dtype=float)
         if fitted is not None:
-            seconds = fitted.predict(features)
-        else:
-            overhead, per_work = HEURISTIC_DEFAULTS[pipeline_type]
-            seconds = overhead + per_work * features["work_units"]
-        return seconds, seconds * 0.5, seconds * 2.0, np.full(len(seconds), confidence)
+            fitted_seconds = fitted.predict(features)
+            seconds = np.where(np.isfinite(fitted_seconds) & (fitted_seconds > 0),
+                               fitted_seconds, seconds)
+        return np.array([seconds, seconds * 0.5, seconds * 2.0,
+                         np.full(len(seconds), confidence)])
 
-    def _fit_heuristic(self, pipeline_type: str):
+    def _current_heuristic(self, pipeline_type: str) -> tuple[CostModel | None, float]:
+        """The fitted heuristic, refitted once older than ``heuristic_refresh_seconds`` (a
+        long-running service sees the history grow): one thread refits while the others use
+        the one there is."""
+        refresh = self.config.heuristic_refresh_seconds
+        fitted = self._heuristics.get(pipeline_type)
+        if fitted is not None and time.monotonic() - fitted[2] < refresh:
+            return fitted[:2]
+        if not self._heuristic_lock.acquire(blocking=fitted is None):
+            return fitted[:2]
+        try:
+            latest = self._heuristics.get(pipeline_type)
+            if latest is fitted:  # not refitted by another thread meanwhile
+                latest = (*self._fit_heuristic(pipeline_type), time.monotonic())
+                self._heuristics[pipeline_type] = latest
+            return latest[:2]
+        finally:
+            self._heuristic_lock.release()
+
+    def _fit_heuristic(self, pipeline_type: str) -> tuple[CostModel | None, float]:
         jobs = self.training_data(pipeline_type)
         fitted, confidence = None, 0.1
         if len(jobs) >= 5:
@@ -437,12 +519,43 @@ class PerformancePredictor(UsesStore):
             fitted = CostModel(min_group_jobs=len(jobs) + 1).fit(features, seconds)
             relative = np.abs(fitted.predict(features) / seconds - 1)
             confidence = float(min(np.mean(relative <= 0.2), 0.5))
-        self._heuristics[pipeline_type] = (fitted, confidence)
         return fitted, confidence
 
 
+def _check_profile(profile: Any, name: str) -> None:
+    if not isinstance(profile, ModelProfile):
+        raise ValueError(f"{name} is a {type(profile).__name__}, not a ModelProfile")
+    for part in ("vae_spatial_factor", "vae_temporal_factor", "patch_size"):
+        value = getattr(profile, part)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}.{part} is {value!r}, not a positive whole number")
+    if not isinstance(profile.full_attention, (bool, np.bool_)):
+        raise ValueError(f"{name}.full_attention is {profile.full_attention!r}, not true or "
+                         "false")
+
+
+def _check_count(count: Any, name: str) -> None:
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+        raise ValueError(f"{name} is {count!r}, not a count of jobs")
+
+
+def sound_estimates(priced: np.ndarray) -> np.ndarray:
+    """Per job, whether (seconds, low, high, confidence) can be returned: all finite, the times
+    positive."""
+    return np.isfinite(priced).all(axis=0) & (priced[:3] > 0).all(axis=0)
+
+
+def job_columns(jobs: list[Mapping[str, Any]]) -> dict[str, list]:
+    """Checked estimate requests as columns (what a model pass takes), submitted now."""
+    names = {name for job in jobs for name in job}
+    columns = {name: [job.get(name) for job in jobs] for name in names}
+    columns["submitted_at"] = [pd.Timestamp.now(tz="UTC")] * len(jobs)
+    return columns
+
+
 def load_model_blob(blob: bytes) -> TrainedModel:
-    """Load a stored model, refusing any blob that holds a type outside TRUSTED_TYPES."""
+    """Load a stored model, refusing any blob that holds a type outside TRUSTED_TYPES, and any
+    whose parts fail :meth:`TrainedModel.check` (RefusedModelError says why)."""
     try:
         untrusted = skops.io.get_untrusted_types(data=blob)
     except Exception as exc:
@@ -453,7 +566,11 @@ def load_model_blob(blob: bytes) -> TrainedModel:
         raise UntrustedModelError("stored model blob contains types that are not trusted and "
                                   f"was not loaded: {', '.join(unexpected)} (a model saved by an "
                                   "older perflib is refused too: retrain it)")
-    model = skops.io.loads(blob, trusted=untrusted)
+    try:
+        model = skops.io.loads(blob, trusted=untrusted)
+    except Exception as exc:  # a damaged member raises whatever its reader raises
+        raise InvalidModelError(f"stored model blob could not be loaded: "
+                                f"{type(exc).__name__}: {exc}") from None
     if not isinstance(model, TrainedModel):
         raise UntrustedModelError(f"stored model blob holds a {type(model).__name__}, "
                                   "not a perflib TrainedModel")
@@ -461,6 +578,7 @@ def load_model_blob(blob: bytes) -> TrainedModel:
         raise IncompatibleModelError(
             f"stored model has format {getattr(model, 'format', 1)}, this perflib reads format "
             f"{MODEL_FORMAT}: retrain it (perflib train)")
+    model.check()
     return model
 
 
@@ -542,6 +660,21 @@ def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: 
         positions = positions[np.argsort(work, kind="stable")]
     cut = int(round(len(positions) * (1 - fraction)))
     return np.sort(positions[:cut]), np.sort(positions[cut:])
+
+
+def _load_version(blob: bytes, version: StoredVersion) -> TrainedModel:
+    model = load_model_blob(blob)
+    model.version = version.version
+    return model
+
+
+def _take(rows: JobRows, positions: np.ndarray, count: int) -> JobRows:
+    """The job rows at `positions` (all `count` of them as they are)."""
+    if len(positions) == count:
+        return rows
+    if isinstance(rows, pd.DataFrame):
+        return rows.iloc[positions]
+    return {name: [column[i] for i in positions] for name, column in rows.items()}
 
 
 def _column(rows: JobRows, name: str) -> list:

@@ -375,18 +375,20 @@ def test_tampered_model_blob_is_refused(diffusion_store, caplog, monkeypatch):
     with pytest.raises(IncompatibleModelError, match="retrain"):
         load_model_blob(skops.io.dumps(older))
     older.format = predictor_module.MODEL_FORMAT
+    good = trainer.save_model_to_db(None, "linear_regression")
     with diffusion_store.engine.begin() as conn:
         table = performance_prediction_models
         conn.execute(sa.update(table).values(is_active=False))
         conn.execute(sa.insert(table).values(
             pipeline_type="all", family="random_forest", version=99, is_active=True, blob=blob,
             created_at=pd.Timestamp.now(tz="UTC").to_pydatetime()))
-    with caplog.at_level(logging.ERROR, logger="perflib"):
+    with caplog.at_level(logging.WARNING, logger="perflib"):
         result = PerformancePredictor(diffusion_store).estimate(VIDEO_REQUEST)
-    assert result["prediction_method"] == "heuristic"
-    assert "refused" in caplog.text and "Payload" in caplog.text
+    assert result["model_used"] == f"linear_regression v{good} (all)"
+    assert "random_forest v99 (all) refused" in caplog.text and "Payload" in caplog.text
     status = PerformancePredictor(diffusion_store).model_status()["video"]
-    assert status["version"] == 99 and status["heuristic_in_use"]
+    assert status["active"]["version"] == 99 and status["version"] == good
+    assert status["refused"][0]["version"] == 99 and "Payload" in status["refused"][0]["reason"]
 
 
 # -- estimate API ---------------------------------------------------------------------------

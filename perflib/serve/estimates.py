@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from perflib.cache import TtlCache
 from perflib.predictor import PerformancePredictor
 from perflib.serve.queue import QueueSnapshot, fleet_size, take_snapshot
 from perflib.serve.schemas import EstimateResponse
@@ -35,37 +34,6 @@ ESTIMATE_TTL_SECONDS = 10.0
 ESTIMATE_CACHE_SIZE = 4096
 QUEUE_TTL_SECONDS = 1.0
 FLEET_TTL_SECONDS = 60.0
-
-
-class TtlCache:
-    """A small LRU map whose entries expire between `ttl`/2 and `ttl` seconds after they were
-    stored (spread, so entries stored together are not all recomputed together)."""
-
-    def __init__(self, ttl: float, size: int):
-        self.ttl = ttl
-        self.size = size
-        self._items: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None or time.monotonic() > item[0]:
-                return None
-            self._items.move_to_end(key)
-            return item[1]
-
-    def put(self, key: Any, value: Any) -> None:
-        expires = time.monotonic() + self.ttl * random.uniform(0.5, 1.0)
-        with self._lock:
-            self._items[key] = (expires, value)
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 class EstimateBatcher:

@@ -121,7 +121,8 @@ def api_router(services: Services) -> APIRouter:
 
     @router.get("/model-status")
     def model_status() -> dict:
-        """Per pipeline: the active model's family, version, training time and metrics."""
+        """Per pipeline: which model answers (or the heuristic) with its family, version,
+        training time and metrics; the active version; versions refused and why."""
         return json_ready(services.predictor.model_status())
 
     @router.post("/retrain", status_code=202, response_model=RetrainTaskView,
@@ -151,4 +152,3 @@ def api_router(services: Services) -> APIRouter:
         return task
 
     return router
-

@@ -4,9 +4,9 @@ loaded and checked once.
 A version that cannot be loaded or fails its checks is refused — logged once with its reason,
 remembered, not retried on every request — and the next one answers. A version that answers but
 prices some job at a value that cannot be returned has that counted with the reason. Preference:
-the pipeline type's own versions, then pooled (``all``) ones; within each, the active version
-first, then the newest. The list is re-read at most every `check_seconds`, so a newly saved
-version is picked up without a restart.
+the active versions first, then the others newest first; the pipeline type's own before pooled
+(``all``) ones. The list is re-read at most every `check_seconds`, so a newly saved version is
+picked up without a restart.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class StoredModels:
         """The versions that may answer for `pipeline_type`, most preferred first."""
         self._refresh()
         mine = [v for v in self._versions if v.pipeline_type in (pipeline_type, POOLED)]
-        return sorted(mine, key=lambda v: (v.pipeline_type == POOLED, not v.is_active, -v.id))
+        return sorted(mine, key=lambda v: (not v.is_active, v.pipeline_type == POOLED, -v.id))
 
     def usable(self, pipeline_type: str) -> Iterator[tuple[StoredVersion, Any]]:
         """Each version that loads and passes its checks, with its model, in preference order;

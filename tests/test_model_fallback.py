@@ -211,6 +211,20 @@ def test_fallback_goes_to_the_newest_version_of_any_family(tmp_path, db_url):
     assert predictor.model_status()["image"]["model_used"] == "heuristic"
 
 
+def test_an_active_pooled_version_comes_before_inactive_own_ones(two_versions, tmp_path):
+    store = _copy(two_versions, tmp_path)
+    trainer = PerformancePredictor(store)
+    trainer.train_model(None, "linear_regression")
+    trainer.save_model_to_db(None, "linear_regression")
+    assert PerformancePredictor(store).estimate(VIDEO)["model_used"] == \
+        "linear_regression v2 (video)", "the pipeline's own active version first"
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(models_table).where(models_table.c.pipeline_type == "video")
+                     .values(is_active=False))
+    assert PerformancePredictor(store).estimate(VIDEO)["model_used"] == \
+        "linear_regression v1 (all)"
+
+
 # -- refused at estimate time -------------------------------------------------------------------
 def test_a_non_finite_estimate_is_never_returned(two_versions, tmp_path, monkeypatch):
     """A model that passed its checks can still price some job badly (a leaf or coefficient the

@@ -200,6 +200,11 @@ GpuName = _column_text("gpu_name")
 HostName = _column_text("hostname")
 ErrorType = _column_text("error_type")
 PhaseName = _column_text("phase_name")
+MAX_TAGS = 32
+# Experiment tags ({"ab": "dpmpp"}): short text to short text, for perflib compare.
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=64),
+                   AfterValidator(storable_text)]
+Tags = Annotated[dict[TagKey, _text(200)], Field(max_length=MAX_TAGS)]
 
 
 # -- the record --------------------------------------------------------------------------------
@@ -349,8 +354,9 @@ class JobRecord(JobParams):
     ram_peak_mb: Reading | None = None
     predicted_seconds: Seconds | None = None
     user_rating: _bounded_float(0, 5) | None = None
-    simulated: bool | None = None
+    simulated: bool = Field(False, description="written by perflib.simulate (demo data)")
     extra_params: JsonObject | None = None
+    tags: Tags | None = Field(None, description="experiment tags, e.g. {\"ab\": \"dpmpp\"}")
     phases: Annotated[list[PhaseRecord], Field(max_length=10_000)] | None = None
     samples: Annotated[list[SampleRecord], Field(max_length=100_000)] | None = None
 
@@ -448,3 +454,32 @@ def job_record(values: dict[str, Any]) -> dict[str, Any]:
         return JobRecord.model_validate(values).as_record()
     except ValidationError as exc:
         raise RecordError.first_of(exc) from None
+
+
+# -- the live reading of a GPU -------------------------------------------------------------------
+Percent = _bounded_float(0, 100)
+
+
+class GpuHeartbeat(BaseModel):
+    """The latest reading of one GPU, sent every few seconds by a tracked process's sampler or a
+    remote worker, for the live dashboard. ``gpu_index`` is the NVML index on its host (the one
+    jobs record); a host without a readable GPU reports one heartbeat with ``gpu_index`` null and
+    only CPU and RAM."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "hostname": "render-01", "gpu_index": 0, "gpu_name": "NVIDIA GeForce RTX 4090",
+        "gpu_util_pct": 97.0, "vram_used_mb": 18432.0, "vram_total_mb": 24564.0,
+        "power_w": 412.5, "temperature_c": 71.0, "cpu_pct": 23.5, "ram_used_mb": 40211.0,
+        "ram_total_mb": 128000.0}]})
+
+    hostname: Annotated[HostName, StringConstraints(min_length=1)]
+    gpu_index: _bounded_int(0, 1_024) | None = None
+    gpu_name: GpuName | None = None
+    gpu_util_pct: Percent | None = None
+    vram_used_mb: Reading | None = None
+    vram_total_mb: Reading | None = None
+    power_w: Reading | None = None
+    temperature_c: _bounded_float(-100, 200) | None = None
+    cpu_pct: Percent | None = None
+    ram_used_mb: Reading | None = None
+    ram_total_mb: Reading | None = None

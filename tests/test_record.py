@@ -209,3 +209,18 @@ def test_a_tracked_job_the_record_refuses_outright_goes_to_the_dead_letter_file(
     lines = (settings.spool_dir / "dead-letter.jsonl").read_text().splitlines()
     entry = json.loads(lines[-1])
     assert entry["record"]["job_id"] == "bad-pipeline" and "pipeline_type" in entry["reason"]
+
+
+def test_a_multi_pass_estimate_prices_cheaper_passes(tmp_path):
+    """Advice for a hires-fix job changes every pass (its work is the sum over them)."""
+    from perflib.predictor import PerformancePredictor
+
+    predictor = PerformancePredictor(Store(f"sqlite:///{tmp_path / 'e.db'}"))
+    passes = [{"width": 512, "height": 512, "steps": 20, "guidance_scale": 7.0},
+              {"width": 1024, "height": 1024, "steps": 15, "denoise": 0.5,
+               "guidance_scale": 7.0}]
+    one_pass = predictor.estimate({**BASE, "passes": passes[:1]})
+    both = predictor.estimate({**BASE, "passes": passes})
+    assert both["predicted_time_seconds"] > 2 * one_pass["predicted_time_seconds"]
+    advice = " ".join(both["recommendations"])
+    assert "steps 20+15 → 13+10" in advice and "1024x1024 → 768x768" in advice

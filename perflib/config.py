@@ -32,6 +32,20 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class RetrainRule:
+    """When a pipeline's model is retrained (``perflib maintain``, the service's schedule, a
+    backtest's ``--retrain auto``): a week after its model, when live accuracy over its latest
+    jobs falls below `min_accuracy`, or after a change-point dated past its training window."""
+
+    max_age_days: float = 7.0
+    min_accuracy: float = 0.75  # within-20% share of the latest estimated jobs
+    accuracy_jobs: int = 50  # the latest jobs live accuracy is measured over
+    min_accuracy_jobs: int = 20  # ... and how many it needs before it is trusted
+    compare_jobs: int = 100  # latest jobs a new version must beat the active one on
+    check_seconds: float = 3600.0  # the service checks the rule this often (0: never)
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """Latent geometry of one denoiser, used to count true latent tokens and attention pairs.
 
@@ -64,6 +78,7 @@ class Settings:
     retrain_limit: int = 6  # retrainings the service starts per window, at most
     retrain_window_seconds: float = 3600.0
     thresholds: Thresholds = field(default_factory=Thresholds)
+    retrain_rule: RetrainRule = field(default_factory=RetrainRule)
     model_profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> "Settings":
@@ -88,6 +103,21 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _retrain_rule(env: Mapping[str, str]) -> RetrainRule:
+    """``PERFLIB_RETRAIN_<FIELD>`` for each field of :class:`RetrainRule`."""
+    default = RetrainRule()
+    values = {name: _number(env, f"PERFLIB_RETRAIN_{name.upper()}", getattr(default, name),
+                            type(getattr(default, name)))
+              for name in default.__dataclass_fields__}
+    if not 0.0 <= values["min_accuracy"] <= 1.0:
+        raise ConfigError(f"PERFLIB_RETRAIN_MIN_ACCURACY must be between 0 and 1, got "
+                          f"{values['min_accuracy']:g}")
+    negative = [name for name, value in values.items() if value < 0]
+    if negative:
+        raise ConfigError(f"PERFLIB_RETRAIN_{negative[0].upper()} must not be negative")
+    return RetrainRule(**values)
 
 
 def _truthy(value: str | None) -> bool:
@@ -140,6 +170,7 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         retrain_limit=_number(env, "PERFLIB_RETRAIN_LIMIT", 6, int),
         retrain_window_seconds=_number(env, "PERFLIB_RETRAIN_WINDOW_SECONDS", 3600.0),
         thresholds=thresholds,
+        retrain_rule=_retrain_rule(env),
         model_profiles=_parse_profiles(env.get("PERFLIB_MODEL_PROFILES")),
     )
 

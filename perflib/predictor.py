@@ -641,7 +641,7 @@ def _evaluate(family: str, on_proper: _Anchoring, on_train: _Anchoring, seconds:
 def _cache_hits(jobs: pd.DataFrame) -> np.ndarray:
     """Jobs answered from a cache (a ComfyUI prompt whose every node was cached): their time
     says nothing about the work asked for, so they never train a model."""
-    typed = jobs.job_type.fillna("").eq("comfyui-cache-hit").to_numpy()
+    typed = jobs.job_type.fillna("").eq(CACHE_HIT_JOB_TYPE).to_numpy()
     flagged = np.array([isinstance(extra, dict) and isinstance(extra.get("comfyui"), dict)
                         and extra["comfyui"].get("cache_hit") is True
                         for extra in jobs.get("extra_params", pd.Series([None] * len(jobs)))],

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
 
-from perflib.comfyui.graph import CHECKPOINT_LOADERS, ParsedPrompt, parse_prompt
+from perflib.comfyui.graph import parse_prompt
 from perflib.record import LIVE_STATUSES, RecordError, job_record, salvaged_record
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs_table
@@ -108,10 +108,7 @@ def finished_record(entry: Mapping[str, Any], server: ServerStatus,
     parsed = comfy.pop("parsed", None)
     status = END_EVENTS.get(end_event, "failed")
     if parsed is not None:
-        comfy["model_loaded"] = _model_was_loaded(parsed, graph, cached)
-        comfy["cache_hit"] = status == "success" and parsed.needed_nodes <= set(cached)
-        if comfy["cache_hit"]:
-            record["job_type"] = "comfyui-cache-hit"
+        parsed.mark_cache_use(graph, cached, status == "success", record, comfy)
     record.update(status=status, submitted_at=submitted, queued_at=submitted,
                   started_at=started, finished_at=finished, queue_depth=queue_depth,
                   **_durations(submitted, started, finished), **_error(end_event, events, comfy))
@@ -144,13 +141,6 @@ def _graph_record(prompt_id: str, graph: Any, outputs: Any, server: ServerStatus
     params["extra_params"]["comfyui"].update(server=server.url, parsed=parsed)
     return {"job_id": job_id(prompt_id), **params, "hostname": server.hostname,
             "gpu_name": server.gpu_name}
-
-
-def _model_was_loaded(parsed: ParsedPrompt, graph: Mapping, cached: list[str]) -> bool:
-    """Whether every model loader of the prompt was served from cache (no load paid)."""
-    loaders = [n for n in parsed.needed_nodes
-               if graph.get(n, {}).get("class_type") in CHECKPOINT_LOADERS]
-    return bool(loaders) and set(loaders) <= set(cached)
 
 
 def _durations(submitted: datetime | None, started: datetime | None,

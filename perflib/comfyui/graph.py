@@ -52,6 +52,7 @@ VIDEO_LATENTS = {"EmptyHunyuanLatentVideo", "EmptyHunyuanVideo15Latent", "EmptyM
                  "CosmosImageToVideoLatent", "CosmosPredict2ImageToVideoLatent",
                  "LTXVImgToVideo"}
 ENCODERS = {"VAEEncode", "VAEEncodeTiled", "VAEEncodeForInpaint", "InpaintModelConditioning"}
+CACHE_HIT_JOB_TYPE = "comfyui-cache-hit"  # a prompt ComfyUI served wholly from its cache
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name",
                       "unCLIPCheckpointLoader": "ckpt_name",
                       "ImageOnlyCheckpointLoader": "ckpt_name", "UNETLoader": "unet_name",
@@ -155,6 +156,20 @@ class ParsedPrompt:
     @property
     def pipeline_type(self) -> str:
         return "video" if any((p.frame_count or 1) > 1 for p in self.passes) else "image"
+
+    def mark_cache_use(self, graph: dict, cached_nodes, succeeded: bool,
+                       record: dict[str, Any], comfy: dict[str, Any]) -> None:
+        """Mark, in a job `record` and its ``extra_params["comfyui"]`` (`comfy`), whether the
+        model loaders were served from ComfyUI's cache (``model_loaded``) and whether everything
+        was (``cache_hit``: job type :data:`CACHE_HIT_JOB_TYPE`, never a training example). The
+        collector and the custom node both mark prompts this way."""
+        cached = {str(node) for node in cached_nodes}
+        loaders = [node for node in self.needed_nodes
+                   if (graph.get(node) or {}).get("class_type") in CHECKPOINT_LOADERS]
+        comfy["model_loaded"] = bool(loaders) and set(loaders) <= cached
+        comfy["cache_hit"] = succeeded and self.needed_nodes <= cached
+        if comfy["cache_hit"]:
+            record["job_type"] = CACHE_HIT_JOB_TYPE
 
     def job_params(self) -> dict[str, Any]:
         """perflib job parameters: the base (first) pass's settings, every pass, and what was

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .graph import CHECKPOINT_LOADERS, parse_prompt
+from .graph import parse_prompt
 
 logger = logging.getLogger("perflib_estimate")
 
@@ -162,7 +162,8 @@ def job_record(run: PromptRun, context: RunContext) -> dict[str, Any]:
                  sampler_its={node: round(rate, 4) for node, p in run.progress.items()
                               if (rate := p.rate()) is not None})
     if parsed is not None:
-        _cache_use(run, graph, parsed, record, comfy)
+        parsed.mark_cache_use(graph, run.cached_nodes, run.end_event == "execution_success",
+                              record, comfy)
     record.update(_error(run))
     if run.end_event != "execution_success":
         comfy["error_node"] = {"id": run.end_data.get("node_id"),
@@ -184,18 +185,6 @@ def _job_params(graph: dict, outputs: list | None) -> tuple[dict, dict, Any]:
     comfy = dict(extra.get("comfyui") or {})
     params["extra_params"] = {**extra, "comfyui": comfy}
     return params, comfy, parsed
-
-
-def _cache_use(run: PromptRun, graph: dict, parsed: Any, record: dict, comfy: dict) -> None:
-    """Whether the model loaders came from cache, and whether everything did (a cache hit:
-    job type ``comfyui-cache-hit``, never a training example) — as the collector marks them."""
-    cached = set(run.cached_nodes)
-    loaders = [node for node in parsed.needed_nodes
-               if (graph.get(node) or {}).get("class_type") in CHECKPOINT_LOADERS]
-    comfy["model_loaded"] = bool(loaders) and set(loaders) <= cached
-    comfy["cache_hit"] = run.end_event == "execution_success" and parsed.needed_nodes <= cached
-    if comfy["cache_hit"]:
-        record["job_type"] = "comfyui-cache-hit"
 
 
 def _error(run: PromptRun) -> dict[str, str | None]:

@@ -66,6 +66,7 @@ class Settings:
     database_url: str = ""
     db_schema: str = "anime_api"
     sample_interval: float = 1.0
+    heartbeat_seconds: float = 5.0  # live GPU readings for the dashboard; 0 turns them off
     spool_dir: Path = Path("data") / "spool"
     spool_retry_seconds: float = 5.0  # first retry of spooled records; doubles up to a minute
     keep_resource_samples: bool = False
@@ -103,6 +104,16 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _heartbeat_seconds(env: Mapping[str, str]) -> float:
+    """``PERFLIB_HEARTBEAT_SECONDS``: 0 (off) or at least the 5 s a GPU's heartbeat row is
+    written at most once in."""
+    seconds = _number(env, "PERFLIB_HEARTBEAT_SECONDS", 5.0)
+    if seconds != 0 and not 5.0 <= seconds <= 3600.0:
+        raise ConfigError(f"PERFLIB_HEARTBEAT_SECONDS must be 0 (off) or between 5 and 3600, "
+                          f"got {seconds:g}")
+    return seconds
 
 
 def _retrain_rule(env: Mapping[str, str]) -> RetrainRule:
@@ -158,6 +169,7 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         database_url=env.get("PERFLIB_DATABASE_URL", ""),
         db_schema=env.get("PERFLIB_DB_SCHEMA", "anime_api"),
         sample_interval=_number(env, "PERFLIB_SAMPLE_INTERVAL", 1.0),
+        heartbeat_seconds=_heartbeat_seconds(env),
         spool_dir=Path(env.get("PERFLIB_SPOOL_DIR", Path("data") / "spool")),
         spool_retry_seconds=_number(env, "PERFLIB_SPOOL_RETRY_SECONDS", 5.0),
         keep_resource_samples=_truthy(env.get("PERFLIB_KEEP_SAMPLES")),

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from perflib.config import Settings
+from perflib.heartbeat import heartbeat_for
 from perflib.sampler import JobResources, gpu_indices_for, process_sampler
 from perflib.store import Store, writer_for
 from perflib.store.writer import BatchWriter
@@ -43,13 +44,15 @@ _PARAM_ALIASES = {
 
 
 class _Binding:
-    """Where tracked jobs go: a store's writer and the process sampler."""
+    """Where tracked jobs go: a store's writer and the process sampler (whose readings also go
+    to the store as GPU heartbeats)."""
 
     def __init__(self, store: Store):
         self.store = store
         self.settings: Settings = store.config
         self.writer: BatchWriter = writer_for(store)
         self.sampler = process_sampler(self.settings.sample_interval)
+        heartbeat_for(store, self.sampler)  # live GPU readings, on their own thread
 
 
 _default_binding: _Binding | None = None

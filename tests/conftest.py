@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perflib import tracker
+from perflib import heartbeat, tracker
 from perflib.config import Settings
 from perflib.store import Store, schema
 from perflib.pgserver import PostgresServer, find_bindir
@@ -64,6 +64,7 @@ def _fresh_tracker_binding():
     yield
     tracker._default_binding = None
     tracker._named_bindings.clear()
+    heartbeat.stop_all()  # each test's database gets its own heartbeat thread: end it with it
 
 
 @pytest.fixture

@@ -26,14 +26,25 @@ from perflib.store.schema import generation_performance as jobs
 FLEET_DAYS = 7  # GPUs seen in this many days make up the fleet
 
 
+def queue_starts(running_seconds_left: Sequence[float], queued_seconds: Sequence[float],
+                 gpus: int) -> list[float]:
+    """Seconds from now until each queued job starts, and last until a job submitted now
+    would: running jobs hold their GPUs for the time they have left, then queued jobs take
+    the first free GPU in order."""
+    free_at = [0.0] * max(1, gpus)
+    for seconds in running_seconds_left:
+        heapq.heappush(free_at, heapq.heappop(free_at) + max(0.0, seconds))
+    starts = []
+    for seconds in queued_seconds:
+        starts.append(heapq.heappop(free_at))
+        heapq.heappush(free_at, starts[-1] + max(0.0, seconds))
+    return [*starts, free_at[0]]
+
+
 def expected_start(running_seconds_left: Sequence[float], queued_seconds: Sequence[float],
                    gpus: int) -> float:
-    """Seconds until a new job starts: running jobs hold their GPUs for the time they have left,
-    then queued jobs take the first free GPU in order; the new job goes next."""
-    free_at = [0.0] * max(1, gpus)
-    for seconds in (*running_seconds_left, *queued_seconds):
-        heapq.heappush(free_at, heapq.heappop(free_at) + max(0.0, seconds))
-    return free_at[0]
+    """Seconds until a new job starts behind the running and queued jobs (FIFO)."""
+    return queue_starts(running_seconds_left, queued_seconds, gpus)[-1]
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class QueueSnapshot:
 def take_snapshot(store: Store, predictor: PerformancePredictor, gpus: int) -> QueueSnapshot:
     """Read the live jobs and predict how long each one takes."""
     live = store.live_jobs()
-    seconds = _predicted_seconds(live, predictor)
+    seconds = live_predicted_seconds(live, predictor)
     running = (live.status == "running").to_numpy()
     now = time.time()
     ends = [(now if pd.isna(start) else start.timestamp()) + s
@@ -73,7 +84,8 @@ def take_snapshot(store: Store, predictor: PerformancePredictor, gpus: int) -> Q
                          gpus=max(gpus, int(running.sum()), 1), taken_at=time.monotonic())
 
 
-def _predicted_seconds(live: pd.DataFrame, predictor: PerformancePredictor) -> np.ndarray:
+def live_predicted_seconds(live: pd.DataFrame, predictor: PerformancePredictor) -> np.ndarray:
+    """Each live job's duration: the estimate it was reported with, else the model's."""
     seconds = live.predicted_seconds.to_numpy(dtype=float, na_value=np.nan, copy=True)
     for pipeline, rows in live[np.isnan(seconds)].groupby("pipeline_type"):
         estimated = predictor.estimate_batch(rows, str(pipeline)).predicted_time_seconds

@@ -11,8 +11,10 @@ from starlette.concurrency import run_in_threadpool
 
 from perflib.analysis.alerts import SEVERITIES
 from perflib.serve.guards import require_token
+from perflib.serve.live import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
 from perflib.serve.retrain import RetrainLimited
 from perflib.serve.reports import RETRY_AFTER_S, RenderFailed, RendersBusy, unless_disconnected
+from perflib.store.heartbeats import write_heartbeats
 from perflib.serve.schemas import (Acknowledged, AlertsResponse, ComfyUIEstimateRequest,
                                    DashboardResponse, EstimateBody, EstimateResponse,
                                    PipelineTrend, PipelineType, RecordBody, RecordResult,
@@ -118,6 +120,26 @@ def api_router(services: Services) -> APIRouter:
     def dashboard() -> DashboardResponse:
         """The last 24 hours' headline numbers, jobs per hour, bottlenecks and opportunities."""
         return DashboardResponse(**json_ready(services.analyzer.dashboard()))
+
+    live_dashboard = LiveDashboardReader(services.store, services.predictor)
+
+    @router.get("/dashboard/live", response_model=LiveDashboard)
+    def dashboard_live() -> LiveDashboard:
+        """What the live dashboard shows, cheap enough to poll every few seconds: a lane per
+        GPU (running job, latest heartbeat, idle time today), the queue with each job's
+        expected start and finish, open alerts, 14 days of normalised generation time per
+        pipeline with change-points, and the accuracy of the latest 100 estimates."""
+        return live_dashboard.read()
+
+    @router.post("/heartbeat", response_model=HeartbeatResult, dependencies=needs_token)
+    def heartbeat(body: Annotated[HeartbeatBody, Body()]) -> HeartbeatResult:
+        """Latest readings of a worker's GPUs (or of a host without one: ``gpu_index`` null),
+        for the dashboard; a GPU's row is overwritten at most every 5 s. Not spooled while the
+        database is down (503): the next reading supersedes it."""
+        beats = body if isinstance(body, list) else [body]
+        stored = write_heartbeats(services.store, [beat.model_dump() for beat in beats],
+                                  datetime.now(timezone.utc))
+        return HeartbeatResult(received=len(beats), stored=stored)
 
     @router.get("/model-status")
     def model_status() -> dict:

@@ -180,3 +180,22 @@ schema_info = sa.Table(
 
 JOB_COLUMNS = tuple(c.name for c in generation_performance.columns
                     if c.name not in ("id", "recorded_at"))
+
+# The latest live reading of each GPU (one row per host and GPU, overwritten at most every few
+# seconds; perflib.store.heartbeats). gpu_index -1 is a host without a readable GPU.
+gpu_heartbeats = sa.Table(
+    "gpu_heartbeats",
+    metadata,
+    sa.Column("hostname", sa.String(TEXT_LENGTHS["hostname"]), primary_key=True),
+    sa.Column("gpu_index", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("gpu_name", sa.String(TEXT_LENGTHS["gpu_name"])),
+    sa.Column("reported_at", UtcDateTime, nullable=False),
+    sa.Column("gpu_util_pct", sa.Float),
+    sa.Column("vram_used_mb", sa.Float),
+    sa.Column("vram_total_mb", sa.Float),
+    sa.Column("power_w", sa.Float),
+    sa.Column("temperature_c", sa.Float),
+    sa.Column("cpu_pct", sa.Float),
+    sa.Column("ram_used_mb", sa.Float),
+    sa.Column("ram_total_mb", sa.Float),
+)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from perflib.analysis import alerts as alert_store
 from perflib.analysis.bottlenecks import Bottleneck, BottleneckType, analyze_bottlenecks
 from perflib.analysis.daily import aggregate_daily, daily_stats
+from perflib.analysis.gpus import gpu_usage
 from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
@@ -95,11 +96,13 @@ class PerformanceAnalyzer(UsesStore):
             plan.raised_alerts = len(self.detect_alerts())
         return plan
 
-    def overall_statistics(self, days_back: float = 7, end=None) -> dict:
+    def overall_statistics(self, days_back: float = 7, end=None,
+                           pipeline_type: str | None = None) -> dict:
         """Job counts, success rate and time statistics over the window, overall and per
-        pipeline (computed in SQL)."""
+        pipeline (computed in SQL); `pipeline_type` counts only that pipeline's jobs."""
         start, stop = self.window(days_back, end)
-        per_pipeline = daily_stats(self.store, start, stop, per_day=False, speed=False)
+        per_pipeline = daily_stats(self.store, start, stop, pipeline_type, per_day=False,
+                                   speed=False)
         result = {"per_pipeline": {}}
         total_jobs = int(per_pipeline.job_count.sum()) if len(per_pipeline) else 0
         for row in per_pipeline.itertuples():
@@ -119,16 +122,19 @@ class PerformanceAnalyzer(UsesStore):
                           avg_generation_time=None, avg_queue_time=None, jobs_per_day=0.0)
         return result
 
-    def prediction_accuracy(self, days_back: float = 7, end=None) -> dict:
+    def prediction_accuracy(self, days_back: float = 7, end=None,
+                            pipeline_type: str | None = None) -> dict:
         """How the estimates given before jobs ran compare with their processing time."""
         start, stop = self.window(days_back, end)
+        pipeline = jobs.c.pipeline_type == pipeline_type if pipeline_type else sa.true()
         error = sa.func.abs(jobs.c.processing_seconds - jobs.c.predicted_seconds)
         query = (sa.select(sa.func.count().label("jobs"),
                            sa.func.sum(sa.case((error <= 0.2 * jobs.c.processing_seconds, 1),
                                                else_=0)).label("within"),
                            sa.func.avg(error / jobs.c.processing_seconds).label("mape"))
                  .where(jobs.c.status == "success", jobs.c.predicted_seconds > 0,
-                        jobs.c.processing_seconds > 0, in_window(self.store, start, stop)))
+                        jobs.c.processing_seconds > 0, pipeline,
+                        in_window(self.store, start, stop)))
         with self.store.engine.connect() as conn:
             row = conn.execute(query).one()
         if not row.jobs:
@@ -188,19 +194,27 @@ class PerformanceAnalyzer(UsesStore):
             return data_origin(self.store)
         return data_origin(self.store, *self.window(days_back, end))
 
-    def generate_performance_report(self, days_back: float = 7, end=None) -> dict:
-        """Everything the weekly report shows, as JSON-ready values. It only reads: its alerts
-        are those the window calls for, with their stored state (see ``as_reported``)."""
+    def generate_performance_report(self, days_back: float = 7, end=None,
+                                    pipeline_type: str | None = None) -> dict:
+        """Everything the weekly report shows, as JSON-ready values, with the previous period's
+        statistics and estimate accuracy for comparison; `pipeline_type` narrows it to one
+        pipeline (opportunities stay fleet-wide). It only reads: its alerts are those the
+        window calls for, with their stored state (see ``as_reported``)."""
         start, stop = self.window(days_back, end)
-        bottlenecks = self.analyze_bottlenecks(days_back, end=stop)
-        trends = self.analyze_trends(max(days_back, TREND_DAYS), end=stop)
+        bottlenecks = self.analyze_bottlenecks(days_back, pipeline_type, stop)
+        trends = self.analyze_trends(max(days_back, TREND_DAYS), pipeline_type, stop)
         alerts = alert_store.alert_candidates(self.store, start, stop, bottlenecks, trends,
                                               self.thresholds.failure_rate)
+        if pipeline_type:
+            alerts = [a for a in alerts if a["pipeline_type"] == pipeline_type]
         origin = data_origin(self.store, start, stop)
-        statistics = self.overall_statistics(days_back, stop)
+        statistics = self.overall_statistics(days_back, stop, pipeline_type)
         per_pipeline = statistics.pop("per_pipeline")
+        previous = self.overall_statistics(days_back, start, pipeline_type)
+        previous.pop("per_pipeline")
         return {
             "period_days": days_back, "start": start.isoformat(), "end": stop.isoformat(),
+            "pipeline_type": pipeline_type,
             "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "simulated": origin.simulated,
             "data_origin": {**dataclasses.asdict(origin), "notice": origin.notice()},
@@ -210,8 +224,20 @@ class PerformanceAnalyzer(UsesStore):
             "trends": {p: t.as_dict() for p, t in trends.items()},
             "alerts": alert_store.as_reported(self.store, alerts, stop),
             "opportunities": self.find_optimization_opportunities(days_back, stop),
-            "prediction_accuracy": self.prediction_accuracy(days_back, stop),
+            "prediction_accuracy": self.prediction_accuracy(days_back, stop, pipeline_type),
+            "previous_period": {
+                "start": (start - timedelta(days=days_back)).isoformat(),
+                "overall_statistics": previous,
+                "prediction_accuracy": self.prediction_accuracy(days_back, start, pipeline_type),
+            },
         }
+
+    def gpu_usage(self, days_back: float = 7, end=None, pipeline_type: str | None = None
+                  ) -> pd.DataFrame:
+        """Per GPU: jobs, busy time, utilisation, time for the same work (see
+        :func:`~perflib.analysis.gpus.gpu_usage`)."""
+        start, stop = self.window(days_back, end)
+        return gpu_usage(self.store, start, stop, pipeline_type)
 
     def dashboard(self, now: datetime | None = None) -> dict:
         """The live view: the last 24 hours' headline numbers, jobs per hour, what to fix."""

@@ -51,7 +51,7 @@ def daily_stats(store: Store, start: datetime, end: datetime,
         columns.append(sa.func.row_number().over(partition_by=group,
                                                  order_by=jobs.c.total_seconds).label("rank"))
     if speed:
-        expected = _expected_seconds(store, start, end, pipeline_type)
+        expected = expected_seconds(store, start, end, pipeline_type)
         ratio = compute_seconds() / expected
         columns += [compute_seconds().label("compute"), expected.label("expected"),
                     ratio.label("speed"),
@@ -108,7 +108,7 @@ def aggregate_daily(store: Store, start: datetime, end: datetime) -> int:
     return len(rows)
 
 
-def _expected_seconds(store: Store, start: datetime, end: datetime, pipeline_type: str | None):
+def expected_seconds(store: Store, start: datetime, end: datetime, pipeline_type: str | None):
     """An SQL expression for a job's expected compute seconds: ``a + b·work + c·attention`` per
     pipeline, fitted by non-negative least squares on relative error over an even sample of the
     window's successful jobs."""

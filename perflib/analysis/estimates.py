@@ -1,0 +1,94 @@
+"""How good the estimates were over a window: the estimates given before jobs ran (stored
+``predicted_seconds``) against their processing time, and the model that answers now replayed on
+the window's jobs, for the coverage of its 80% interval (stored estimates carry no interval).
+
+A replayed model trained on jobs of the window has seen them: its coverage is then marked
+in-sample, and reads optimistic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from perflib.predictor import PerformancePredictor
+from perflib.store import Store, parse_timestamp
+
+WITHIN = 0.2  # "within 20%": the accuracy the team tracks
+REPLAY_ROWS = 5_000  # per pipeline: plenty for a coverage figure
+
+
+@dataclass
+class EstimateCheck:
+    """Per successful job: ``day``, ``pipeline_type``, ``actual_seconds``, the stored
+    ``estimate_seconds`` (NaN where none was given) and the replayed model's ``replay_seconds``,
+    ``replay_low``, ``replay_high``; and per pipeline, which model was replayed and whether it
+    was trained on jobs of the window."""
+
+    jobs: pd.DataFrame
+    models: dict[str, str] = field(default_factory=dict)
+    in_sample: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def error(self) -> pd.Series:
+        """Stored estimates' relative error, actual ÷ estimate − 1 (only jobs with one)."""
+        given = self.jobs.dropna(subset=["estimate_seconds"])
+        return given.actual_seconds / given.estimate_seconds - 1
+
+    def daily(self) -> pd.DataFrame:
+        """Per day: jobs with a stored estimate, the share of them within 20%, and the share of
+        all jobs inside the replayed model's interval."""
+        frame = self.jobs.assign(
+            within=(self.jobs.actual_seconds - self.jobs.estimate_seconds).abs()
+            <= WITHIN * self.jobs.actual_seconds,
+            inside=self.jobs.actual_seconds.between(self.jobs.replay_low, self.jobs.replay_high),
+            estimated=self.jobs.estimate_seconds.notna())
+        days = frame.groupby("day")
+        return pd.DataFrame({
+            "estimated_jobs": days.estimated.sum(),
+            "within_20_percent": days.apply(lambda d: d.within[d.estimated].mean()
+                                            if d.estimated.any() else np.nan,
+                                            include_groups=False),
+            "interval_coverage": days.apply(lambda d: d.inside[d.replay_low.notna()].mean()
+                                            if d.replay_low.notna().any() else np.nan,
+                                            include_groups=False),
+        }).reset_index()
+
+    def coverage(self) -> float | None:
+        """Share of the jobs inside the replayed model's 80% interval; None without any."""
+        replayed = self.jobs.dropna(subset=["replay_low", "replay_high"])
+        if replayed.empty:
+            return None
+        return float(replayed.actual_seconds.between(replayed.replay_low,
+                                                     replayed.replay_high).mean())
+
+
+def estimate_check(store: Store, jobs: pd.DataFrame, start: datetime) -> EstimateCheck:
+    """Check the estimates of `jobs` (finished job rows of a window starting at `start`)."""
+    done = jobs[(jobs.status == "success") & (jobs.processing_seconds > 0)]
+    frame = pd.DataFrame({
+        "day": pd.to_datetime(done.started_at, utc=True).dt.date,
+        "pipeline_type": done.pipeline_type,
+        "actual_seconds": done.processing_seconds,
+        "estimate_seconds": done.predicted_seconds.where(done.predicted_seconds > 0),
+        "replay_seconds": np.nan, "replay_low": np.nan, "replay_high": np.nan},
+        index=done.index)
+    check = EstimateCheck(frame)
+    predictor = PerformancePredictor(store)
+    for pipeline, group in done.groupby("pipeline_type"):
+        group = group.head(REPLAY_ROWS)
+        priced = predictor.estimate_batch(group, pipeline)
+        frame.loc[group.index, ["replay_seconds", "replay_low", "replay_high"]] = (
+            priced[["predicted_time_seconds", "low", "high"]].to_numpy())
+        model = predictor.active_model(pipeline)
+        if model is None:
+            check.models[pipeline] = "the heuristic (no trained model)"
+            check.in_sample[pipeline] = False
+        else:
+            check.models[pipeline] = (f"{model.family.replace('_', ' ')} v{model.version}, "
+                                      f"trained on jobs up to "
+                                      f"{parse_timestamp(model.train_end):%d %b %Y}")
+            check.in_sample[pipeline] = parse_timestamp(model.train_end) >= start
+    return check

@@ -1,0 +1,53 @@
+"""Per-GPU view of a window: how busy each card was, how well it was used, and how long it took
+for the same work as the rest of the fleet — so one slow or idle card stands out (SQL)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pandas as pd
+import sqlalchemy as sa
+
+from perflib.analysis.daily import expected_seconds
+from perflib.analysis.sql import FINISHED, compute_seconds, in_window
+from perflib.store import Store
+from perflib.store.schema import generation_performance as jobs
+
+GPU_COLUMNS = ["hostname", "gpu_index", "gpu_name", "jobs", "failed", "busy_seconds",
+               "busy_share", "gpu_util_pct", "relative_time"]
+
+
+def gpu_usage(store: Store, start: datetime, end: datetime, pipeline_type: str | None = None
+              ) -> pd.DataFrame:
+    """Per host, GPU index and GPU model, over the finished jobs started in [start, end):
+
+    - ``jobs``, ``failed``;
+    - ``busy_seconds``: processing time (failed jobs held the card too), and ``busy_share`` of
+      the window;
+    - ``gpu_util_pct``: utilisation weighted by each job's processing time;
+    - ``relative_time``: compute seconds of its successful jobs ÷ what the window's cost model
+      expects for them (per pipeline) — 1.0 runs like the fleet, 1.3 takes 30% longer for the
+      same work.
+    """
+    ok = jobs.c.status == "success"
+    expected = expected_seconds(store, start, end, pipeline_type)
+    timed = sa.and_(ok, expected.isnot(None))
+    with_util = jobs.c.gpu_util_avg_pct.isnot(None)
+    keys = [jobs.c.hostname, jobs.c.gpu_index, jobs.c.gpu_name]
+    query = (sa.select(
+        *keys, sa.func.count().label("jobs"),
+        sa.func.sum(sa.case((jobs.c.status == "failed", 1), else_=0)).label("failed"),
+        sa.func.sum(jobs.c.processing_seconds).label("busy_seconds"),
+        (sa.func.sum(sa.case((with_util, jobs.c.gpu_util_avg_pct * jobs.c.processing_seconds)))
+         / sa.func.nullif(sa.func.sum(sa.case((with_util, jobs.c.processing_seconds))), 0)
+         ).label("gpu_util_pct"),
+        (sa.func.sum(sa.case((timed, compute_seconds())))
+         / sa.func.nullif(sa.func.sum(sa.case((timed, expected))), 0)).label("relative_time"))
+        .where(FINISHED, in_window(store, start, end)).group_by(*keys)
+        .order_by(jobs.c.hostname, jobs.c.gpu_index, jobs.c.gpu_name))
+    if pipeline_type:
+        query = query.where(jobs.c.pipeline_type == pipeline_type)
+    frame = store.frame(query)
+    if frame.empty:
+        return pd.DataFrame(columns=GPU_COLUMNS)
+    frame["busy_share"] = frame.busy_seconds / (end - start).total_seconds()
+    return frame[GPU_COLUMNS]

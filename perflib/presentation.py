@@ -1,0 +1,223 @@
+"""Numbers and tables for people: durations in the unit that shows them, percentages, thousands
+separators, dates as "20 Nov", change-points and evidence in words, and pandas Styler tables
+that wrap their text instead of cutting it.
+
+The report, the notebooks and the summary sentences format through these functions, so a value
+reads the same everywhere.
+"""
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+MISSING = "–"
+UP, DOWN = "▲", "▼"
+
+TABLE_STYLES = [
+    {"selector": "th", "props": "text-align: left; vertical-align: bottom; padding: 4px 10px;"},
+    {"selector": "td", "props": "text-align: left; vertical-align: top; padding: 4px 10px; "
+                                "white-space: normal; overflow-wrap: anywhere; max-width: 42em;"},
+    {"selector": "", "props": "border-collapse: collapse; margin-bottom: 1em;"},
+    {"selector": "tbody tr:nth-child(odd)", "props": "background: #f5f5f5;"},
+]
+
+
+def missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: nothing to show."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration in the unit that shows it; the dashboard's JavaScript follows the same rule.
+
+    The rule, on the magnitude (a negative value gets a leading "-"; missing is "–"):
+
+    ===============  ==========================  =============
+    below            shown as                    examples
+    ===============  ==========================  =============
+    exactly 0        ``0 s``
+    1 s              two significant digits, s   ``0.93 s``, ``0.004 s``
+    10 s             one decimal, s              ``3.2 s``
+    3 min            whole seconds               ``45 s``, ``132 s``
+    10 min           one decimal, min            ``3.5 min``, ``9.8 min``
+    90 min           whole minutes               ``14 min``
+    10 h             one decimal, h              ``1.5 h``
+    (above)          whole hours, thousands sep  ``36 h``, ``1,234 h``
+    ===============  ==========================  =============
+
+    So a value is never shown as "0 min" or "0.0 h": minutes start at 3 min, hours at 90 min.
+    """
+    if missing(seconds):
+        return MISSING
+    sign, value = ("-" if seconds < 0 else ""), abs(float(seconds))
+    if value == 0:
+        text = "0 s"
+    elif value < 1:
+        text = f"{value:.2g} s"
+    elif value < 10:
+        text = f"{value:.1f} s"
+    elif value < 180:
+        text = f"{value:.0f} s"
+    elif value < 600:
+        text = f"{value / 60:.1f} min"
+    elif value < 5400:
+        text = f"{value / 60:.0f} min"
+    elif value < 36000:
+        text = f"{value / 3600:.1f} h"
+    else:
+        text = f"{value / 3600:,.0f} h"
+    return sign + text
+
+
+def format_hours(hours: float | None) -> str:
+    """Hours (as the analyses store savings) by :func:`format_duration`'s rule."""
+    return MISSING if missing(hours) else format_duration(float(hours) * 3600)
+
+
+def format_percent(fraction: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage: 0.9988 → ``99.9%``."""
+    return MISSING if missing(fraction) else f"{float(fraction) * 100:,.{digits}f}%"
+
+
+def format_count(number: float | None) -> str:
+    """A count with thousands separators: 12849.0 → ``12,849``."""
+    return MISSING if missing(number) else f"{round(float(number)):,}"
+
+
+def format_day(day: date | datetime | str | None) -> str:
+    """A calendar day as ``20 Nov`` (ISO text is accepted)."""
+    if missing(day):
+        return MISSING
+    value = pd.Timestamp(day)
+    return f"{value.day} {value:%b}"
+
+
+def format_change(now: float | None, before: float | None) -> str | None:
+    """Relative change with an arrow: ``▲ 5%``, ``▼ 12%``, ``no change``; None when there is
+    nothing to compare with (either value missing, or before is zero)."""
+    if missing(now) or missing(before) or not before:
+        return None
+    change = float(now) / float(before) - 1
+    if round(change * 100) == 0:
+        return "no change"
+    return f"{UP if change > 0 else DOWN} {abs(change):.0%}"
+
+
+def format_points(now: float | None, before: float | None) -> str | None:
+    """Change between two rates in percentage points: ``▼ 0.4 points``; None without both."""
+    if missing(now) or missing(before):
+        return None
+    points = (float(now) - float(before)) * 100
+    if round(points, 1) == 0:
+        return "no change"
+    return f"{UP if points > 0 else DOWN} {abs(points):.1f} points"
+
+
+def format_change_point(point: Mapping[str, Any]) -> str:
+    """A change-point as ``20 Nov: +29% (104 s → 134 s)``."""
+    return (f"{format_day(point['day'])}: {point['change_pct']:+.0f}% "
+            f"({format_duration(point['before_seconds'])} → "
+            f"{format_duration(point['after_seconds'])})")
+
+
+def format_p_value(p_value: float | None) -> str:
+    """``p < 0.001`` or ``p = 0.03``."""
+    if missing(p_value):
+        return MISSING
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.2g}"
+
+
+# Code names that read better as other words than as themselves.
+WORDS = {"initialization_overhead": "model loading overhead",
+         "trend_change_point": "change in generation time",
+         "gpu_underuse": "GPU underused", "group_by_model": "group jobs by model",
+         "cap_steps": "cap sampling steps", "shift_peak_load": "move jobs off-peak"}
+
+
+def in_words(name: str, capital: bool = True) -> str:
+    """``low_gpu_utilization`` → ``Low GPU utilisation`` (``low GPU utilisation`` without
+    `capital`): a code name in words."""
+    words = WORDS.get(name, name).replace("_", " ").strip()
+    for code, word in (("gpu", "GPU"), ("cpu", "CPU"), ("vram", "VRAM"), ("oom", "OOM"),
+                       ("utilization", "utilisation")):
+        words = " ".join(word if w == code else w for w in words.split(" "))
+    return words[:1].upper() + words[1:] if capital else words
+
+
+# How each evidence or scope key reads; anything else is named by in_words().
+LABELS = {
+    "gpu_util_avg_pct": "GPU utilisation", "cpu_avg_pct": "CPU", "threshold_pct": "threshold",
+    "mean_queue_seconds": "mean wait", "max_queue_seconds": "longest wait",
+    "threshold_seconds": "threshold", "queue_share_of_total": "share of total time",
+    "oom_failures": "out-of-memory failures", "jobs_near_full_vram": "jobs near full VRAM",
+    "mean_vram_use": "mean VRAM use", "failure_rate": "failure rate",
+    "baseline_rate": "previous weeks", "threshold": "threshold",
+    "mean_processing_seconds": "mean processing time", "limit_seconds": "limit",
+    "seconds_per_work_ratio_vs_previous": "time for the same work vs the previous weeks",
+    "init_share_of_processing": "model loading share", "init_hours": "model loading",
+    "share_of_phase_time": "share of phase time", "phase_hours": "phase time",
+    "affected_jobs": "jobs affected", "slow_jobs": "jobs over 2× their estimate",
+    "estimated_jobs": "jobs with an estimate", "share": "share",
+    "job_type": "job type", "model_name": "model", "gpu_name": "GPU", "phase": "phase",
+}
+FRACTION_KEYS = ("rate", "share", "mean_vram_use", "threshold")
+SKIPPED_KEYS = {"previous_days", "p_value"}
+
+
+def format_evidence_value(key: str, value: Any) -> str:
+    """One evidence value in its unit, read from its key (``_pct``, ``_seconds``, ``_hours``,
+    rates and shares as fractions, ratios as a % change)."""
+    if missing(value):
+        return MISSING
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_evidence_value(key, v) for v in value)
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if key.endswith("_pct"):
+        return f"{float(value):.0f}%"
+    if key.endswith("_seconds"):
+        return format_duration(value)
+    if key.endswith("_hours"):
+        return format_hours(value)
+    if "ratio" in key:
+        return f"{(float(value) - 1) * 100:+.0f}%"
+    if any(word in key for word in FRACTION_KEYS) and abs(float(value)) <= 1:
+        return format_percent(value, 0 if abs(float(value)) >= 0.1 else 1)
+    if isinstance(value, int) or float(value).is_integer():
+        return format_count(value)
+    return f"{float(value):,.3g}"
+
+
+def describe(values: Mapping[str, Any] | None, empty: str = MISSING) -> str:
+    """Evidence or a scope dict in words: ``GPU utilisation 45%, threshold 60%, CPU 91%``; a
+    change-point's evidence as :func:`format_change_point`; `empty` for nothing."""
+    if not values:
+        return empty
+    if {"day", "before_seconds", "after_seconds", "change_pct"} <= set(values):
+        return format_change_point(values)
+    parts = [f"{LABELS.get(key, in_words(key, capital=False))} "
+             f"{format_evidence_value(key, value)}"
+             for key, value in values.items() if key not in SKIPPED_KEYS and not missing(value)]
+    return ", ".join(parts) or empty
+
+
+def people_table(frame: pd.DataFrame, formats: Mapping[str, Callable[[Any], str]] | None = None,
+                 labels: Mapping[str, str] | None = None, caption: str | None = None) -> Styler:
+    """A DataFrame as a table for people: columns renamed to words (`labels`), each column
+    formatted by its function in `formats` (missing values as "–"), no index, text wrapped
+    rather than cut."""
+    labels = dict(labels or {})
+    shown = frame.rename(columns=labels)
+    formatters = {labels.get(column, column): _tolerant(function)
+                  for column, function in (formats or {}).items()}
+    styler = (shown.style.format(formatters, na_rep=MISSING).hide(axis="index")
+              .set_table_styles(TABLE_STYLES))
+    return styler.set_caption(caption) if caption else styler
+
+
+def _tolerant(function: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda value: MISSING if missing(value) else function(value)

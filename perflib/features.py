@@ -58,6 +58,11 @@ COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work",
               "decode_work_per_sample"]
 HISTORY_WINDOW = 50
 IQR_TO_SIGMA = 1.349
+# A job far slower than expected (a neighbour's load, a throttled GPU): log(actual / expected)
+# above its group's recent level by at least log(3) and beyond the level's one-sided 99% bound.
+FAR_SLOWER_FACTOR = 3.0
+FAR_SLOWER_Z = 2.326
+MIN_LEVEL_JOBS = 5  # a group's recent level needs this many earlier jobs
 
 # Features: build_features' DataFrame, or feature_columns' dict of arrays.
 Features = Union[pd.DataFrame, Mapping[str, np.ndarray]]
@@ -175,14 +180,16 @@ def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
 
 def latest_median(jobs: pd.DataFrame, keys: np.ndarray, values,
                   window: int = HISTORY_WINDOW, min_periods: int = 1,
-                  statistic: str = "median") -> dict[str, float]:
+                  statistic: str = "median", known: np.ndarray | None = None
+                  ) -> dict[str, float]:
     """The history a trained model keeps: per "gpu|model", the median (or ``"spread"``) of
     `values` over its last `window` successful jobs, plus "*" over the last jobs of all
-    groups."""
+    groups. `known` (a boolean mask) limits which jobs count."""
     frame = pd.DataFrame({"key": keys,
                           "value": np.asarray(values, dtype=float),
                           "when": _instants(jobs["finished_at"])})
-    frame = frame[succeeded(jobs) & frame.value.notna().to_numpy()]
+    usable = succeeded(jobs) & frame.value.notna().to_numpy()
+    frame = frame[usable if known is None else usable & known]
     frame = frame.sort_values("when", kind="stable")
     summary = spread if statistic == "spread" else np.median
     snapshot = {str(k): float(summary(g.value.tail(window))) for k, g in frame.groupby("key")
@@ -190,6 +197,28 @@ def latest_median(jobs: pd.DataFrame, keys: np.ndarray, values,
     if len(frame) >= min_periods:
         snapshot["*"] = float(summary(frame.value.tail(window)))
     return snapshot
+
+
+def far_slower(log_ratio, level, level_spread) -> np.ndarray:
+    """Which jobs ran far slower than expected: `log_ratio` (log actual ÷ cost model) above
+    their group's recent `level` by at least log(FAR_SLOWER_FACTOR) and beyond the level's 99%
+    bound (FAR_SLOWER_Z × its robust spread; no bound where the spread is unknown). Never
+    flagged where the level is unknown."""
+    excess = np.asarray(log_ratio, dtype=float) - np.asarray(level, dtype=float)
+    bound = np.maximum(np.log(FAR_SLOWER_FACTOR),
+                       FAR_SLOWER_Z * np.nan_to_num(np.asarray(level_spread, dtype=float)))
+    return np.isfinite(excess) & (excess >= bound)
+
+
+def far_slower_jobs(jobs: pd.DataFrame, keys: np.ndarray, log_ratio
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """For job rows: which ran far slower than expected (see :func:`far_slower`), the level
+    being the median log ratio of the group's last HISTORY_WINDOW jobs that finished before
+    each was submitted; and that level (NaN where fewer than MIN_LEVEL_JOBS)."""
+    level = past_median(jobs, keys, log_ratio, min_periods=MIN_LEVEL_JOBS)
+    level_spread = past_median(jobs, keys, log_ratio, min_periods=2 * MIN_LEVEL_JOBS,
+                               statistic="spread")
+    return far_slower(log_ratio, level, level_spread), level
 
 
 def spread(values) -> float:

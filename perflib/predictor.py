@@ -22,9 +22,10 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from perflib.config import ModelProfile, Settings
-from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, feature_columns,
-                              history_keys, latest_median, outcome_seconds, past_median,
-                              row_count, spread)
+from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE
+from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, far_slower,
+                              far_slower_jobs, feature_columns, history_keys, latest_median,
+                              outcome_seconds, past_median, row_count, spread)
 from perflib.geometry import infer_profiles
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             check_mapping, check_number, make_family, score)
@@ -125,13 +126,17 @@ class TrainedModel:
 
     def recent_behaviour(self, jobs: pd.DataFrame) -> tuple[float, float]:
         """(drift, spread) of finished job rows: the median log(actual / cost model) over the
-        latest DRIFT_JOBS of them, and its robust spread over all (each NaN if too few jobs)."""
+        latest DRIFT_JOBS of them, and its robust spread over all (each NaN if too few jobs).
+        Jobs far slower than the rows' level (a burst of contention) are left out, so one
+        burst does not drag every estimate."""
         jobs = jobs[(outcome_seconds(jobs) > 0) & jobs.width.notna() & jobs.height.notna()
                     & jobs.steps.notna()].sort_values("finished_at", kind="stable")
         if len(jobs) < MIN_DRIFT_JOBS:
             return float("nan"), float("nan")
         features = build_features(jobs, self.profiles, history=self.history)
         ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
+        ratio = ratio[~far_slower(ratio, np.median(ratio), spread(ratio)
+                                  if len(ratio) >= MIN_SPREAD_JOBS else np.nan)]
         return (float(np.median(ratio[-DRIFT_JOBS:])),
                 spread(ratio) if len(ratio) >= MIN_SPREAD_JOBS else float("nan"))
 
@@ -261,7 +266,7 @@ class PerformancePredictor(UsesStore):
             calibration=Calibration(coverage).fit(*residuals),
             history=latest_median(jobs, keys, per_work),
             drift=latest_median(jobs, keys, on_all.ratio, window=DRIFT_JOBS,
-                                min_periods=MIN_DRIFT_JOBS),
+                                min_periods=MIN_DRIFT_JOBS, known=on_all.usual),
             spread=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_SPREAD_JOBS,
                                  statistic="spread"),
             profiles=profiles,
@@ -276,9 +281,12 @@ class PerformancePredictor(UsesStore):
                 "comparison": comparison, "inferred_profiles": shown_profiles}
 
     # -- model store ----------------------------------------------------------------------------
-    def save_model_to_db(self, pipeline_type: str | None, model_type: str) -> int:
-        """Store the model trained last for (pipeline_type, model_type) as a new active version;
-        keep the newest three versions per pipeline and family."""
+    def save_model_to_db(self, pipeline_type: str | None, model_type: str,
+                         activate: bool = True, notes: Mapping[str, Any] | None = None) -> int:
+        """Store the model trained last for (pipeline_type, model_type) as a new version, the
+        active one unless `activate` is false (a retrained candidate that did not beat the
+        active one, kept for the record), with `notes` added to its stored metrics; keep the
+        newest three versions per pipeline and family, and the active one."""
         key = (pipeline_type or "all", model_type)
         bundle = self._trained.get(key)
         if bundle is None:
@@ -289,16 +297,19 @@ class PerformancePredictor(UsesStore):
         with self.store.engine.begin() as conn:
             latest = conn.execute(sa.select(sa.func.max(t.c.version)).where(
                 t.c.pipeline_type == key[0], t.c.family == model_type)).scalar() or 0
-            conn.execute(sa.update(t).where(t.c.pipeline_type == key[0]).values(is_active=False))
+            if activate:
+                conn.execute(sa.update(t).where(t.c.pipeline_type == key[0])
+                             .values(is_active=False))
             conn.execute(sa.insert(t).values(
-                pipeline_type=key[0], family=model_type, version=latest + 1, is_active=True,
-                metrics=bundle.metrics, features=bundle.features,
+                pipeline_type=key[0], family=model_type, version=latest + 1,
+                is_active=activate, metrics={**bundle.metrics, **(notes or {})},
+                features=bundle.features,
                 train_start=datetime.fromisoformat(bundle.train_start),
                 train_end=datetime.fromisoformat(bundle.train_end), n_rows=bundle.n_rows,
                 blob=blob, created_at=datetime.now(timezone.utc)))
             stale = conn.execute(sa.select(t.c.id).where(
-                t.c.pipeline_type == key[0], t.c.family == model_type)
-                .order_by(t.c.version.desc()).offset(KEEP_VERSIONS)).scalars().all()
+                t.c.pipeline_type == key[0], t.c.family == model_type, t.c.is_active.is_(False),
+                t.c.version <= latest + 1 - KEEP_VERSIONS)).scalars().all()
             if stale:
                 conn.execute(sa.delete(t).where(t.c.id.in_(stale)))
         bundle.version = latest + 1
@@ -585,12 +596,14 @@ def load_model_blob(blob: bytes) -> TrainedModel:
 @dataclass
 class _Anchoring:
     """Every job anchored to a cost model fitted on some of them: the features with the anchor
-    columns, log(actual / cost model), and each job's leak-free recent spread of that ratio."""
+    columns, log(actual / cost model), each job's leak-free recent spread of that ratio, and
+    which jobs count towards drift (not far slower than their group's level)."""
 
     cost_model: CostModel
     features: pd.DataFrame
     ratio: np.ndarray
     spread: np.ndarray
+    usual: np.ndarray
 
 
 def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
@@ -608,11 +621,13 @@ def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
         per_work = seconds / features.work_units.to_numpy()
         features = features.assign(
             recent_seconds_per_work=past_median(jobs, keys, per_work, known=known))
+    usual = ~far_slower_jobs(jobs, keys, ratio)[0]  # a burst of stragglers is not drift
     recent = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
-                         known=known)
+                         known=usual if known is None else usual & known)
     recent_spread = past_median(jobs, keys, ratio, min_periods=MIN_SPREAD_JOBS, known=known,
                                 statistic="spread")
-    return _Anchoring(cost_model, anchor(features, cost_model, recent), ratio, recent_spread)
+    return _Anchoring(cost_model, anchor(features, cost_model, recent), ratio, recent_spread,
+                      usual)
 
 
 def _evaluate(family: str, on_proper: _Anchoring, on_train: _Anchoring, seconds: np.ndarray,

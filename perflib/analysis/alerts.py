@@ -1,8 +1,9 @@
 """Alerts: findings an operator should act on, kept in ``performance_alerts``.
 
 Sources: bottlenecks (queue backlog, GPU underuse, VRAM pressure, failures, ...), trend
-change-points, failure-rate spikes against the previous weeks, and jobs far slower than the
-estimate given before they ran. Each alert has a fingerprint; re-running updates the open alert
+change-points, failure-rate spikes against the previous weeks, jobs far slower than the
+estimate given before they ran, and bursts of jobs far slower than expected on one host or GPU
+(contention, :mod:`perflib.analysis.anomalies`). Each alert has a fingerprint; re-running updates the open alert
 with the same fingerprint (last_seen, evidence, severity) instead of adding a duplicate.
 
 Only :func:`save_alerts` writes (run by ``perflib maintain`` and ``detect_alerts``); a report
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from perflib.analysis.anomalies import contention_alerts
 from perflib.analysis.bottlenecks import Bottleneck
 from perflib.analysis.sql import FINISHED, in_window
 from perflib.analysis.trends import TrendResult
@@ -54,6 +56,7 @@ def alert_candidates(store: Store, start: datetime, end: datetime,
                 "fingerprint": f"trend_change_point|{pipeline}|{point.day.isoformat()}"})
     found += _failure_spikes(store, start, end, failure_threshold)
     found += _slower_than_estimated(store, start, end)
+    found += contention_alerts(store, start, end)
     return found
 
 

@@ -96,7 +96,7 @@ def _old_jobs(store: Store, cutoff: datetime):
 def _stale_model_ids(store: Store) -> list[int]:
     rank = sa.func.row_number().over(partition_by=[models.c.pipeline_type, models.c.family],
                                      order_by=models.c.version.desc()).label("rank")
-    ranked = sa.select(models.c.id, rank).subquery()
+    ranked = sa.select(models.c.id, models.c.is_active, rank).subquery()
     with store.engine.connect() as conn:
         return list(conn.execute(sa.select(ranked.c.id).where(
-            ranked.c.rank > KEEP_VERSIONS)).scalars())
+            ranked.c.rank > KEEP_VERSIONS, ranked.c.is_active.is_(False))).scalars())

@@ -224,6 +224,24 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from perflib.analysis.arms import SelectionError
+    from perflib.analysis.compare import compare_settings
+
+    try:
+        comparison = compare_settings(_store(args), args.a, args.b, days=args.days,
+                                      pipeline_type=args.pipeline_type, before=args.before,
+                                      after=args.after, end=args.end_date)
+    except SelectionError as exc:
+        print(f"perflib compare: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(comparison.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(comparison.to_markdown())
+    return 0
+
+
 def cmd_maintain(args) -> int:
     from perflib.analysis import PerformanceAnalyzer
 
@@ -390,6 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--end-date")
     analyze.add_argument("--json", action="store_true", help="the whole report dict as JSON")
     analyze.set_defaults(handler=cmd_analyze)
+
+    compare = commands.add_parser(
+        "compare", help="A/B: is one group of jobs faster than another for the same work")
+    compare.add_argument("--a", metavar="SELECTOR",
+                         help="arm A: FIELD=VALUE or tag:KEY=VALUE, several joined by commas "
+                              "(e.g. sampler=euler)")
+    compare.add_argument("--b", metavar="SELECTOR", help="arm B, the same way "
+                         "(e.g. sampler=dpmpp_2m)")
+    compare.add_argument("--before", metavar="DATE",
+                         help="arm A holds only jobs started before this ISO date or time")
+    compare.add_argument("--after", metavar="DATE",
+                         help="arm B holds only jobs started from this ISO date or time on "
+                              "(default: --before)")
+    compare.add_argument("--pipeline-type", choices=["image", "video"])
+    compare.add_argument("--days", type=float, default=30,
+                         help="days of history to compare (default 30)")
+    compare.add_argument("--end-date", help="ISO date the period ends (default: newest job)")
+    compare.add_argument("--json", action="store_true", help="the comparison as JSON")
+    compare.set_defaults(handler=cmd_compare)
 
     maintain = commands.add_parser("maintain", help="apply retention, prune model versions, "
                                    "refresh daily aggregates")

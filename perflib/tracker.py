@@ -122,11 +122,13 @@ class JobTracker:
 
     def __init__(self, job_id: str | None, pipeline_type: str,
                  params: Mapping[str, Any] | None = None, db: Any = None,
-                 predicted_seconds: float | None = None, queue_depth: int | None = None):
+                 predicted_seconds: float | None = None, queue_depth: int | None = None,
+                 tags: Mapping[str, str] | None = None):
         self.job_id = job_id
         self.pipeline_type = pipeline_type
         self.params = params
         self.db = db
+        self.tags = tags
         self.predicted_seconds = predicted_seconds
         self.queue_depth = queue_depth
         self.status: str | None = None
@@ -232,6 +234,7 @@ class JobTracker:
             "total_seconds": max(0.0, finished - self._t0),
             "predicted_seconds": self.predicted_seconds,
             "queue_depth": self.queue_depth,
+            "tags": self.tags,  # checked by the record: bad tags move to invalid_fields
         }
         columns, extra = _split_params(params)
         record.update({k: v for k, v in columns.items() if v is not None})
@@ -296,19 +299,21 @@ def _split_params(params: Mapping[str, Any]) -> tuple[dict, dict]:
 def track_generation_job(job_id: str | None, pipeline_type: str,
                          params: Mapping[str, Any] | None = None, *, db: Any = None,
                          predicted_seconds: float | None = None,
-                         queue_depth: int | None = None) -> JobTracker:
-    """Track one generation job: ``with track_generation_job(id, 'video', params) as t: ...``."""
+                         queue_depth: int | None = None,
+                         tags: Mapping[str, str] | None = None) -> JobTracker:
+    """Track one generation job: ``with track_generation_job(id, 'video', params) as t: ...``.
+    `tags` label it for comparisons, e.g. its experiment arm ``{"ab": "dpmpp"}``."""
     return JobTracker(job_id, pipeline_type, params, db=db,
-                      predicted_seconds=predicted_seconds, queue_depth=queue_depth)
+                      predicted_seconds=predicted_seconds, queue_depth=queue_depth, tags=tags)
 
 
-def track_performance(pipeline_type: str, job_type: str | None = None, *, db: Any = None
-                      ) -> Callable[[Callable], Callable]:
+def track_performance(pipeline_type: str, job_type: str | None = None, *, db: Any = None,
+                      tags: Mapping[str, str] | None = None) -> Callable[[Callable], Callable]:
     """Decorator: every call of the function is recorded as a job of `pipeline_type`.
 
     The function's arguments (``resolution``, ``steps``, ``frame_count``, ...) are captured from
     its signature. Works on plain and ``async def`` functions, across threads and reentrantly:
-    each call gets its own tracker.
+    each call gets its own tracker. `tags` label every call's job (``{"ab": "dpmpp"}``).
     """
     base_params = {"job_type": job_type} if job_type else None
 
@@ -316,7 +321,7 @@ def track_performance(pipeline_type: str, job_type: str | None = None, *, db: An
         signature = inspect.signature(function)
 
         def new_job(args, kwargs) -> JobTracker:
-            tracker = JobTracker(None, pipeline_type, base_params, db=db)
+            tracker = JobTracker(None, pipeline_type, base_params, db=db, tags=tags)
             tracker._bound_call = (signature, args, kwargs)
             return tracker
 

@@ -10,20 +10,25 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from perflib.analysis.alerts import SEVERITIES
+from perflib.analysis.arms import SelectionError
+from perflib.analysis.compare import DEFAULT_DAYS, compare_settings
 from perflib.serve.guards import require_token
 from perflib.serve.live import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
 from perflib.serve.retrain import RetrainLimited
 from perflib.serve.reports import RETRY_AFTER_S, RenderFailed, RendersBusy, unless_disconnected
 from perflib.store.heartbeats import write_heartbeats
 from perflib.serve.schemas import (Acknowledged, AlertsResponse, ComfyUIEstimateRequest,
-                                   DashboardResponse, EstimateBody, EstimateResponse,
-                                   PipelineTrend, PipelineType, RecordBody, RecordResult,
-                                   RetrainRequest, RetrainTaskView, TrendsResponse, json_ready)
+                                   ComparisonResponse, DashboardResponse, EstimateBody,
+                                   EstimateResponse, PipelineTrend, PipelineType, RecordBody,
+                                   RecordResult, RetrainRequest, RetrainTaskView, TrendsResponse,
+                                   json_ready)
 
 if TYPE_CHECKING:
     from perflib.serve.app import Services
 
 DaysBack = Annotated[int, Query(ge=1, le=365, description="days of history to analyse")]
+ArmSelector = Annotated[str | None, Query(max_length=1000, description=(
+    "FIELD=VALUE or tag:KEY=VALUE, several joined by commas (all must hold), e.g. sampler=euler"))]
 
 
 def api_router(services: Services) -> APIRouter:
@@ -63,6 +68,29 @@ def api_router(services: Services) -> APIRouter:
                 recommendations=list(dict.fromkeys(r for b in mine for r in b.recommendations)))
         return TrendsResponse(period_days=days_back, analysis_date=datetime.now(timezone.utc),
                               trends=result)
+
+    @router.get("/compare", response_model=ComparisonResponse,
+                responses={422: {"description": "a bad selector, or an arm with too few jobs"}})
+    def compare(a: ArmSelector = None, b: ArmSelector = None,
+                before: Annotated[datetime | None, Query(
+                    description="arm A holds only jobs started before this (ISO date or time)")]
+                = None,
+                after: Annotated[datetime | None, Query(
+                    description="arm B holds only jobs started from this on (default: before)")]
+                = None,
+                days_back: DaysBack = DEFAULT_DAYS, pipeline_type: PipelineType | None = None
+                ) -> ComparisonResponse:
+        """A/B: is arm B faster or slower than arm A for the same work? Normalised time
+        (actual ÷ the cost model's expected seconds) within strata of GPU, model and size, with
+        a bootstrap interval, a stratified Mann-Whitney test and what these counts can detect."""
+        try:
+            comparison = compare_settings(services.store, a, b, days=days_back,
+                                          pipeline_type=pipeline_type, before=before,
+                                          after=after)
+        except SelectionError as exc:
+            raise HTTPException(422, [{"loc": ["query", exc.field], "msg": exc.message,
+                                       "type": "value_error"}]) from None
+        return ComparisonResponse(**json_ready(comparison.as_dict()))
 
     @router.get("/alerts", response_model=AlertsResponse)
     def alerts(severity: Literal[SEVERITIES] | None = None,

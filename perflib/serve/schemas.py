@@ -209,6 +209,47 @@ class DashboardResponse(BaseModel):
     jobs_per_hour: list[HourCount] = []
 
 
+class ArmView(BaseModel):
+    """One arm of a comparison: its compared jobs."""
+
+    label: str = Field(description="the selection, e.g. sampler=euler")
+    jobs: int
+    mean_seconds: float = Field(description="mean compute seconds (processing less model load)")
+    median_seconds: float
+    median_work_units: float = Field(description="how big its jobs were")
+    normalised_time: float = Field(description="trimmed geometric mean of actual ÷ expected "
+                                               "seconds over its jobs")
+    log_spread: float = Field(description="winsorised standard deviation of log normalised time")
+
+
+class ComparisonResponse(BaseModel):
+    """Arm B against arm A for the same work: normalised time (actual ÷ the cost model's
+    expected seconds) compared within strata of GPU, model and job size."""
+
+    a: ArmView
+    b: ArmView
+    ratio: float = Field(description="normalised time B ÷ A: above 1, B is slower")
+    ratio_low: float = Field(description="bootstrap confidence interval of the ratio")
+    ratio_high: float
+    confidence_level: float
+    change: float = Field(description="ratio − 1: +0.07 is 7% slower")
+    p_value: float = Field(description="van Elteren (stratified Mann-Whitney), two-sided")
+    significant: bool = Field(description="p_value < 0.05")
+    naive_ratio: float = Field(description="mean seconds B ÷ A, ignoring the job mix")
+    detectable_change: float = Field(description="smallest change detected with 80% "
+                                                 "probability at these counts")
+    power_at_reference: float = Field(description="probability of detecting a 5% change")
+    jobs_per_arm_for_target: int = Field(description="jobs per arm that detect a 2% change")
+    strata: int
+    excluded_jobs: int = Field(description="jobs in strata only one arm ran")
+    period_start: datetime | None
+    period_end: datetime | None
+    pipeline_type: str | None
+    notes: list[str]
+    verdict: str
+    power_statement: str
+
+
 def json_ready(value: Any) -> Any:
     """Analysis output as plain JSON values: numpy scalars unwrapped, dates as ISO text,
     NaN and infinities as null."""

@@ -2,10 +2,11 @@
 
 Required columns: ``job_id, pipeline_type, job_type, status, resolution, frame_count, steps,
 batch_size, guidance_scale, sampler, model_name, gpu_name, started_at, finished_at,
-total_seconds``. Other ``generation_performance`` columns are taken as typed values; a column
-``<phase>_seconds`` that is not a table column becomes a phase of the job; anything else is kept in
-``extra_params``. Bad rows are reported by line and field and skipped; good rows land; job_id is
-unique, so importing a file twice adds nothing the second time.
+total_seconds``. Other ``generation_performance`` columns are taken as typed values
+(``extra_params``, ``passes`` and ``tags`` as JSON text); a column ``<phase>_seconds`` that is
+not a table column becomes a phase of the job; anything else is kept in ``extra_params``. Bad
+rows are reported by line and field and skipped; good rows land; job_id is unique, so importing
+a file twice adds nothing the second time.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def job_record_from_row(raw: Mapping[str, Any]) -> dict:
                                           and n not in JobRecord.model_fields])]
     if phases:
         row["phases"] = phases
-    for name in ("extra_params", "passes"):
+    for name in ("extra_params", "passes", "tags"):
         if isinstance(row.get(name), str):
             row[name] = _json_cell(name, row[name])
     for name in ("started_at", "total_seconds"):

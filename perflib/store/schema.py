@@ -65,6 +65,7 @@ generation_performance = sa.Table(
     sa.Column("predicted_seconds", sa.Float),
     sa.Column("user_rating", sa.Float),
     sa.Column("extra_params", Json),
+    sa.Column("tags", Json),  # experiment tags {key: value} (perflib.ab, perflib compare)
     # sampling passes of a multi-pass job (hires fix, refiner): a list of pass parameters
     sa.Column("passes", Json),
     # derived cost terms, computed once at write time from the job record (perflib.record)

@@ -308,6 +308,75 @@ def bench_service() -> dict:
             **{f"all_distinct_{k}": v for k, v in distinct.items()}}
 
 
+def _busy_farm(store: Store, gpus: int, queued: int, now: datetime) -> None:
+    """Two simulated weeks on `gpus` GPUs (4 per host) with their daily aggregates, a job
+    running on four GPUs in five, `queued` jobs waiting (half without an estimate, priced by
+    the service), a heartbeat from every GPU and a dozen alerts."""
+    from perflib.analysis import PerformanceAnalyzer
+    from perflib.analysis.alerts import SEVERITIES, save_alerts
+    from perflib.record import job_record
+    from perflib.simulate import GPU_KINDS, generate_jobs
+    from perflib.store.heartbeats import write_heartbeats
+
+    store.write_jobs(list(generate_jobs(weeks=2, gpus=gpus, seed=0, end=now - timedelta(hours=1),
+                                        jobs_per_day=2000, gpus_per_host=4)))
+    PerformanceAnalyzer(store).aggregate_daily(days_back=None)
+    where = [(f"render-{g // 4 + 1:02d}", g % 4, GPU_KINDS[g % len(GPU_KINDS)].name)
+             for g in range(gpus)]
+    live = [{"job_id": f"running-{g}", "pipeline_type": "video", "status": "running",
+             "resolution": "768x768", "frame_count": 48, "steps": 25, "hostname": host,
+             "gpu_index": index, "gpu_name": name, "predicted_seconds": 300.0,
+             "started_at": now - timedelta(seconds=7 * g)}
+            for g, (host, index, name) in enumerate(where) if g % 5]
+    live += [{"job_id": f"queued-{n}", "pipeline_type": ("image", "video")[n % 2],
+              "status": "queued", "resolution": "1024x1024", "frame_count": 1 + 47 * (n % 2),
+              "steps": 30, "submitted_at": now - timedelta(seconds=queued - n),
+              **({"predicted_seconds": 60.0 + n} if n % 2 else {})} for n in range(queued)]
+    store.write_jobs([job_record(job) for job in live], replace_live=True)
+    write_heartbeats(store, [{"hostname": host, "gpu_index": index, "gpu_name": name,
+                              "gpu_util_pct": 90.0, "vram_used_mb": 20_000.0,
+                              "vram_total_mb": 24_564.0, "power_w": 400.0,
+                              "temperature_c": 70.0, "cpu_pct": 20.0, "ram_used_mb": 40_000.0,
+                              "ram_total_mb": 128_000.0} for host, index, name in where], now)
+    save_alerts(store, [{"alert_type": "queue_backlog", "pipeline_type": "video",
+                         "severity": SEVERITIES[n % 4], "message": f"alert {n}",
+                         "evidence": {"n": n}, "fingerprint": f"bench|{n}"}
+                        for n in range(12)], now)
+
+
+@benchmark
+def bench_dashboard(gpus: int = 50, queued: int = 500) -> dict:
+    """The live dashboard's payload (``GET dashboard/live``) for `gpus` GPUs and `queued` jobs
+    waiting, through uvicorn on loopback, polled as a wall screen does; median and p95 ms, as a
+    ratio to ``/healthz`` (a plain ``SELECT 1``) in the same server."""
+    import httpx
+
+    from perflib.screenshots import serving
+    from perflib.serve import create_app
+
+    folder = Path(tempfile.mkdtemp(prefix="perflib-bench-"))
+    settings = Settings(spool_dir=folder / "spool", heartbeat_seconds=0)
+    store = Store(f"sqlite:///{folder / 'farm.db'}", settings)
+    _busy_farm(store, gpus, queued, datetime.now(timezone.utc))
+    dashboard_ms, healthz_ms = [], []
+    with serving(create_app(store, settings)) as url, httpx.Client(base_url=url) as client:
+        payload = client.get("/api/anime/performance/dashboard/live").json()  # prices the queue
+        for _ in range(5):  # interleaved rounds, so both see the same machine
+            for path, timings in (("/api/anime/performance/dashboard/live", dashboard_ms),
+                                  ("/healthz", healthz_ms)):
+                for _ in range(40):
+                    start = time.perf_counter()
+                    client.get(path).raise_for_status()
+                    timings.append((time.perf_counter() - start) * 1000)
+    dashboard, healthz = statistics.median(dashboard_ms), statistics.median(healthz_ms)
+    return {"gpus": len(payload["gpus"]), "queued": len(payload["queue"]),
+            "running": sum(len(lane["running"]) for lane in payload["gpus"]),
+            "dashboard_median_ms": dashboard,
+            "dashboard_p95_ms": statistics.quantiles(dashboard_ms, n=20)[-1],
+            "healthz_median_ms": healthz, "ratio_to_healthz": dashboard / healthz,
+            "target_median_ms_max": 50.0}
+
+
 def run(names: list[str] | None = None, report_path: Path = REPORT_PATH) -> dict:
     """Run the named benchmarks (default all), print them and merge them into the report."""
     results = json.loads(report_path.read_text()) if report_path.exists() else {}

@@ -100,6 +100,34 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_backtest(args) -> int:
+    from perflib.backtest import backtest_file, run_backtest
+    from perflib.config import get_settings
+    from perflib.predictor import PerformancePredictor
+
+    options = dict(protocol=args.split or "online", start=args.start, retrain=args.retrain,
+                   model_type=args.model_type)
+    try:
+        result = (backtest_file(args.file, get_settings(), **options) if args.file
+                  else run_backtest(PerformancePredictor(_store(args)), **options))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    print(f"backtest {result.protocol} (retrain {result.retrain}): "
+          f"{len(result.estimates)} jobs estimated, {len(result.retrains)} retrainings")
+    print(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _share(text: str) -> float:
+    """'70%' or '0.7' as a share between 0 and 1 (argparse reports a ValueError by name)."""
+    text = text.strip()
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
 def cmd_estimate(args) -> int:
     from perflib.predictor import PerformancePredictor
 
@@ -354,6 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--split", default="time", choices=["time", "size"],
                        help="hold out the latest 30%% (time) or the largest 30%% (size)")
     train.set_defaults(handler=cmd_train)
+
+    backtest = commands.add_parser("backtest", help="replay a job history as production "
+                                   "would have seen it and report the estimates' accuracy")
+    backtest.add_argument("file", nargs="?", help="a CSV or JSONL of past jobs (the import "
+                          "format); default: the configured database's jobs")
+    backtest.add_argument("--start", type=_share, default=None, metavar="SHARE",
+                          help="jobs trained on first, e.g. 70%% (default 70%%; 80%% for "
+                               "--split size)")
+    backtest.add_argument("--retrain", default="never", choices=["auto", "weekly", "daily",
+                                                                  "never"],
+                          help="online replay: when to retrain (auto: the maintain rule)")
+    backtest.add_argument("--split", choices=["time", "size"],
+                          help="a static protocol instead of the online replay: the latest "
+                               "jobs (time) or the largest (size), model trained once")
+    backtest.add_argument("--model-type", default="auto",
+                          choices=["auto", "random_forest", "gradient_boosting",
+                                   "linear_regression", "neural_network"])
+    backtest.add_argument("--json", action="store_true", help="print JSON")
+    backtest.set_defaults(handler=cmd_backtest)
 
     estimate = commands.add_parser("estimate", help="predict a job's time before it runs")
     estimate.add_argument("--comfyui-prompt", metavar="FILE",

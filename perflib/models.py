@@ -366,17 +366,20 @@ class Calibration(BaseEstimator):
             self.scores_.append(np.sort(scores))
         return self
 
-    def interval(self, predicted, spread=None) -> tuple[np.ndarray, np.ndarray]:
+    def interval(self, predicted, spread=None, widen=1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Low and high seconds; `widen` multiplies each half-width in log (the online
+        conformal correction of :mod:`perflib.conformal`; 1: as calibrated)."""
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        half = np.take(self.half_width_, which) * self._scale(spread, len(predicted))
+        half = np.take(self.half_width_, which) * self._scale(spread, len(predicted)) * widen
         return predicted * np.exp(-half), predicted * np.exp(half)
 
-    def confidence(self, predicted, spread=None) -> np.ndarray:
-        """Share of calibration jobs that, scaled to each job's spread, land within ±20%."""
+    def confidence(self, predicted, spread=None, widen=1.0) -> np.ndarray:
+        """Share of calibration jobs that, scaled to each job's spread (times `widen`), land
+        within ±20%."""
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        scale = self._scale(spread, len(predicted))
+        scale = self._scale(spread, len(predicted)) * widen
         chances = np.empty(len(predicted))
         for b in np.unique(which):
             rows, scores = which == b, self.scores_[b]

@@ -110,14 +110,31 @@ class TrainedModel:
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Seconds, interval low/high and confidence for job rows (a DataFrame or a mapping of
         column sequences); `recent` overrides the stored (drift, spread) per "gpu|model" with
-        fresher values (NaN where unknown)."""
+        fresher values (NaN where unknown), optionally with a third value: the online
+        conformal widening of the interval (:mod:`perflib.conformal`)."""
         features = feature_columns(jobs, self.profiles, history=self.history)
         keys = history_keys(features)
         drift = [self._recent(recent, key, 0, self.drift) for key in keys]
         spread = [self._recent(recent, key, 1, self.spread) for key in keys]
+        widen = [recent[key][2] if recent and len(recent.get(key, ())) > 2 else 1.0
+                 for key in keys]
+        return self._price(features, drift, spread, np.asarray(widen, float))
+
+    def replay_predict(self, jobs: pd.DataFrame, drift, spread, widen=1.0
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`predict` with each row's own (drift, spread) — as a backtest knows them at
+        the row's submission; NaN: the stored value — and interval widening factor."""
+        features = feature_columns(jobs, self.profiles, history=self.history)
+        keys = history_keys(features)
+        drift, spread = np.asarray(drift, float), np.asarray(spread, float)
+        drift = np.where(np.isnan(drift), [self.drift.get(k, np.nan) for k in keys], drift)
+        spread = np.where(np.isnan(spread), [self.spread.get(k, np.nan) for k in keys], spread)
+        return self._price(features, drift, spread, widen)
+
+    def _price(self, features, drift, spread, widen):
         seconds = self.estimator.predict(anchor(features, self.cost_model, drift))
-        low, high = self.calibration.interval(seconds, spread)
-        return seconds, low, high, self.calibration.confidence(seconds, spread)
+        low, high = self.calibration.interval(seconds, spread, widen)
+        return seconds, low, high, self.calibration.confidence(seconds, spread, widen)
 
     @staticmethod
     def _recent(fresh, key: str, which: int, stored: Mapping[str, float]) -> float:
@@ -214,15 +231,21 @@ class PerformancePredictor(UsesStore):
 
     def train_model(self, pipeline_type: str | None = None, model_type: str = "auto",
                     split: str = "time", test_fraction: float = 0.3, coverage: float = 0.8,
-                    random_state: int = 0, progress: bool = False) -> dict:
+                    random_state: int = 0, progress: bool = False,
+                    jobs: pd.DataFrame | None = None) -> dict:
         """Train one family (or all four with ``'auto'``, keeping the best by within-20%
         accuracy, ties by MAPE) and return the chosen model's held-out metrics, plus
         ``model_type``, a per-family ``comparison``, and the ``inferred_profiles`` of video
-        models that have no configured profile (see :mod:`perflib.geometry`)."""
+        models that have no configured profile (see :mod:`perflib.geometry`). `jobs`: train
+        on these usable job rows, oldest first, instead of the store's (a backtest trains on
+        the past of its replayed clock)."""
         families = FAMILIES if model_type == "auto" else (model_type,)
         for family in families:
             make_family(family)  # raises a clear ValueError for an unknown model_type
-        jobs = self.training_data(pipeline_type)
+        if jobs is None:
+            jobs = self.training_data(pipeline_type)
+        elif pipeline_type:
+            jobs = jobs[jobs.pipeline_type == pipeline_type].reset_index(drop=True)
         if len(jobs) < MIN_JOBS_FOR_MODEL:
             raise ValueError(f"pipeline_type {pipeline_type or 'all'!r} has {len(jobs)} usable "
                              f"jobs; at least {MIN_JOBS_FOR_MODEL} are needed to train")
@@ -279,6 +302,14 @@ class PerformancePredictor(UsesStore):
         comparison = {family: result[0].as_dict() for family, result in results.items()}
         return {**metrics.as_dict(), "model_type": best, "pipeline_type": bundle.pipeline_type,
                 "comparison": comparison, "inferred_profiles": shown_profiles}
+
+    def trained_model(self, pipeline_type: str | None, model_type: str) -> TrainedModel:
+        """The model trained last for (pipeline_type, chosen family), as it would be stored."""
+        key = (pipeline_type or "all", model_type)
+        if key not in self._trained:
+            raise ValueError(f"no trained {model_type!r} model for pipeline_type {key[0]!r}: "
+                             "call train_model first")
+        return self._trained[key]
 
     # -- model store ----------------------------------------------------------------------------
     def save_model_to_db(self, pipeline_type: str | None, model_type: str,

@@ -46,6 +46,24 @@ class RetrainRule:
 
 
 @dataclass(frozen=True)
+class GpuProfile:
+    """Published facts of one GPU model, to guess the speed of a GPU that has run no jobs from
+    the GPUs that have (``PERFLIB_GPU_PROFILES``)."""
+
+    peak_tflops: float | None = None  # dense FP16/BF16 tensor throughput
+    memory_bandwidth_gbps: float | None = None
+
+    def __post_init__(self):
+        for name in ("peak_tflops", "memory_bandwidth_gbps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or not 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if self.peak_tflops is None and self.memory_bandwidth_gbps is None:
+            raise ValueError("a GPU profile needs peak_tflops or memory_bandwidth_gbps")
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """Latent geometry of one denoiser, used to count true latent tokens and attention pairs.
 
@@ -81,6 +99,7 @@ class Settings:
     thresholds: Thresholds = field(default_factory=Thresholds)
     retrain_rule: RetrainRule = field(default_factory=RetrainRule)
     model_profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
+    gpu_profiles: Mapping[str, GpuProfile] = field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (handy in tests and the CLI)."""
@@ -146,6 +165,18 @@ def _parse_profiles(raw: str | None) -> dict[str, ModelProfile]:
         raise ConfigError(f"PERFLIB_MODEL_PROFILES is not valid profile JSON: {exc}") from None
 
 
+def _parse_gpu_profiles(raw: str | None) -> dict[str, GpuProfile]:
+    """Parse ``PERFLIB_GPU_PROFILES``: JSON ``{gpu_name: {peak_tflops, memory_bandwidth_gbps}}``."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+        return {str(name): GpuProfile(**fields) for name, fields in data.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"PERFLIB_GPU_PROFILES is not valid GPU profile JSON: {exc}") \
+            from None
+
+
 def _read_environment(env_file: str | os.PathLike | None) -> dict[str, str]:
     values: dict[str, str] = {}
     path = Path(env_file) if env_file else Path(".env")
@@ -184,6 +215,7 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         thresholds=thresholds,
         retrain_rule=_retrain_rule(env),
         model_profiles=_parse_profiles(env.get("PERFLIB_MODEL_PROFILES")),
+        gpu_profiles=_parse_gpu_profiles(env.get("PERFLIB_GPU_PROFILES")),
     )
 
 

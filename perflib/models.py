@@ -31,18 +31,24 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from perflib.features import (CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES, Features,
                               history_keys)
+from perflib.pooling import PooledSpeeds, at_speed, split_cost
 
 FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
 MAD_TO_SIGMA = 1.4826
 MIN_SECONDS = 1e-3
 MAX_DRIFT = 1.0  # recent drift is trusted up to a factor of e either way
+SPEED_MAPPINGS = ("gpu_effect_", "gpu_variance_", "model_effect_", "model_variance_",
+                  "pair_effect_", "pair_variance_", "pair_jobs_", "seeded_")
+POOLING_ROUNDS = 3  # turns of (reference costs, speeds): enough for them to settle
 
 
 class CostModel(RegressorMixin, BaseEstimator):
     """Non-negative cost model per (model_name, gpu_name), fitted on relative error.
 
-    Groups with fewer than `min_group_jobs` jobs, and pairs never seen, use the pooled fit scaled
-    by the median actual/pooled ratio of their GPU and of their model, where those are known.
+    Groups with fewer than `min_group_jobs` jobs, and pairs never seen, use their model's
+    reference cost (fitted on all its jobs, each GPU's speed taken out; the pooled fit for a
+    model with fewer jobs) with its compute part scaled by the pooled, shrunk speed of their GPU,
+    model and pair (:class:`perflib.pooling.PooledSpeeds`).
     """
 
     def __init__(self, min_group_jobs: int = 12, trim_mads: float = 4.0, max_rounds: int = 4):
@@ -50,21 +56,47 @@ class CostModel(RegressorMixin, BaseEstimator):
         self.trim_mads = trim_mads
         self.max_rounds = max_rounds
 
-    def fit(self, X: pd.DataFrame, y) -> "CostModel":
+    def fit(self, X: pd.DataFrame, y, gpu_profiles=None) -> "CostModel":
+        """Fit the groups' own costs and the pooled speeds; `gpu_profiles` (``{gpu_name:
+        GpuProfile}``) may seed the speed of GPUs without jobs."""
         # A timer can record a job as (almost) instant; floor it so 1/y² stays finite.
         y = np.maximum(np.asarray(y, dtype=float), MIN_SECONDS)
         design = _design(X)
-        self.pooled_, pooled_kept = self._fit_terms(design, y)
         self.coefficients_ = {}
         keys = history_keys(X)
         for key in np.unique(keys):
             members = keys == key
             if members.sum() >= self.min_group_jobs:
                 self.coefficients_[str(key)] = self._fit_terms(design[members], y[members])[0]
-        ratio = y / np.maximum(design @ self.pooled_, 1e-9)
-        self.gpu_factor_ = _median_by(np.asarray(X["gpu_name"]), ratio, pooled_kept)
-        self.model_factor_ = _median_by(np.asarray(X["model_name"]), ratio, pooled_kept)
+        self._fit_speeds(design, y, np.asarray(X["gpu_name"]).astype(str),
+                         np.asarray(X["model_name"]).astype(str), gpu_profiles)
         return self
+
+    def _fit_speeds(self, design, y, gpus, models, gpu_profiles) -> None:
+        """The pooled and each model's reference cost, and the pooled speeds, in turns: each
+        GPU's speed taken out of its jobs before the costs are refitted."""
+        names, counts = np.unique(models, return_counts=True)
+        own = names[counts >= self.min_group_jobs]
+        log_factor = np.zeros(len(y))
+        for _ in range(POOLING_ROUNDS):
+            self.pooled_ = self._fit_terms(at_speed(design, log_factor), y)[0]
+            self.model_coefficients_ = {
+                str(name): self._fit_terms(at_speed(design[models == name],
+                                                    log_factor[models == name]),
+                                           y[models == name])[0] for name in own}
+            overhead, compute = self._reference_cost(design, models)
+            self.speeds_ = PooledSpeeds().fit(overhead, compute, y, gpus, models, own,
+                                              gpu_profiles)
+            log_factor = self.speeds_.log_factor(gpus, models)[0]
+
+    def _reference_cost(self, design: np.ndarray, models) -> tuple[np.ndarray, np.ndarray]:
+        """(overhead, compute) seconds of each row at its model's reference speed."""
+        overhead, compute = split_cost(design, self.pooled_)
+        for name in set(self.model_coefficients_) & set(models):
+            members = np.asarray(models) == name
+            overhead[members], compute[members] = split_cost(
+                design[members], self.model_coefficients_[name])
+        return overhead, compute
 
     def _fit_terms(self, design: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """NNLS on relative error; rounds of trimming drop jobs far off the fit (stragglers)."""
@@ -89,9 +121,9 @@ class CostModel(RegressorMixin, BaseEstimator):
     def predict(self, X: Features) -> np.ndarray:
         design = _design(X)
         keys = history_keys(X)
-        seconds = design @ self.pooled_
-        seconds = seconds * np.array([self.gpu_factor_.get(g, 1.0) for g in X["gpu_name"]])
-        seconds = seconds * np.array([self.model_factor_.get(m, 1.0) for m in X["model_name"]])
+        overhead, compute = self._reference_cost(design, np.asarray(X["model_name"]).astype(str))
+        log_factor = self.speeds_.log_factor(X["gpu_name"], X["model_name"])[0]
+        seconds = overhead + np.exp(log_factor) * compute
         for key in set(keys) & set(self.coefficients_):
             members = keys == key
             seconds[members] = design[members] @ self.coefficients_[key]
@@ -104,8 +136,22 @@ class CostModel(RegressorMixin, BaseEstimator):
         check_array(getattr(self, "pooled_", None), f"{name}.pooled_", shape=terms)
         check_mapping(getattr(self, "coefficients_", None), f"{name}.coefficients_",
                       lambda value, where: check_array(value, where, shape=terms))
-        for factor in ("gpu_factor_", "model_factor_"):
-            check_mapping(getattr(self, factor, None), f"{name}.{factor}", check_number)
+        check_mapping(getattr(self, "model_coefficients_", None), f"{name}.model_coefficients_",
+                      lambda value, where: check_array(value, where, shape=terms))
+        speeds = getattr(self, "speeds_", None)
+        if not isinstance(speeds, PooledSpeeds):
+            raise ValueError(f"{name}.speeds_ is a {type(speeds).__name__}, not PooledSpeeds")
+        for part in SPEED_MAPPINGS:
+            check_mapping(getattr(speeds, part, None), f"{name}.speeds_.{part}", check_number)
+        for part in ("noise_", "gpu_spread_", "model_spread_", "pair_spread_"):
+            check_number(getattr(speeds, part, None), f"{name}.speeds_.{part}")
+
+    def speed_uncertainty(self, X: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the standard deviation of its log speed and where that speed comes from
+        (:data:`perflib.pooling.SOURCES`); 0 and "observed" for groups with their own cost."""
+        _, variance, source = self.speeds_.log_factor(X["gpu_name"], X["model_name"])
+        own = np.isin(history_keys(X), list(self.coefficients_))
+        return np.where(own, 0.0, np.sqrt(variance)), np.where(own, "observed", source)
 
 
 ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
@@ -280,11 +326,6 @@ def _signed_log1p(values):
 def _design(X: Features) -> np.ndarray:
     terms = [np.asarray(X[term], dtype=float) for term in COST_TERMS]
     return np.column_stack([np.ones(len(terms[0]))] + terms)
-
-
-def _median_by(labels: np.ndarray, ratio: np.ndarray, kept: np.ndarray) -> dict[str, float]:
-    frame = pd.DataFrame({"label": labels, "ratio": ratio})[kept]
-    return {str(k): float(v) for k, v in frame.groupby("label")["ratio"].median().items()}
 
 
 # -- metrics and calibrated uncertainty -------------------------------------------------------

@@ -25,8 +25,9 @@ from perflib.config import ModelProfile, Settings
 from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE
 from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, far_slower,
                               far_slower_jobs, feature_columns, history_keys, latest_median,
-                              outcome_seconds, past_median, row_count, spread)
+                              outcome_seconds, past_median, row_count, spread, text_column)
 from perflib.geometry import infer_profiles
+from perflib.pooling import SOURCES as POOLING_SOURCES
 from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                             check_mapping, check_number, make_family, score)
 from perflib.cache import TtlCache
@@ -41,7 +42,7 @@ MIN_JOBS_FOR_MODEL = 30
 CALIBRATION_FRACTION = 0.5
 MIN_DRIFT_JOBS = 5  # recent jobs needed before their drift is trusted
 MIN_SPREAD_JOBS = 10  # ... and before their spread is
-MODEL_FORMAT = 2  # what TrainedModel holds; a blob of another format is not used
+MODEL_FORMAT = 3  # what TrainedModel holds; a blob of another format is not used
 RECENT_JOBS = 50  # a GPU and model's latest jobs: their spread scales intervals
 DRIFT_JOBS = 20  # ... and the latest of these, their drift (short, to follow a step change)
 RECENT_CACHE_SECONDS = 30.0
@@ -53,6 +54,7 @@ MIN_SAVING = 0.10
 # (token-steps) of a current consumer GPU, per pipeline type.
 HEURISTIC_DEFAULTS = {"image": (2.0, 1.0e-5), "video": (10.0, 1.0e-5)}
 HEURISTIC = "heuristic"
+SPEED_SOURCES = (*POOLING_SOURCES, HEURISTIC)  # an estimate's speed_source, coded in row 5
 # A loaded model must price this job, for each GPU and model it knows, finite and positive.
 PROBE_JOB = {"resolution": "512x512", "frame_count": 16, "steps": 20}
 
@@ -61,7 +63,7 @@ TRUSTED_TYPES = [
     "perflib.models.CostModel", "perflib.models.Calibration", "perflib.models._signed_log1p",
     "perflib.config.ModelProfile", "numpy.dtype", "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "perflib.models.MatrixEncoder",
+    "perflib.models.MatrixEncoder", "perflib.pooling.PooledSpeeds",
 ]
 
 
@@ -133,8 +135,42 @@ class TrainedModel:
 
     def _price(self, features, drift, spread, widen):
         seconds = self.estimator.predict(anchor(features, self.cost_model, drift))
+        spread = self._with_speed_uncertainty(features, drift, spread)
         low, high = self.calibration.interval(seconds, spread, widen)
         return seconds, low, high, self.calibration.confidence(seconds, spread, widen)
+
+    def _with_speed_uncertainty(self, features, drift, spread) -> np.ndarray:
+        """Each row's spread, widened by how unsure its group's pooled speed is where no recent
+        drift measures the group (a GPU or model with few or no jobs): the interval of an
+        unseen GPU is honestly wider."""
+        unsure = self.cost_model.speed_uncertainty(features)[0]
+        unsure = np.where(np.isnan(np.asarray(drift, float)), unsure, 0.0)
+        spread = np.asarray(spread, float)
+        spread = np.where(np.isfinite(spread), spread, self._gpu_spread(features["gpu_name"]))
+        known = np.where(np.isfinite(spread) & (spread > 0), spread,
+                         self.calibration.typical_spread_)
+        return np.where(unsure > 0, np.hypot(known, unsure), spread)
+
+    def _gpu_spread(self, gpus) -> np.ndarray:
+        """For a group too young to have its own spread: the largest spread of its GPU's other
+        models (a noisy GPU is noisy for a new model too); NaN for a GPU without one."""
+        by_gpu: dict[str, float] = {}
+        for key, value in self.spread.items():
+            gpu = key.split("|", 1)[0]
+            if "|" in key and np.isfinite(value):
+                by_gpu[gpu] = max(by_gpu.get(gpu, value), value)
+        return np.array([by_gpu.get(str(gpu), np.nan) for gpu in gpus], dtype=float)
+
+    def speed_sources(self, jobs: JobRows, recent: Mapping[str, tuple] | None = None
+                      ) -> np.ndarray:
+        """Per job row, where its GPU and model's speed comes from: "observed" (their own jobs,
+        in training or lately), "pooled" (other GPUs and models) or "gpu_profile"."""
+        groups = {"gpu_name": text_column(jobs, "gpu_name"),
+                  "model_name": text_column(jobs, "model_name")}
+        sources = self.cost_model.speed_uncertainty(groups)[1]
+        drift = np.array([self._recent(recent, key, 0, self.drift)
+                          for key in history_keys(groups)], dtype=float)
+        return np.where(np.isnan(drift), sources, "observed")
 
     @staticmethod
     def _recent(fresh, key: str, which: int, stored: Mapping[str, float]) -> float:
@@ -261,8 +297,9 @@ class PerformancePredictor(UsesStore):
             features = build_features(jobs, profiles)
         # The cost model is shared by every family: fit it once per training window.
         online = split == "time"
-        on_proper = _anchored(jobs, features, seconds, proper, online)
-        on_train = _anchored(jobs, features, seconds, train, online)
+        gpus = self.config.gpu_profiles
+        on_proper = _anchored(jobs, features, seconds, proper, online, gpus)
+        on_train = _anchored(jobs, features, seconds, train, online, gpus)
 
         results: dict[str, tuple] = {}
         bar = tqdm(families, desc="training", unit="family", disable=not progress)
@@ -280,7 +317,7 @@ class PerformancePredictor(UsesStore):
                                                pipeline_type=jobs.pipeline_type.to_numpy()[test])
                       for family, result in results.items()})
         everything = np.arange(len(features))
-        on_all = _anchored(jobs, features, seconds, everything)
+        on_all = _anchored(jobs, features, seconds, everything, gpu_profiles=gpus)
         per_work = seconds / features.work_units.to_numpy()
         keys = history_keys(features)
         bundle = TrainedModel(
@@ -440,12 +477,13 @@ class PerformancePredictor(UsesStore):
             for position, variants, _ in entries:
                 mine = slice(first, first + 1 + len(variants))
                 first = mine.stop
-                seconds, low, high, confidence = predicted[:, mine]
+                seconds, low, high, confidence = predicted[:4, mine]
                 answers[position] = {
                     "predicted_time_seconds": round(float(seconds[0]), 3),
                     "confidence": round(float(confidence[0]), 3),
                     "prediction_method": HEURISTIC if labels[mine.start] == HEURISTIC
                     else "ml_model",
+                    "speed_source": SPEED_SOURCES[int(predicted[4, mine.start])],
                     "model_used": labels[mine.start],
                     "uncertainty_range": [round(float(low[0]), 3), round(float(high[0]), 3)],
                     "recommendations": _recommendations(variants, seconds),
@@ -454,9 +492,11 @@ class PerformancePredictor(UsesStore):
 
     def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
         """Predictions for many job rows of one pipeline type at once (no recommendations)."""
-        (seconds, low, high, confidence), _ = self._predict(pipeline_type, jobs)
+        (seconds, low, high, confidence, source), _ = self._predict(pipeline_type, jobs)
         return pd.DataFrame({"predicted_time_seconds": seconds, "low": low, "high": high,
-                             "confidence": confidence}, index=jobs.index)
+                             "confidence": confidence,
+                             "speed_source": np.take(SPEED_SOURCES, source.astype(int))},
+                            index=jobs.index)
 
     def _predict(self, pipeline_type: str, rows: JobRows, groups: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -467,7 +507,7 @@ class PerformancePredictor(UsesStore):
         and what is left to the heuristic."""
         count = row_count(rows)
         groups = np.arange(count) if groups is None else groups
-        predicted = np.full((4, count), np.nan)
+        predicted = np.full((5, count), np.nan)
         labels = np.full(count, HEURISTIC, dtype=object)
         pending = np.arange(count)
         if not count:
@@ -495,11 +535,13 @@ class PerformancePredictor(UsesStore):
                           for gpu, name in set(zip(_column(rows, "gpu_name"),
                                                    _column(rows, "model_name"))))
             priced = np.asarray(model.predict(rows, recent), dtype=float)
+            sources = model.speed_sources(rows, recent)
+            priced = np.vstack([priced, [SPEED_SOURCES.index(s) for s in sources]])
         except sa.exc.SQLAlchemyError:
             raise  # the database, not the model: the caller reports it
         except Exception as exc:  # a model that passed its checks may still fail on a job
             self._stored.note_fallback(version, f"{type(exc).__name__}: {exc}")
-            return np.full((4, row_count(rows)), np.nan)
+            return np.full((5, row_count(rows)), np.nan)
         unsound = int((~sound_estimates(priced)).sum())
         if unsound:
             self._stored.note_fallback(version, f"priced {unsound} of {len(priced[0])} job "
@@ -530,7 +572,8 @@ class PerformancePredictor(UsesStore):
             seconds = np.where(np.isfinite(fitted_seconds) & (fitted_seconds > 0),
                                fitted_seconds, seconds)
         return np.array([seconds, seconds * 0.5, seconds * 2.0,
-                         np.full(len(seconds), confidence)])
+                         np.full(len(seconds), confidence),
+                         np.full(len(seconds), SPEED_SOURCES.index(HEURISTIC))])
 
     def _current_heuristic(self, pipeline_type: str) -> tuple[CostModel | None, float]:
         """The fitted heuristic, refitted once older than ``heuristic_refresh_seconds`` (a
@@ -638,11 +681,13 @@ class _Anchoring:
 
 
 def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
-              fit_positions: np.ndarray, online: bool = True) -> _Anchoring:
+              fit_positions: np.ndarray, online: bool = True, gpu_profiles=None
+              ) -> _Anchoring:
     """Fit the cost model on `fit_positions`; anchor every row to it, with each row's history
     taken only from jobs that finished before it was submitted — any such job when `online`
     (as in production), else only the fitted ones (so bigger jobs stay unseen)."""
-    cost_model = CostModel().fit(features.iloc[fit_positions], seconds[fit_positions])
+    cost_model = CostModel().fit(features.iloc[fit_positions], seconds[fit_positions],
+                                 gpu_profiles)
     ratio = np.log(seconds) - np.log(cost_model.predict(features))
     keys = history_keys(features)
     known = None

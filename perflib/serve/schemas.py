@@ -108,6 +108,10 @@ class EstimateResponse(BaseModel):
     model_used: str
     uncertainty_range: tuple[float, float]
     recommendations: list[str]
+    speed_source: Literal["observed", "pooled", "gpu_profile", "heuristic"] | None = Field(
+        None, description="where the GPU and model's speed came from: their own jobs, the "
+                          "pooled fit of other GPUs and models (a wider interval), the GPU's "
+                          "profile (PERFLIB_GPU_PROFILES), or the untrained heuristic")
     queue: QueueEta
     parsed_job: dict[str, Any] | None = Field(
         None, description="for a comfyui_prompt: what was understood of its graph (only then "

@@ -33,6 +33,10 @@ test: setup ## run the tests (SQLite and a throwaway PostgreSQL server) and the 
 bench: setup ## run the benchmarks; figures as ratios, written to reports/benchmarks.json
 	$(PYTHON) -m perflib.bench
 
+.PHONY: screenshots
+screenshots: setup ## the pages (live dashboard, ...) as PNGs at 1280 px in reports/screenshots/ (needs chromium)
+	$(PYTHON) -m perflib.screenshots
+
 serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)
 	$(VENV)/bin/perflib serve
 

@@ -75,6 +75,23 @@ def test_the_payload_holds_the_farm_as_it_is(farm):
     with TestClient(create_app(store, settings)) as client:
         live = client.get(f"{API}/dashboard/live").json()
     assert row_counts(store) == before  # polling never writes
+    check_farm(live, planted)
+
+
+@pytest.mark.postgres
+def test_the_payload_reads_the_same_on_postgres(pg_url, tmp_path):
+    settings = Settings(spool_dir=tmp_path / "spool", heartbeat_seconds=0)
+    store = Store(pg_url, settings)
+    planted = seed_live_farm(store)
+    with TestClient(create_app(store, settings)) as client:
+        live = client.get(f"{API}/dashboard/live").json()
+    check_farm(live, planted)
+    assert {series["pipeline_type"] for series in live["trends"]} == {"image", "video"}
+    assert live["estimates"]["jobs"] == 100
+
+
+def check_farm(live: dict, planted) -> None:
+    """The payload shows the planted lanes, running jobs, queue and high alert."""
     lanes = {(lane["hostname"], lane["gpu_index"]): lane for lane in live["gpus"]}
     assert list(lanes) == [(host, index) for host in HOSTS for index in (0, 1)]
     for key, lane in lanes.items():

@@ -232,7 +232,8 @@ class LiveDashboardReader:
         for job in running:
             lane = _lane(lanes, job["hostname"], job["gpu_index"], job["gpu_name"])
             lane.setdefault("running", []).append(_running(job, now))
-        busy = self._remembered("busy", lambda: busy_seconds_today(self.store, now))
+        busy = self._remembered(f"busy {now.date()}",
+                                lambda: busy_seconds_today(self.store, now))
         today = (now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds()
         return [GpuLane(hostname=hostname, gpu_index=gpu_index, gpu_name=lane["gpu_name"],
                         running=lane.get("running", []), reading=lane.get("reading"),
@@ -242,7 +243,7 @@ class LiveDashboardReader:
 
     def _sparklines(self, alerts: list[dict], today: date) -> list[PipelineSparkline]:
         first = today - timedelta(days=TREND_DAYS - 1)
-        daily = self._remembered("daily", lambda: normalised_daily_seconds(
+        daily = self._remembered(f"daily {today}", lambda: normalised_daily_seconds(
             self.store, first, today))
         marks: dict[str, list[ChangePointMark]] = defaultdict(list)
         for alert in alerts:

@@ -274,10 +274,11 @@ def cmd_maintain(args) -> int:
     from perflib.analysis import PerformanceAnalyzer
 
     analyzer = PerformanceAnalyzer(_store(args))
-    plan = analyzer.maintain(args.retention_days, dry_run=True)
+    retrain = not args.no_retrain
+    plan = analyzer.maintain(args.retention_days, dry_run=True, retrain=retrain)
     print(plan.describe())
     if not args.dry_run:
-        print(analyzer.maintain(args.retention_days).describe())
+        print(analyzer.maintain(args.retention_days, retrain=retrain).describe())
     return 0
 
 
@@ -476,10 +477,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=cmd_compare)
 
     maintain = commands.add_parser("maintain", help="apply retention, prune model versions, "
-                                   "refresh daily aggregates")
+                                   "refresh daily aggregates, raise alerts, retrain models "
+                                   "that are due")
     maintain.add_argument("--retention-days", type=int,
                           help="keep this many days of jobs (default PERFLIB_RETENTION_DAYS, 90)")
-    maintain.add_argument("--dry-run", action="store_true", help="only say what would go")
+    maintain.add_argument("--dry-run", action="store_true",
+                          help="only say what would go and which models are due")
+    maintain.add_argument("--no-retrain", action="store_true",
+                          help="leave the models as they are")
     maintain.set_defaults(handler=cmd_maintain)
 
     comfyui = commands.add_parser("comfyui", help="ComfyUI: collect the prompts its servers "

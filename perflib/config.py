@@ -39,7 +39,7 @@ class RetrainRule:
 
     max_age_days: float = 7.0
     min_accuracy: float = 0.75  # within-20% share of the latest estimated jobs
-    accuracy_jobs: int = 50  # the latest jobs live accuracy is measured over
+    accuracy_jobs: int = 30  # the latest jobs live accuracy is measured over
     min_accuracy_jobs: int = 20  # ... and how many it needs before it is trusted
     compare_jobs: int = 100  # latest jobs a new version must beat the active one on
     check_seconds: float = 3600.0  # the service checks the rule this often (0: never)

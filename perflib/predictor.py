@@ -403,8 +403,9 @@ class PerformancePredictor(UsesStore):
     def model_status(self) -> dict:
         """Per pipeline type: which model answers (``model_used``: its label, or "heuristic"),
         its family, version, training time and metrics; the active stored version; each
-        version passed over and why (``refused``); and the versions that left some jobs to
-        the next one, how often and why (``estimate_fallbacks``)."""
+        version passed over and why (``refused``); the versions that left some jobs to
+        the next one, how often and why (``estimate_fallbacks``); and the latest automatic
+        retraining, its reason and whether it was kept (``last_retraining``)."""
         status = {}
         for pipeline in PIPELINE_TYPES:
             answering = next(self._answering(pipeline), (None, None))[0]
@@ -425,6 +426,7 @@ class PerformancePredictor(UsesStore):
                 "estimate_fallbacks": [
                     {**version.identity(), "count": noted[0], "last_reason": noted[1]}
                     for version in versions if (noted := self._stored.fallbacks(version))],
+                "last_retraining": _last_retraining(versions),
             }
         return status
 
@@ -605,6 +607,18 @@ class PerformancePredictor(UsesStore):
             relative = np.abs(fitted.predict(features) / seconds - 1)
             confidence = float(min(np.mean(relative <= 0.2), 0.5))
         return fitted, confidence
+
+
+def _last_retraining(versions: list[StoredVersion]) -> dict | None:
+    """The newest version an automatic retraining stored: why it was trained, and whether it
+    was kept as the active one (see :mod:`perflib.analysis.auto_retrain`)."""
+    made = [v for v in versions if isinstance(v.metrics, dict) and "retrain_reason" in v.metrics]
+    if not made:
+        return None
+    latest = max(made, key=lambda version: version.id)
+    return {**latest.identity(), "trained_at": _iso(latest.created_at),
+            **{key: latest.metrics.get(key) for key in
+               ("retrain_reason", "retrain_detail", "kept", "compared_on")}}
 
 
 def _check_profile(profile: Any, name: str) -> None:

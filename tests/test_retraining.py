@@ -4,11 +4,16 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from perflib.analysis.auto_retrain import _change_points, held_out_estimates, retrain
 from perflib.analysis.retraining import ModelInfo, should_retrain
-from perflib.config import ConfigError, RetrainRule, get_settings
+from perflib.config import ConfigError, ModelProfile, RetrainRule, Settings, get_settings
+from perflib.predictor import PerformancePredictor
+from perflib.simulate import default_incidents, simulate_history
+from perflib.store import Store
 
 T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
 RULE = RetrainRule()
@@ -85,3 +90,73 @@ def test_rule_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("PERFLIB_RETRAIN_ACCURACY_JOBS", "many")
     with pytest.raises(ConfigError, match="PERFLIB_RETRAIN_ACCURACY_JOBS"):
         get_settings()
+
+
+# -- retraining on simulated history with a driver regression ---------------------------------
+REPLAY_END = datetime(2025, 3, 3, tzinfo=timezone.utc)
+REPLAY_WEEKS = 5
+FAST = "linear_regression"  # the rule is under test, not the family
+
+
+@pytest.fixture(scope="module")
+def regression_history(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("retraining")
+    profiles = {name: ModelProfile() for name in ("animatediff-v3", "wan2.1-1.3b")}
+    store = Store(f"sqlite:///{folder / 'perflib.db'}",
+                  Settings(spool_dir=folder / "spool", model_profiles=profiles))
+    incidents = default_incidents(REPLAY_END.date(), REPLAY_WEEKS)
+    simulate_history(store, weeks=REPLAY_WEEKS, seed=3, end=REPLAY_END, incidents=incidents)
+    (driver,) = [i for i in incidents if i.kind == "driver_regression"]
+    return store, datetime.combine(driver.start, datetime.min.time(), timezone.utc)
+
+
+def _replay(store: Store, first_day: datetime, rule: RetrainRule):
+    """Run the rule every hour, as the service does: the video jobs submitted in each hour are
+    estimated by the model active then, with the drift of the jobs finished before each was
+    submitted; a due retraining trains on the jobs finished by then. Returns per day its MAPE
+    and the retrainings, each with when it was decided."""
+    predictor = PerformancePredictor(store)
+    jobs = predictor.training_data("video")
+    finished = jobs.finished_at
+    past = jobs[finished < first_day]
+    predictor.train_model("video", FAST, jobs=past)
+    predictor.save_model_to_db("video", FAST)
+    info = ModelInfo(trained_at=first_day, train_end=past.started_at.max())
+    predicted = pd.Series(np.nan, index=jobs.index)
+    retrained, change_points = [], {}
+    for hour in pd.date_range(first_day, REPLAY_END - timedelta(hours=1), freq="h"):
+        now = hour + timedelta(hours=1)
+        submitted = np.flatnonzero((jobs.submitted_at >= hour) & (jobs.submitted_at < now))
+        if len(submitted):
+            predicted.iloc[submitted] = held_out_estimates(_active(store), jobs, submitted)
+        if now.date() not in change_points:  # trend analysis works on whole days
+            change_points[now.date()] = _change_points(store, "video", now)
+        seen = jobs[finished < now].assign(predicted_seconds=predicted[finished < now])
+        decision = should_retrain(info, seen, change_points[now.date()], now, rule)
+        if decision:
+            outcome = retrain(predictor, "video", decision, FAST, rule.compare_jobs,
+                              jobs=seen.drop(columns="predicted_seconds"))
+            info = ModelInfo(now, seen.started_at.max() if outcome.kept else info.train_end,
+                             last_attempt_at=now)
+            retrained.append((now, outcome))
+    error = (predicted - jobs.processing_seconds).abs() / jobs.processing_seconds
+    daily = error.groupby(jobs.submitted_at.dt.floor("D")).mean().dropna()
+    return daily, retrained
+
+
+def _active(store: Store):
+    from perflib.analysis.auto_retrain import _active_model
+    return _active_model(store, "video")
+
+
+@pytest.mark.slow
+def test_a_driver_regression_is_retrained_within_a_day_and_error_recovers(regression_history):
+    store, change = regression_history
+    daily, retrained = _replay(store, REPLAY_END - timedelta(weeks=3), RetrainRule())
+    assert all(outcome.version for _, outcome in retrained)
+    first_after = next(when for when, _ in retrained if when > change)
+    assert first_after <= change + timedelta(days=1), retrained
+    before = daily[daily.index < change].mean()
+    assert daily[change] > 1.3 * before  # the regression is visible
+    after = daily[daily.index >= change + timedelta(days=2)].mean()
+    assert after <= 1.2 * before, (before, after)

@@ -13,6 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis import alerts as alert_store
+from perflib.analysis.auto_retrain import retrain_due
 from perflib.analysis.bottlenecks import Bottleneck, BottleneckType, analyze_bottlenecks
 from perflib.analysis.daily import aggregate_daily, daily_stats
 from perflib.analysis.gpus import gpu_usage
@@ -87,13 +88,17 @@ class PerformanceAnalyzer(UsesStore):
         start, stop = self.window(days_back, end)
         return find_opportunities(self.store, start, stop)
 
-    def maintain(self, retention_days: int | None = None, dry_run: bool = False
-                 ) -> MaintenancePlan:
-        """Retention, model pruning and fresh daily aggregates, then the last week's alerts."""
+    def maintain(self, retention_days: int | None = None, dry_run: bool = False,
+                 retrain: bool = True) -> MaintenancePlan:
+        """Retention, model pruning and fresh daily aggregates, then the last week's alerts,
+        then retraining of the pipelines whose model is due (a dry run only says which; see
+        :mod:`perflib.analysis.auto_retrain`)."""
         days = retention_days or self.store.config.retention_days
         plan = maintain(self.store, days, dry_run)
         if not dry_run:
             plan.raised_alerts = len(self.detect_alerts())
+        if retrain:
+            plan.retrained = retrain_due(self.store, dry_run=dry_run)
         return plan
 
     def overall_statistics(self, days_back: float = 7, end=None,

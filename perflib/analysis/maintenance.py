@@ -1,8 +1,8 @@
 """Maintenance: retention on every table that grows, pruning of model versions, fresh daily
-aggregates."""
+aggregates (``perflib maintain`` then raises alerts and retrains the models that are due)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
@@ -35,6 +35,7 @@ class MaintenancePlan:
     trend_rows: int = 0  # daily aggregates refreshed
     raised_alerts: int = 0
     dry_run: bool = True
+    retrained: list = field(default_factory=list)  # RetrainOutcome per stored pipeline
 
     def describe(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -42,10 +43,10 @@ class MaintenancePlan:
                 f"{self.phases} phases and {self.samples} resource samples, {self.alerts} alerts "
                 f"last seen and {self.daily_rows} daily aggregates dated before it, and "
                 f"{self.model_versions} old model versions")
-        if self.dry_run:
-            return text
-        return (text + f"; refreshed {self.trend_rows} daily aggregates and raised or refreshed "
-                f"{self.raised_alerts} alerts")
+        if not self.dry_run:
+            text += (f"; refreshed {self.trend_rows} daily aggregates and raised or refreshed "
+                     f"{self.raised_alerts} alerts")
+        return "\n".join([text] + [outcome.describe() for outcome in self.retrained])
 
 
 def maintain(store: Store, retention_days: int, dry_run: bool = False,

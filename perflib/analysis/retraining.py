@@ -10,7 +10,8 @@ auto``) decide the same way. A retraining is due when
 - **accuracy**: over the latest `accuracy_jobs` jobs estimated since then, fewer than
   `min_accuracy` landed within ±20% of their estimate (at least `min_accuracy_jobs` needed);
 - **change_point**: trend analysis dates a step change on or after the last day of the model's
-  training window, which therefore never saw the new level.
+  training window, which therefore never saw the new level (and no retraining was tried since
+  that day).
 
 Measuring from the last attempt means a candidate that was not kept is not retried on the same
 evidence.
@@ -82,12 +83,12 @@ def should_retrain(model_info: ModelInfo | None, recent_jobs: pd.DataFrame,
                                f"jobs landed within ±20%, below {settings.min_accuracy:.0%}",
                                **measured)
     last_trained_day = parse_timestamp(model_info.train_end).date()
-    unseen = sorted(point.day for point in change_points
-                    if _as_date(point.day) >= last_trained_day)
+    tried_day = parse_timestamp(model_info.last_attempt_at or model_info.train_end).date()
+    unseen = sorted(_as_date(point.day) for point in change_points
+                    if _as_date(point.day) >= max(last_trained_day, tried_day))
     if unseen:
-        return RetrainDecision("change_point", f"a change-point on {_as_date(unseen[0])} is on "
-                               f"or after the model's last training day {last_trained_day}",
-                               **measured)
+        return RetrainDecision("change_point", f"a change-point on {unseen[0]} is on or after "
+                               f"the model's last training day {last_trained_day}", **measured)
     age = now - since
     if age >= timedelta(days=settings.max_age_days):
         return RetrainDecision("age", f"{age.total_seconds() / 86400:.1f} days since the model "

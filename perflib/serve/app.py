@@ -1,6 +1,7 @@
 """The FastAPI application: one store, predictor and analyzer per app, shared by every request."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from perflib.serve.guards import MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromTh
 from perflib.serve.ingest import JobIngest
 from perflib.serve.metrics import ServiceMetrics
 from perflib.serve.reports import RenderCommand, ReportRenders, perflib_report_command
-from perflib.serve.retrain import RetrainTasks
+from perflib.serve.retrain import RetrainTasks, check_periodically
 from perflib.serve.routes import api_router
 from perflib.store import Spool, Store
 
@@ -82,7 +83,12 @@ def create_app(db: Any = None, settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         services.ingest.drain.start()  # records an earlier run left in the spool
+        check_seconds = services.settings.retrain_rule.check_seconds
+        checks = asyncio.create_task(check_periodically(services.retrain, check_seconds)) \
+            if check_seconds > 0 else None
         yield
+        if checks is not None:
+            checks.cancel()
         services.ingest.drain.close()
         await services.reports.close()
         services.retrain.shutdown()

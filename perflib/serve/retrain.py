@@ -3,20 +3,24 @@
 A finished training saves a new active model version; estimates pick it up without a restart
 (the predictor reloads the active version). Training costs tens of CPU seconds, so a pipeline
 has at most one task queued or running (asking again returns it), and at most `limit` tasks
-start per `window_seconds`.
+start per `window_seconds`. On a schedule the service owns (:func:`check_periodically`), the
+retraining rule (:mod:`perflib.analysis.auto_retrain`) runs on the same worker, so a scheduled
+retraining and a requested one never run at once.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Callable
 
+from perflib.analysis.auto_retrain import retrain_due
 from perflib.predictor import PerformancePredictor
 from perflib.serve.errors import describe_error
 from perflib.serve.schemas import RetrainTaskView
@@ -72,6 +76,22 @@ class RetrainTasks:
         with self._lock:
             return self._tasks.get(task_id)
 
+    def check_rule(self) -> Future:
+        """Run the retraining rule on the training worker, after any training queued before
+        it; each outcome is logged, and new active versions are picked up."""
+        return self._executor.submit(self._check_rule)
+
+    def _check_rule(self) -> None:
+        try:
+            outcomes = retrain_due(self.store)
+        except Exception:  # logged; the next check tries again, the service keeps serving
+            log.exception("scheduled retraining check failed")
+            return
+        for outcome in outcomes:
+            log.info("scheduled retraining check: %s", outcome.describe())
+        if any(outcome.kept for outcome in outcomes):
+            self.on_saved()
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -118,6 +138,14 @@ class RetrainTasks:
         self._tasks.move_to_end(task.task_id)
         while len(self._tasks) > KEEP_TASKS:
             self._tasks.popitem(last=False)
+
+
+async def check_periodically(tasks: RetrainTasks, seconds: float) -> None:
+    """Every `seconds`, run the retraining rule and wait for it: one check at a time (the
+    app's lifespan starts this task and cancels it on shutdown)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await asyncio.wrap_future(tasks.check_rule())
 
 
 def _now() -> datetime:

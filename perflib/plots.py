@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import PercentFormatter
 
 from perflib.analysis import TrendResult
 
@@ -114,127 +115,8 @@ def phase_shares(shares: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
         return ax
     table = shares.pivot_table(index=["pipeline_type", "job_type"], columns="phase",
                                values="share", aggfunc="sum").fillna(0)
-    table.index = [f"{pipeline} · {job_type}" for pipeline, job_type in table.index]
     table.plot(kind="barh", stacked=True, ax=ax, width=0.8)
     ax.set(xlabel="share of phase time", ylabel="", title="Where job time goes")
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    return ax
-
-
-def gpu_view(gpus: pd.DataFrame, axes) -> None:
-    """Per GPU: busy hours, utilisation (time-weighted) and time for the same work against the
-    fleet, side by side on three axes, so a slow or idle card stands out."""
-    titles = ("Busy time per GPU", "GPU utilisation", "Time for the same work vs the fleet")
-    if gpus.empty:
-        for ax, title in zip(axes, titles):
-            _nothing_to_show(gpus, ax, title)
-        return
-    names = [f"{_gpu_label(h, i)}\n{n or ''}"
-             for h, i, n in zip(gpus.hostname, gpus.gpu_index, gpus.gpu_name)]
-    hours = gpus.busy_seconds / 3600
-    axes[0].barh(names, hours, color="#4C72B0")
-    axes[0].set(title=titles[0], xlabel="hours")
-    axes[1].barh(names, gpus.gpu_util_pct, color="#55A868")
-    axes[1].set(title=titles[1], xlim=(0, 100))
-    axes[1].xaxis.set_major_formatter(PercentFormatter())
-    relative = (gpus.relative_time - 1) * 100
-    axes[2].barh(names, relative, color=["#C44E52" if r > 10 else "#8C8C8C" for r in relative])
-    axes[2].axvline(0, color="black", lw=1)
-    axes[2].set(title=titles[2])
-    axes[2].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}%"))
-    axes[0].invert_yaxis()  # the y axis is shared: first GPU on top in all three
-
-
-def estimate_errors(check: EstimateCheck, ax: plt.Axes) -> plt.Axes:
-    """How far actual times landed from the estimates given before jobs ran, with the ±20%
-    band (errors beyond −100% / +200% are drawn at the edge)."""
-    error = check.error * 100
-    if _nothing_to_show(error.to_frame(), ax, "Actual against estimate"):
-        return ax
-    sns.histplot(error.clip(-100, 200), bins=60, ax=ax, color="#4C72B0")
-    ax.axvspan(-WITHIN * 100, WITHIN * 100, color="green", alpha=0.1, label="within 20%")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.0f}%"))
-    ax.set(title="Actual against estimate", xlabel="actual ÷ estimate − 1", ylabel="jobs")
-    ax.legend()
-    return ax
-
-
-def estimates_by_day(check: EstimateCheck, ax: plt.Axes) -> plt.Axes:
-    """Per day: the share of stored estimates within 20%, and the share of jobs inside the
-    replayed model's 80% interval against its target."""
-    daily = check.daily()
-    if _nothing_to_show(daily, ax, "Estimates day by day"):
-        return ax
-    days = pd.to_datetime(daily.day)
-    ax.plot(days, daily.within_20_percent * 100, "o-", label="estimates within 20%")
-    ax.plot(days, daily.interval_coverage * 100, "s-",
-            label="inside the replayed model's 80% interval")
-    ax.axhline(80, color="grey", ls="--", lw=1, label="interval target (80%)")
-    ax.set(title="Estimates day by day", ylim=(0, 105))
-    ax.yaxis.set_major_formatter(PercentFormatter())
-    _day_axis(ax)
-    ax.legend(loc="lower left", fontsize="small")
-    return ax
-
-
-def time_vs_work(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """Compute seconds of successful jobs against their work units, both on log axes: jobs of
-    one GPU and model lie on a line; a cloud above it ran slow for its size."""
-    done = jobs[(jobs.status == "success") & (jobs.work_units > 0)
-                & (jobs.compute_seconds > 0)]
-    if _nothing_to_show(done, ax, "Time against work"):
-        return ax
-    sns.scatterplot(data=done.rename(columns={"pipeline_type": "pipeline"}), x="work_units",
-                    y="compute_seconds", hue="pipeline", palette=PALETTE, ax=ax, s=10,
-                    alpha=0.4, linewidth=0)
-    ax.set(xscale="log", yscale="log", title="Time against work",
-           xlabel="work units (latent tokens × frames × steps × CFG)",
-           ylabel="seconds (without model loading)")
-    return ax
-
-
-def gpu_speed(speed: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """Median seconds per million work units per GPU and pipeline (from
-    :func:`perflib.explore.gpu_speed`): a longer bar is a slower card for the same work."""
-    if _nothing_to_show(speed, ax, "Seconds per million work units, by GPU"):
-        return ax
-    table = speed.assign(gpu=[f"{_gpu_label(h, i)} · {n or '?'}" for h, i, n
-                              in zip(speed.hostname, speed.gpu_index, speed.gpu_name)])
-    sns.barplot(data=table.rename(columns={"pipeline_type": "pipeline"}), y="gpu",
-                x="median_seconds_per_mwu", hue="pipeline", palette=PALETTE, ax=ax)
-    ax.set(xlabel="median seconds per million work units", ylabel="",
-           title="Seconds per million work units, by GPU")
-    return ax
-
-
-def _gpu_label(hostname, index) -> str:
-    """``render-01 / 0``: a GPU by host and index (``?`` for what was not recorded)."""
-    return f"{hostname or '?'} / {'?' if pd.isna(index) else int(index)}"
-
-
-ARM_COLOURS = {"A": "#4C72B0", "B": "#C44E52"}
-
-
-def comparison_chart(comparison, ax: plt.Axes) -> plt.Axes:
-    """An A/B comparison (:class:`perflib.analysis.compare.Comparison`): each compared job's
-    actual ÷ expected time against its expected seconds, so the arms sit side by side for the
-    same work, with A's level and B's at the ratio found."""
-    jobs = comparison.per_job
-    title = "Actual ÷ expected time, for the same work"
-    if _nothing_to_show(jobs, ax, title):
-        return ax
-    for arm, summary in (("A", comparison.a), ("B", comparison.b)):
-        mine = jobs[jobs.arm == arm]
-        ax.scatter(mine.expected_seconds, mine.normalised, s=8, alpha=0.35, linewidths=0,
-                   color=ARM_COLOURS[arm], label=f"{arm}: {summary.label} ({len(mine)} jobs)")
-    level = comparison.a.normalised_time
-    ax.axhline(level, color=ARM_COLOURS["A"], lw=1.5)
-    ax.axhline(level * comparison.ratio, color=ARM_COLOURS["B"], lw=1.5, ls="--",
-               label=f"B ÷ A = {comparison.ratio:.3f} ({comparison.ratio_low:.3f}–"
-                     f"{comparison.ratio_high:.3f})")
-    ax.set(xscale="log", yscale="log", title=title, xlabel="expected seconds (cost model)",
-           ylabel="actual ÷ expected")
-    ax.legend(loc="upper right", fontsize="small")
     return ax
 
 

@@ -140,3 +140,51 @@ def backtest_over_time(estimates: pd.DataFrame, axes, window: int = 30) -> None:
     axes[1].set(title=f"80% interval coverage (last {window} jobs)", xlabel="", ylim=(0, 1.02))
     for ax in axes:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+
+
+ARM_COLOURS = {"A": "#4C72B0", "B": "#C44E52"}
+
+
+def comparison_chart(comparison, ax: plt.Axes) -> plt.Axes:
+    """An A/B comparison (:class:`perflib.analysis.compare.Comparison`): each compared job's
+    actual ÷ expected time against its expected seconds, so the arms sit side by side for the
+    same work, with A's level and B's at the ratio found."""
+    jobs = comparison.per_job
+    title = "Actual ÷ expected time, for the same work"
+    if _nothing_to_show(jobs, ax, title):
+        return ax
+    for arm, summary in (("A", comparison.a), ("B", comparison.b)):
+        mine = jobs[jobs.arm == arm]
+        ax.scatter(mine.expected_seconds, mine.normalised, s=8, alpha=0.35, linewidths=0,
+                   color=ARM_COLOURS[arm], label=f"{arm}: {summary.label} ({len(mine)} jobs)")
+    level = comparison.a.normalised_time
+    ax.axhline(level, color=ARM_COLOURS["A"], lw=1.5)
+    ax.axhline(level * comparison.ratio, color=ARM_COLOURS["B"], lw=1.5, ls="--",
+               label=f"B ÷ A = {comparison.ratio:.3f} ({comparison.ratio_low:.3f}–"
+                     f"{comparison.ratio_high:.3f})")
+    ax.set(xscale="log", yscale="log", title=title, xlabel="expected seconds (cost model)",
+           ylabel="actual ÷ expected")
+    ax.legend(loc="upper right", fontsize="small")
+    return ax
+
+
+def backtest_over_time(estimates: pd.DataFrame, axes, window: int = 30) -> None:
+    """A backtest's estimates job by job in submission order: the rolling share within ±20%
+    and ±10% (left), and the rolling 80%-interval coverage against its target (right)."""
+    relative = (estimates.predicted_seconds - estimates.actual_seconds).abs() \
+        / estimates.actual_seconds
+    inside = (estimates.actual_seconds >= estimates.low_seconds) \
+        & (estimates.actual_seconds <= estimates.high_seconds)
+    when = pd.to_datetime(estimates.submitted, unit="s", utc=True)
+    rolling = pd.DataFrame({"within ±20%": relative <= 0.2, "within ±10%": relative <= 0.1,
+                            "interval coverage": inside}).set_index(when).astype(float) \
+        .rolling(window, min_periods=max(5, window // 3)).mean()
+    rolling[["within ±20%", "within ±10%"]].plot(ax=axes[0])
+    axes[0].set(title=f"error over time (last {window} jobs)", xlabel="", ylim=(0, 1.02))
+    rolling["interval coverage"].plot(ax=axes[1], color="tab:green")
+    for bound in (0.75, 0.8, 0.85):
+        axes[1].axhline(bound, color="grey", linestyle="--" if bound != 0.8 else "-",
+                        linewidth=0.8)
+    axes[1].set(title=f"80% interval coverage (last {window} jobs)", xlabel="", ylim=(0, 1.02))
+    for ax in axes:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))

@@ -5,18 +5,18 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup report demo test bench serve comfyui-e2e clean
+.PHONY: help setup report demo test bench serve lab comfyui-e2e clean
 
 help: ## list every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(INSTALLED) ## create .venv and install perflib (editable) with its test extras
+setup: $(INSTALLED) ## create .venv and install perflib (editable) with its test and lab extras
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test]'
+	$(PYTHON) -m pip install --quiet -e '.[test,lab]'
 	touch $(INSTALLED)
 
 report: setup ## main job: weekly HTML report into reports/ (an empty database first gets demo data)
@@ -39,6 +39,9 @@ screenshots: setup ## the pages (live dashboard, ...) as PNGs at 1280 px in repo
 
 serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)
 	$(VENV)/bin/perflib serve
+
+lab: setup ## JupyterLab on notebooks/ with this venv and database (LAB_ARGS="--no-browser --port=8888")
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 comfyui-e2e: setup ## not in CI: real ComfyUI on CPU with the perflib node (set COMFYUI_DIR, COMFYUI_PYTHON)
 	$(PYTHON) -m pip install --quiet -e '.[comfyui-e2e]'

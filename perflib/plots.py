@@ -1,15 +1,25 @@
-"""The report's charts, drawn with seaborn on a given matplotlib axis — notebooks call these."""
+"""The report's charts, drawn with seaborn on a given matplotlib axis — notebooks call these,
+and :func:`show` puts a figure on the page with its one-line caption."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import PercentFormatter
+from IPython.display import Markdown, display
+from matplotlib.dates import DateFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from perflib.analysis import TrendResult
+from perflib.analysis.estimates import WITHIN, EstimateCheck
+from perflib.presentation import format_change_point
 
 PALETTE = {"image": "#4C72B0", "video": "#DD8452"}
+
+
+def _day_axis(ax: plt.Axes) -> None:
+    """Dates on the x axis as ``20 Nov``."""
+    ax.xaxis.set_major_formatter(DateFormatter("%d %b"))
+    ax.tick_params(axis="x", rotation=30)
 
 
 def _nothing_to_show(frame: pd.DataFrame, ax: plt.Axes, title: str) -> bool:
@@ -22,14 +32,36 @@ def _nothing_to_show(frame: pd.DataFrame, ax: plt.Axes, title: str) -> bool:
     return True
 
 
-def volume_per_day(daily: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """Stacked jobs per day, one colour per pipeline."""
+def show(figure: plt.Figure, caption: str) -> None:
+    """Put a finished figure on the page, then its caption: one line on what to look at."""
+    figure.tight_layout()
+    display(figure)
+    plt.close(figure)
+    display(Markdown(f"*{caption}*"))
+
+
+def volume_per_day(daily: pd.DataFrame, ax: plt.Axes, previous: pd.DataFrame | None = None
+                   ) -> plt.Axes:
+    """Stacked jobs per day, one colour per pipeline; with `previous` (the period before, per
+    day), a black tick on each bar at the count of the same day of that period."""
     if _nothing_to_show(daily, ax, "Jobs per day"):
         return ax
     table = daily.pivot_table(index="day", columns="pipeline_type", values="job_count",
                               aggfunc="sum").fillna(0)
+    table.columns.name = "pipeline"
     table.plot(kind="bar", stacked=True, ax=ax, color=[PALETTE.get(c) for c in table.columns],
                width=0.85)
+    if previous is not None and len(previous):
+        before = previous.groupby("day").job_count.sum()
+        offset = pd.Timestamp(table.index[0]) - pd.Timestamp(min(before.index))
+        offset = pd.Timedelta(days=round(offset / pd.Timedelta(days=7)) * 7)
+        positions = {pd.Timestamp(d): i for i, d in enumerate(table.index)}
+        points = [(positions[pd.Timestamp(d) + offset], n) for d, n in before.items()
+                  if pd.Timestamp(d) + offset in positions]
+        if points:
+            ax.scatter(*zip(*points), marker="_", s=500, color="black", zorder=3,
+                       label="same day, the period before")
+            ax.legend()
     ax.set(xlabel="", ylabel="jobs", title="Jobs per day")
     ax.set_xticklabels([pd.Timestamp(d).strftime("%a %d %b") for d in table.index], rotation=45,
                        ha="right")
@@ -41,8 +73,9 @@ def time_distribution(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
     done = jobs[jobs.status == "success"]
     if _nothing_to_show(done, ax, "Generation time by job type"):
         return ax
-    sns.boxplot(data=done, x="job_type", y="processing_seconds", hue="pipeline_type",
-                palette=PALETTE, ax=ax, showfliers=False, log_scale=True)
+    sns.boxplot(data=done.rename(columns={"pipeline_type": "pipeline"}), x="job_type",
+                y="processing_seconds", hue="pipeline", palette=PALETTE, ax=ax, showfliers=False,
+                log_scale=True)
     ax.set(xlabel="job type", ylabel="processing seconds", title="Generation time by job type")
     return ax
 
@@ -64,36 +97,32 @@ def trend_chart(trend: TrendResult, ax: plt.Axes) -> plt.Axes:
         ax.axvline(pd.Timestamp(point.day), color="red", ls=":", lw=1.5)
         ax.annotate(f"{point.change_pct:+.0f}%", (pd.Timestamp(point.day), ax.get_ylim()[1]),
                     color="red", ha="left", va="top")
-    ax.set(title=f"{trend.pipeline_type}: normalised generation time", ylabel="seconds")
+    ax.set(title=f"{trend.pipeline_type.capitalize()}: normalised generation time",
+           ylabel="seconds")
     ax.legend(loc="upper left", fontsize="small")
-    ax.tick_params(axis="x", rotation=30)
+    _day_axis(ax)
     return ax
+
+
+def trend_caption(trend: TrendResult) -> str:
+    """What to look at in :func:`trend_chart`: its dated step changes, or that there are none."""
+    name = trend.pipeline_type.capitalize()
+    if not trend.change_points:
+        return (f"{name}: no step change; the dashed line is the regression "
+                f"({trend.direction}) with its 95% band, the solid line the trend without the "
+                "weekly rhythm.")
+    steps = "; ".join(map(format_change_point, (c.as_dict() for c in trend.change_points)))
+    return (f"{name}: red dotted lines mark the step changes ({steps}); the dashed line is the "
+            f"regression ({trend.direction}) with its 95% band.")
 
 
 def queue_by_hour(table: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
     """Mean queue seconds per UTC hour of submission."""
     if _nothing_to_show(table, ax, "Queue time by hour"):
         return ax
-    sns.barplot(data=table, x="hour", y="mean_queue_seconds", hue="pipeline_type",
-                palette=PALETTE, ax=ax)
+    sns.barplot(data=table.rename(columns={"pipeline_type": "pipeline"}), x="hour",
+                y="mean_queue_seconds", hue="pipeline", palette=PALETTE, ax=ax)
     ax.set(xlabel="hour of day (UTC)", ylabel="mean queue seconds", title="Queue time by hour")
-    return ax
-
-
-def predicted_vs_actual(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """Estimates given before jobs ran against their processing time."""
-    known = jobs[(jobs.status == "success") & (jobs.predicted_seconds > 0)]
-    if _nothing_to_show(known, ax, "Estimated vs actual"):
-        return ax
-    sns.scatterplot(data=known, x="predicted_seconds", y="processing_seconds",
-                    hue="pipeline_type", palette=PALETTE, ax=ax, s=12, alpha=0.5)
-    limits = [known[["predicted_seconds", "processing_seconds"]].min().min() * 0.8,
-              known[["predicted_seconds", "processing_seconds"]].max().max() * 1.2]
-    ax.plot(limits, limits, "k--", lw=1)
-    ax.fill_between(limits, np.array(limits) * 0.8, np.array(limits) * 1.2, color="grey",
-                    alpha=0.15, label="±20%")
-    ax.set(xscale="log", yscale="log", xlabel="estimated seconds", ylabel="actual seconds",
-           title="Estimated vs actual")
     return ax
 
 
@@ -102,8 +131,10 @@ def utilisation(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
     if _nothing_to_show(jobs.dropna(subset=["cpu_avg_pct", "gpu_util_avg_pct"]), ax,
                         "GPU vs CPU utilisation"):
         return ax
-    sns.scatterplot(data=jobs, x="cpu_avg_pct", y="gpu_util_avg_pct", hue="job_type",
-                    style="pipeline_type", ax=ax, s=12, alpha=0.5)
+    sns.scatterplot(data=jobs.rename(columns={"job_type": "job type",
+                                              "pipeline_type": "pipeline"}),
+                    x="cpu_avg_pct", y="gpu_util_avg_pct", hue="job type", style="pipeline",
+                    ax=ax, s=12, alpha=0.5)
     ax.set(xlabel="CPU %", ylabel="GPU utilisation %", title="GPU vs CPU utilisation")
     ax.legend(fontsize="x-small", ncol=2)
     return ax
@@ -115,31 +146,102 @@ def phase_shares(shares: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
         return ax
     table = shares.pivot_table(index=["pipeline_type", "job_type"], columns="phase",
                                values="share", aggfunc="sum").fillna(0)
+    table.index = [f"{pipeline} · {job_type}" for pipeline, job_type in table.index]
     table.plot(kind="barh", stacked=True, ax=ax, width=0.8)
     ax.set(xlabel="share of phase time", ylabel="", title="Where job time goes")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     return ax
 
 
-def backtest_over_time(estimates: pd.DataFrame, axes, window: int = 30) -> None:
-    """A backtest's estimates job by job in submission order: the rolling share within ±20%
-    and ±10% (left), and the rolling 80%-interval coverage against its target (right)."""
-    relative = (estimates.predicted_seconds - estimates.actual_seconds).abs() \
-        / estimates.actual_seconds
-    inside = (estimates.actual_seconds >= estimates.low_seconds) \
-        & (estimates.actual_seconds <= estimates.high_seconds)
-    when = pd.to_datetime(estimates.submitted, unit="s", utc=True)
-    rolling = pd.DataFrame({"within ±20%": relative <= 0.2, "within ±10%": relative <= 0.1,
-                            "interval coverage": inside}).set_index(when).astype(float) \
-        .rolling(window, min_periods=max(5, window // 3)).mean()
-    rolling[["within ±20%", "within ±10%"]].plot(ax=axes[0])
-    axes[0].set(title=f"error over time (last {window} jobs)", xlabel="", ylim=(0, 1.02))
-    rolling["interval coverage"].plot(ax=axes[1], color="tab:green")
-    for bound in (0.75, 0.8, 0.85):
-        axes[1].axhline(bound, color="grey", linestyle="--" if bound != 0.8 else "-",
-                        linewidth=0.8)
-    axes[1].set(title=f"80% interval coverage (last {window} jobs)", xlabel="", ylim=(0, 1.02))
-    for ax in axes:
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+def gpu_view(gpus: pd.DataFrame, axes) -> None:
+    """Per GPU: busy hours, utilisation (time-weighted) and time for the same work against the
+    fleet, side by side on three axes, so a slow or idle card stands out."""
+    titles = ("Busy time per GPU", "GPU utilisation", "Time for the same work vs the fleet")
+    if gpus.empty:
+        for ax, title in zip(axes, titles):
+            _nothing_to_show(gpus, ax, title)
+        return
+    names = [f"{_gpu_label(h, i)}\n{n or ''}"
+             for h, i, n in zip(gpus.hostname, gpus.gpu_index, gpus.gpu_name)]
+    hours = gpus.busy_seconds / 3600
+    axes[0].barh(names, hours, color="#4C72B0")
+    axes[0].set(title=titles[0], xlabel="hours")
+    axes[1].barh(names, gpus.gpu_util_pct, color="#55A868")
+    axes[1].set(title=titles[1], xlim=(0, 100))
+    axes[1].xaxis.set_major_formatter(PercentFormatter())
+    relative = (gpus.relative_time - 1) * 100
+    axes[2].barh(names, relative, color=["#C44E52" if r > 10 else "#8C8C8C" for r in relative])
+    axes[2].axvline(0, color="black", lw=1)
+    axes[2].set(title=titles[2])
+    axes[2].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}%"))
+    axes[0].invert_yaxis()  # the y axis is shared: first GPU on top in all three
+
+
+def estimate_errors(check: EstimateCheck, ax: plt.Axes) -> plt.Axes:
+    """How far actual times landed from the estimates given before jobs ran, with the ±20%
+    band (errors beyond −100% / +200% are drawn at the edge)."""
+    error = check.error * 100
+    if _nothing_to_show(error.to_frame(), ax, "Actual against estimate"):
+        return ax
+    sns.histplot(error.clip(-100, 200), bins=60, ax=ax, color="#4C72B0")
+    ax.axvspan(-WITHIN * 100, WITHIN * 100, color="green", alpha=0.1, label="within 20%")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.0f}%"))
+    ax.set(title="Actual against estimate", xlabel="actual ÷ estimate − 1", ylabel="jobs")
+    ax.legend()
+    return ax
+
+
+def estimates_by_day(check: EstimateCheck, ax: plt.Axes) -> plt.Axes:
+    """Per day: the share of stored estimates within 20%, and the share of jobs inside the
+    replayed model's 80% interval against its target."""
+    daily = check.daily()
+    if _nothing_to_show(daily, ax, "Estimates day by day"):
+        return ax
+    days = pd.to_datetime(daily.day)
+    ax.plot(days, daily.within_20_percent * 100, "o-", label="estimates within 20%")
+    ax.plot(days, daily.interval_coverage * 100, "s-",
+            label="inside the replayed model's 80% interval")
+    ax.axhline(80, color="grey", ls="--", lw=1, label="interval target (80%)")
+    ax.set(title="Estimates day by day", ylim=(0, 105))
+    ax.yaxis.set_major_formatter(PercentFormatter())
+    _day_axis(ax)
+    ax.legend(loc="lower left", fontsize="small")
+    return ax
+
+
+def time_vs_work(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
+    """Compute seconds of successful jobs against their work units, both on log axes: jobs of
+    one GPU and model lie on a line; a cloud above it ran slow for its size."""
+    done = jobs[(jobs.status == "success") & (jobs.work_units > 0)
+                & (jobs.compute_seconds > 0)]
+    if _nothing_to_show(done, ax, "Time against work"):
+        return ax
+    sns.scatterplot(data=done.rename(columns={"pipeline_type": "pipeline"}), x="work_units",
+                    y="compute_seconds", hue="pipeline", palette=PALETTE, ax=ax, s=10,
+                    alpha=0.4, linewidth=0)
+    ax.set(xscale="log", yscale="log", title="Time against work",
+           xlabel="work units (latent tokens × frames × steps × CFG)",
+           ylabel="seconds (without model loading)")
+    return ax
+
+
+def gpu_speed(speed: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
+    """Median seconds per million work units per GPU and pipeline (from
+    :func:`perflib.explore.gpu_speed`): a longer bar is a slower card for the same work."""
+    if _nothing_to_show(speed, ax, "Seconds per million work units, by GPU"):
+        return ax
+    table = speed.assign(gpu=[f"{_gpu_label(h, i)} · {n or '?'}" for h, i, n
+                              in zip(speed.hostname, speed.gpu_index, speed.gpu_name)])
+    sns.barplot(data=table.rename(columns={"pipeline_type": "pipeline"}), y="gpu",
+                x="median_seconds_per_mwu", hue="pipeline", palette=PALETTE, ax=ax)
+    ax.set(xlabel="median seconds per million work units", ylabel="",
+           title="Seconds per million work units, by GPU")
+    return ax
+
+
+def _gpu_label(hostname, index) -> str:
+    """``render-01 / 0``: a GPU by host and index (``?`` for what was not recorded)."""
+    return f"{hostname or '?'} / {'?' if pd.isna(index) else int(index)}"
 
 
 ARM_COLOURS = {"A": "#4C72B0", "B": "#C44E52"}

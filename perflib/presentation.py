@@ -208,13 +208,13 @@ def describe(values: Mapping[str, Any] | None, empty: str = MISSING) -> str:
 def people_table(frame: pd.DataFrame, formats: Mapping[str, Callable[[Any], str]] | None = None,
                  labels: Mapping[str, str] | None = None, caption: str | None = None) -> Styler:
     """A DataFrame as a table for people: columns renamed to words (`labels`), each column
-    formatted by its function in `formats` (missing values as "–"), no index, text wrapped
-    rather than cut."""
+    formatted by its function in `formats` (missing values as "–"), text HTML-escaped, no
+    index, text wrapped rather than cut."""
     labels = dict(labels or {})
     shown = frame.rename(columns=labels)
     formatters = {labels.get(column, column): _tolerant(function)
                   for column, function in (formats or {}).items()}
-    styler = (shown.style.format(formatters, na_rep=MISSING).hide(axis="index")
+    styler = (shown.style.format(formatters, na_rep=MISSING, escape="html").hide(axis="index")
               .set_table_styles(TABLE_STYLES))
     return styler.set_caption(caption) if caption else styler
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import papermill
 import pytest
@@ -28,8 +31,17 @@ def test_notebook_has_one_parameters_cell_and_no_outputs(path):
 
 def test_expected_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
-    assert {"01-train-models.ipynb", "02-bottlenecks.ipynb", "03-trends.ipynb",
-            "10-weekly-report.ipynb"} <= names
+    assert {"00-explore.ipynb", "01-train-models.ipynb", "02-bottlenecks.ipynb",
+            "03-trends.ipynb", "10-weekly-report.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_by_saying_what_it_answers_and_what_its_parameters_mean(path):
+    first = json.loads(path.read_text())["cells"][0]
+    text = "".join(first["source"])
+    assert first["cell_type"] == "markdown" and "What it answers" in text
+    for name in papermill.inspect_notebook(str(path)):
+        assert f"`{name}`" in text, f"the opening cell does not explain {name}"
 
 
 def _run_notebook(path, url: str, folder) -> str:
@@ -69,6 +81,16 @@ def test_analysis_notebooks_read_demo_data_without_writing(path, demo_database, 
     output = _run_notebook(path, demo_database, tmp_path)
     assert "This report shows simulated data" in output
     assert row_counts(store) == before
+
+
+def test_explore_notebook_passes_nbval_on_demo_data(demo_database):
+    """As `make test` runs notebooks (there on an empty database), here on demo data."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--nbval-lax", "notebooks/00-explore.ipynb"], cwd=REPO,
+                            env={**os.environ, "PERFLIB_DATABASE_URL": demo_database},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout
 
 
 def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, monkeypatch,

@@ -18,8 +18,8 @@ def _name_and_spec(requirement: str) -> tuple[str, str]:
 
 def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = dict(map(_name_and_spec, project["dependencies"] + project["optional-dependencies"]
-                      ["test"]))
+    extras = project["optional-dependencies"]
+    wanted = dict(map(_name_and_spec, project["dependencies"] + extras["test"] + extras["lab"]))
     environment = yaml.safe_load((REPO / "environment.yml").read_text())
     conda = dict(_name_and_spec(d) for d in environment["dependencies"] if isinstance(d, str))
     conda.pop("python"), conda.pop("pip")

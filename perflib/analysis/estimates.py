@@ -39,22 +39,18 @@ class EstimateCheck:
 
     def daily(self) -> pd.DataFrame:
         """Per day: jobs with a stored estimate, the share of them within 20%, and the share of
-        all jobs inside the replayed model's interval."""
-        frame = self.jobs.assign(
-            within=(self.jobs.actual_seconds - self.jobs.estimate_seconds).abs()
-            <= WITHIN * self.jobs.actual_seconds,
-            inside=self.jobs.actual_seconds.between(self.jobs.replay_low, self.jobs.replay_high),
-            estimated=self.jobs.estimate_seconds.notna())
-        days = frame.groupby("day")
-        return pd.DataFrame({
-            "estimated_jobs": days.estimated.sum(),
-            "within_20_percent": days.apply(lambda d: d.within[d.estimated].mean()
-                                            if d.estimated.any() else np.nan,
-                                            include_groups=False),
-            "interval_coverage": days.apply(lambda d: d.inside[d.replay_low.notna()].mean()
-                                            if d.replay_low.notna().any() else np.nan,
-                                            include_groups=False),
-        }).reset_index()
+        the replayed jobs inside the model's interval."""
+        jobs = self.jobs
+        estimated = jobs.estimate_seconds.notna()
+        within = (jobs.actual_seconds - jobs.estimate_seconds).abs() <= WITHIN * jobs.actual_seconds
+        inside = jobs.actual_seconds.between(jobs.replay_low, jobs.replay_high)
+        per_job = pd.DataFrame({
+            "day": jobs.day, "estimated": estimated,
+            "within": within.astype(float).where(estimated),
+            "inside": inside.astype(float).where(jobs.replay_low.notna())})
+        return per_job.groupby("day").agg(
+            estimated_jobs=("estimated", "sum"), within_20_percent=("within", "mean"),
+            interval_coverage=("inside", "mean")).reset_index()
 
     def coverage(self) -> float | None:
         """Share of the jobs inside the replayed model's 80% interval; None without any."""

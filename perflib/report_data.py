@@ -1,0 +1,65 @@
+"""Everything the weekly report shows, gathered in one call so the notebook stays a thin
+template: the report dict, the trends behind its charts, and the frames its figures draw —
+narrowed to one pipeline when asked. It only reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from perflib.analysis import TREND_DAYS, PerformanceAnalyzer, TrendResult
+from perflib.analysis.estimates import EstimateCheck, estimate_check
+from perflib.store import parse_timestamp
+
+
+@dataclass
+class WeeklyData:
+    """One report period's numbers (`report`, as ``generate_performance_report`` gives them) and
+    the frames behind its figures."""
+
+    report: dict[str, Any]
+    start: datetime
+    end: datetime
+    trends: dict[str, TrendResult]
+    daily: pd.DataFrame  # per day and pipeline, this period
+    previous_daily: pd.DataFrame  # the same for the period before
+    jobs: pd.DataFrame  # a sample of the period's finished jobs
+    queue: pd.DataFrame  # per hour of day and pipeline
+    phases: pd.DataFrame  # share of phase time per job type
+    gpus: pd.DataFrame  # per GPU
+    estimates: EstimateCheck
+
+    @property
+    def empty(self) -> bool:
+        """No job in the period."""
+        return not self.report["overall_statistics"]["total_jobs"]
+
+
+def weekly_data(db: Any = None, weeks_back: int = 1, pipeline_type: str | None = None,
+                end_date: str | None = None) -> WeeklyData:
+    """Gather the report of the `weeks_back` weeks ending at `end_date` (default: the midnight
+    after the newest job), for `pipeline_type` or every pipeline."""
+    analyzer = PerformanceAnalyzer(db)
+    days = 7 * weeks_back
+    report = analyzer.generate_performance_report(days, end_date, pipeline_type)
+    start, end = parse_timestamp(report["start"]), parse_timestamp(report["end"])
+    jobs = _narrowed(analyzer.job_sample(days, end), pipeline_type)
+    return WeeklyData(
+        report=report, start=start, end=end,
+        trends=analyzer.analyze_trends(max(days, TREND_DAYS), pipeline_type, end),
+        daily=_narrowed(analyzer.daily(days, end), pipeline_type),
+        previous_daily=_narrowed(analyzer.daily(days, start), pipeline_type),
+        jobs=jobs,
+        queue=_narrowed(analyzer.queue_by_hour(days, end), pipeline_type),
+        phases=_narrowed(analyzer.phase_shares(days, end), pipeline_type),
+        gpus=analyzer.gpu_usage(days, end, pipeline_type),
+        estimates=estimate_check(analyzer.store, jobs, start))
+
+
+def _narrowed(frame: pd.DataFrame, pipeline_type: str | None) -> pd.DataFrame:
+    if not pipeline_type:
+        return frame
+    return frame[frame.pipeline_type == pipeline_type].reset_index(drop=True)

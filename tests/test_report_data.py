@@ -1,0 +1,147 @@
+"""What the weekly report gathers: one pipeline on its own, the period before for comparison, the
+per-GPU view and the estimate check — on a simulated history with a known slow card and a known
+regression, without writing anything."""
+from __future__ import annotations
+
+import re
+from html import unescape
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from perflib.analysis import PerformanceAnalyzer
+from perflib.analysis.estimates import estimate_check
+from perflib.config import Settings
+from perflib.predictor import PerformancePredictor
+from perflib.report_data import weekly_data
+from perflib.report_tables import (alert_table, bottleneck_table, estimate_table, gpu_table,
+                                   headline_table, pipeline_table, trend_table)
+from perflib.simulate import Incident, simulate_history
+from perflib.store import Store
+from tests.conftest import row_counts
+
+END = datetime(2026, 11, 26, tzinfo=timezone.utc)
+REGRESSION = (END - timedelta(days=9)).date()
+
+
+def _simulated(folder) -> Store:
+    """Four weeks on four GPUs (two hosts; RTX 4090s and faster A100s alternate) with a video
+    driver regression nine days before the end."""
+    store = Store(f"sqlite:///{folder / 'perflib.db'}", Settings(spool_dir=folder / "spool"))
+    simulate_history(store, weeks=4, gpus=4, gpus_per_host=2, seed=3, end=END,
+                     jobs_per_day=120, incidents=[Incident("driver_regression", REGRESSION,
+                                                           None, "video", magnitude=0.3)])
+    return store
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> Store:
+    return _simulated(tmp_path_factory.mktemp("report-data"))
+
+
+def test_one_pipeline_report_counts_only_that_pipeline(history):
+    analyzer = PerformanceAnalyzer(history)
+    everything = analyzer.generate_performance_report(7, END)
+    video = analyzer.generate_performance_report(7, END, "video")
+    assert video["pipeline_type"] == "video"
+    assert video["overall_statistics"]["total_jobs"] == \
+        everything["per_pipeline"]["video"]["jobs"] < everything["overall_statistics"]["total_jobs"]
+    assert set(video["per_pipeline"]) == set(video["trends"]) == {"video"}
+    assert video["bottlenecks"] and {b["pipeline_type"] for b in video["bottlenecks"]} == {"video"}
+    assert video["alerts"] and {a["pipeline_type"] for a in video["alerts"]} == {"video"}
+    assert 0 < video["prediction_accuracy"]["jobs_with_estimate"] < \
+        everything["prediction_accuracy"]["jobs_with_estimate"]
+
+
+def test_the_period_before_is_the_same_length_just_before(history):
+    analyzer = PerformanceAnalyzer(history)
+    report = analyzer.generate_performance_report(7, END)
+    previous = report["previous_period"]
+    assert previous["start"] == (END - timedelta(days=14)).isoformat()
+    expected = analyzer.overall_statistics(7, END - timedelta(days=7))
+    expected.pop("per_pipeline")
+    assert previous["overall_statistics"] == expected
+    assert previous["prediction_accuracy"] == analyzer.prediction_accuracy(
+        7, END - timedelta(days=7))
+
+
+def test_per_gpu_view_shows_every_card_and_the_slower_model(history):
+    gpus = PerformanceAnalyzer(history).gpu_usage(7, END)
+    assert list(zip(gpus.hostname, gpus.gpu_index)) == [
+        ("render-01", 0), ("render-01", 1), ("render-02", 0), ("render-02", 1)]
+    assert gpus.jobs.sum() == PerformanceAnalyzer(history).overall_statistics(
+        7, END)["total_jobs"]
+    assert ((gpus.busy_share > 0) & (gpus.busy_share <= 1)).all()
+    assert gpus.gpu_util_pct.between(1, 100).all()
+    rtx = gpus[gpus.gpu_name.str.contains("4090")].relative_time
+    a100 = gpus[gpus.gpu_name.str.contains("A100")].relative_time
+    assert rtx.min() > 1.1 * a100.max()  # the A100 is 1.3× faster for the same work
+
+
+def test_estimate_check_replays_the_model_and_marks_it_in_sample(history, tmp_path):
+    analyzer = PerformanceAnalyzer(history)
+    start, end = analyzer.window(7, END)
+    jobs = analyzer.job_sample(7, END)
+    heuristic = estimate_check(history, jobs, start)
+    assert heuristic.models["video"] == "the heuristic (no trained model)"
+    assert not heuristic.in_sample["video"]
+    # stored estimates: a share of the week's successful jobs carry predicted_seconds
+    given = heuristic.jobs.estimate_seconds.notna()
+    assert 0 < given.sum() < len(heuristic.jobs)
+    assert heuristic.jobs.replay_low.notna().all()
+
+    copy = _simulated(tmp_path)  # the same history, with a model trained on all of it
+    predictor = PerformancePredictor(copy)
+    predictor.train_model("video", "linear_regression", progress=False)
+    predictor.save_model_to_db("video", "linear_regression")
+    trained = estimate_check(copy, jobs, start)
+    assert trained.models["video"].startswith("linear regression v1, trained on jobs up to")
+    assert trained.in_sample["video"]
+    assert 0.5 < trained.coverage() <= 1
+    daily = trained.daily()
+    assert list(daily.columns) == ["day", "estimated_jobs", "within_20_percent",
+                                   "interval_coverage"]
+    assert daily.estimated_jobs.sum() == given.sum()
+
+
+def test_weekly_data_for_one_pipeline_reads_only(history):
+    before = row_counts(history)
+    week = weekly_data(history, 1, "video", END.date().isoformat())
+    assert row_counts(history) == before
+    assert not week.empty and set(week.trends) == {"video"}
+    for frame in (week.daily, week.previous_daily, week.jobs, week.queue, week.phases,
+                  week.estimates.jobs):
+        assert set(frame.pipeline_type) == {"video"}
+    assert len(week.gpus) == 4
+
+
+def test_tables_read_as_words_without_python_reprs(history):
+    week = weekly_data(history, 1, None, END.date().isoformat())
+    report = week.report
+    html = "".join(table.to_html() for table in (
+        headline_table(report), pipeline_table(report), trend_table(report["trends"]),
+        bottleneck_table(report["bottlenecks"]), alert_table(report["alerts"]),
+        gpu_table(week.gpus), estimate_table(week.estimates)))
+    text = html_text(html)
+    for raw in ("{", "}", "…", "_", "nan", "None"):
+        assert raw not in text, raw
+    # a rate shown as a raw fraction (durations and p-values may have three decimals)
+    assert not re.search(r"(?<![<=] )\b0\.\d{3,}\b(?! s)", text)
+    assert re.search(r"\d+\.\d%", text)  # rates as percentages
+    assert f"{REGRESSION.day} {REGRESSION:%b}: +" in text  # the regression's change-point
+
+
+def test_an_empty_period_has_nothing_to_tabulate(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'empty.db'}", Settings(spool_dir=tmp_path / "spool"))
+    store.init_db()
+    week = weekly_data(store)
+    assert week.empty and week.gpus.empty and week.estimates.jobs.empty
+    assert pipeline_table(week.report).data == "No jobs in this period."
+    assert gpu_table(week.gpus).data == "No GPU ran a job in this period."
+
+
+def html_text(html: str) -> str:
+    """What a browser shows of a table's HTML: its text, tags and styles dropped, entities
+    decoded."""
+    without_style = re.sub(r"<style.*?</style>", "", html, flags=re.DOTALL)
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", without_style)).split())

@@ -18,13 +18,17 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
+from perflib.analysis.sql import bound
 from perflib.features import build_features, far_slower_jobs, history_keys, outcome_seconds
 from perflib.models import CostModel
 from perflib.predictor import PerformancePredictor
 from perflib.store import Store, parse_timestamp
+from perflib.store.schema import generation_performance as jobs_table
 
-LEVEL_DAYS = 3  # jobs before the window that give each group its recent level
+LEVEL_DAYS = 2  # jobs before the window that give each group its recent level
+MAX_FIT_JOBS = 20_000  # without a stored model, the cost model is fitted on the latest jobs
 EPISODE_GAP = timedelta(minutes=30)
 MIN_EPISODE_JOBS = 3
 SHOWN_JOBS = 20  # job ids an alert's evidence lists
@@ -78,11 +82,15 @@ def _alert(where: str, episode: pd.DataFrame) -> dict:
 
 
 def _finished_jobs(store: Store, since: datetime, until: datetime) -> pd.DataFrame:
-    jobs = store.jobs_frame(since=since, until=until)
-    jobs = jobs[[c for c in JOB_COLUMNS if c in jobs]]
-    usable = (jobs.status == "success") & (outcome_seconds(jobs) > 0) & jobs.width.notna() \
-        & jobs.height.notna() & jobs.steps.notna() & jobs.finished_at.notna()
-    return jobs[usable].reset_index(drop=True)
+    """Successful jobs started in [since, until) with what pricing them needs, oldest first."""
+    t = jobs_table
+    query = (sa.select(*(t.c[name] for name in JOB_COLUMNS))
+             .where(t.c.status == "success", t.c.width.is_not(None), t.c.height.is_not(None),
+                    t.c.steps.is_not(None), t.c.finished_at.is_not(None),
+                    t.c.started_at >= bound(store, since), t.c.started_at < bound(store, until))
+             .order_by(t.c.started_at, t.c.id))
+    jobs = store.frame(query)
+    return jobs[outcome_seconds(jobs) > 0].reset_index(drop=True)
 
 
 def _flagged(store: Store, jobs: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +104,9 @@ def _flagged(store: Store, jobs: pd.DataFrame) -> pd.DataFrame:
     features = build_features(jobs, model.profiles if model else store.config.model_profiles,
                               history={})
     actual = outcome_seconds(jobs)
-    cost_model = model.cost_model if model else CostModel().fit(features, actual)
+    latest = slice(-MAX_FIT_JOBS, None)
+    cost_model = model.cost_model if model else CostModel().fit(features.iloc[latest],
+                                                                actual[latest])
     ratio = np.log(actual) - np.log(cost_model.predict(features))
     slow, level = far_slower_jobs(jobs, history_keys(features), ratio)
     expected = np.exp(np.log(actual) - ratio + level)

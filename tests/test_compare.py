@@ -239,6 +239,22 @@ def test_power_statement_holds_by_simulation():
     assert trimmed_mean_variance(np.ones(5)) == 0.0
 
 
+def test_identical_jobs_compare_as_equal(sqlite_url):
+    """Every job alike (one size, one time): one stratum, ratio 1, an interval of width 0."""
+    started = datetime(2025, 1, 6, tzinfo=timezone.utc)
+    Store(sqlite_url).write_jobs([
+        {"job_id": f"same-{n}", "pipeline_type": "image", "status": "success",
+         "width": 512, "height": 512, "steps": 20, "sampler": "euler" if n % 2 else "ddim",
+         "started_at": started + timedelta(minutes=n), "total_seconds": 5.0}
+        for n in range(60)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = compare_settings(Store(sqlite_url), "sampler=euler", "sampler=ddim")
+    assert result.strata == 1 and result.ratio == pytest.approx(1.0)
+    assert (result.ratio_low, result.ratio_high) == pytest.approx((1.0, 1.0))
+    assert not result.significant and result.power_at_reference == 1.0
+
+
 # -- bad selections, and how each way in says so ---------------------------------------------
 @pytest.mark.parametrize("a, b, field, words", [
     ("nonsense", "sampler=euler", "a", "nonsense"),

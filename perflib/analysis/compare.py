@@ -220,7 +220,8 @@ def _strata(features: pd.DataFrame, log_expected: np.ndarray) -> np.ndarray:
     for group in np.unique(groups):
         members = groups == group
         count = int(np.clip(members.sum() // JOBS_PER_BIN, 1, MAX_BINS))
-        bins[members] = pd.qcut(log_expected[members], count, labels=False, duplicates="drop")
+        cut = pd.qcut(log_expected[members], count, labels=False, duplicates="drop")
+        bins[members] = np.nan_to_num(cut, nan=0.0)  # NaN: all alike, one bin
     return pd.factorize(pd.Series(groups) + "#" + pd.Series(bins).astype(str))[0]
 
 

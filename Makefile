@@ -34,7 +34,7 @@ bench: setup ## run the benchmarks; figures as ratios, written to reports/benchm
 	$(PYTHON) -m perflib.bench
 
 .PHONY: screenshots
-screenshots: setup ## the pages (live dashboard, ...) as PNGs at 1280 px in reports/screenshots/ (needs chromium)
+screenshots: setup ## the weekly report and the live dashboard as PNGs at 1280 px in reports/screenshots/ (needs chromium)
 	$(PYTHON) -m perflib.screenshots
 
 serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)

@@ -88,7 +88,28 @@ def dashboard(folder: Path) -> list[Path]:
     return shots
 
 
-PAGES: dict[str, Callable[[Path], list[Path]]] = {"dashboard": dashboard}
+def report(folder: Path) -> list[Path]:
+    """The weekly report as ``make report`` renders it on a fresh clone — eight simulated weeks
+    with the default incidents (a video driver regression ten days before the end), models
+    trained on them — here on four GPUs over two hosts, whole page at 1280 px."""
+    from perflib.demo_data import seed_if_empty
+    from perflib.report import render_report
+    from perflib.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix="perflib-screenshots-"))
+    url = f"sqlite:///{work / 'history.db'}"
+    seed_if_empty(Store(url, Settings(spool_dir=work / "spool")), gpus=4, gpus_per_host=2)
+    html = render_report(1, url, output_dir=work)
+    shot = folder / "report-1280.png"
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+        page.goto(html.as_uri())
+        page.screenshot(path=str(shot), full_page=True)
+        page.close()
+    return [shot]
+
+
+PAGES: dict[str, Callable[[Path], list[Path]]] = {"dashboard": dashboard, "report": report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,7 @@ MAX_DRIFT = 1.0  # recent drift is trusted up to a factor of e either way
 SPEED_MAPPINGS = ("gpu_effect_", "gpu_variance_", "model_effect_", "model_variance_",
                   "pair_effect_", "pair_variance_", "pair_jobs_", "seeded_")
 POOLING_ROUNDS = 3  # turns of (reference costs, speeds): enough for them to settle
+REFERENCE_FIT_JOBS = 5000
 
 
 class CostModel(RegressorMixin, BaseEstimator):
@@ -78,12 +79,14 @@ class CostModel(RegressorMixin, BaseEstimator):
         names, counts = np.unique(models, return_counts=True)
         own = names[counts >= self.min_group_jobs]
         log_factor = np.zeros(len(y))
+        every = _spread_out(np.arange(len(y)))
+        members = {str(name): _spread_out(np.flatnonzero(models == name)) for name in own}
         for _ in range(POOLING_ROUNDS):
-            self.pooled_ = self._fit_terms(at_speed(design, log_factor), y)[0]
+            self.pooled_ = self._fit_terms(at_speed(design[every], log_factor[every]),
+                                           y[every])[0]
             self.model_coefficients_ = {
-                str(name): self._fit_terms(at_speed(design[models == name],
-                                                    log_factor[models == name]),
-                                           y[models == name])[0] for name in own}
+                name: self._fit_terms(at_speed(design[rows], log_factor[rows]), y[rows])[0]
+                for name, rows in members.items()}
             overhead, compute = self._reference_cost(design, models)
             self.speeds_ = PooledSpeeds().fit(overhead, compute, y, gpus, models, own,
                                               gpu_profiles)
@@ -321,6 +324,12 @@ def _encoder(one_hot: bool = False) -> MatrixEncoder:
 
 def _signed_log1p(values):
     return np.sign(values) * np.log1p(np.abs(values))
+
+
+def _spread_out(rows: np.ndarray) -> np.ndarray:
+    """At most REFERENCE_FIT_JOBS of `rows`, evenly spaced: plenty for a reference cost's six
+    coefficients, and training on a large history stays quick."""
+    return rows[np.linspace(0, len(rows) - 1, min(len(rows), REFERENCE_FIT_JOBS)).astype(int)]
 
 
 def _design(X: Features) -> np.ndarray:

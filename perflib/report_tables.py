@@ -114,14 +114,17 @@ def alert_table(alerts: list[Mapping[str, Any]]) -> Table:
     return people_table(pd.DataFrame(rows))
 
 
-def opportunity_table(opportunities: list[Mapping[str, Any]]) -> Table:
-    """Largest saving first: what to change and what it would save."""
+def opportunity_table(report: Mapping[str, Any]) -> Table:
+    """Largest saving first: what to change and what it would save (fleet-wide, which a
+    one-pipeline report says)."""
+    opportunities = report.get("opportunities", [])
     if not opportunities:
         return Markdown("Nothing to suggest.")
     rows = [{"Opportunity": in_words(o["type"]),
              "Saves about": format_hours(o["potential_saving_hours"]),
              "Details": o["message"]} for o in opportunities]
-    return people_table(pd.DataFrame(rows))
+    caption = "Across all pipelines." if report.get("pipeline_type") else None
+    return people_table(pd.DataFrame(rows), caption=caption)
 
 
 def gpu_table(gpus: pd.DataFrame) -> Table:

@@ -17,10 +17,11 @@ from perflib.presentation import (describe, format_change, format_count, format_
 MIN_SAVING_HOURS = 0.1  # a smaller saving is not worth a line of the summary
 URGENT = ("critical", "high")
 
-# What each opportunity would change, as the subject of "... would save about 2.5 h".
+# What each opportunity would change, as the subject of "... would save about 2.5 h"; filled
+# from the opportunity's evidence.
 ACTIONS = {
     "group_by_model": "routing jobs to GPUs that already hold their model",
-    "cap_steps": "capping sampling steps at 30",
+    "cap_steps": "capping sampling steps at {step_cap}",
     "shift_peak_load": "moving a fifth of peak-hour jobs off-peak",
 }
 
@@ -41,8 +42,9 @@ ALERT_WORDS = {
 
 
 def summary_sentences(report: Mapping[str, Any]) -> list[str]:
-    """3–6 sentences for the top of the report, most important first; none for an empty
-    period (the report's notice says so)."""
+    """Up to six sentences for the top of the report, in a fixed order: volume and success
+    (whenever the period has jobs), then each of the others only when the numbers call for it;
+    none for an empty period (the report's notice says so)."""
     statistics = report["overall_statistics"]
     if not statistics.get("total_jobs"):
         return []
@@ -137,7 +139,8 @@ def _largest_saving(report: Mapping[str, Any]) -> str | None:
     if not offers:
         return None
     best = max(offers, key=lambda o: o["potential_saving_hours"])
-    action = ACTIONS.get(best["type"], in_words(best["type"], capital=False))
+    action = ACTIONS.get(best["type"], in_words(best["type"], capital=False)).format(
+        **best.get("evidence", {}))
     scope = " across all pipelines" if report.get("pipeline_type") else ""
     return (f"The largest saving on offer{scope}: {action} would save about "
             f"{format_hours(best['potential_saving_hours'])} {_period(report)[0]}.")

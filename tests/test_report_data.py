@@ -136,6 +136,7 @@ def test_an_empty_period_has_nothing_to_tabulate(tmp_path):
     store.init_db()
     week = weekly_data(store)
     assert week.empty and week.gpus.empty and week.estimates.jobs.empty
+    assert week.estimates.daily().empty and week.estimates.coverage() is None
     assert pipeline_table(week.report).data == "No jobs in this period."
     assert gpu_table(week.gpus).data == "No GPU ran a job in this period."
 

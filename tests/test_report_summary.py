@@ -142,7 +142,8 @@ def test_estimate_accuracy_against_the_week_before():
 
 def test_everything_at_once_stays_within_six_sentences():
     report = _report(trends={"video": _trend(("2026-11-19", 104.0, 131.0))},
-                     opportunities=[{"type": "cap_steps", "potential_saving_hours": 3.2}],
+                     opportunities=[{"type": "cap_steps", "potential_saving_hours": 3.2,
+                                     "evidence": {"jobs": 140, "step_cap": 30}}],
                      alerts=[{"alert_type": "queue_backlog", "pipeline_type": "image",
                               "severity": "high", "acknowledged": False}],
                      bottlenecks=[{"type": "initialization_overhead", "severity": 0.3,
@@ -154,6 +155,7 @@ def test_everything_at_once_stays_within_six_sentences():
     sentences = summary_sentences(report)
     assert 3 <= len(sentences) <= 6
     assert "keeping models resident would save up to 31 min of GPU time" in sentences[2]
+    assert "capping sampling steps at 30 would save about 3.2 h this week" in sentences[3]
     assert all("{" not in s and "'" not in s and "…" not in s for s in sentences)
 
 

@@ -14,6 +14,7 @@ from perflib.analysis.estimates import estimate_check
 from perflib.config import Settings
 from perflib.predictor import PerformancePredictor
 from perflib.report_data import weekly_data
+from perflib.report_summary import summary_markdown
 from perflib.report_tables import (alert_table, bottleneck_table, estimate_table, gpu_table,
                                    headline_table, pipeline_table, trend_table)
 from perflib.simulate import Incident, simulate_history
@@ -146,3 +147,10 @@ def html_text(html: str) -> str:
     decoded."""
     without_style = re.sub(r"<style.*?</style>", "", html, flags=re.DOTALL)
     return " ".join(unescape(re.sub(r"<[^>]+>", " ", without_style)).split())
+
+
+def test_a_window_without_jobs_says_so(history):
+    week = weekly_data(history, 1, None, "2020-01-06")
+    assert week.empty
+    assert week.report["data_origin"]["notice"].startswith("No jobs in this period")
+    assert summary_markdown(week.report) == "Nothing to summarise: no jobs ran in this period."

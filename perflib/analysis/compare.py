@@ -103,11 +103,14 @@ class Comparison:
                 f"({self.a.label}) for the same work ({evidence}).")
 
     def power_statement(self) -> str:
+        """What these counts can detect, and what a 2% difference needs."""
+        reference = ("over 99%" if self.power_at_reference > 0.99
+                     else f"{self.power_at_reference:.0%}")
         return (f"With {self.a.jobs:,} and {self.b.jobs:,} jobs, a "
                 f"{self.detectable_change:.1%} difference would be detected with {POWER:.0%} "
-                f"probability (a {REFERENCE_CHANGE:.0%} one with "
-                f"{self.power_at_reference:.0%}); to detect {TARGET_CHANGE:.0%} you need about "
-                f"{self.jobs_per_arm_for_target:,} jobs per arm.")
+                f"probability (a {REFERENCE_CHANGE:.0%} one with {reference}); to detect "
+                f"{TARGET_CHANGE:.0%} you need about {self.jobs_per_arm_for_target:,} jobs per "
+                "arm.")
 
     def table(self) -> pd.DataFrame:
         """The two arms side by side, one row each."""

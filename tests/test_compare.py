@@ -289,6 +289,9 @@ def test_cli_compares_and_names_a_bad_selector(ab_url, capsys):
                  "--b", "sampler=euler"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("perflib compare: a: 'nonsense' is not FIELD=VALUE")
+    assert main(["--database-url", ab_url, "compare", "--a", "tag:ab=euler",
+                 "--b", "tag:ab=dpmpp", "--end-date", "2025-02-30"]) == 2
+    assert capsys.readouterr().err.startswith("perflib compare: end: '2025-02-30' is not")
 
 
 def test_get_compare_answers_reads_only_and_names_bad_selectors(ab_url, settings):

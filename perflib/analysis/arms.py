@@ -30,7 +30,7 @@ _RESOLUTION = re.compile(r"([0-9]+)x([0-9]+)")
 
 class SelectionError(ValueError):
     """A comparison that cannot be made as asked, with the argument at fault (``a``, ``b``,
-    ``before``, ``after``, ``days``) and why."""
+    ``before``, ``after``, ``end``, ``days``) and why."""
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")

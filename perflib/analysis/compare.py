@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from perflib.analysis.arms import SelectionError, Selector, TooFewJobs
+from perflib.analysis.arms import SelectionError, Selector, TooFewJobs, instant
 from perflib.analysis.sql import window
 from perflib.analysis.stratified import (ALPHA, CONFIDENCE, POWER, Shift, stratified_shift,
                                          trimmed_mean, winsorised_variance)
@@ -159,7 +159,7 @@ def compare_settings(store: Store, a: str | None = None, b: str | None = None, *
     if not (arm_a.conditions or arm_b.conditions or arm_a.before):
         raise SelectionError("a", "give the arms (FIELD=VALUE or tag:KEY=VALUE) or a date to "
                                   "compare before and after")
-    start, stop = window(store, days, end)
+    start, stop = window(store, days, instant(end, "end"))
     jobs = store.jobs_frame(since=start, until=stop, pipeline_type=pipeline_type)
     comparison = compare_jobs(jobs, arm_a, arm_b, store.config.model_profiles, random_state)
     return replace(comparison, period_start=start, period_end=stop, pipeline_type=pipeline_type)

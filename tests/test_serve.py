@@ -42,7 +42,8 @@ DOWN_URL = "postgresql://perflib:hunter2@127.0.0.1:9/perflib"
 ESTIMATE = {"pipeline_type": "video", "resolution": "768x768", "frame_count": 60, "steps": 25,
             "job_type": "scene"}
 ESTIMATE_KEYS = {"predicted_time_seconds", "confidence", "prediction_method", "model_used",
-                 "uncertainty_range", "recommendations", "queue"}
+                 "uncertainty_range", "recommendations", "queue",
+                 "speed_source"}  # observed / pooled / gpu_profile / heuristic (issue #12)
 FUZZ = hypothesis_settings(max_examples=200, deadline=None, database=None,
                            suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                   HealthCheck.too_slow])

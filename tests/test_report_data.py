@@ -83,13 +83,14 @@ def test_estimate_check_replays_the_model_and_marks_it_in_sample(history, tmp_pa
     analyzer = PerformanceAnalyzer(history)
     start, end = analyzer.window(7, END)
     jobs = analyzer.job_sample(7, END)
-    heuristic = estimate_check(history, jobs, start)
-    assert heuristic.models["video"] == "the heuristic (no trained model)"
-    assert not heuristic.in_sample["video"]
+    untrained = estimate_check(history, jobs, start)
+    assert untrained.models == {"image": "none: no trained model",
+                                "video": "none: no trained model"}
+    assert not untrained.in_sample["video"]
+    assert untrained.jobs.replay_low.isna().all() and untrained.coverage() is None
     # stored estimates: a share of the week's successful jobs carry predicted_seconds
-    given = heuristic.jobs.estimate_seconds.notna()
-    assert 0 < given.sum() < len(heuristic.jobs)
-    assert heuristic.jobs.replay_low.notna().all()
+    given = untrained.jobs.estimate_seconds.notna()
+    assert 0 < given.sum() < len(untrained.jobs)
 
     copy = _simulated(tmp_path)  # the same history, with a model trained on all of it
     predictor = PerformancePredictor(copy)
@@ -99,6 +100,9 @@ def test_estimate_check_replays_the_model_and_marks_it_in_sample(history, tmp_pa
     assert trained.models["video"].startswith("linear regression v1, trained on jobs up to")
     assert trained.in_sample["video"]
     assert 0.5 < trained.coverage() <= 1
+    videos = trained.jobs.pipeline_type == "video"
+    assert trained.jobs.replay_low[videos].notna().all()
+    assert trained.jobs.replay_low[~videos].isna().all()  # image has no model: not replayed
     daily = trained.daily()
     assert list(daily.columns) == ["day", "estimated_jobs", "within_20_percent",
                                    "interval_coverage"]

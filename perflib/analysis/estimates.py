@@ -3,7 +3,8 @@
 the window's jobs, for the coverage of its 80% interval (stored estimates carry no interval).
 
 A replayed model trained on jobs of the window has seen them: its coverage is then marked
-in-sample, and reads optimistic.
+in-sample, and reads optimistic. A pipeline without a trained model is not replayed: the
+heuristic's fixed range is no calibrated interval (and fitting it reads the whole history).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from perflib.store import Store, parse_timestamp
 
 WITHIN = 0.2  # "within 20%": the accuracy the team tracks
 REPLAY_ROWS = 5_000  # per pipeline: plenty for a coverage figure
+NO_MODEL = "none: no trained model"
 
 
 @dataclass
@@ -74,17 +76,17 @@ def estimate_check(store: Store, jobs: pd.DataFrame, start: datetime) -> Estimat
     check = EstimateCheck(frame)
     predictor = PerformancePredictor(store)
     for pipeline, group in done.groupby("pipeline_type"):
+        model = predictor.active_model(pipeline)
+        if model is None:  # the heuristic's fixed ×0.5–×2 range is no calibrated interval
+            check.models[pipeline] = NO_MODEL
+            check.in_sample[pipeline] = False
+            continue
         group = group.head(REPLAY_ROWS)
         priced = predictor.estimate_batch(group, pipeline)
         frame.loc[group.index, ["replay_seconds", "replay_low", "replay_high"]] = (
             priced[["predicted_time_seconds", "low", "high"]].to_numpy())
-        model = predictor.active_model(pipeline)
-        if model is None:
-            check.models[pipeline] = "the heuristic (no trained model)"
-            check.in_sample[pipeline] = False
-        else:
-            check.models[pipeline] = (f"{model.family.replace('_', ' ')} v{model.version}, "
-                                      f"trained on jobs up to "
-                                      f"{parse_timestamp(model.train_end):%d %b %Y}")
-            check.in_sample[pipeline] = parse_timestamp(model.train_end) >= start
+        check.models[pipeline] = (f"{model.family.replace('_', ' ')} v{model.version}, "
+                                  f"trained on jobs up to "
+                                  f"{parse_timestamp(model.train_end):%d %b %Y}")
+        check.in_sample[pipeline] = parse_timestamp(model.train_end) >= start
     return check

@@ -3,7 +3,7 @@
 A daemon thread per (process, database) wakes every ``MIN_INTERVAL_S`` seconds, turns the
 sampler's latest :class:`~perflib.sampler.ResourceSample` into one heartbeat per GPU (or one
 for the host when NVML has no GPU: CPU and RAM only) and upserts them. It never touches the
-pipeline's thread, and a database that cannot take the write costs a logged line, never a
+pipeline's thread, and a database that cannot take the write costs one INFO line, never a
 failure: the next beat simply tries again (a heartbeat is a reading of now, not history worth
 keeping).
 """
@@ -13,12 +13,12 @@ import logging
 import os
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 from typing import Any
 
 import psutil
 
+from perflib.config import safe_url
 from perflib.sampler import BYTES_PER_MB, ResourceSample, ResourceSampler
 from perflib.store import Store
 from perflib.store.heartbeats import MIN_INTERVAL_S, write_heartbeats
@@ -86,9 +86,9 @@ class HeartbeatPublisher:
             written = write_heartbeats(self.store, heartbeats_of(sample, self.hostname),
                                        datetime.now(timezone.utc), self.interval)
         except Exception as exc:  # down, locked, read-only: the next beat tries again
-            if not self._failing:
-                log.warning("perflib could not write GPU heartbeats (%s: %s); retrying every "
-                            "%g s", type(exc).__name__, exc, self.interval)
+            if not self._failing:  # at INFO: the job writer warns about an outage, once
+                log.info("perflib could not write GPU heartbeats to %s (%s); retrying every "
+                         "%g s", safe_url(self.store.url), type(exc).__name__, self.interval)
             self._failing = True
             return 0
         if self._failing:

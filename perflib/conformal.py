@@ -55,6 +55,15 @@ class OnlineConformal:
         self._trackers: dict[str, _Tracker] = {POOLED: _Tracker()}
         self._lock = threading.Lock()
 
+    @classmethod
+    def replayed(cls, groups, scores, coverage: float = 0.8) -> "OnlineConformal":
+        """A fresh state fed these outcomes in order: each job's group and normalised score
+        (how an estimate rebuilds the state from the latest finished jobs)."""
+        conformal = cls(coverage)
+        for group, score in zip(groups, scores):
+            conformal.update(str(group), float(score))
+        return conformal
+
     def widen(self, group: str) -> float:
         """The factor by which `group`'s next interval widens its calibrated half-width."""
         with self._lock:

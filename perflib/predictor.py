@@ -23,6 +23,9 @@ from tqdm import tqdm
 
 from perflib.config import ModelProfile, Settings
 from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE
+from perflib.conformal import MIN_GROUP_JOBS as MIN_WIDEN_JOBS
+from perflib.conformal import POOLED as POOLED_GROUP
+from perflib.conformal import OnlineConformal, normalised_scores
 from perflib.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, far_slower,
                               far_slower_jobs, feature_columns, history_keys, latest_median,
                               outcome_seconds, past_median, row_count, spread, text_column)
@@ -32,7 +35,7 @@ from perflib.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel,
                             check_mapping, check_number, make_family, score)
 from perflib.cache import TtlCache
 from perflib.record import PIPELINE_TYPES, estimate_params
-from perflib.store import UsesStore
+from perflib.store import UsesStore, parse_timestamp
 from perflib.store.schema import performance_prediction_models as models_table
 from perflib.stored_models import POOLED, StoredModels, StoredVersion
 
@@ -47,6 +50,10 @@ RECENT_JOBS = 50  # a GPU and model's latest jobs: their spread scales intervals
 DRIFT_JOBS = 20  # ... and the latest of these, their drift (short, to follow a step change)
 RECENT_CACHE_SECONDS = 30.0
 RECENT_CACHE_SIZE = 4096  # (stored version, GPU and model) pairs whose drift is kept
+# The online conformal widening of an interval is replayed over a group's latest finished jobs
+# (or, for a group with fewer than MIN_WIDEN_JOBS of them, over its pipeline's latest jobs).
+WIDEN_JOBS = 100
+POOLED_WIDEN_JOBS = 200
 KEEP_VERSIONS = 3
 RELOAD_CHECK_SECONDS = 2.0
 MIN_SAVING = 0.10
@@ -182,8 +189,7 @@ class TrainedModel:
         latest DRIFT_JOBS of them, and its robust spread over all (each NaN if too few jobs).
         Jobs far slower than the rows' level (a burst of contention) are left out, so one
         burst does not drag every estimate."""
-        jobs = jobs[(outcome_seconds(jobs) > 0) & jobs.width.notna() & jobs.height.notna()
-                    & jobs.steps.notna()].sort_values("finished_at", kind="stable")
+        jobs = _priceable(jobs)
         if len(jobs) < MIN_DRIFT_JOBS:
             return float("nan"), float("nan")
         features = build_features(jobs, self.profiles, history=self.history)
@@ -192,6 +198,34 @@ class TrainedModel:
                                   if len(ratio) >= MIN_SPREAD_JOBS else np.nan)]
         return (float(np.median(ratio[-DRIFT_JOBS:])),
                 spread(ratio) if len(ratio) >= MIN_SPREAD_JOBS else float("nan"))
+
+    def replayed_history(self, jobs: pd.DataFrame, known: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per finished job row: its "gpu|model" group, and the drift and spread an estimate
+        at its submission would have read — over the rows that had finished before then (only
+        `known` ones where given), far-slower jobs left out of drift as in training."""
+        features = build_features(jobs, self.profiles, history=self.history)
+        keys = history_keys(features)
+        ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
+        usual = ~far_slower_jobs(jobs, keys, ratio)[0]
+        drift = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
+                            known=usual if known is None else usual & known)
+        recent_spread = past_median(jobs, keys, ratio, window=RECENT_JOBS,
+                                    min_periods=MIN_SPREAD_JOBS, known=known,
+                                    statistic="spread")
+        return keys, drift, recent_spread
+
+    def replay_scores(self, jobs: pd.DataFrame, latest: int) -> tuple[np.ndarray, np.ndarray]:
+        """Groups and normalised conformal scores (:func:`perflib.conformal.normalised_scores`)
+        of the latest `latest` of these finished job rows, in the order they finished: each
+        re-priced in one batch by this model with the drift and spread of the rows finished
+        before its submission (what its estimate would have said, as no estimate is stored)."""
+        jobs = _priceable(jobs)
+        keys, drift, recent_spread = self.replayed_history(jobs)
+        scored = slice(max(0, len(jobs) - latest), None)
+        rows = jobs.iloc[scored]
+        seconds, _, high, _ = self.replay_predict(rows, drift[scored], recent_spread[scored])
+        return keys[scored], normalised_scores(outcome_seconds(rows), seconds, high)
 
     def check(self) -> None:
         """Raise InvalidModelError saying what is wrong unless every part has the right type,
@@ -258,11 +292,15 @@ class PerformancePredictor(UsesStore):
         self.last_training: TrainingReport | None = None
 
     # -- training -----------------------------------------------------------------------------
-    def training_data(self, pipeline_type: str | None = None) -> pd.DataFrame:
-        """Successful jobs with the parameters a model needs, oldest first."""
-        jobs = self.store.jobs_frame(pipeline_type=pipeline_type)
+    def training_data(self, pipeline_type: str | None = None, as_of: datetime | None = None
+                      ) -> pd.DataFrame:
+        """Successful jobs with the parameters a model needs, oldest first (only those finished
+        before `as_of` where given)."""
+        jobs = self.store.jobs_frame(until=as_of, pipeline_type=pipeline_type)
         usable = (jobs.status == "success") & (outcome_seconds(jobs) > 0) & jobs.width.notna() \
             & jobs.height.notna() & jobs.steps.notna() & ~_cache_hits(jobs)
+        if as_of is not None:
+            usable &= jobs.finished_at < pd.Timestamp(as_of)
         return jobs[usable].reset_index(drop=True)
 
     def train_model(self, pipeline_type: str | None = None, model_type: str = "auto",
@@ -440,22 +478,26 @@ class PerformancePredictor(UsesStore):
         return self._stored.refusal(version)
 
     # -- estimating -----------------------------------------------------------------------------
-    def estimate(self, params: Mapping[str, Any]) -> dict:
+    def estimate(self, params: Mapping[str, Any], as_of: datetime | None = None) -> dict:
         """How long a job will take, how sure we are, and what would make it faster.
 
         Returns ``predicted_time_seconds, confidence, prediction_method ('ml_model' |
         'heuristic'), model_used, uncertainty_range [low, high], recommendations``. Raises
         ValueError naming the field for malformed input; never fails for a well-formed one.
+        `as_of`: estimate as if submitted then, seeing only the jobs finished before it (a
+        replay); the stored model versions are today's.
         """
-        result = self.estimate_many([params])[0]
+        result = self.estimate_many([params], as_of)[0]
         if isinstance(result, ValueError):
             raise result
         return result
 
-    def estimate_many(self, requests: list[Mapping[str, Any]]) -> list[dict | ValueError]:
+    def estimate_many(self, requests: list[Mapping[str, Any]], as_of: datetime | None = None
+                      ) -> list[dict | ValueError]:
         """:meth:`estimate` for many requests in one pass through the model (a service batches
         concurrent requests this way: the cost of a call hardly depends on its rows). Each
         answer is the estimate dict, or the ValueError that request raised."""
+        as_of = _moment(as_of)
         answers: list[dict | ValueError] = []
         priced: dict[str, list[tuple[int, list, dict]]] = {}  # per pipeline: answer, variants, job
         for params in requests:
@@ -474,7 +516,8 @@ class PerformancePredictor(UsesStore):
                     for row in [job] + [variant for _, _, variant in variants]]
             requests_of_rows = np.repeat(np.arange(len(entries)),
                                          [1 + len(variants) for _, variants, _ in entries])
-            predicted, labels = self._predict(pipeline, job_columns(rows), requests_of_rows)
+            predicted, labels = self._predict(pipeline, job_columns(rows, as_of),
+                                              requests_of_rows, as_of)
             first = 0
             for position, variants, _ in entries:
                 mine = slice(first, first + 1 + len(variants))
@@ -492,19 +535,23 @@ class PerformancePredictor(UsesStore):
                 }
         return answers
 
-    def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str) -> pd.DataFrame:
-        """Predictions for many job rows of one pipeline type at once (no recommendations)."""
-        (seconds, low, high, confidence, source), _ = self._predict(pipeline_type, jobs)
+    def estimate_batch(self, jobs: pd.DataFrame, pipeline_type: str,
+                       as_of: datetime | None = None) -> pd.DataFrame:
+        """Predictions for many job rows of one pipeline type at once (no recommendations);
+        `as_of` as in :meth:`estimate`."""
+        (seconds, low, high, confidence, source), _ = self._predict(
+            pipeline_type, jobs, as_of=_moment(as_of))
         return pd.DataFrame({"predicted_time_seconds": seconds, "low": low, "high": high,
                              "confidence": confidence,
                              "speed_source": np.take(SPEED_SOURCES, source.astype(int))},
                             index=jobs.index)
 
-    def _predict(self, pipeline_type: str, rows: JobRows, groups: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """(seconds, low, high, confidence) as a 4×rows array, and each row's model label, for
-        rows of one pipeline type: the preferred stored model with each GPU and model's fresh
-        drift and spread. Rows it cannot price (an error, or a value that is not finite and
+    def _predict(self, pipeline_type: str, rows: JobRows, groups: np.ndarray | None = None,
+                 as_of: datetime | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, low, high, confidence, speed source) as a 5×rows array, and each row's
+        model label, for rows of one pipeline type: the preferred stored model with each GPU
+        and model's fresh drift, spread and interval widening (as of `as_of`, else now). Rows
+        it cannot price (an error, or a value that is not finite and
         positive — and with them every row of the same group) go to the next stored model,
         and what is left to the heuristic."""
         count = row_count(rows)
@@ -515,7 +562,8 @@ class PerformancePredictor(UsesStore):
         if not count:
             return predicted, labels
         for version, model in self._answering(pipeline_type):
-            priced = self._model_predict(version, model, _take(rows, pending, count))
+            priced = self._model_predict(version, model, _take(rows, pending, count),
+                                         pipeline_type, as_of)
             sound = sound_estimates(priced)
             if not sound.all():
                 sound &= ~np.isin(groups[pending], groups[pending][~sound])
@@ -524,16 +572,17 @@ class PerformancePredictor(UsesStore):
             pending = pending[~sound]
             if not len(pending):
                 return predicted, labels
-        predicted[:, pending] = self._heuristic(pipeline_type, _take(rows, pending, count))
+        predicted[:, pending] = self._heuristic(pipeline_type, _take(rows, pending, count),
+                                                as_of)
         return predicted, labels
 
-    def _model_predict(self, version: StoredVersion, model: TrainedModel, rows: JobRows
-                       ) -> np.ndarray:
-        """What `model` prices rows at (4×rows), NaN where it fails; a failure is noted with
+    def _model_predict(self, version: StoredVersion, model: TrainedModel, rows: JobRows,
+                       pipeline_type: str, as_of: datetime | None) -> np.ndarray:
+        """What `model` prices rows at (5×rows), NaN where it fails; a failure is noted with
         why, for model_status."""
         try:
-            recent = dict(self._fresh_behaviour(version, model, _text_or_none(gpu),
-                                                _text_or_none(name))
+            recent = dict(self._fresh_behaviour(version, model, pipeline_type,
+                                                _text_or_none(gpu), _text_or_none(name), as_of)
                           for gpu, name in set(zip(_column(rows, "gpu_name"),
                                                    _column(rows, "model_name"))))
             priced = np.asarray(model.predict(rows, recent), dtype=float)
@@ -550,22 +599,49 @@ class PerformancePredictor(UsesStore):
                                                 "rows at a non-finite or non-positive value")
         return priced
 
-    def _fresh_behaviour(self, version: StoredVersion, model: TrainedModel, gpu: str | None,
-                         name: str | None) -> tuple[str, tuple[float, float]]:
-        """How much slower than the cost model a GPU and model ran in their latest jobs, and
-        how scattered those were — ("gpu|model", (drift, spread)), from the store (cached per
-        stored version for a short while); NaN where there are too few jobs."""
+    def _fresh_behaviour(self, version: StoredVersion, model: TrainedModel,
+                         pipeline_type: str, gpu: str | None, name: str | None,
+                         as_of: datetime | None) -> tuple[str, tuple[float, float, float]]:
+        """How much slower than the cost model a GPU and model ran in their latest jobs, how
+        scattered those were, and how much their intervals widen (online conformal, replayed
+        over those jobs) — ("gpu|model", (drift, spread, widen)), from the store as of `as_of`
+        (else now), cached per stored version and `as_of` for a short while; drift and spread
+        NaN where there are too few jobs."""
         key = f"{gpu or 'unknown'}|{name or 'unknown'}"
-        behaviour = self._recent_cache.get((version.id, key))
+        behaviour = self._recent_cache.get((version.id, key, as_of))
         if behaviour is None:
-            behaviour = model.recent_behaviour(self.store.recent_jobs(gpu, name, RECENT_JOBS))
-            self._recent_cache.put((version.id, key), behaviour)
+            jobs = self.store.recent_jobs(gpu, name, RECENT_JOBS + WIDEN_JOBS, as_of)
+            behaviour = (*model.recent_behaviour(jobs.head(RECENT_JOBS)),
+                         self._widening(version, model, pipeline_type, jobs, as_of))
+            self._recent_cache.put((version.id, key, as_of), behaviour)
         return key, behaviour
 
-    def _heuristic(self, pipeline_type: str, rows: JobRows) -> np.ndarray:
-        """Fixed overhead + seconds per work unit, fitted on whatever history exists, else
-        defaults per pipeline type; a wide range and a low, measured confidence."""
-        fitted, confidence = self._current_heuristic(pipeline_type)
+    def _widening(self, version: StoredVersion, model: TrainedModel, pipeline_type: str,
+                  jobs: pd.DataFrame, as_of: datetime | None) -> float:
+        """A group's interval widening: adaptive conformal inference replayed over its latest
+        WIDEN_JOBS finished `jobs` (each re-priced by `model` as it would have been at its
+        submission, see :meth:`TrainedModel.replay_scores`), started afresh at 1 — a sliding
+        window, as no state survives between estimates; a group with fewer than MIN_WIDEN_JOBS
+        of them takes its pipeline's pooled widening."""
+        coverage = model.calibration.coverage
+        groups, scores = model.replay_scores(jobs, WIDEN_JOBS)
+        if len(scores) >= MIN_WIDEN_JOBS:
+            # One group's jobs only: the pooled tracker is the group's own.
+            return OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)
+        pooled = self._recent_cache.get((version.id, pipeline_type, POOLED_GROUP, as_of))
+        if pooled is None:
+            latest = self.store.latest_jobs(pipeline_type, POOLED_WIDEN_JOBS, as_of)
+            groups, scores = model.replay_scores(latest, POOLED_WIDEN_JOBS)
+            pooled = OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)
+            self._recent_cache.put((version.id, pipeline_type, POOLED_GROUP, as_of), pooled)
+        return pooled
+
+    def _heuristic(self, pipeline_type: str, rows: JobRows, as_of: datetime | None = None
+                   ) -> np.ndarray:
+        """Fixed overhead + seconds per work unit, fitted on whatever history exists (as of
+        `as_of`), else defaults per pipeline type; a wide range and a low, measured
+        confidence."""
+        fitted, confidence = self._current_heuristic(pipeline_type, as_of)
         features = feature_columns(rows, self.config.model_profiles, history={})
         overhead, per_work = HEURISTIC_DEFAULTS[pipeline_type]
         seconds = overhead + per_work * np.asarray(features["work_units"], dtype=float)
@@ -577,10 +653,18 @@ class PerformancePredictor(UsesStore):
                          np.full(len(seconds), confidence),
                          np.full(len(seconds), SPEED_SOURCES.index(HEURISTIC))])
 
-    def _current_heuristic(self, pipeline_type: str) -> tuple[CostModel | None, float]:
+    def _current_heuristic(self, pipeline_type: str, as_of: datetime | None = None
+                           ) -> tuple[CostModel | None, float]:
         """The fitted heuristic, refitted once older than ``heuristic_refresh_seconds`` (a
         long-running service sees the history grow): one thread refits while the others use
-        the one there is."""
+        the one there is. As of a past moment: fitted on the jobs finished before it, kept a
+        short while among the recent behaviours."""
+        if as_of is not None:
+            fitted = self._recent_cache.get((HEURISTIC, pipeline_type, as_of))
+            if fitted is None:
+                fitted = self._fit_heuristic(pipeline_type, as_of)
+                self._recent_cache.put((HEURISTIC, pipeline_type, as_of), fitted)
+            return fitted
         refresh = self.config.heuristic_refresh_seconds
         fitted = self._heuristics.get(pipeline_type)
         if fitted is not None and time.monotonic() - fitted[2] < refresh:
@@ -596,8 +680,9 @@ class PerformancePredictor(UsesStore):
         finally:
             self._heuristic_lock.release()
 
-    def _fit_heuristic(self, pipeline_type: str) -> tuple[CostModel | None, float]:
-        jobs = self.training_data(pipeline_type)
+    def _fit_heuristic(self, pipeline_type: str, as_of: datetime | None = None
+                       ) -> tuple[CostModel | None, float]:
+        jobs = self.training_data(pipeline_type, as_of)
         fitted, confidence = None, 0.1
         if len(jobs) >= 5:
             features = build_features(jobs, self.config.model_profiles, history={})
@@ -644,12 +729,25 @@ def sound_estimates(priced: np.ndarray) -> np.ndarray:
     return np.isfinite(priced).all(axis=0) & (priced[:3] > 0).all(axis=0)
 
 
-def job_columns(jobs: list[Mapping[str, Any]]) -> dict[str, list]:
-    """Checked estimate requests as columns (what a model pass takes), submitted now."""
+def job_columns(jobs: list[Mapping[str, Any]], submitted: datetime | None = None
+                ) -> dict[str, list]:
+    """Checked estimate requests as columns (what a model pass takes), submitted at
+    `submitted` (default: now)."""
     names = {name for job in jobs for name in job}
     columns = {name: [job.get(name) for job in jobs] for name in names}
-    columns["submitted_at"] = [pd.Timestamp.now(tz="UTC")] * len(jobs)
+    when = pd.Timestamp.now(tz="UTC") if submitted is None else pd.Timestamp(submitted)
+    columns["submitted_at"] = [when] * len(jobs)
     return columns
+
+
+def _moment(as_of: Any) -> datetime | None:
+    """`as_of` as an aware UTC datetime (None stays None: now); ValueError naming as_of."""
+    if as_of is None:
+        return None
+    try:
+        return parse_timestamp(as_of)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"as_of: {exc}") from None
 
 
 def load_model_blob(blob: bytes) -> TrainedModel:
@@ -752,6 +850,13 @@ def _cache_hits(jobs: pd.DataFrame) -> np.ndarray:
                         for extra in jobs.get("extra_params", pd.Series([None] * len(jobs)))],
                        dtype=bool)
     return typed | flagged
+
+
+def _priceable(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Finished job rows a model can price (an outcome and the size of the work), in the order
+    they finished."""
+    return jobs[(outcome_seconds(jobs) > 0) & jobs.width.notna() & jobs.height.notna()
+                & jobs.steps.notna()].sort_values("finished_at", kind="stable")
 
 
 def _split(features: pd.DataFrame, positions: np.ndarray, fraction: float, how: str

@@ -289,11 +289,11 @@ def test_while_one_thread_refits_the_heuristic_the_others_answer(tmp_path):
     entered, release, refits = threading.Event(), threading.Event(), []
     read_history = predictor.training_data
 
-    def slow_history(pipeline_type=None):
+    def slow_history(pipeline_type=None, as_of=None):
         refits.append(pipeline_type)
         entered.set()
         release.wait(30)
-        return read_history(pipeline_type)
+        return read_history(pipeline_type, as_of)
 
     predictor.training_data = slow_history
     refitting = threading.Thread(target=predictor.estimate, args=(IMAGE,))

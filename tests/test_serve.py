@@ -625,9 +625,9 @@ def test_concurrent_estimates_share_model_passes(tmp_path):
     calls = []
     original = predictor.estimate_many
 
-    def counting(requests):
+    def counting(requests, as_of=None):
         calls.append(len(requests))
-        return original(requests)
+        return original(requests, as_of)
 
     predictor.estimate_many = counting
     requests = [{"pipeline_type": "video", "resolution": "512x512", "frame_count": 8 + n,

@@ -198,16 +198,31 @@ class Store:
         return self.frame(query)
 
     def recent_jobs(self, gpu_name: str | None, model_name: str | None,
-                    limit: int = 50) -> pd.DataFrame:
-        """The latest successful jobs of one GPU and model, newest first."""
+                    limit: int = 50, finished_before: datetime | None = None) -> pd.DataFrame:
+        """The latest successful jobs of one GPU and model, newest first; with
+        `finished_before`, only those finished before then (history as of a moment)."""
         table = schema.generation_performance
-        query = (sa.select(table).where(table.c.status == "success",
-                                        table.c.gpu_name.is_(None) if gpu_name is None
-                                        else table.c.gpu_name == gpu_name,
-                                        table.c.model_name.is_(None) if model_name is None
-                                        else table.c.model_name == model_name)
-                 .order_by(table.c.finished_at.desc()).limit(limit))
-        return self.frame(query)
+        query = sa.select(table).where(table.c.gpu_name.is_(None) if gpu_name is None
+                                       else table.c.gpu_name == gpu_name,
+                                       table.c.model_name.is_(None) if model_name is None
+                                       else table.c.model_name == model_name)
+        return self._latest_successes(query, limit, finished_before)
+
+    def latest_jobs(self, pipeline_type: str, limit: int = 200,
+                    finished_before: datetime | None = None) -> pd.DataFrame:
+        """The latest successful jobs of one pipeline type on any GPU and model, newest first
+        (finished before `finished_before` where given)."""
+        table = schema.generation_performance
+        query = sa.select(table).where(table.c.pipeline_type == pipeline_type)
+        return self._latest_successes(query, limit, finished_before)
+
+    def _latest_successes(self, query, limit: int, finished_before: datetime | None
+                          ) -> pd.DataFrame:
+        table = schema.generation_performance
+        query = query.where(table.c.status == "success")
+        if finished_before is not None:
+            query = query.where(table.c.finished_at < _as_utc(finished_before, self.is_postgres))
+        return self.frame(query.order_by(table.c.finished_at.desc()).limit(limit))
 
     def live_jobs(self) -> pd.DataFrame:
         """Jobs reported as queued or running, oldest submission first."""

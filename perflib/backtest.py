@@ -31,9 +31,8 @@ import pandas as pd
 from perflib.analysis.retraining import ModelInfo, should_retrain
 from perflib.config import Settings
 from perflib.conformal import OnlineConformal, normalised_scores
-from perflib.features import build_features, history_keys, outcome_seconds, past_median
-from perflib.predictor import (DRIFT_JOBS, MIN_DRIFT_JOBS, MIN_SPREAD_JOBS, RECENT_JOBS,
-                               PerformancePredictor, TrainedModel)
+from perflib.features import build_features, outcome_seconds
+from perflib.predictor import PerformancePredictor, TrainedModel
 from perflib.store import Store, parse_timestamp
 from perflib.store.importer import import_jobs
 
@@ -227,16 +226,10 @@ class _Replay:
 
     def _price(self, model: TrainedModel, positions: np.ndarray) -> pd.DataFrame:
         """`model`'s estimates of the jobs at `positions`, each with the drift and spread of
-        its GPU and model over the jobs that finished before it was submitted."""
+        its GPU and model over the jobs that finished before it was submitted (far-slower
+        jobs left out of drift, as live)."""
         jobs = self.jobs
-        features = build_features(jobs, model.profiles, history=model.history)
-        keys = history_keys(features)
-        ratio = np.log(jobs.actual_seconds.to_numpy()) - np.log(
-            model.cost_model.predict(features))
-        drift = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
-                            known=self.known)
-        spread = past_median(jobs, keys, ratio, window=RECENT_JOBS,
-                             min_periods=MIN_SPREAD_JOBS, known=self.known, statistic="spread")
+        keys, drift, spread = model.replayed_history(jobs, self.known)
         rows = jobs.iloc[positions]
         seconds, _, high, _ = model.replay_predict(rows, drift[positions], spread[positions])
         return pd.DataFrame({

@@ -386,6 +386,14 @@ class PerformancePredictor(UsesStore):
                              "call train_model first")
         return self._trained[key]
 
+    def backtest(self, jobs: pd.DataFrame | None = None, **options):
+        """Replay `jobs` (default: the usable stored jobs) as production would have estimated
+        them and return the :class:`perflib.backtest.Backtest`; `options` are those of
+        :func:`perflib.backtest.run_backtest` (protocol, start, retrain, model_type, ...)."""
+        from perflib.backtest import run_backtest  # it drives a predictor: imports this module
+
+        return run_backtest(self, jobs, **options)
+
     # -- model store ----------------------------------------------------------------------------
     def save_model_to_db(self, pipeline_type: str | None, model_type: str,
                          activate: bool = True, notes: Mapping[str, Any] | None = None) -> int:

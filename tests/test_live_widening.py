@@ -127,3 +127,34 @@ def test_a_bad_as_of_is_refused_by_name(store):
     request = _request(_jobs(1, "2026-01-06T10:00:00Z", _calm, 3).iloc[0])
     with pytest.raises(ValueError, match="as_of"):
         PerformancePredictor(store).estimate(request, as_of="yesterday")
+
+
+# -- the backtest, through the predictor -------------------------------------------------------
+def test_the_predictors_backtest_is_the_replay(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}", Settings(spool_dir=tmp_path / "spool"))
+    predictor = PerformancePredictor(store)
+    jobs = _jobs(160, "2026-01-05T10:00:00Z", _calm, 0)
+    result = predictor.backtest(jobs, start=0.75, model_type="linear_regression")
+    expected = run_backtest(predictor, jobs, start=0.75, model_type="linear_regression")
+    assert result.protocol == "online" and len(result.estimates) == 40
+    pd.testing.assert_frame_equal(result.estimates, expected.estimates)
+    with pytest.raises(ValueError, match="protocol"):
+        predictor.backtest(jobs, protocol="random")
+
+
+def test_a_burst_of_far_slower_jobs_does_not_drag_the_backtests_drift(tmp_path):
+    """As live: 11 jobs in a row 5× slower (a neighbour's burst) are left out of drift, so the
+    jobs right after them are estimated as if the burst had not happened."""
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}", Settings(spool_dir=tmp_path / "spool"))
+    predictor = PerformancePredictor(store)
+    calm = _jobs(200, "2026-01-05T10:00:00Z", _calm, 0)
+    burst = calm.copy()
+    planted = np.arange(150, 161)
+    burst.loc[planted, "total_seconds"] *= 5.0
+    burst.loc[planted, "finished_at"] = burst.started_at[planted] + pd.to_timedelta(
+        burst.total_seconds[planted], unit="s").dt.floor("us")
+    after = calm.job_id[164:175]  # submitted once the burst has finished
+    normal, dragged = (predictor.backtest(jobs, start=0.7, model_type="linear_regression")
+                       .estimates.set_index("job_id").loc[after, "predicted_seconds"]
+                       for jobs in (calm, burst))
+    assert np.allclose(dragged, normal, rtol=0.05)

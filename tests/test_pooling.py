@@ -4,6 +4,7 @@ history."""
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -108,12 +109,13 @@ def test_a_new_model_from_ten_jobs(tmp_path, shared_data):
 @pytest.fixture(scope="module")
 def simulated():
     """Two weeks on an RTX 4090 and an A100 (1.3× faster), features and processing seconds."""
-    jobs = pd.DataFrame(generate_jobs(weeks=2, gpus=2, seed=4))
+    jobs = pd.DataFrame(generate_jobs(weeks=2, gpus=2, seed=4, end=SIMULATED_END))
     jobs = jobs[jobs.status == "success"].reset_index(drop=True)
     return jobs, build_features(jobs), jobs.processing_seconds.to_numpy()
 
 
 A100, RTX = "NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090"
+SIMULATED_END = datetime(2026, 11, 29, 12, tzinfo=timezone.utc)  # a fixed history, not "now"
 
 
 def test_speed_of_a_gpu_with_few_jobs_is_shrunk_toward_the_pool(simulated):

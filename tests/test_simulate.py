@@ -106,7 +106,7 @@ def test_records_are_complete_and_in_the_domain():
     frame = history()
     assert len(frame) == pytest.approx(8 * 7 * 180, rel=0.08)
     # the store derives the cost terms at write time; simulated jobs have one pass each
-    derived = {"extra_params", "passes", *STORED_TERMS}
+    derived = {"extra_params", "passes", "tags", *STORED_TERMS}
     assert set(frame.columns) >= set(schema.JOB_COLUMNS) - derived
     assert (frame.pipeline_type == "image").mean() == pytest.approx(0.65, abs=0.03)
     images, videos = frame[frame.pipeline_type == "image"], frame[frame.pipeline_type == "video"]

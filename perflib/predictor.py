@@ -217,12 +217,18 @@ class TrainedModel:
 
     def replay_scores(self, jobs: pd.DataFrame, latest: int) -> tuple[np.ndarray, np.ndarray]:
         """Groups and normalised conformal scores (:func:`perflib.conformal.normalised_scores`)
-        of the latest `latest` of these finished job rows, in the order they finished: each
-        re-priced in one batch by this model with the drift and spread of the rows finished
-        before its submission (what its estimate would have said, as no estimate is stored)."""
+        of the latest `latest` of these finished job rows started after this model's training
+        window, in the order they finished: each re-priced in one batch by this model with the
+        drift and spread of the rows finished before its submission (what its estimate would
+        have said, as no estimate is stored). Jobs it was trained on are history only: its
+        in-sample errors would understate the misses and narrow every interval."""
         jobs = _priceable(jobs)
         keys, drift, recent_spread = self.replayed_history(jobs)
-        scored = slice(max(0, len(jobs) - latest), None)
+        unseen = np.flatnonzero((pd.to_datetime(jobs.started_at, utc=True)
+                                 > parse_timestamp(self.train_end)).to_numpy())
+        scored = unseen[-latest:]
+        if not len(scored):  # a family's correction refuses to price zero rows
+            return np.array([], dtype=object), np.array([])
         rows = jobs.iloc[scored]
         seconds, _, high, _ = self.replay_predict(rows, drift[scored], recent_spread[scored])
         return keys[scored], normalised_scores(outcome_seconds(rows), seconds, high)
@@ -632,7 +638,8 @@ class PerformancePredictor(UsesStore):
         window, as no state survives between estimates; a group with fewer than MIN_WIDEN_JOBS
         of them takes its pipeline's pooled widening."""
         coverage = model.calibration.coverage
-        groups, scores = model.replay_scores(jobs, WIDEN_JOBS)
+        groups, scores = model.replay_scores(jobs, WIDEN_JOBS) if len(jobs) >= MIN_WIDEN_JOBS \
+            else ((), ())
         if len(scores) >= MIN_WIDEN_JOBS:
             # One group's jobs only: the pooled tracker is the group's own.
             return OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)

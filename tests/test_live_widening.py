@@ -88,6 +88,15 @@ def test_a_young_group_takes_its_pipelines_pooled_widening(store):
     assert predictor._widening(version, model, "image", jobs, None) > 1.5
 
 
+def test_jobs_a_model_was_trained_on_never_narrow_its_intervals(store):
+    """Right after training, every recent job is in-sample (errors smaller than the model will
+    make): the intervals stay as calibrated until it has met new jobs."""
+    predictor = PerformancePredictor(store)
+    version, model = next(predictor._answering("image"))
+    trained_on = store.recent_jobs("g", "m", 150)
+    assert predictor._widening(version, model, "image", trained_on, None) == 1.0
+
+
 def test_estimates_as_of_a_moment_never_see_jobs_finished_after_it(store):
     as_of = pd.Timestamp("2026-01-06T10:00:00Z").to_pydatetime()
     request = _request(_jobs(1, "2026-01-06T10:00:00Z", _calm, 3).iloc[0])
@@ -158,3 +167,4 @@ def test_a_burst_of_far_slower_jobs_does_not_drag_the_backtests_drift(tmp_path):
                        .estimates.set_index("job_id").loc[after, "predicted_seconds"]
                        for jobs in (calm, burst))
     assert np.allclose(dragged, normal, rtol=0.05)
+

@@ -192,9 +192,7 @@ def test_estimate_says_which_speed_it_used(tmp_path, simulated):
     assert known["speed_source"] == "observed" and unseen["speed_source"] == "pooled"
     width = {name: e["uncertainty_range"][1] / e["uncertainty_range"][0]
              for name, e in (("known", known), ("unseen", unseen))}
-    # Both are also widened online by their recent misses (perflib.conformal): the known
-    # group by its own, the unseen one by its pipeline's, so the gap is a little smaller.
-    assert width["unseen"] > 1.3 * width["known"]
+    assert width["unseen"] > 1.5 * width["known"]
     empty = Store(f"sqlite:///{tmp_path / 'e.db'}", Settings(spool_dir=tmp_path / "spool"))
     assert PerformancePredictor(empty).estimate(request)["speed_source"] == "heuristic"
 

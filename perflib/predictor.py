@@ -223,12 +223,12 @@ class TrainedModel:
         have said, as no estimate is stored). Jobs it was trained on are history only: its
         in-sample errors would understate the misses and narrow every interval."""
         jobs = _priceable(jobs)
-        keys, drift, recent_spread = self.replayed_history(jobs)
         unseen = np.flatnonzero((pd.to_datetime(jobs.started_at, utc=True)
                                  > parse_timestamp(self.train_end)).to_numpy())
         scored = unseen[-latest:]
-        if not len(scored):  # a family's correction refuses to price zero rows
+        if not len(scored):  # nothing to learn from (and a correction refuses zero rows)
             return np.array([], dtype=object), np.array([])
+        keys, drift, recent_spread = self.replayed_history(jobs)
         rows = jobs.iloc[scored]
         seconds, _, high, _ = self.replay_predict(rows, drift[scored], recent_spread[scored])
         return keys[scored], normalised_scores(outcome_seconds(rows), seconds, high)

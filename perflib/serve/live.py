@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, Field
 
 from perflib.analysis.alerts import list_alerts
 from perflib.analysis.live import (busy_seconds_today, normalised_daily_seconds,
@@ -23,6 +23,7 @@ from perflib.cache import TtlCache
 from perflib.predictor import PerformancePredictor
 from perflib.record import LIVE_STATUSES, GpuHeartbeat
 from perflib.serve.queue import FLEET_DAYS, live_predicted_seconds, queue_starts
+from perflib.serve.schemas import one_or_many
 from perflib.store import Store, parse_timestamp
 from perflib.store.heartbeats import read_heartbeats
 from perflib.store.schema import generation_performance as jobs
@@ -137,16 +138,7 @@ class LiveDashboard(BaseModel):
     estimates: EstimateAccuracy
 
 
-def _one_or_many(value: Any) -> str:
-    return "heartbeats" if isinstance(value, list) else "heartbeat"
-
-
-HeartbeatBody = Annotated[
-    Annotated[Annotated[list[GpuHeartbeat], Field(min_length=1, max_length=MAX_HEARTBEATS)],
-              Tag("heartbeats")]
-    | Annotated[GpuHeartbeat, Tag("heartbeat")],
-    Discriminator(_one_or_many),
-]
+HeartbeatBody = one_or_many(GpuHeartbeat, MAX_HEARTBEATS, "heartbeat", "heartbeats")
 
 
 class HeartbeatResult(BaseModel):

@@ -118,16 +118,20 @@ class EstimateResponse(BaseModel):
                           "present)")
 
 
-def _one_or_many(value: Any) -> str:
-    return "records" if isinstance(value, list) else "record"
+def one_or_many(model: type[BaseModel], max_items: int, one: str, many: str):
+    """A request body of one `model` object or a list of 1 to `max_items` of them; errors are
+    reported under `one` or `many`."""
+    def which(value: Any) -> str:
+        return many if isinstance(value, list) else one
+
+    return Annotated[
+        Annotated[Annotated[list[model], Field(min_length=1, max_length=max_items)], Tag(many)]
+        | Annotated[model, Tag(one)],
+        Discriminator(which),
+    ]
 
 
-RecordBody = Annotated[
-    Annotated[Annotated[list[JobRecord], Field(min_length=1, max_length=MAX_RECORDS)],
-              Tag("records")]
-    | Annotated[JobRecord, Tag("record")],
-    Discriminator(_one_or_many),
-]
+RecordBody = one_or_many(JobRecord, MAX_RECORDS, "record", "records")
 
 
 class RecordResult(BaseModel):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from perflib.analysis.daily import aggregate_daily
-from perflib.analysis.sql import bound
+from perflib.analysis.sql import bound, delete_jobs
 from perflib.predictor import KEEP_VERSIONS
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
@@ -74,9 +74,7 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     if dry_run:
         return plan
     with store.engine.begin() as conn:
-        conn.execute(sa.delete(phases).where(phases.c.job_id.in_(old_ids)))
-        conn.execute(sa.delete(samples).where(samples.c.job_id.in_(old_ids)))
-        conn.execute(sa.delete(jobs).where(old_jobs))
+        delete_jobs(conn, old_jobs)
         conn.execute(sa.delete(alerts).where(old_alerts))
         conn.execute(sa.delete(trends).where(old_days))
         if stale_models:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from perflib.analysis.daily import aggregate_daily
-from perflib.analysis.sql import SIMULATED, bound
+from perflib.analysis.sql import SIMULATED, bound, delete_jobs
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
@@ -87,9 +87,7 @@ def purge_simulated(store: Store, dry_run: bool = False) -> PurgePlan:
     if dry_run:
         return plan
     with store.engine.begin() as conn:
-        conn.execute(sa.delete(phases).where(phases.c.job_id.in_(simulated_ids)))
-        conn.execute(sa.delete(samples).where(samples.c.job_id.in_(simulated_ids)))
-        conn.execute(sa.delete(jobs).where(SIMULATED))
+        delete_jobs(conn, SIMULATED)
         conn.execute(sa.delete(models).where(models.c.id.in_([row.id for row in tainted_models])))
         conn.execute(sa.delete(trends).where(trend_days))
         conn.execute(sa.delete(alerts).where(recent_alerts))

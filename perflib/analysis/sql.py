@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
+from perflib.store.schema import generation_phases, resource_samples
 from perflib.record import FINAL_STATUSES
 
 FINISHED = jobs.c.status.in_(FINAL_STATUSES)
@@ -81,3 +82,11 @@ def ceil_int(expression, dialect: str):
     if dialect == "postgresql":
         return sa.cast(sa.func.ceil(expression), sa.Integer)
     return sa.cast(expression + 0.999999, sa.Integer)
+
+
+def delete_jobs(conn: sa.Connection, condition) -> None:
+    """Delete the jobs matching `condition` together with their phases and resource samples."""
+    ids = sa.select(jobs.c.job_id).where(condition)
+    conn.execute(sa.delete(generation_phases).where(generation_phases.c.job_id.in_(ids)))
+    conn.execute(sa.delete(resource_samples).where(resource_samples.c.job_id.in_(ids)))
+    conn.execute(sa.delete(jobs).where(condition))

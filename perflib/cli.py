@@ -354,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log at DEBUG level and show the traceback of any failure")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    _data_commands(commands)
+    _prediction_commands(commands)
+    _history_commands(commands)
+    _analysis_commands(commands)
+    _comfyui_commands(commands)
+    _serve_command(commands)
+    return parser
+
+
+def _data_commands(commands) -> None:
+    """Commands that load, write or tidy the job store."""
     commands.add_parser("init-db", help="create or upgrade the schema").set_defaults(
         handler=cmd_init_db)
 
@@ -374,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=cmd_demo)
 
+
+def _prediction_commands(commands) -> None:
+    """Commands that train, replay and ask the predictor."""
     train = commands.add_parser("train", help="train prediction models and save the best")
     train.add_argument("--pipeline-type", choices=["image", "video"],
                        help="one pipeline (default: one model over all jobs)")
@@ -421,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--gpu-name")
     estimate.set_defaults(handler=cmd_estimate)
 
+
+def _history_commands(commands) -> None:
+    """Commands that write or remove simulated demo history."""
     simulate = commands.add_parser("simulate", help="write a simulated production history")
     simulate.add_argument("--weeks", type=int, default=8)
     simulate.add_argument("--gpus", type=int, default=2)
@@ -443,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--dry-run", action="store_true", help="only count what would go")
     purge.set_defaults(handler=cmd_purge)
 
+
+def _analysis_commands(commands) -> None:
+    """Commands that analyse, compare and report (and maintain)."""
     report = commands.add_parser("report", help="render the weekly HTML report into reports/")
     report.add_argument("--weeks-back", type=int, default=1)
     report.add_argument("--end-date", help="ISO date the period ends (default: newest job)")
@@ -487,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="leave the models as they are")
     maintain.set_defaults(handler=cmd_maintain)
 
+
+def _comfyui_commands(commands) -> None:
+    """The ``perflib comfyui`` group: collect and install."""
     comfyui = commands.add_parser("comfyui", help="ComfyUI: collect the prompts its servers "
                                   "run; install the perflib node into one")
     comfyui_commands = comfyui.add_subparsers(dest="comfyui_command", required=True)
@@ -514,11 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ComfyUI's --base-directory, when it runs with one")
     install.set_defaults(handler=cmd_comfyui_install)
 
+
+def _serve_command(commands) -> None:
+    """The HTTP service."""
     serve = commands.add_parser("serve", help="run the HTTP service (estimate-time, ...)")
     serve.add_argument("--host", help="default PERFLIB_HOST, else 127.0.0.1")
     serve.add_argument("--port", type=int, help="default PERFLIB_PORT, else 8328")
     serve.set_defaults(handler=cmd_serve)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

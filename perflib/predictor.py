@@ -38,6 +38,7 @@ from perflib.record import PIPELINE_TYPES, estimate_params
 from perflib.store import UsesStore, parse_timestamp
 from perflib.store.schema import performance_prediction_models as models_table
 from perflib.stored_models import POOLED, StoredModels, StoredVersion
+from perflib.units import format_duration
 
 MIN_JOBS_FOR_MODEL = 30
 # The calibration part of the training window, its latest (or largest) jobs: half of it, to
@@ -970,13 +971,9 @@ def _recommendations(variants, seconds: np.ndarray) -> list[str]:
     for (_, change, _), cheaper in zip(variants, seconds[1:]):
         saving = base - float(cheaper)
         if base > 0 and saving / base >= MIN_SAVING:
-            advice.append(f"{change} saves about {_seconds_text(saving)} "
+            advice.append(f"{change} saves about {format_duration(saving)} "
                           f"({saving / base:.0%})")
     return advice
-
-
-def _seconds_text(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 def _iso(value) -> str | None:

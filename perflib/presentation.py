@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-MISSING = "–"
+from perflib.units import MISSING, format_duration
+
 UP, DOWN = "▲", "▼"
 
 TABLE_STYLES = [
@@ -29,48 +30,6 @@ TABLE_STYLES = [
 def missing(value: Any) -> bool:
     """None, NaN or pandas' NA: nothing to show."""
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
-
-
-def format_duration(seconds: float | None) -> str:
-    """A duration in the unit that shows it; the dashboard's JavaScript follows the same rule.
-
-    The rule, on the magnitude (a negative value gets a leading "-"; missing is "–"):
-
-    ===============  ==========================  =============
-    below            shown as                    examples
-    ===============  ==========================  =============
-    exactly 0        ``0 s``
-    1 s              two significant digits, s   ``0.93 s``, ``0.004 s``
-    10 s             one decimal, s              ``3.2 s``
-    3 min            whole seconds               ``45 s``, ``132 s``
-    10 min           one decimal, min            ``3.5 min``, ``9.8 min``
-    90 min           whole minutes               ``14 min``
-    10 h             one decimal, h              ``1.5 h``
-    (above)          whole hours, thousands sep  ``36 h``, ``1,234 h``
-    ===============  ==========================  =============
-
-    So a value is never shown as "0 min" or "0.0 h": minutes start at 3 min, hours at 90 min.
-    """
-    if missing(seconds):
-        return MISSING
-    sign, value = ("-" if seconds < 0 else ""), abs(float(seconds))
-    if value == 0:
-        text = "0 s"
-    elif value < 1:
-        text = f"{value:.2g} s"
-    elif value < 10:
-        text = f"{value:.1f} s"
-    elif value < 180:
-        text = f"{value:.0f} s"
-    elif value < 600:
-        text = f"{value / 60:.1f} min"
-    elif value < 5400:
-        text = f"{value / 60:.0f} min"
-    elif value < 36000:
-        text = f"{value / 3600:.1f} h"
-    else:
-        text = f"{value / 3600:,.0f} h"
-    return sign + text
 
 
 def format_hours(hours: float | None) -> str:

@@ -267,7 +267,7 @@ def duration_cases() -> list[tuple[float | None, str]]:
 
 
 def test_the_page_formats_durations_as_the_report_does(site, browser):
-    from perflib.presentation import format_duration
+    from perflib.units import format_duration
 
     url, _, _ = site
     page = open_dashboard(browser, url)

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from perflib.analysis.sql import in_window, hour_of
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
+from perflib.units import format_duration
 
 PEAK_SHARE = 0.25  # the busiest quarter of the hours of the day
 MOVED_SHARE = 0.2  # "what if a fifth of peak-hour jobs ran off-peak"
@@ -49,7 +50,7 @@ def _peak_hours(store: Store, start, end) -> dict | None:
         "message": (f"{peak_queue / total_queue:.0%} of all queue time falls in the peak hours "
                     f"{', '.join(f'{h:02d}:00' for h in peak_hours)} UTC; running "
                     f"{MOVED_SHARE:.0%} of those jobs off-peak would save about "
-                    f"{_duration(saving)} of waiting ({mean_peak:.0f} s → {mean_off:.0f} s "
+                    f"{format_duration(saving)} of waiting ({mean_peak:.0f} s → {mean_off:.0f} s "
                     "each)."),
         "evidence": {"peak_hours_utc": peak_hours,
                      "peak_queue_share": round(peak_queue / total_queue, 3),
@@ -75,7 +76,7 @@ def _surplus_steps(store: Store, start, end) -> dict | None:
     return {
         "type": "cap_steps",
         "message": (f"{row.jobs} jobs ran more than {STEP_CAP} steps; capping them at "
-                    f"{STEP_CAP} would save about {_duration(row.seconds)} of GPU time "
+                    f"{STEP_CAP} would save about {format_duration(row.seconds)} of GPU time "
                     f"({row.seconds / row.all_seconds:.0%} of theirs) — beyond ~{STEP_CAP} "
                     "steps modern samplers change the image little."),
         "evidence": {"jobs": int(row.jobs), "step_cap": STEP_CAP,
@@ -95,13 +96,8 @@ def _model_reloads(store: Store, start, end) -> dict | None:
     return {
         "type": "group_by_model",
         "message": (f"{row.reloads} jobs started by loading their model "
-                    f"({_duration(row.seconds)} in all): routing jobs to GPUs that already "
+                    f"({format_duration(row.seconds)} in all): routing jobs to GPUs that already "
                     "hold their model, or grouping submissions by model, removes most of it."),
         "evidence": {"model_loads": int(row.reloads), "load_seconds": round(row.seconds, 1)},
         "potential_saving_hours": round(row.seconds / 3600, 2),
     }
-
-
-def _duration(seconds: float) -> str:
-    """``2.5 h`` or ``14 min``, whichever reads better."""
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"

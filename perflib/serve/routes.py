@@ -35,7 +35,14 @@ def api_router(services: Services) -> APIRouter:
     """Every endpoint, bound to one service's store, predictor and analyzer."""
     router = APIRouter(tags=["performance"])
     needs_token = [Depends(require_token(services.settings.api_token))]
+    _job_routes(router, services, needs_token)
+    _analysis_routes(router, services, needs_token)
+    _model_routes(router, services, needs_token)
+    return router
 
+
+def _job_routes(router: APIRouter, services: Services, needs_token: list) -> None:
+    """Estimating jobs before they run, and taking their records and GPU readings."""
     @router.post("/estimate-time", response_model=EstimateResponse,
                  response_model_exclude_unset=True)
     async def estimate_time(job: Annotated[EstimateBody, Body()]) -> EstimateResponse:
@@ -48,6 +55,35 @@ def api_router(services: Services) -> APIRouter:
             answer = answer.model_copy(update={"parsed_job": job.parsed_job})
         return answer
 
+    @router.post("/record-metrics", response_model=RecordResult, dependencies=needs_token,
+                 responses={202: {"model": RecordResult,
+                                  "description": "database down: the records were spooled"}})
+    def record_metrics(body: Annotated[RecordBody, Body()], response: Response,
+                       background: BackgroundTasks) -> RecordResult:
+        """Store one job record or a list (idempotent on job_id; a queued/running job is
+        replaced by its newer report). While the database is down: spooled, 202."""
+        records = [record.as_record() for record in (body if isinstance(body, list) else [body])]
+        result = services.ingest.write(records)
+        if result.spooled:
+            response.status_code = 202
+        else:
+            services.estimator.forget_queue()
+            background.add_task(services.ingest.replay_spool)
+        return result
+
+    @router.post("/heartbeat", response_model=HeartbeatResult, dependencies=needs_token)
+    def heartbeat(body: Annotated[HeartbeatBody, Body()]) -> HeartbeatResult:
+        """Latest readings of a worker's GPUs (or of a host without one: ``gpu_index`` null),
+        for the dashboard; a GPU's row is overwritten at most every 5 s. Not spooled while the
+        database is down (503): the next reading supersedes it."""
+        beats = body if isinstance(body, list) else [body]
+        stored = write_heartbeats(services.store, [beat.model_dump() for beat in beats],
+                                  datetime.now(timezone.utc))
+        return HeartbeatResult(received=len(beats), stored=stored)
+
+
+def _analysis_routes(router: APIRouter, services: Services, needs_token: list) -> None:
+    """Trends, comparisons, alerts (and acknowledging them), the weekly report, dashboards."""
     @router.get("/trends", response_model=TrendsResponse)
     def trends(days_back: DaysBack = 7, pipeline_type: PipelineType | None = None
                ) -> TrendsResponse:
@@ -128,22 +164,6 @@ def api_router(services: Services) -> APIRouter:
             return Response(status_code=499)  # the client has gone: nothing is sent
         return FileResponse(html, media_type="text/html")
 
-    @router.post("/record-metrics", response_model=RecordResult, dependencies=needs_token,
-                 responses={202: {"model": RecordResult,
-                                  "description": "database down: the records were spooled"}})
-    def record_metrics(body: Annotated[RecordBody, Body()], response: Response,
-                       background: BackgroundTasks) -> RecordResult:
-        """Store one job record or a list (idempotent on job_id; a queued/running job is
-        replaced by its newer report). While the database is down: spooled, 202."""
-        records = [record.as_record() for record in (body if isinstance(body, list) else [body])]
-        result = services.ingest.write(records)
-        if result.spooled:
-            response.status_code = 202
-        else:
-            services.estimator.forget_queue()
-            background.add_task(services.ingest.replay_spool)
-        return result
-
     @router.get("/dashboard", response_model=DashboardResponse)
     def dashboard() -> DashboardResponse:
         """The last 24 hours' headline numbers, jobs per hour, bottlenecks and opportunities."""
@@ -159,16 +179,9 @@ def api_router(services: Services) -> APIRouter:
         pipeline with change-points, and the accuracy of the latest 100 estimates."""
         return live_dashboard.read()
 
-    @router.post("/heartbeat", response_model=HeartbeatResult, dependencies=needs_token)
-    def heartbeat(body: Annotated[HeartbeatBody, Body()]) -> HeartbeatResult:
-        """Latest readings of a worker's GPUs (or of a host without one: ``gpu_index`` null),
-        for the dashboard; a GPU's row is overwritten at most every 5 s. Not spooled while the
-        database is down (503): the next reading supersedes it."""
-        beats = body if isinstance(body, list) else [body]
-        stored = write_heartbeats(services.store, [beat.model_dump() for beat in beats],
-                                  datetime.now(timezone.utc))
-        return HeartbeatResult(received=len(beats), stored=stored)
 
+def _model_routes(router: APIRouter, services: Services, needs_token: list) -> None:
+    """Which model answers, and retraining it."""
     @router.get("/model-status")
     def model_status() -> dict:
         """Per pipeline: which model answers (or the heuristic) with its family, version,
@@ -200,5 +213,3 @@ def api_router(services: Services) -> APIRouter:
         if task is None:
             raise HTTPException(404, f"no retrain task {task_id}")
         return task
-
-    return router

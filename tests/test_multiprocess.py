@@ -55,3 +55,46 @@ def test_a_forked_child_tracks_into_the_parents_database(sqlite_url, tmp_path):
     process.join(60)
     assert process.exitcode == 0
     assert set(store.jobs_frame().job_id) == {"parent", "child"}
+
+
+def test_a_fork_during_a_write_transaction_leaves_the_child_able_to_write(sqlite_url, tmp_path):
+    """SQLite's lock state lives in process memory: a child forked while a parent thread held a
+    write transaction would wait out the busy timeout on every write. The fork waits instead."""
+    import multiprocessing
+    import threading
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from perflib.record import job_record
+    from perflib.store.engine import engine_for
+
+    store = Store(sqlite_url, Settings(spool_dir=tmp_path / "spool"))
+    engine = store.engine
+    in_transaction, release = threading.Event(), threading.Event()
+
+    def hold_a_write_transaction():
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            in_transaction.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_a_write_transaction)
+    holder.start()
+    assert in_transaction.wait(10)
+    threading.Timer(0.5, release.set).start()  # the fork below waits for this commit
+
+    def child():
+        assert engine_for(store.url, "") is not engine  # the child opens its own
+        now = datetime.now(timezone.utc)
+        record = job_record({"job_id": "forked", "pipeline_type": "image",
+                             "status": "success",
+                             "started_at": now - timedelta(seconds=1), "finished_at": now})
+        assert store.write_jobs([record]) == 1
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(20)
+    holder.join()
+    assert process.exitcode == 0, "the child could not write within 20 s"
+    assert set(store.jobs_frame().job_id) == {"forked"}

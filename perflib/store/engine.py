@@ -5,7 +5,8 @@ processes can write one file without "database is locked" escaping. An SQLite en
 which file (device and inode) it opened: if the file at its path is deleted or replaced, the
 engine is dropped and the next one opens (or recreates) the file that is there now, instead of
 writing on into a file nobody can read any more. PostgreSQL tables live in the configured schema
-through ``schema_translate_map``.
+through ``schema_translate_map``. Every engine's connections are counted in the fork gate
+(:mod:`perflib.store.forkgate`), so a process forks only while none is in use.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
+
+from perflib.store import forkgate
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,10 @@ def create_engine(url: URL, schema: str) -> sa.Engine:
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
         )
         _configure_sqlite(engine)
+        forkgate.guard(engine)
         return engine
     engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    forkgate.guard(engine)
     return engine.execution_options(schema_translate_map={None: schema})
 
 

@@ -7,7 +7,6 @@ GPU until their estimate runs out; queued jobs then take the first free GPU in s
 """
 from __future__ import annotations
 
-import heapq
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -18,27 +17,13 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.sql import bound
+from perflib.fifo import queue_starts
 from perflib.predictor import PerformancePredictor
 from perflib.serve.schemas import QueueEta
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
 FLEET_DAYS = 7  # GPUs seen in this many days make up the fleet
-
-
-def queue_starts(running_seconds_left: Sequence[float], queued_seconds: Sequence[float],
-                 gpus: int) -> list[float]:
-    """Seconds from now until each queued job starts, and last until a job submitted now
-    would: running jobs hold their GPUs for the time they have left, then queued jobs take
-    the first free GPU in order."""
-    free_at = [0.0] * max(1, gpus)
-    for seconds in running_seconds_left:
-        heapq.heappush(free_at, heapq.heappop(free_at) + max(0.0, seconds))
-    starts = []
-    for seconds in queued_seconds:
-        starts.append(heapq.heappop(free_at))
-        heapq.heappush(free_at, starts[-1] + max(0.0, seconds))
-    return [*starts, free_at[0]]
 
 
 def expected_start(running_seconds_left: Sequence[float], queued_seconds: Sequence[float],

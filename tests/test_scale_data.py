@@ -1,0 +1,96 @@
+"""The scale data builder: a tiled realistic history, written whole through the normal schema."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from perflib.scale_data import BuildResult, build_scale_database
+from perflib.store import Store, schema
+from perflib.workload import STORED_TERMS, stored_terms
+
+END = datetime(2026, 11, 23, tzinfo=timezone.utc)      # a Monday, midnight
+
+
+@pytest.fixture
+def built(db_url, settings) -> tuple[Store, BuildResult]:
+    """5,000 jobs over 90 days from a 2,000-job template: two whole copies and a part of one."""
+    result = build_scale_database(db_url, 5000, days=90, seed=4, end=END, settings=settings,
+                                  template_jobs=2000, sample_share=0.05)
+    return Store(db_url, settings), result
+
+
+def test_builds_the_asked_number_of_distinct_jobs_over_the_days(built):
+    store, result = built
+    jobs = store.jobs_frame()
+    assert result.jobs == len(jobs) == 5000
+    assert jobs.job_id.is_unique and jobs.simulated.all()
+    assert result.copies == 3 and 2000 <= result.template_jobs < 5000
+    assert result.start == END - timedelta(days=90) and result.end == END
+    assert jobs.submitted_at.min() >= result.start and jobs.finished_at.max() <= END
+    assert (jobs.submitted_at.max() - jobs.submitted_at.min()) > timedelta(days=88)
+    assert (jobs.started_at >= jobs.submitted_at).all()
+    assert (jobs.finished_at > jobs.started_at).all()
+    # Each copy runs on its own GPUs of a bigger fleet.
+    gpus = jobs.groupby(jobs.job_id.str.split("-").str[2])[["hostname", "gpu_index"]].apply(
+        lambda copy: set(copy.itertuples(index=False, name=None)))
+    assert len(gpus) == 3 and not gpus["0"] & gpus["1"] and not gpus["1"] & gpus["2"]
+    assert result.seconds > 0 and result.rows_per_s > 0
+    assert result.rows == result.jobs + result.phases + result.samples
+
+
+def test_keeps_the_arrival_shape_and_the_planted_incidents(built):
+    store, _ = built
+    jobs = store.jobs_frame()
+    hours = jobs.submitted_at.dt.hour
+    assert (hours == 14).sum() > 4 * (hours == 3).sum()         # busy afternoons, quiet nights
+    weekend = jobs.submitted_at.dt.day_of_week >= 5
+    assert weekend.mean() < 0.25
+    # The default incidents: a week of queue backlog 36 days before the end.
+    backlog = jobs.submitted_at.between(END - timedelta(days=36), END - timedelta(days=29))
+    clean = jobs.submitted_at.between(END - timedelta(days=80), END - timedelta(days=73))
+    assert backlog.sum() > 2 * clean.sum()
+    assert (jobs.model_name == "sdxl-refiner-hires").any()
+
+
+def test_cost_terms_are_those_the_store_computes(built):
+    store, _ = built
+    jobs = store.jobs_frame().sample(200, random_state=0)
+    records = jobs.to_dict("records")
+    expected = stored_terms([{**r, "passes": None} for r in records], store.config.model_profiles)
+    for record, terms in zip(records, expected):
+        for name in STORED_TERMS:
+            assert record[name] == pytest.approx(terms[name]), (record["job_id"], name)
+
+
+def test_every_job_has_its_phases_and_some_have_samples(built):
+    store, result = built
+    phases = store.frame(sa.select(schema.generation_phases.c.job_id,
+                                   schema.generation_phases.c.started_at))
+    per_job = phases.groupby("job_id").size()
+    assert result.phases == len(phases) and len(per_job) == result.jobs
+    assert per_job.between(1, 3).all()
+    samples = store.count(schema.resource_samples)
+    assert result.samples == samples > 0
+    sampled_jobs = store.frame(sa.select(schema.resource_samples.c.job_id).distinct())
+    assert 0.02 < len(sampled_jobs) / result.jobs < 0.10        # thinned: 5% asked
+    jobs = store.jobs_frame().set_index("job_id")
+    first = phases.sort_values("started_at").groupby("job_id").started_at.first()
+    lag = (first - jobs.started_at.reindex(first.index)).dt.total_seconds()
+    assert np.allclose(lag, jobs.init_seconds.reindex(first.index), atol=1e-3)
+
+
+def test_refuses_a_database_that_holds_jobs(db_url, settings):
+    build_scale_database(db_url, 50, end=END, settings=settings)
+    with pytest.raises(ValueError, match="already holds jobs"):
+        build_scale_database(db_url, 50, end=END, settings=settings)
+
+
+@pytest.mark.parametrize("arguments, field", [(dict(jobs=0), "jobs"), (dict(days=7), "days"),
+                                              (dict(sample_share=2), "sample_share")])
+def test_refuses_bad_arguments_naming_them(sqlite_url, settings, arguments, field):
+    with pytest.raises(ValueError, match=field):
+        build_scale_database(sqlite_url, **{"jobs": 10, **arguments}, end=END,
+                             settings=settings)

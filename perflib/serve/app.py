@@ -58,7 +58,7 @@ def build_services(db: Any = None, settings: Settings | None = None,
     settings = settings or (db.config if isinstance(db, Store) else get_settings())
     store = db if isinstance(db, Store) else Store(db, settings)
     predictor = PerformancePredictor(store)
-    metrics = ServiceMetrics(store)
+    metrics = ServiceMetrics(store, predictor, settings.thresholds.queue_seconds)
     estimator = QueueAwareEstimator(store, predictor)
     return Services(
         settings=settings, store=store, predictor=predictor,

@@ -1,19 +1,25 @@
 """Prometheus metrics of one service instance, in its own registry.
 
 Job counts and durations come from the store at scrape time (every writer's jobs, not only those
-posted here); the estimate latency and the records this service took are counted as they happen.
+posted here), and so does the autoscaling signal per pool of GPUs (:mod:`perflib.autoscale`);
+the estimate latency and the records this service took are counted as they happen.
 """
 from __future__ import annotations
 
 import logging
+import threading
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
+from perflib.autoscale import RECENT_SECONDS, pool_signals, recent_pool_gpus
+from perflib.predictor import PerformancePredictor
+from perflib.record import LIVE_STATUSES
+from perflib.serve.queue import live_predicted_seconds
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
-from perflib.record import LIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +70,73 @@ class StoreCollector:
         )
 
 
+class PoolCollector:
+    """The autoscaling signal per pool (pipeline_type, gpu_name): predicted backlog seconds,
+    desired GPUs and the GPUs seen lately. A pool once reported keeps being reported (zeros
+    when idle) for as long as this service runs, so a scaler's query never goes empty."""
+
+    def __init__(self, store: Store, predictor: PerformancePredictor,
+                 target_wait_seconds: float):
+        if not target_wait_seconds > 0:
+            raise ValueError(f"the target queue wait (PERFLIB_THRESHOLD_QUEUE_SECONDS) must be "
+                             f"positive, got {target_wait_seconds!r}")
+        self.store = store
+        self.predictor = predictor
+        self.target_wait_seconds = target_wait_seconds
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def describe(self):
+        return self._families()
+
+    def collect(self):
+        backlog, desired, gpus = self._families()
+        now = datetime.now(timezone.utc)
+        try:
+            live = self.store.live_jobs()
+            recent = recent_pool_gpus(self.store, now - timedelta(seconds=RECENT_SECONDS))
+            seconds = live_predicted_seconds(live, self.predictor)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics: no autoscaling signal, database unavailable (%s)",
+                        type(exc).__name__)
+            return []
+        with self._lock:
+            signals = pool_signals(live, seconds, recent, self.target_wait_seconds, now,
+                                   idle_pools=self._seen)
+            self._seen.update((s.pipeline_type, s.gpu_name) for s in signals)
+        for signal in signals:
+            labels = [signal.pipeline_type, signal.gpu_name]
+            backlog.add_metric(labels, signal.backlog_seconds)
+            desired.add_metric(labels, signal.desired_gpus)
+            gpus.add_metric(labels, signal.gpus)
+        return [backlog, desired, gpus]
+
+    def _families(self):
+        labels = ["pipeline_type", "gpu_name"]
+        return (
+            GaugeMetricFamily(
+                "perflib_backlog_predicted_seconds",
+                "Predicted seconds of the pool's queued jobs plus what its running jobs have "
+                "left (a job naming no GPU counts in its pipeline's pool with the most GPUs "
+                "lately)", labels=labels),
+            GaugeMetricFamily(
+                "perflib_desired_gpus",
+                f"Fewest GPUs that start every queued job of the pool within "
+                f"{self.target_wait_seconds:g} s (FIFO over predicted seconds), never fewer "
+                f"than its running jobs; 0 when the pool has no live work, at least 1 when it "
+                f"has any", labels=labels),
+            GaugeMetricFamily(
+                "perflib_pool_gpus",
+                f"GPUs that started one of the pool's jobs in the last {RECENT_SECONDS:g} s or "
+                f"run one now", labels=labels),
+        )
+
+
 class ServiceMetrics:
     """The registry and the instruments the endpoints update."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, predictor: PerformancePredictor,
+                 target_wait_seconds: float):
         self.registry = CollectorRegistry()
         self.estimate_seconds = Histogram(
             "perflib_estimate_seconds", "Time to answer estimate-time",
@@ -80,3 +149,4 @@ class ServiceMetrics:
             "hold, kept in the spool folder's dead-letter file and never retried",
             registry=self.registry)
         self.registry.register(StoreCollector(store))
+        self.registry.register(PoolCollector(store, predictor, target_wait_seconds))

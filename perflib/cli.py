@@ -282,6 +282,21 @@ def cmd_maintain(args) -> int:
     return 0
 
 
+def cmd_capacity(args) -> int:
+    from perflib.capacity import plan_capacity
+    from perflib.capacity.text import plan_text
+
+    try:
+        plan = plan_capacity(_store(args), args.pipeline_type, days=args.days,
+                             target_wait_seconds=args.target_wait, gpus=args.gpus,
+                             end=args.end_date, weeks=args.weeks)
+    except ValueError as exc:
+        print(f"perflib capacity: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_text(plan))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from perflib.serve import main as serve_main
 
@@ -358,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prediction_commands(commands)
     _history_commands(commands)
     _analysis_commands(commands)
+    _capacity_command(commands)
     _comfyui_commands(commands)
     _serve_command(commands)
     return parser
@@ -506,6 +522,38 @@ def _analysis_commands(commands) -> None:
     maintain.add_argument("--no-retrain", action="store_true",
                           help="leave the models as they are")
     maintain.set_defaults(handler=cmd_maintain)
+
+
+def _whole_number(text: str) -> int:
+    """A whole number ≥ 1 (argparse names the option when it is not)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return number
+
+
+def _capacity_command(commands) -> None:
+    """Capacity planning: the GPUs that keep the queue wait within its target."""
+    capacity = commands.add_parser(
+        "capacity", help="how many GPUs keep the p95 queue wait within the target at every "
+                         "hour of the week (simulation of the observed arrivals, Erlang-C beside)")
+    capacity.add_argument("--pipeline-type", choices=["image", "video"],
+                          help="plan the GPUs of one pipeline (default: one pool for all)")
+    capacity.add_argument("--days", type=float, default=28,
+                          help="days of arrivals to plan from, at least 7 (default 28)")
+    capacity.add_argument("--target-wait", type=_positive_seconds, metavar="SECONDS",
+                          help="p95 queue wait to keep (default: the high_queue_time threshold, "
+                               "PERFLIB_THRESHOLD_QUEUE_SECONDS, 30 s)")
+    capacity.add_argument("--gpus", type=_whole_number,
+                          help="the GPU count to evaluate (default: the GPUs seen in the window)")
+    capacity.add_argument("--weeks", type=_whole_number, default=4,
+                          help="simulated weeks the figures pool (default 4)")
+    capacity.add_argument("--end-date", help="ISO date the window ends (default: newest job)")
+    capacity.add_argument("--json", action="store_true", help="the plan, all 168 hours, as JSON")
+    capacity.set_defaults(handler=cmd_capacity)
 
 
 def _comfyui_commands(commands) -> None:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from perflib.analysis.sql import bound
 from perflib.fifo import queue_starts
+from perflib.record import LIVE_STATUSES
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
@@ -28,6 +29,8 @@ UNASSIGNED = "unassigned"  # the pool of a pipeline whose jobs have run on no kn
 RECENT_SECONDS = 900.0  # a GPU that started a pool's job this recently belongs to the pool
 MAX_SIMULATED_JOBS = 10_000  # above this many queued jobs, the closed-form bound answers
 SLACK_SECONDS = 1e-6  # float rounding in the simulated starts
+LIVE_COLUMNS = ("job_id", "pipeline_type", "status", "gpu_name", "hostname", "gpu_index",
+                "started_at", "predicted_seconds")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,21 @@ def desired_gpus(running_seconds_left: Sequence[float], queued_seconds: Sequence
         else:
             low = gpus + 1
     return low
+
+
+def read_live_jobs(store: Store) -> pd.DataFrame:
+    """Queued and running jobs in submission order, only the columns the signal needs (whole
+    rows cost ten times more to read at 20k live jobs)."""
+    query = (sa.select(*(jobs.c[name] for name in LIVE_COLUMNS))
+             .where(jobs.c.status.in_(LIVE_STATUSES))
+             .order_by(jobs.c.submitted_at, jobs.c.id))
+    return store.frame(query)
+
+
+def read_unpriced_live_jobs(store: Store) -> pd.DataFrame:
+    """Whole rows of the live jobs reported without an estimate, for the model to price."""
+    return store.frame(sa.select(jobs).where(jobs.c.status.in_(LIVE_STATUSES),
+                                             jobs.c.predicted_seconds.is_(None)))
 
 
 def recent_pool_gpus(store: Store, since: datetime) -> pd.DataFrame:

@@ -75,6 +75,13 @@ def client(sqlite_url, settings):
         yield client
 
 
+@pytest.fixture
+def any_client(db_url, settings):
+    """A service on SQLite, then on PostgreSQL."""
+    with TestClient(create_app(db_url, settings)) as client:
+        yield client
+
+
 # -- desired GPUs --------------------------------------------------------------------------------
 @pytest.mark.parametrize("running, queued, target, gpus", [
     # 2 GPUs: both free at 10 s, the queue's last pair starts at 50 s; 3 GPUs: the third takes
@@ -166,7 +173,8 @@ def known_backlog() -> list[dict]:
     return image + video
 
 
-def test_metrics_show_backlog_and_desired_gpus_per_pool(client):
+def test_metrics_show_backlog_and_desired_gpus_per_pool(any_client):
+    client = any_client
     backlog = known_backlog()
     assert client.post(f"{API}/record-metrics", json=backlog).status_code == 200
     signals = scrape(client)
@@ -192,6 +200,18 @@ def test_metrics_show_backlog_and_desired_gpus_per_pool(client):
     assert signals["perflib_backlog_predicted_seconds"] == {image: 0.0, video: 0.0}
     assert signals["perflib_desired_gpus"] == {image: 0.0, video: 0.0}
     assert signals["perflib_pool_gpus"] == {image: 2.0, video: 1.0}  # started lately
+
+
+def test_a_pool_stays_on_metrics_with_zeros_once_its_work_is_gone(client):
+    queued = [live_job(f"q-{n}", "queued", "image", 20.0) for n in range(2)]
+    assert client.post(f"{API}/record-metrics", json=queued).status_code == 200
+    pool = ("image", UNASSIGNED)  # no image job has run on a known GPU
+    assert scrape(client)["perflib_desired_gpus"] == {pool: 1.0}
+    cancelled = [{**finished(job, 0.0), "status": "cancelled"} for job in queued]  # on no GPU
+    assert client.post(f"{API}/record-metrics", json=cancelled).status_code == 200
+    signals = scrape(client)
+    assert signals["perflib_desired_gpus"] == {pool: 0.0}  # not absent: a query stays answered
+    assert signals["perflib_backlog_predicted_seconds"] == {pool: 0.0}
 
 
 def test_an_empty_store_reports_no_pool(client):

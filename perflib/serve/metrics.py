@@ -10,11 +10,15 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
-from perflib.autoscale import RECENT_SECONDS, pool_signals, recent_pool_gpus
+from perflib.autoscale import (RECENT_SECONDS, pool_signals, read_live_jobs,
+                               read_unpriced_live_jobs, recent_pool_gpus)
+from perflib.cache import TtlCache
 from perflib.predictor import PerformancePredictor
 from perflib.record import LIVE_STATUSES
 from perflib.serve.queue import live_predicted_seconds
@@ -24,6 +28,7 @@ from perflib.store.schema import generation_performance as jobs
 log = logging.getLogger(__name__)
 
 ESTIMATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+PRICE_TTL_S = 300.0  # a live job the model priced is not priced again for a few minutes
 
 
 class StoreCollector:
@@ -73,7 +78,8 @@ class StoreCollector:
 class PoolCollector:
     """The autoscaling signal per pool (pipeline_type, gpu_name): predicted backlog seconds,
     desired GPUs and the GPUs seen lately. A pool once reported keeps being reported (zeros
-    when idle) for as long as this service runs, so a scaler's query never goes empty."""
+    when idle) for as long as this service runs, so a scaler's query never goes empty. A
+    live job reported without an estimate is priced by the model once (remembered)."""
 
     def __init__(self, store: Store, predictor: PerformancePredictor,
                  target_wait_seconds: float):
@@ -85,6 +91,7 @@ class PoolCollector:
         self.target_wait_seconds = target_wait_seconds
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._prices = TtlCache(PRICE_TTL_S, 100_000)
 
     def describe(self):
         return self._families()
@@ -93,16 +100,18 @@ class PoolCollector:
         backlog, desired, gpus = self._families()
         now = datetime.now(timezone.utc)
         try:
-            live = self.store.live_jobs()
+            live = read_live_jobs(self.store)
             recent = recent_pool_gpus(self.store, now - timedelta(seconds=RECENT_SECONDS))
-            seconds = live_predicted_seconds(live, self.predictor)
+            seconds = self._predicted_seconds(live)
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: no autoscaling signal, database unavailable (%s)",
                         type(exc).__name__)
             return []
         with self._lock:
-            signals = pool_signals(live, seconds, recent, self.target_wait_seconds, now,
-                                   idle_pools=self._seen)
+            seen = set(self._seen)
+        signals = pool_signals(live, seconds, recent, self.target_wait_seconds, now,
+                               idle_pools=seen)
+        with self._lock:
             self._seen.update((s.pipeline_type, s.gpu_name) for s in signals)
         for signal in signals:
             labels = [signal.pipeline_type, signal.gpu_name]
@@ -110,6 +119,22 @@ class PoolCollector:
             desired.add_metric(labels, signal.desired_gpus)
             gpus.add_metric(labels, signal.gpus)
         return [backlog, desired, gpus]
+
+    def _predicted_seconds(self, live: pd.DataFrame) -> np.ndarray:
+        """Each live job's estimate as reported, else the model's (as estimate-time's queue
+        prices it), remembered per job."""
+        seconds = live.predicted_seconds.to_numpy(dtype=float, na_value=np.nan, copy=True)
+        missing = np.isnan(seconds)
+        priced = {job_id: self._prices.get(job_id) for job_id in live.job_id[missing]}
+        if any(price is None for price in priced.values()):
+            unpriced = read_unpriced_live_jobs(self.store)
+            unpriced = unpriced[unpriced.job_id.map(priced).isna()]
+            for job_id, price in zip(unpriced.job_id,
+                                     live_predicted_seconds(unpriced, self.predictor)):
+                self._prices.put(job_id, float(price))
+                priced[job_id] = float(price)
+        seconds[missing] = [priced.get(job_id) or 0.0 for job_id in live.job_id[missing]]
+        return seconds
 
     def _families(self):
         labels = ["pipeline_type", "gpu_name"]

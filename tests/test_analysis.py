@@ -127,7 +127,7 @@ def test_daily_aggregates_in_sql_match_pandas(db_url, settings):
         assert row.success_rate == pytest.approx((group.status == "success").mean())
         assert row.median_total_seconds == pytest.approx(ok[int((len(ok) + 1) // 2) - 1 if len(ok) % 2 else len(ok) // 2 - 1])
         assert row.p95_total_seconds == pytest.approx(ok[-(-len(ok) * 95 // 100) - 1])
-    assert analyzer.aggregate_daily(days_back=None) == rows  # re-running replaces, never duplicates
+    assert analyzer.aggregate_daily(rebuild=True) == rows  # rebuilding replaces, never duplicates
 
 
 def _simulated_small(url: str, settings: Settings) -> PerformanceAnalyzer:

@@ -15,14 +15,15 @@ import sqlalchemy as sa
 from perflib.analysis import alerts as alert_store
 from perflib.analysis.auto_retrain import retrain_due
 from perflib.analysis.bottlenecks import Bottleneck, BottleneckType, analyze_bottlenecks
-from perflib.analysis.daily import aggregate_daily, daily_stats
+from perflib.analysis.aggregates import aggregate_daily, daily_frame, refresh_aggregates
+from perflib.analysis.daily import daily_stats
 from perflib.analysis.gpus import gpu_usage
 from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
 from perflib.analysis.sql import SIMULATED, hour_of, in_window, window
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
-from perflib.store import UsesStore, parse_timestamp
+from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
 from perflib.record import FINAL_STATUSES
@@ -44,19 +45,16 @@ class PerformanceAnalyzer(UsesStore):
     def window(self, days_back: float, end: datetime | str | None = None):
         return window(self.store, days_back, end)
 
-    def aggregate_daily(self, days_back: float | None = 7, end=None) -> int:
-        """Refresh ``performance_trends`` for the last `days_back` days (a daily job needs the
-        last week, which late records may still change); ``None`` rebuilds all history."""
-        if days_back is None:
-            with self.store.engine.connect() as conn:
-                first = conn.execute(sa.select(sa.func.min(jobs.c.started_at))).scalar()
-            if first is None:
-                return 0
-            start, stop = self.window(0, end)
-            start = min(start, parse_timestamp(first))
-        else:
-            start, stop = self.window(days_back, end)
-        return aggregate_daily(self.store, start, stop)
+    def aggregate_daily(self, days_back: float | None = None, end=None,
+                        rebuild: bool = False) -> int:
+        """Refresh the daily aggregates (``performance_trends``, ``performance_daily_groups``)
+        and return the rows written: the days with jobs recorded since the last refresh; also
+        every day of the last `days_back` before `end`; with `rebuild`, all history, with the
+        reference cost models refitted (see :mod:`perflib.analysis.aggregates`)."""
+        written = refresh_aggregates(self.store, rebuild=rebuild)
+        if days_back is not None:
+            written += aggregate_daily(self.store, *self.window(days_back, end))
+        return written
 
     def analyze_bottlenecks(self, days_back: float = 7, pipeline_type: str | None = None,
                             end=None) -> list[Bottleneck]:
@@ -149,9 +147,10 @@ class PerformanceAnalyzer(UsesStore):
                 "mape": round(float(row.mape), 4)}
 
     def daily(self, days_back: float = 7, end=None) -> pd.DataFrame:
-        """Per day and pipeline aggregates of the window (see :func:`daily_stats`)."""
+        """Per day and pipeline aggregates of the window, from the stored daily aggregates
+        (see :func:`~perflib.analysis.aggregates.daily_frame`)."""
         start, stop = self.window(days_back, end)
-        return daily_stats(self.store, start, stop, times=False, speed=False)
+        return daily_frame(self.store, start, stop)
 
     def job_sample(self, days_back: float = 7, end=None, limit: int = SAMPLE_ROWS
                    ) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """Bottleneck detection: eight kinds, each with its evidence, severity and computed advice.
 
-Statistics come from GROUP BY queries over the analysis window (per pipeline, per job type, per
-model and GPU, per phase), so this scales with the database. Thresholds come from configuration
+Statistics come from the daily sums stored per pipeline, job type, model and GPU
+(:mod:`perflib.analysis.aggregates`, re-aggregated over the window), and what sums cannot say —
+the share of jobs above a VRAM threshold, phase times — from a bounded sample of the window's
+jobs, so the cost does not grow with the history or the fleet. Thresholds come from configuration
 (the seed's defaults: slow image 120 s, slow video 300 s, low GPU 60%, high CPU 80%, failures
 10%, queue 30 s; and VRAM peaks at 90% of the card).
 """
@@ -15,10 +17,12 @@ from datetime import datetime, timedelta
 import pandas as pd
 import sqlalchemy as sa
 
-from perflib.analysis.sql import FINISHED, in_window, work_units
+from perflib.analysis.aggregates import group_frame
+from perflib.analysis.daily import GROUP_KEYS
+from perflib.analysis.sql import out_of_memory, sampled_jobs
 from perflib.config import Thresholds
+from perflib.record import FINAL_STATUSES
 from perflib.store import Store
-from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
 
 MIN_JOBS = 20  # a group smaller than this says nothing reliable
@@ -27,6 +31,7 @@ PHASE_SHARE = 0.4
 SLOWDOWN = 1.15  # seconds per work unit against the previous weeks
 BASELINE_DAYS = 28
 CORE_PHASES = ("generat", "denois", "sampl", "diffus", "unet", "transformer")
+SAMPLE_ROWS = 20_000  # jobs sampled for shares and phase times, whatever the window holds
 
 
 class BottleneckType(str, enum.Enum):
@@ -60,53 +65,79 @@ def analyze_bottlenecks(store: Store, start: datetime, end: datetime,
                         thresholds: Thresholds, pipeline_type: str | None = None
                         ) -> list[Bottleneck]:
     """Every bottleneck found in [start, end), most severe first."""
-    groups = _group_stats(store, start, end, pipeline_type, [jobs.c.pipeline_type], thresholds)
-    by_job_type = _group_stats(store, start, end, pipeline_type,
-                               [jobs.c.pipeline_type, jobs.c.job_type], thresholds)
-    by_device = _group_stats(store, start, end, pipeline_type,
-                             [jobs.c.pipeline_type, jobs.c.model_name, jobs.c.gpu_name],
-                             thresholds)
+    fine = group_frame(store, start, end, pipeline_type)
+    if fine.empty:
+        return []
+    sample = _Sample(store, *sampled_jobs(store, start, end, int(fine.jobs.sum()), SAMPLE_ROWS))
+    fine = _with_vram_pressure(fine, sample, thresholds)
+    groups = _rollup(fine, ["pipeline_type"])
+    by_job_type = _rollup(fine, ["pipeline_type", "job_type"])
+    by_device = _rollup(fine, ["pipeline_type", "model_name", "gpu_name"])
     found: list[Bottleneck] = []
     found += _utilisation(by_job_type, thresholds)
     found += _queueing(groups, thresholds)
     found += _vram(by_device, thresholds)
     found += _failures(groups, by_device, thresholds)
-    found += _slow(store, groups, start, end, pipeline_type, thresholds)
+    found += _slow(store, groups, start, pipeline_type, thresholds)
     found += _initialisation(groups)
-    found += _phase_imbalance(store, start, end, pipeline_type)
+    found += _phase_imbalance(sample, pipeline_type)
     return sorted(found, key=lambda b: -b.severity)
 
 
 # -- statistics ------------------------------------------------------------------------------
-def _group_stats(store: Store, start, end, pipeline_type, keys, t: Thresholds) -> pd.DataFrame:
-    ok = jobs.c.status == "success"
-    failed = jobs.c.status == "failed"
-    oom = sa.and_(failed, sa.or_(jobs.c.error_type.like("%OutOfMemory%"),
-                                 jobs.c.error_message.like("%out of memory%")))
-    vram_ratio = jobs.c.vram_peak_mb / sa.func.nullif(jobs.c.vram_total_mb, 0)
-    near_full = vram_ratio >= t.high_vram_pct / 100
-    query = sa.select(
-        *keys,
-        sa.func.count().label("jobs"),
-        sa.func.sum(sa.case((failed, 1), else_=0)).label("failed"),
-        sa.func.sum(sa.case((oom, 1), else_=0)).label("oom"),
-        sa.func.sum(sa.case((near_full, 1), else_=0)).label("vram_full"),
-        sa.func.sum(sa.case((sa.or_(oom, near_full), 1), else_=0)).label("vram_pressed"),
-        sa.func.avg(vram_ratio).label("vram_ratio"),
-        sa.func.avg(jobs.c.gpu_util_avg_pct).label("gpu_util"),
-        sa.func.avg(jobs.c.cpu_avg_pct).label("cpu"),
-        sa.func.avg(jobs.c.queue_seconds).label("queue"),
-        sa.func.max(jobs.c.queue_seconds).label("queue_max"),
-        sa.func.avg(sa.case((ok, jobs.c.processing_seconds))).label("processing"),
-        sa.func.sum(sa.case((ok, jobs.c.init_seconds))).label("init_total"),
-        sa.func.sum(sa.case((ok, jobs.c.processing_seconds))).label("processing_total"),
-        sa.func.sum(sa.case((sa.and_(ok, work_units().isnot(None)), jobs.c.processing_seconds))
-                    ).label("timed_seconds"),
-        sa.func.sum(sa.case((ok, work_units()))).label("work"),
-    ).where(FINISHED, in_window(store, start, end)).group_by(*keys)
-    if pipeline_type:
-        query = query.where(jobs.c.pipeline_type == pipeline_type)
-    return store.frame(query)
+@dataclass
+class _Sample:
+    """A bounded, even sample of the window's jobs (:func:`~perflib.analysis.sql.sampled_jobs`)
+    for what the stored sums cannot say: shares of jobs above a VRAM threshold, phase times."""
+
+    store: Store
+    rows: sa.Subquery
+    fraction: float  # of the window's jobs
+
+
+def _with_vram_pressure(fine: pd.DataFrame, sample: _Sample, t: Thresholds) -> pd.DataFrame:
+    """Adds ``vram_full`` (jobs at or above the VRAM threshold) and ``vram_pressed`` (those or
+    out of memory) per group, estimated from the sample's shares (exact when it holds the whole
+    window)."""
+    s = sample.rows.c
+    near_full = s.vram_peak_mb / sa.func.nullif(s.vram_total_mb, 0) >= t.high_vram_pct / 100
+    keys = [s[k] for k in GROUP_KEYS]
+    query = (sa.select(*keys, sa.func.count().label("sampled"),
+                       sa.func.sum(sa.case((near_full, 1), else_=0)).label("full"),
+                       sa.func.sum(sa.case((sa.or_(out_of_memory(s), near_full), 1), else_=0)
+                                   ).label("pressed"))
+             .where(s.status.in_(FINAL_STATUSES)).group_by(*keys))
+    shares = _plain_keys(sample.store.frame(query), GROUP_KEYS)
+    fine = _plain_keys(fine, GROUP_KEYS).merge(shares, on=GROUP_KEYS, how="left")
+    sampled = fine.sampled.where(fine.sampled > 0)
+    fine["vram_full"] = (fine.full / sampled * fine.jobs).round().fillna(0)
+    fine["vram_pressed"] = (fine.pressed / sampled * fine.jobs).round().fillna(0)
+    fine["vram_pressed"] = fine[["vram_pressed", "oom"]].max(axis=1)
+    return fine.drop(columns=["sampled", "full", "pressed"])
+
+
+def _rollup(fine: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The per-group statistics the rules read, from the fine-grained sums."""
+    sums = [c for c in fine.columns if c not in GROUP_KEYS and c != "queue_max"]
+    g = fine.groupby(keys, dropna=False).agg({**{c: "sum" for c in sums}, "queue_max": "max"})
+    g = _plain_keys(g.reset_index(), keys)
+
+    def mean(total, count):
+        return g[total] / g[count].where(g[count] > 0)
+
+    return g.assign(vram_ratio=mean("vram_ratio_sum", "vram_ratio_count"),
+                    gpu_util=mean("gpu_util_sum", "gpu_util_count"),
+                    cpu=mean("cpu_sum", "cpu_count"), queue=mean("queue_sum", "queue_count"),
+                    processing=mean("processing_sum", "processing_count"),
+                    processing_total=g.processing_sum)
+
+
+def _plain_keys(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Missing key values as None (pandas' NaN would pass for a job type or a model)."""
+    frame = frame.copy()
+    for key in keys:
+        frame[key] = frame[key].astype(object).where(frame[key].notna(), None)
+    return frame
 
 
 def _scope(row, *names) -> dict:
@@ -215,13 +246,13 @@ def _failures(groups: pd.DataFrame, by_device: pd.DataFrame, t: Thresholds) -> l
     return found
 
 
-def _slow(store: Store, groups: pd.DataFrame, start, end, pipeline_type,
+def _slow(store: Store, groups: pd.DataFrame, start, pipeline_type,
           t: Thresholds) -> list[Bottleneck]:
     """Slow against the configured limits, and slow against the previous weeks for the same
     work (seconds per work unit, so a change in job mix is not mistaken for a slowdown)."""
     found = []
-    baseline = _group_stats(store, start - timedelta(days=BASELINE_DAYS), start, pipeline_type,
-                            [jobs.c.pipeline_type], t)
+    before = group_frame(store, start - timedelta(days=BASELINE_DAYS), start, pipeline_type)
+    baseline = _rollup(before, ["pipeline_type"]) if len(before) else before
     for _, row in groups.iterrows():
         limit = t.slow_video_seconds if row.pipeline_type == "video" else t.slow_image_seconds
         evidence = {"mean_processing_seconds": _round(row.processing), "limit_seconds": limit}
@@ -268,17 +299,21 @@ def _initialisation(groups: pd.DataFrame) -> list[Bottleneck]:
     return found
 
 
-def _phase_imbalance(store: Store, start, end, pipeline_type) -> list[Bottleneck]:
-    """A phase other than the denoising loop taking an outsized share of a job type's time."""
-    query = (sa.select(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name,
+def _phase_imbalance(sample: _Sample, pipeline_type) -> list[Bottleneck]:
+    """A phase other than the denoising loop taking an outsized share of a job type's time
+    (shares from the sample; seconds and jobs scaled up by its fraction)."""
+    s = sample.rows.c
+    query = (sa.select(s.pipeline_type, s.job_type, phases.c.name,
                        sa.func.sum(phases.c.seconds).label("seconds"),
                        sa.func.count(sa.distinct(phases.c.job_id)).label("jobs"))
-             .join(phases, phases.c.job_id == jobs.c.job_id)
-             .where(jobs.c.status == "success", in_window(store, start, end))
-             .group_by(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name))
+             .join(phases, phases.c.job_id == s.job_id)
+             .where(s.status == "success")
+             .group_by(s.pipeline_type, s.job_type, phases.c.name))
     if pipeline_type:
-        query = query.where(jobs.c.pipeline_type == pipeline_type)
-    frame = store.frame(query)
+        query = query.where(s.pipeline_type == pipeline_type)
+    frame = sample.store.frame(query)
+    frame["seconds"] = frame.seconds / sample.fraction
+    frame["jobs"] = (frame.jobs / sample.fraction).round()
     found = []
     if frame.empty:
         return found

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from perflib.analysis.daily import aggregate_daily
+from perflib.analysis.aggregates import drop_days_before, refresh_aggregates
 from perflib.analysis.sql import bound, delete_jobs
 from perflib.predictor import KEEP_VERSIONS
 from perflib.store import Store
@@ -17,8 +17,6 @@ from perflib.store.schema import performance_alerts as alerts
 from perflib.store.schema import performance_prediction_models as models
 from perflib.store.schema import performance_trends as trends
 from perflib.store.schema import resource_samples as samples
-
-REFRESH_DAYS = 14
 
 
 @dataclass
@@ -53,7 +51,8 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
              now: datetime | None = None) -> MaintenancePlan:
     """Delete what is older than `retention_days` (never a row newer than the cut-off): jobs
     with their phases and samples, alerts last seen before it, daily aggregates of days before
-    it; keep the newest model versions; refresh recent daily aggregates."""
+    it; keep the newest model versions; refresh the daily aggregates of the days with new
+    jobs (:func:`~perflib.analysis.aggregates.refresh_aggregates`)."""
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=retention_days)
     old_jobs = _old_jobs(store, cutoff)
@@ -76,10 +75,10 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     with store.engine.begin() as conn:
         delete_jobs(conn, old_jobs)
         conn.execute(sa.delete(alerts).where(old_alerts))
-        conn.execute(sa.delete(trends).where(old_days))
+        drop_days_before(conn, cutoff.date())
         if stale_models:
             conn.execute(sa.delete(models).where(models.c.id.in_(stale_models)))
-    plan.trend_rows = aggregate_daily(store, now - timedelta(days=REFRESH_DAYS), now)
+    plan.trend_rows = refresh_aggregates(store)
     return plan
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from perflib.analysis.daily import aggregate_daily
+from perflib.analysis.aggregates import aggregate_daily
 from perflib.analysis.sql import SIMULATED, bound, delete_jobs
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs

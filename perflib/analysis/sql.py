@@ -21,6 +21,14 @@ SIMULATED = sa.or_(jobs.c.simulated.is_(True),
                    sa.and_(jobs.c.simulated.is_(None), jobs.c.job_id.like("sim-%")))
 
 
+def out_of_memory(columns=jobs.c):
+    """A failed job whose error says it ran out of GPU memory (`columns`: of the jobs table or
+    of a sample of it)."""
+    return sa.and_(columns.status == "failed",
+                   sa.or_(columns.error_type.like("%OutOfMemory%"),
+                          columns.error_message.like("%out of memory%")))
+
+
 def work_units():
     """Token-steps of denoising work (summed over a job's sampling passes, following each
     model's latent geometry): the stored column the store computes at write time with
@@ -76,6 +84,51 @@ def in_window(store: Store, start: datetime, end: datetime):
     return sa.and_(jobs.c.started_at >= bound(store, start), jobs.c.started_at < bound(store, end))
 
 
+def in_ranges(store: Store, ranges):
+    """Jobs started in any of the [start, end) `ranges` (none: no job)."""
+    return sa.or_(sa.false(), *(in_window(store, start, end) for start, end in ranges))
+
+
+def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int, size: int):
+    """A subquery of about `size` rows drawn evenly from the jobs started in [start, end),
+    whose cost does not grow with history: ``TABLESAMPLE SYSTEM`` with the share that leaves
+    `size` of `window_rows` on PostgreSQL, an id stride over the window's id range (one primary
+    key lookup per row) on SQLite. Every job of the window when it holds no more than `size`.
+    Returns (subquery, fraction sampled)."""
+    if window_rows <= size:
+        return sa.select(jobs).where(in_window(store, start, end)).subquery("sampled"), 1.0
+    fraction = size / window_rows
+    if store.is_postgres:
+        # REPEATABLE (seed 0): the same window gives the same sample
+        sample = sa.tablesample(jobs, sa.func.system(100.0 * fraction), name="sampled_rows",
+                                seed=sa.literal(0))
+        return (sa.select(sample).where(sample.c.started_at >= bound(store, start),
+                                        sample.c.started_at < bound(store, end))
+                .subquery("sampled"), fraction)
+    low, high = _id_range(store, start, end)
+    step = max(1, -(-(high - low + 1) // size))  # ceiling: at most `size` ids
+    ids = sa.select(sa.literal(low).label("id")).cte("sample_ids", recursive=True)
+    ids = ids.union_all(sa.select(ids.c.id + step).where(ids.c.id + step <= high))
+    query = (sa.select(jobs).join(ids, jobs.c.id == ids.c.id)
+             .where(in_window(store, start, end)))
+    return query.subquery("sampled"), 1.0 / step
+
+
+def _id_range(store: Store, start: datetime, end: datetime) -> tuple[int, int]:
+    """The id of the first job started at or after `start`, and the id before the first job
+    started at or after `end` (ids follow writing order: jobs of the window written late land
+    just above it)."""
+    def first_id_from(moment):
+        return (sa.select(jobs.c.id).where(jobs.c.started_at >= bound(store, moment))
+                .order_by(jobs.c.started_at).limit(1))
+
+    with store.engine.connect() as conn:
+        low = conn.execute(first_id_from(start)).scalar() or 1
+        after = conn.execute(first_id_from(end)).scalar()
+        high = after - 1 if after else conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar()
+    return low, max(low, high or low)
+
+
 def ceil_int(expression, dialect: str):
     """The smallest whole number ≥ a positive expression (SQLite's CAST truncates, PostgreSQL's
     rounds, so each gets its own form)."""
@@ -84,9 +137,12 @@ def ceil_int(expression, dialect: str):
     return sa.cast(expression + 0.999999, sa.Integer)
 
 
-def delete_jobs(conn: sa.Connection, condition) -> None:
-    """Delete the jobs matching `condition` together with their phases and resource samples."""
+def delete_jobs(conn: sa.Connection, condition, narrow=None) -> None:
+    """Delete the jobs matching `condition` together with their phases and resource samples
+    (explicitly: partitioned tables have no foreign key to cascade). `narrow(table)`, where
+    given, limits where phases and samples are looked for (to the partitions that hold them)."""
     ids = sa.select(jobs.c.job_id).where(condition)
-    conn.execute(sa.delete(generation_phases).where(generation_phases.c.job_id.in_(ids)))
-    conn.execute(sa.delete(resource_samples).where(resource_samples.c.job_id.in_(ids)))
+    for child in (generation_phases, resource_samples):
+        extra = [narrow(child)] if narrow is not None else []
+        conn.execute(sa.delete(child).where(child.c.job_id.in_(ids), *extra))
     conn.execute(sa.delete(jobs).where(condition))

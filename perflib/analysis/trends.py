@@ -1,9 +1,11 @@
 """Trends in generation time with statsmodels: direction, weekly rhythm and dated change-points.
 
 The series is each day's *normalised* generation time: the median over the day's jobs of compute
-seconds ÷ what a cost model fitted on the window expects for them, times the window's mean
+seconds ÷ what the pipeline's reference cost model expects for them, times the window's mean
 expected seconds per job — what the average job would have taken that day — so neither a shift
-in job mix nor a few stragglers is mistaken for a slowdown. On it:
+in job mix nor a few stragglers is mistaken for a slowdown. The days come from the stored daily
+aggregates (:mod:`perflib.analysis.aggregates`: each day's median ratio under the reference
+model kept with them), never from a scan of the raw jobs of the window. On it:
 
 - an OLS regression on time with HAC (Newey–West) errors gives the slope, its p-value and a
   confidence, labelled improving / degrading / stable;
@@ -21,7 +23,7 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.tsa.seasonal import STL
 
-from perflib.analysis.daily import daily_stats
+from perflib.analysis.aggregates import daily_frame
 from perflib.store import Store
 
 MIN_DAY_JOBS = 5
@@ -72,7 +74,7 @@ class TrendResult:
 def analyze_trends(store: Store, start: datetime, end: datetime,
                    pipeline_type: str | None = None) -> dict[str, TrendResult]:
     """Per pipeline type: the trend of normalised generation time over [start, end)."""
-    daily = daily_stats(store, start, end, pipeline_type, times=False)
+    daily = daily_frame(store, start, end, pipeline_type)
     return {pipeline: trend_of(pipeline, frame.reset_index(drop=True))
             for pipeline, frame in daily.groupby("pipeline_type")}
 
@@ -89,8 +91,7 @@ def trend_of(pipeline: str, daily: pd.DataFrame) -> TrendResult:
     usable["normalised_seconds"] = usable.median_speed_ratio * mean_expected
     series = usable.normalised_seconds.to_numpy(float)
     day_index = np.array([(d - usable.day.iloc[0]).days for d in usable.day], dtype=float)
-    average = float((usable.mean_total_seconds * usable.job_count).sum() /
-                    usable.job_count.sum())
+    average = float(usable.total_seconds_sum.sum() / usable.success_count.sum())
     fit = _hac_fit(day_index, series)
     slope, p_value = (float(fit.params[1]), float(fit.pvalues[1])) if fit else (None, None)
     if fit is not None:  # the fitted line and its 95% confidence band, for charts

@@ -152,7 +152,62 @@ performance_trends = sa.Table(
     sa.Column("mean_gpu_util_pct", sa.Float),
     sa.Column("work_units", sa.Float),
     sa.Column("updated_at", UtcDateTime),
+    # sums and counts, so that any run of days can be re-aggregated (perflib.analysis.aggregates)
+    sa.Column("success_count", sa.Integer),
+    sa.Column("total_seconds_sum", sa.Float),  # successful jobs
+    sa.Column("queue_seconds_sum", sa.Float),
+    sa.Column("queue_count", sa.Integer),
+    sa.Column("gpu_util_sum", sa.Float),
+    sa.Column("gpu_util_count", sa.Integer),
+    sa.Column("attention_work", sa.Float),  # successful jobs
+    # compute seconds of successful jobs, and what the stored reference cost model expects
+    sa.Column("compute_seconds", sa.Float),
+    sa.Column("expected_seconds", sa.Float),
+    sa.Column("median_speed_ratio", sa.Float),  # median of compute ÷ expected
     sa.UniqueConstraint("day", "pipeline_type", name="uq_trends_day_pipeline"),
+)
+
+# Per day, pipeline, job type, model and GPU: the sums bottleneck detection re-aggregates over
+# any window (perflib.analysis.aggregates); kept with performance_trends.
+performance_daily_groups = sa.Table(
+    "performance_daily_groups",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("pipeline_type", sa.String(TEXT_LENGTHS["pipeline_type"]), nullable=False),
+    sa.Column("job_type", sa.String(TEXT_LENGTHS["job_type"])),
+    sa.Column("model_name", sa.String(TEXT_LENGTHS["model_name"])),
+    sa.Column("gpu_name", sa.String(TEXT_LENGTHS["gpu_name"])),
+    sa.Column("jobs", sa.Integer, nullable=False),
+    sa.Column("failed", sa.Integer),
+    sa.Column("oom", sa.Integer),
+    sa.Column("vram_ratio_sum", sa.Float),
+    sa.Column("vram_ratio_count", sa.Integer),
+    sa.Column("gpu_util_sum", sa.Float),
+    sa.Column("gpu_util_count", sa.Integer),
+    sa.Column("cpu_sum", sa.Float),
+    sa.Column("cpu_count", sa.Integer),
+    sa.Column("queue_sum", sa.Float),
+    sa.Column("queue_count", sa.Integer),
+    sa.Column("queue_max", sa.Float),
+    sa.Column("processing_sum", sa.Float),  # successful jobs
+    sa.Column("processing_count", sa.Integer),
+    sa.Column("init_total", sa.Float),
+    sa.Column("timed_seconds", sa.Float),  # processing of successful jobs with work units
+    sa.Column("work", sa.Float),
+    sa.Column("updated_at", UtcDateTime),
+    sa.Index("ix_performance_daily_groups_day", "day"),
+)
+
+# One row (id 1): how far the daily aggregates have read (the highest job id aggregated) and
+# the reference cost model per pipeline that their speed ratios are measured against.
+aggregate_state = sa.Table(
+    "perflib_aggregate_state",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("high_water_id", sa.BigInteger, nullable=False),
+    sa.Column("cost_models", Json),  # {pipeline: [a, b, c]} seconds, per work, per attention
+    sa.Column("refreshed_at", UtcDateTime),
 )
 
 performance_alerts = sa.Table(

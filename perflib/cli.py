@@ -297,6 +297,17 @@ def cmd_capacity(args) -> int:
     return 0
 
 
+def cmd_migrate_partitions(args) -> int:
+    from perflib.store.migration import migrate
+
+    store = _store(args)
+    if not store.is_postgres:
+        print("SQLite keeps plain tables (retention deletes rows in batches): nothing to migrate")
+        return 0
+    print(migrate(store.engine).describe())
+    return 0
+
+
 def cmd_serve(args) -> int:
     from perflib.serve import main as serve_main
 
@@ -522,6 +533,11 @@ def _analysis_commands(commands) -> None:
     maintain.add_argument("--no-retrain", action="store_true",
                           help="leave the models as they are")
     maintain.set_defaults(handler=cmd_maintain)
+
+    commands.add_parser(
+        "migrate-partitions", help="PostgreSQL: move the job tables to day partitions, so "
+        "retention drops whole days (rows written meanwhile are kept; idempotent)"
+    ).set_defaults(handler=cmd_migrate_partitions)
 
 
 def _whole_number(text: str) -> int:

@@ -8,6 +8,10 @@ load generator, which shares the machine, spends its CPU on the servers' behalf 
 possible.
 
 ``python -m perflib.loadtest`` prints the figures as JSON.
+
+:func:`many_writers` is the other load: many processes on several simulated hosts tracking jobs
+at once into one database, through the tracker and its background writer as a pipeline would
+(``python -m perflib.loadtest writers --database-url ...``).
 """
 from __future__ import annotations
 
@@ -218,17 +222,105 @@ def bare_app():
     return app
 
 
+def many_writers(database_url: str, processes: int = 64, hosts: int = 8, seconds: float = 60.0,
+                 jobs_per_second: float = 20.0, spool_dir: Path | None = None) -> dict:
+    """`processes` forked processes, spread over `hosts` simulated hosts (the jobs' hostname),
+    each tracking `jobs_per_second` jobs with a phase for `seconds` into one database; returns
+    the rows expected and found, the records spooled (the database refused a batch) and the
+    per-batch write latency (p50/p99 over every batch any process wrote)."""
+    import multiprocessing
+
+    from perflib.store import Store
+
+    store = Store(database_url)
+    store.init_db()
+    before = _count_load_rows(store)
+    store.engine.dispose()  # no connection of ours crosses the forks
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    workers = [context.Process(target=_writer_process, daemon=True,
+                               args=(database_url, n % hosts, n // hosts, n, seconds,
+                                     jobs_per_second, spool_dir, results))
+               for n in range(processes)]
+    for worker in workers:
+        worker.start()
+    reports = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join(START_TIMEOUT_S)
+    latencies = np.array([ms for report in reports for ms in report["batch_ms"]] or [np.nan])
+    return {"processes": processes, "hosts": hosts, "seconds": seconds,
+            "rows_expected": sum(report["tracked"] for report in reports),
+            "rows_found": _count_load_rows(store) - before,
+            "spooled": sum(report["spooled"] for report in reports),
+            "batches": int(np.isfinite(latencies).sum()),
+            "batch_p50_ms": round(float(np.nanpercentile(latencies, 50)), 1),
+            "batch_p99_ms": round(float(np.nanpercentile(latencies, 99)), 1)}
+
+
+def _writer_process(database_url: str, host: int, gpu: int, index: int, seconds: float,
+                    jobs_per_second: float, spool_dir: Path | None, results) -> None:
+    """One writer: tracks paced jobs until `seconds` pass, flushes, reports to `results`."""
+    from perflib.config import Settings
+    from perflib.store import Store, writer_for
+    from perflib.tracker import track_generation_job
+
+    class TimedStore(Store):
+        def write_jobs(self, records, replace_live=False):
+            started = time.perf_counter()
+            try:
+                return super().write_jobs(records, replace_live)
+            finally:
+                batch_ms.append((time.perf_counter() - started) * 1000)
+
+    batch_ms: list[float] = []
+    folder = Path(spool_dir or tempfile.mkdtemp(prefix="perflib-writers-")) / f"p{index}"
+    store = TimedStore(database_url, Settings(spool_dir=folder, heartbeat_seconds=0))
+    params = {"hostname": f"sim-host-{host:02d}", "width": 768, "height": 768, "steps": 25,
+              "model_name": "sd15", "gpu_index": gpu}
+    tracked, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with track_generation_job(f"load-{index}-{tracked}", "image", params, db=store) as job:
+            job.mark_processing_start()
+            job.mark_phase("denoise")
+            job.mark_success()
+        tracked += 1
+        time.sleep(1.0 / jobs_per_second)
+    writer = writer_for(store)
+    writer.flush(START_TIMEOUT_S)
+    results.put({"tracked": tracked, "spooled": writer.spooled, "batch_ms": batch_ms})
+
+
+def _count_load_rows(store) -> int:
+    import sqlalchemy as sa
+
+    from perflib.store.schema import generation_performance as jobs
+
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(jobs.c.job_id.like("load-%"))
+                            ).scalar_one()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perflib.loadtest", description=__doc__
                                      .split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", choices=("bench", "bare"), default="bench",
-                        help="bench (default): run the load test; bare: serve the reference app")
+    parser.add_argument("mode", nargs="?", choices=("bench", "bare", "writers"), default="bench",
+                        help="bench (default): run the load test; bare: serve the reference app; "
+                             "writers: many tracking processes into --database-url")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--distinct-bodies", type=int, default=64,
                         help="size of the request mix; 0 makes every request different")
     parser.add_argument("--port", type=int, default=0, help="port of the bare app")
+    parser.add_argument("--database-url", help="writers: the database written to")
+    parser.add_argument("--processes", type=int, default=64, help="writers: processes")
+    parser.add_argument("--hosts", type=int, default=8, help="writers: simulated hosts")
     args = parser.parse_args(argv)
+    if args.mode == "writers":
+        if not args.database_url:
+            parser.error("writers: --database-url is required")
+        print(json.dumps(many_writers(args.database_url, args.processes, args.hosts,
+                                      args.seconds), indent=2))
+        return 0
     if args.mode == "bare":
         import uvicorn
 

@@ -8,15 +8,13 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from perflib.analysis.aggregates import drop_days_before, refresh_aggregates
-from perflib.analysis.sql import bound, delete_jobs
+from perflib.analysis.retention import JobRetention, apply_retention, plan_retention
+from perflib.analysis.sql import bound
 from perflib.predictor import KEEP_VERSIONS
 from perflib.store import Store
-from perflib.store.schema import generation_performance as jobs
-from perflib.store.schema import generation_phases as phases
 from perflib.store.schema import performance_alerts as alerts
 from perflib.store.schema import performance_prediction_models as models
 from perflib.store.schema import performance_trends as trends
-from perflib.store.schema import resource_samples as samples
 
 
 @dataclass
@@ -34,17 +32,33 @@ class MaintenancePlan:
     raised_alerts: int = 0
     dry_run: bool = True
     retrained: list = field(default_factory=list)  # RetrainOutcome per stored pipeline
+    retention: JobRetention | None = None  # how the jobs went (partitions, estimates)
 
     def describe(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        text = (f"{verb} {self.jobs} jobs started before {self.cutoff:%Y-%m-%d %H:%M} UTC with "
+        about = "about " if self.retention and self.retention.estimated else ""
+        text = (f"{verb} {about}{self.jobs} jobs started before {self.cutoff:%Y-%m-%d %H:%M} UTC with "
                 f"{self.phases} phases and {self.samples} resource samples, {self.alerts} alerts "
                 f"last seen and {self.daily_rows} daily aggregates dated before it, and "
                 f"{self.model_versions} old model versions")
         if not self.dry_run:
             text += (f"; refreshed {self.trend_rows} daily aggregates and raised or refreshed "
                      f"{self.raised_alerts} alerts")
-        return "\n".join([text] + [outcome.describe() for outcome in self.retrained])
+        return "\n".join([text, *self._retention_lines()]
+                         + [outcome.describe() for outcome in self.retrained])
+
+    def _retention_lines(self) -> list[str]:
+        retention = self.retention
+        if retention is None:
+            return []
+        lines = [retention.note] if retention.note else []
+        if retention.whole_partitions:
+            lines.append(f"{retention.whole_partitions} day partitions go whole (their rows "
+                         "counted from PostgreSQL's estimates); the day of the cut-off loses "
+                         "its older rows")
+        if retention.partitions_created:
+            lines.append(f"created {retention.partitions_created} day partitions ahead")
+        return lines
 
 
 def maintain(store: Store, retention_days: int, dry_run: bool = False,
@@ -55,8 +69,7 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     jobs (:func:`~perflib.analysis.aggregates.refresh_aggregates`)."""
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=retention_days)
-    old_jobs = _old_jobs(store, cutoff)
-    old_ids = sa.select(jobs.c.job_id).where(old_jobs)
+    retention = plan_retention(store, cutoff)
     old_alerts = alerts.c.last_seen < bound(store, cutoff)
     old_days = trends.c.day < cutoff.date()
     stale_models = _stale_model_ids(store)
@@ -66,29 +79,19 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
                                 .where(condition)).scalar_one()
 
         plan = MaintenancePlan(
-            cutoff, count(jobs, old_jobs), count(phases, phases.c.job_id.in_(old_ids)),
-            count(samples, samples.c.job_id.in_(old_ids)), len(stale_models),
+            cutoff, retention.jobs, retention.phases, retention.samples, len(stale_models),
             alerts=count(alerts, old_alerts), daily_rows=count(trends, old_days),
-            dry_run=dry_run)
+            dry_run=dry_run, retention=retention)
     if dry_run:
         return plan
+    retention.partitions_created = apply_retention(store, cutoff, now)
     with store.engine.begin() as conn:
-        delete_jobs(conn, old_jobs)
         conn.execute(sa.delete(alerts).where(old_alerts))
         drop_days_before(conn, cutoff.date())
         if stale_models:
             conn.execute(sa.delete(models).where(models.c.id.in_(stale_models)))
     plan.trend_rows = refresh_aggregates(store)
     return plan
-
-
-def _old_jobs(store: Store, cutoff: datetime):
-    """Jobs started before `cutoff`, and jobs that never started (queued, then lost) submitted
-    or recorded before it."""
-    never_started = sa.and_(jobs.c.started_at.is_(None),
-                            sa.func.coalesce(jobs.c.submitted_at, jobs.c.recorded_at)
-                            < bound(store, cutoff))
-    return sa.or_(jobs.c.started_at < bound(store, cutoff), never_started)
 
 
 def _stale_model_ids(store: Store) -> list[int]:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
-from perflib.store import schema
+from perflib.store import partitions, schema
 from perflib.store.engine import DatabaseFileReplaced, engine_for, sqlite_file_replaced
 from perflib.record import LIVE_STATUSES
 from perflib.workload import stored_terms
@@ -65,6 +65,11 @@ class Store:
     def is_postgres(self) -> bool:
         return self.url.get_backend_name() == "postgresql"
 
+    @property
+    def is_partitioned(self) -> bool:
+        """Whether the job tables are partitioned by day (PostgreSQL; :mod:`.partitions`)."""
+        return getattr(self.engine, "_perflib_partitioned", False)
+
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"
 
@@ -79,6 +84,8 @@ class Store:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7346251)"))
                 conn.execute(sa.text(
                     f'CREATE SCHEMA IF NOT EXISTS "{self.config.db_schema}"'))
+                if partitions.table_kind(conn) is None:  # a new database: partitioned by day
+                    partitions.create_tables(conn)
             schema.metadata.create_all(conn, checkfirst=True)
             self._add_missing_columns(conn)
             current = conn.execute(sa.select(schema.schema_info.c.version)
@@ -91,6 +98,8 @@ class Store:
             elif current < schema.SCHEMA_VERSION:
                 conn.execute(sa.update(schema.schema_info).where(schema.schema_info.c.id == 1)
                              .values(version=schema.SCHEMA_VERSION, upgraded_at=_utcnow()))
+            engine._perflib_partitioned = (conn.dialect.name == "postgresql"
+                                           and partitions.table_kind(conn) == "partitioned")
         engine._perflib_ready = True
         return schema.SCHEMA_VERSION
 
@@ -140,8 +149,10 @@ class Store:
         if not records:
             return 0
         records = self._with_cost_terms(records)
-        phases = [{**p, "job_id": r["job_id"]} for r in records for p in r.get("phases") or ()]
-        samples = [{**s, "job_id": r["job_id"]} for r in records for s in r.get("samples") or ()]
+        phases = [{**p, "job_id": r["job_id"], "job_started_at": r.get("started_at")}
+                  for r in records for p in r.get("phases") or ()]
+        samples = [{**s, "job_id": r["job_id"], "job_started_at": r.get("started_at")}
+                   for r in records for s in r.get("samples") or ()]
         for _attempt in range(2):
             engine = self.engine
             inserted = self._insert_jobs(engine, records, phases, samples, replace_live)
@@ -154,6 +165,8 @@ class Store:
     def _insert_jobs(engine: sa.Engine, records: Sequence[Mapping[str, Any]],
                      phases: list[dict], samples: list[dict], replace_live: bool) -> int:
         """One transaction: live rows replaced if asked, then jobs, phases and samples."""
+        if getattr(engine, "_perflib_partitioned", False):
+            return _insert_partitioned(engine, records, phases, samples, replace_live)
         with engine.begin() as conn:
             if replace_live:
                 table = schema.generation_performance
@@ -346,6 +359,33 @@ def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table,
                        f"FROM {staging} ON CONFLICT DO NOTHING")
         inserted = cursor.rowcount
         cursor.execute(f"DROP TABLE {staging}")
+    return inserted
+
+
+def _insert_partitioned(engine: sa.Engine, records: Sequence[Mapping[str, Any]],
+                        phases: list[dict], samples: list[dict], replace_live: bool) -> int:
+    """The write into day-partitioned tables, where no index can keep job_id unique: the days'
+    partitions are made first (their own transaction), then one transaction looks up which
+    jobs are stored already and inserts only the others, with their phases and samples."""
+    partitions.ensure_partitions(engine, partitions.record_days(records))
+    ids = list(dict.fromkeys(str(r["job_id"]) for r in records))
+    window = partitions.duplicate_window(records)
+    with engine.begin() as conn:
+        if replace_live:
+            partitions.lock_job_ids(conn, ids)
+            partitions.delete_live(conn, ids, LIVE_STATUSES, window)
+        stored = partitions.stored_job_ids(conn, ids, window)
+        fresh = []
+        for record in records:
+            if str(record["job_id"]) not in stored:
+                stored.add(str(record["job_id"]))  # the first of a batch's copies wins
+                fresh.append(record)
+        new_ids = {str(r["job_id"]) for r in fresh}
+        inserted = _insert_ignoring_duplicates(conn, schema.generation_performance, fresh)
+        for table, children in ((schema.generation_phases, phases),
+                                (schema.resource_samples, samples)):
+            _insert_ignoring_duplicates(conn, table, [c for c in children
+                                                      if str(c["job_id"]) in new_ids])
     return inserted
 
 

@@ -94,6 +94,8 @@ generation_phases = sa.Table(
     sa.Column("description", sa.Text),
     sa.Column("started_at", UtcDateTime),
     sa.Column("seconds", sa.Float),
+    # the job's started_at, copied at write time: the partition key on PostgreSQL
+    sa.Column("job_started_at", UtcDateTime),
     sa.UniqueConstraint("job_id", "seq", name="uq_generation_phases_job_seq"),
 )
 
@@ -116,6 +118,7 @@ resource_samples = sa.Table(
     sa.Column("process_cpu_pct", sa.Float),
     sa.Column("ram_used_mb", sa.Float),
     sa.Column("process_rss_mb", sa.Float),
+    sa.Column("job_started_at", UtcDateTime),  # as in generation_phases
     sa.UniqueConstraint("job_id", "seq", name="uq_resource_samples_job_seq"),
 )
 

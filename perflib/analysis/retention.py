@@ -1,0 +1,109 @@
+"""Retention of jobs with their phases and resource samples, the part of ``perflib maintain``
+that grows with history.
+
+On day-partitioned PostgreSQL tables (:mod:`perflib.store.partitions`) the days wholly before
+the cut-off go as whole partitions (DETACH + DROP, no row is read), the day that straddles it
+loses its rows before the cut-off, and the coming days' partitions are created ahead. Elsewhere
+(SQLite, a PostgreSQL database not yet migrated) the old rows are deleted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+
+from perflib.analysis.sql import bound, delete_jobs
+from perflib.store import Store, partitions
+from perflib.store.schema import generation_performance as jobs
+from perflib.store.schema import generation_phases as phases
+from perflib.store.schema import resource_samples as samples
+
+MIGRATION_HINT = ("the job tables are not partitioned: `perflib migrate-partitions` moves them "
+                  "to day partitions, so that retention drops whole days instead of deleting "
+                  "rows")
+
+
+@dataclass
+class JobRetention:
+    """Jobs, phases and samples older than the cut-off (deleted, or counted in a dry run)."""
+
+    jobs: int
+    phases: int
+    samples: int
+    whole_partitions: int = 0  # day partitions of the three tables that go whole
+    estimated: bool = False  # whole partitions counted from PostgreSQL's row estimates
+    partitions_created: int = 0  # day partitions made ahead
+    note: str = ""
+
+
+def plan_retention(store: Store, cutoff: datetime) -> JobRetention:
+    """Count what retention at `cutoff` removes, without reading a partition that goes whole."""
+    if not store.is_partitioned:
+        old = old_jobs(store, cutoff)
+        with store.engine.connect() as conn:
+            counts = _counts(conn, old, None)
+        note = MIGRATION_HINT if store.is_postgres else ""
+        return JobRetention(*counts, note=note)
+    with store.engine.connect() as conn:
+        whole = partitions.whole_partitions_before(conn, cutoff)
+        estimates = partitions.estimated_rows(conn, whole)
+        day_start = datetime.combine(cutoff.date(), datetime.min.time(), timezone.utc)
+        straddling = sa.and_(jobs.c.started_at >= day_start, jobs.c.started_at < cutoff)
+        rest = sa.or_(straddling, _never_started_before(store, cutoff))
+        counts = _counts(conn, rest, lambda child: _child_before(child, cutoff, day_start))
+    totals = [estimates[table.name] + count for table, count in zip((jobs, phases, samples),
+                                                                     counts)]
+    return JobRetention(*totals, whole_partitions=len(whole), estimated=bool(whole))
+
+
+def apply_retention(store: Store, cutoff: datetime, now: datetime) -> int:
+    """Remove what is older than `cutoff`; on partitioned tables also create the next
+    ``partitions.AHEAD_DAYS`` days' partitions. Returns how many partitions were created."""
+    if not store.is_partitioned:
+        with store.engine.begin() as conn:
+            delete_jobs(conn, old_jobs(store, cutoff))
+        return 0
+    with store.engine.begin() as conn:  # short: DETACH waits only for the writes in flight
+        partitions.drop(conn, partitions.whole_partitions_before(conn, cutoff))
+    partitions.forget_known(store.engine)
+    with store.engine.begin() as conn:  # only the straddling day and DEFAULT are left to read
+        delete_jobs(conn, old_jobs(store, cutoff),
+                    lambda child: _child_before(child, cutoff, None))
+    today = now.astimezone(timezone.utc).date()
+    return partitions.ensure_partitions(
+        store.engine, partitions.days_between(today, today + timedelta(days=partitions.AHEAD_DAYS)))
+
+
+def old_jobs(store: Store, cutoff: datetime):
+    """Jobs started before `cutoff`, and jobs that never started (queued, then lost) submitted
+    or recorded before it."""
+    return sa.or_(jobs.c.started_at < bound(store, cutoff), _never_started_before(store, cutoff))
+
+
+def _never_started_before(store: Store, cutoff: datetime):
+    return sa.and_(jobs.c.started_at.is_(None),
+                   sa.func.coalesce(jobs.c.submitted_at, jobs.c.recorded_at)
+                   < bound(store, cutoff))
+
+
+def _child_before(child: sa.Table, cutoff: datetime, since: datetime | None):
+    """Phases or samples whose job started before `cutoff` (from `since`) or never: the
+    partitions that can hold an old job's rows, as a condition pruning understands."""
+    started = child.c.job_started_at
+    before = started < cutoff if since is None else sa.and_(started >= since, started < cutoff)
+    return sa.or_(started.is_(None), before)
+
+
+def _counts(conn: sa.Connection, condition, narrow) -> tuple[int, int, int]:
+    """Jobs matching `condition`, and their phases and samples (`narrow(child)` limits where
+    they are looked for)."""
+    ids = sa.select(jobs.c.job_id).where(condition)
+
+    def count(table, where) -> int:
+        return conn.execute(sa.select(sa.func.count()).select_from(table).where(where)
+                            ).scalar_one()
+
+    children = [sa.and_(child.c.job_id.in_(ids), *([narrow(child)] if narrow else []))
+                for child in (phases, samples)]
+    return count(jobs, condition), count(phases, children[0]), count(samples, children[1])

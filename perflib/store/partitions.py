@@ -1,0 +1,280 @@
+"""PostgreSQL time partitioning of the job tables: one partition per UTC day.
+
+``generation_performance`` is partitioned by ``started_at``, ``generation_phases`` and
+``resource_samples`` by ``job_started_at`` (their job's start, copied at write time), so a day's
+jobs, phases and samples sit in partitions with the same bounds and retention drops them whole.
+Rows without a time (jobs queued and never started) go to each table's DEFAULT partition.
+
+A unique key of a partitioned table must hold the partition key, so ``job_id`` alone cannot be
+unique: ``(job_id, started_at)`` is (NULLs equal from PostgreSQL 15 on), and the store looks up
+the batch's job ids before inserting (see :func:`stored_job_ids`). Foreign keys to ``job_id``
+cannot exist either; :func:`perflib.analysis.sql.delete_jobs` deletes phases and samples itself.
+
+Day partitions are created ahead by ``perflib maintain`` and, when a write brings a day that has
+none, just before the write in a short transaction of their own (see :func:`ensure_partitions`).
+SQLite keeps plain tables.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateColumn
+
+from perflib.store import schema
+
+PARTITION_KEYS = {"generation_performance": "started_at",
+                  "generation_phases": "job_started_at",
+                  "resource_samples": "job_started_at"}
+TABLES = {name: schema.metadata.tables[name] for name in PARTITION_KEYS}
+AHEAD_DAYS = 7
+# How far a stored copy of a job may have started from the written one and still be found
+# (a running job's report and its final record share their started_at).
+DUPLICATE_WINDOW = timedelta(days=1)
+UNPARTITIONED_SUFFIX = "_unpartitioned"
+_DDL_LOCK = 7346253  # pg_advisory_xact_lock key: one partition creator at a time
+_ID_LOCKS = 7346254  # first key of the per-job-id advisory locks of replace_live
+_ID_LOCK_BUCKETS = 1024
+_BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+_known_lock = threading.Lock()  # guards each engine's set of (table, day) partitions known
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of a parent table: [start, end) in UTC, or the DEFAULT (no bounds)."""
+
+    parent: str
+    name: str
+    start: datetime | None
+    end: datetime | None
+    rows_estimate: int  # pg_class.reltuples: -1 when never analysed
+
+    @property
+    def is_default(self) -> bool:
+        return self.start is None
+
+
+# -- names and catalog ------------------------------------------------------------------------
+def schema_of(conn: sa.Connection) -> str:
+    return conn.get_execution_options().get("schema_translate_map", {}).get(None) or "public"
+
+
+def qualified(conn: sa.Connection, name: str) -> str:
+    return f'"{schema_of(conn)}"."{name}"'
+
+
+def partition_name(table: str, day: date | None) -> str:
+    return f"{table}_default" if day is None else f"{table}_p{day:%Y%m%d}"
+
+
+def table_kind(conn: sa.Connection, name: str = "generation_performance") -> str | None:
+    """'partitioned', 'plain', or None when the table does not exist."""
+    kind = conn.execute(sa.text(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = :schema AND c.relname = :name"),
+        {"schema": schema_of(conn), "name": name}).scalar()
+    return None if kind is None else "partitioned" if kind == "p" else "plain"
+
+
+def list_partitions(conn: sa.Connection, parent: str) -> list[Partition]:
+    """The partitions of `parent` with their UTC bounds, oldest first, the DEFAULT last."""
+    rows = conn.execute(sa.text(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples::bigint "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = :schema AND p.relname = :parent"),
+        {"schema": schema_of(conn), "parent": parent}).all()
+    partitions = []
+    for name, bound, estimate in rows:
+        match = _BOUND.search(bound)
+        start, end = ((_utc(match.group(1)), _utc(match.group(2))) if match else (None, None))
+        partitions.append(Partition(parent, name, start, end, int(estimate)))
+    return sorted(partitions, key=lambda p: (p.start is None, p.start or datetime.min))
+
+
+# -- creation ---------------------------------------------------------------------------------
+def create_tables(conn: sa.Connection, suffix: str = "") -> None:
+    """Create the three job tables partitioned by day (named with `suffix`, for a migration),
+    each with its DEFAULT partition."""
+    for name, table in TABLES.items():
+        parent = qualified(conn, name + suffix)
+        key = PARTITION_KEYS[name]
+        columns = [str(CreateColumn(c).compile(dialect=postgresql.dialect()))
+                   for c in table.columns]
+        unique = ["job_id", "seq", key] if name != "generation_performance" else ["job_id", key]
+        nulls = " NULLS NOT DISTINCT" if conn.dialect.server_version_info >= (15,) else ""
+        conn.execute(sa.text(
+            f"CREATE TABLE {parent} ({', '.join(columns)}, "
+            f"UNIQUE{nulls} ({', '.join(unique)})) PARTITION BY RANGE ({key})"))
+        index_columns = [["id"]] + [[c.name for c in index.columns] for index in table.indexes]
+        for columns_of_index in index_columns:
+            conn.execute(sa.text(f"CREATE INDEX ON {parent} ({', '.join(columns_of_index)})"))
+        conn.execute(sa.text(f"CREATE TABLE {qualified(conn, partition_name(name, None))} "
+                             f"PARTITION OF {parent} DEFAULT"))
+
+
+def days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def ensure_partitions(engine: sa.Engine, days: Iterable[date],
+                      parents: Mapping[str, str] | None = None) -> int:
+    """Create the missing day partitions of `days` for the three tables; return how many.
+
+    Runs in its own short transaction, before the write that needs it: creating a partition
+    takes an ACCESS EXCLUSIVE lock on the parent, which inside a writer's transaction would
+    stall every other writer until that whole batch commits. Rows of those days already in the
+    DEFAULT partition (from a writer that did not know the day was new) move into the new one.
+    `parents` maps a table to the parent to use (a migration's new tables).
+    """
+    cache = _known_days(engine) if parents is None else set()
+    wanted = {(name, day) for name in TABLES for day in set(days)} - cache
+    if not wanted:
+        return 0
+    created = 0
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+        for name in TABLES:
+            parent = (parents or {}).get(name, name)
+            existing = {p.start.date() for p in list_partitions(conn, parent) if p.start}
+            for day in sorted(day for table, day in wanted if table == name):
+                if day not in existing:
+                    _create_day(conn, name, parent, day)
+                    created += 1
+    with _known_lock:
+        cache.update(wanted)
+    return created
+
+
+def _create_day(conn: sa.Connection, name: str, parent: str, day: date) -> None:
+    key = PARTITION_KEYS[name]
+    start = datetime.combine(day, time(), timezone.utc)
+    bounds = {"start": start, "end": start + timedelta(days=1)}
+    default = qualified(conn, partition_name(name, None))
+    in_range = f"{key} >= :start AND {key} < :end"
+    strays = conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {default} WHERE {in_range})"),
+                          bounds).scalar()
+    if strays:
+        conn.execute(sa.text(
+            f"CREATE TEMP TABLE perflib_strays ON COMMIT DROP AS WITH moved AS "
+            f"(DELETE FROM {default} WHERE {in_range} RETURNING *) SELECT * FROM moved"), bounds)
+    conn.execute(sa.text(
+        f"CREATE TABLE {qualified(conn, partition_name(name, day))} PARTITION OF "
+        f"{qualified(conn, parent)} FOR VALUES FROM ('{bounds['start'].isoformat()}') "
+        f"TO ('{bounds['end'].isoformat()}')"))
+    if strays:
+        conn.execute(sa.text(f"INSERT INTO {qualified(conn, parent)} "
+                             "SELECT * FROM perflib_strays"))
+        conn.execute(sa.text("DROP TABLE perflib_strays"))
+
+
+def _known_days(engine: sa.Engine) -> set[tuple[str, date]]:
+    with _known_lock:
+        if not hasattr(engine, "_perflib_partition_days"):
+            engine._perflib_partition_days = set()
+        return engine._perflib_partition_days
+
+
+def forget_known(engine: sa.Engine) -> None:
+    """Drop this process's memory of existing partitions (after some were dropped)."""
+    with _known_lock:
+        engine._perflib_partition_days = set()
+
+
+# -- the write path ---------------------------------------------------------------------------
+def record_days(records: Sequence[Mapping], key: str = "started_at") -> set[date]:
+    """The UTC days of the records' `key` times."""
+    return {_utc(record[key]).date() for record in records if record.get(key) is not None}
+
+
+def duplicate_window(records: Sequence[Mapping]) -> tuple[datetime, datetime]:
+    """The start times a stored copy of these jobs may have (see `DUPLICATE_WINDOW`)."""
+    now = datetime.now(timezone.utc)
+    times = [_utc(r.get("started_at") or r.get("submitted_at") or now) for r in records]
+    return min(times) - DUPLICATE_WINDOW, max(times) + DUPLICATE_WINDOW
+
+
+def _near(table: sa.Table, key: str, window: tuple[datetime, datetime]):
+    """A condition partition pruning understands: the DEFAULT and the window's days only."""
+    column = table.c[key]
+    return sa.or_(column.is_(None), sa.and_(column >= window[0], column < window[1]))
+
+
+def lock_job_ids(conn: sa.Connection, job_ids: Sequence[str]) -> None:
+    """Hold, until commit, advisory locks on the job ids' buckets (in order: no deadlock), so
+    two writers replacing one job's live row do not both insert it."""
+    conn.execute(sa.text(
+        "SELECT count(pg_advisory_xact_lock(:first + bucket)) FROM (SELECT DISTINCT "
+        "abs(hashtext(id)) % :buckets AS bucket FROM unnest(CAST(:ids AS text[])) AS id "
+        "ORDER BY bucket) AS buckets"),
+        {"first": _ID_LOCKS, "buckets": _ID_LOCK_BUCKETS, "ids": list(job_ids)})
+
+
+def delete_live(conn: sa.Connection, job_ids: Sequence[str], statuses: Sequence[str],
+                window: tuple[datetime, datetime]) -> None:
+    """Delete the stored live rows of these jobs with their phases and samples."""
+    jobs = schema.generation_performance
+    deleted = list(conn.execute(sa.delete(jobs).where(
+        jobs.c.job_id.in_(job_ids), jobs.c.status.in_(statuses),
+        _near(jobs, "started_at", window)).returning(jobs.c.job_id)).scalars())
+    if deleted:
+        for child in (schema.generation_phases, schema.resource_samples):
+            conn.execute(sa.delete(child).where(child.c.job_id.in_(deleted),
+                                                _near(child, "job_started_at", window)))
+
+
+def stored_job_ids(conn: sa.Connection, job_ids: Sequence[str],
+                   window: tuple[datetime, datetime]) -> set[str]:
+    """Which of these jobs are stored already (started within the window, or never): one
+    index probe per id (LATERAL), so the cost follows the batch, not the day's rows."""
+    return set(conn.execute(sa.text(
+        f"SELECT i.id FROM unnest(CAST(:ids AS text[])) AS i(id) CROSS JOIN LATERAL "
+        f"(SELECT 1 FROM {qualified(conn, 'generation_performance')} AS j WHERE j.job_id = i.id "
+        f"AND (j.started_at IS NULL OR (j.started_at >= :start AND j.started_at < :end)) "
+        f"LIMIT 1) AS hit"),
+        {"ids": list(job_ids), "start": window[0], "end": window[1]}).scalars())
+
+
+# -- retention --------------------------------------------------------------------------------
+def whole_partitions_before(conn: sa.Connection, cutoff: datetime) -> list[Partition]:
+    """Day partitions of the three tables that end at or before `cutoff`."""
+    return [p for name in TABLES for p in list_partitions(conn, name)
+            if p.end is not None and p.end <= cutoff]
+
+
+def drop(conn: sa.Connection, partitions: Iterable[Partition]) -> int:
+    """DETACH and DROP each partition; return how many."""
+    count = 0
+    for partition in partitions:
+        conn.execute(sa.text(f"ALTER TABLE {qualified(conn, partition.parent)} "
+                             f"DETACH PARTITION {qualified(conn, partition.name)}"))
+        conn.execute(sa.text(f"DROP TABLE {qualified(conn, partition.name)}"))
+        count += 1
+    return count
+
+
+def estimated_rows(conn: sa.Connection, partitions: Iterable[Partition]) -> dict[str, int]:
+    """Rows per parent table in `partitions`: PostgreSQL's estimate, or an exact count for a
+    partition never analysed."""
+    totals = dict.fromkeys(TABLES, 0)
+    for partition in partitions:
+        rows = partition.rows_estimate
+        if rows < 0:
+            rows = conn.execute(sa.text(
+                f"SELECT count(*) FROM {qualified(conn, partition.name)}")).scalar_one()
+        totals[partition.parent] += rows
+    return totals
+
+
+def _utc(value) -> datetime:
+    if type(value) is datetime and value.tzinfo is timezone.utc:  # the writer's common case
+        return value
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.to_pydatetime()

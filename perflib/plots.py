@@ -290,3 +290,15 @@ def backtest_over_time(estimates: pd.DataFrame, axes, window: int = 30) -> None:
     axes[1].set(title=f"80% interval coverage (last {window} jobs)", xlabel="", ylim=(0, 1.02))
     for ax in axes:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+
+
+def wait_heatmap(hours: pd.DataFrame, column: str, ax: plt.Axes, target_seconds: float,
+                 title: str) -> plt.Axes:
+    """p95 queue wait per weekday × hour of a capacity plan's hours; the colour saturates at
+    four times the target, so the hours over it stand out whatever the worst one is."""
+    grid = hours.pivot(index="weekday", columns="hour", values=column)
+    grid = grid.reindex(hours.weekday.drop_duplicates())
+    sns.heatmap(grid, ax=ax, cmap="rocket_r", vmin=0, vmax=4 * target_seconds,
+                cbar_kws={"label": f"p95 wait, s (target {target_seconds:g} s)"})
+    ax.set(title=title, xlabel="hour of day (UTC)", ylabel="")
+    return ax

@@ -12,7 +12,8 @@ import pandas as pd
 
 from perflib.analysis import TREND_DAYS, PerformanceAnalyzer, TrendResult
 from perflib.analysis.estimates import EstimateCheck, estimate_check
-from perflib.store import parse_timestamp
+from perflib.capacity import CapacityPlan, plan_capacity
+from perflib.store import Store, parse_timestamp
 
 
 @dataclass
@@ -31,6 +32,7 @@ class WeeklyData:
     phases: pd.DataFrame  # share of phase time per job type
     gpus: pd.DataFrame  # per GPU
     estimates: EstimateCheck
+    capacity: CapacityPlan | None = None  # the GPUs the period's arrivals needed
 
     @property
     def empty(self) -> bool:
@@ -44,19 +46,33 @@ def weekly_data(db: Any = None, weeks_back: int = 1, pipeline_type: str | None =
     after the newest job), for `pipeline_type` or every pipeline."""
     analyzer = PerformanceAnalyzer(db)
     days = 7 * weeks_back
-    report = analyzer.generate_performance_report(days, end_date, pipeline_type)
+    trends = analyzer.analyze_trends(max(days, TREND_DAYS), pipeline_type,
+                                     analyzer.window(days, end_date)[1])
+    report = analyzer.generate_performance_report(days, end_date, pipeline_type, trends)
     start, end = parse_timestamp(report["start"]), parse_timestamp(report["end"])
     jobs = _narrowed(analyzer.job_sample(days, end), pipeline_type)
     return WeeklyData(
         report=report, start=start, end=end,
-        trends=analyzer.analyze_trends(max(days, TREND_DAYS), pipeline_type, end),
+        trends=trends,
         daily=_narrowed(analyzer.daily(days, end), pipeline_type),
         previous_daily=_narrowed(analyzer.daily(days, start), pipeline_type),
         jobs=jobs,
         queue=_narrowed(analyzer.queue_by_hour(days, end), pipeline_type),
         phases=_narrowed(analyzer.phase_shares(days, end), pipeline_type),
         gpus=analyzer.gpu_usage(days, end, pipeline_type),
-        estimates=estimate_check(analyzer.store, jobs, start))
+        estimates=estimate_check(analyzer.store, jobs, start),
+        capacity=capacity_plan(analyzer.store, days, end, pipeline_type))
+
+
+def capacity_plan(store: Store, days: int, end: datetime, pipeline_type: str | None
+                  ) -> CapacityPlan | None:
+    """The period's capacity plan in its cheap form (one simulated week, no per-hour needs:
+    a bounded sample and per-minute counts), or None when it has no job to plan from."""
+    try:
+        return plan_capacity(store, pipeline_type, days=max(days, 7), end=end, weeks=1,
+                             per_hour=False)
+    except ValueError:  # no arrival or no successful job in the period
+        return None
 
 
 def _narrowed(frame: pd.DataFrame, pipeline_type: str | None) -> pd.DataFrame:

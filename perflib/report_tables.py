@@ -13,6 +13,7 @@ from pandas.io.formats.style import Styler
 
 from perflib.analysis.alerts import severity_label
 from perflib.analysis.estimates import EstimateCheck
+from perflib.capacity import CapacityPlan
 from perflib.presentation import (describe, format_change, format_change_point, format_count,
                                   format_day, format_duration, format_hours, format_p_value,
                                   format_percent, format_points, in_words, people_table)
@@ -164,6 +165,27 @@ def estimate_table(check: EstimateCheck) -> Table:
                      + (" (trained on these jobs)" if check.in_sample.get(pipeline) else ""),
                      "Inside its 80% interval": format_percent(coverage)})
     return people_table(pd.DataFrame(rows))
+
+
+def capacity_table(plan: CapacityPlan | None) -> Table:
+    """Per weekday at its busiest hour: arrivals, the worst p95 wait with the GPUs seen and
+    with the recommended count, utilisation, and the GPUs Erlang-C asks for."""
+    if plan is None:
+        return Markdown("No capacity plan: no successful job to plan from in this period.")
+    days = plan.hours.groupby("weekday", sort=False)
+    now, recommended = plan.current_gpus, plan.recommended_gpus
+    frame = pd.DataFrame({
+        "Day": list(days.groups),
+        "Jobs in the busiest hour": days.arrivals_per_hour.max().to_numpy(),
+        f"Worst p95 wait, {now} GPUs": days.p95_wait_seconds.max().to_numpy(),
+        f"Worst p95 wait, {recommended} GPUs": days.p95_wait_recommended_seconds.max().to_numpy(),
+        f"Utilisation, {now} GPUs": days.utilisation.mean().to_numpy(),
+        "Erlang-C GPUs": days.erlang_gpus_needed.max().to_numpy()})
+    formats = {"Jobs in the busiest hour": lambda v: f"{v:.0f}",
+               f"Worst p95 wait, {now} GPUs": format_duration,
+               f"Worst p95 wait, {recommended} GPUs": format_duration,
+               f"Utilisation, {now} GPUs": format_percent, "Erlang-C GPUs": format_count}
+    return people_table(frame, formats, caption=plan.sentence())
 
 
 def _signed_duration(seconds: float | None) -> str:

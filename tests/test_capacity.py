@@ -207,3 +207,26 @@ def test_cli_refuses_zero_gpus_naming_the_option(busy_history, capsys):
         main(["--database-url", url, "capacity", "--gpus", "0"])
     assert exit_info.value.code == 2
     assert "--gpus" in capsys.readouterr().err
+
+
+def test_weekly_report_shows_the_capacity_of_its_period(busy_history):
+    from perflib.report_data import weekly_data
+    from perflib.report_tables import capacity_table
+
+    week = weekly_data(busy_history, end_date="2026-11-02")
+    assert week.capacity.current_gpus == 2 and week.capacity.weeks_simulated == 1
+    assert week.capacity.start == END - timedelta(days=7)
+    html = capacity_table(week.capacity).to_html()
+    assert "Worst p95 wait, 2 GPUs" in html and "Erlang-C GPUs" in html
+    assert f"{week.capacity.recommended_gpus} GPUs keep the p95 queue wait" in html
+
+
+def test_weekly_report_without_jobs_has_no_capacity_plan(tmp_path):
+    from perflib.report_data import weekly_data
+    from perflib.report_tables import capacity_table
+
+    store = Store(f"sqlite:///{tmp_path / 'empty.db'}")
+    store.init_db()
+    week = weekly_data(store)
+    assert week.capacity is None
+    assert "No capacity plan" in capacity_table(None).data

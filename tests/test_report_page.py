@@ -85,7 +85,7 @@ def test_tables_read_as_words_and_percentages(page):
 def test_contents_link_to_sections_and_figures_have_captions(page):
     contents = re.search(r"<strong>Contents:</strong>(.*?)</p>", page, flags=re.DOTALL)[1]
     targets = re.findall(r'href="#([^"]+)"', contents)
-    assert len(targets) == 9
+    assert len(targets) == 10
     for target in targets:
         assert f'id="{target}"' in page, target
     figures = re.findall(r"<img [^>]*>", page)

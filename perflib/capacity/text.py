@@ -17,9 +17,9 @@ def plan_text(plan: CapacityPlan, worst_hours: int = 5) -> str:
              f"jobs a week; service times: {plan.service.describe()}; "
              f"{plan.weeks_simulated} simulated weeks)", "",
              f"Per day, at its busiest hour (now {plan.current_gpus} GPUs):",
-             _day_table(plan).to_string(), "",
+             day_summary(plan).to_string(), "",
              f"Worst hours with {plan.current_gpus} GPUs:",
-             _hour_table(plan.worst_hours(worst_hours)).to_string(index=False), "",
+             hour_summary(plan.worst_hours(worst_hours)).to_string(index=False), "",
              "Erlang-C (M/M/c) beside the simulation:",
              *(f"  {line}" for line in plan.differences()), "", plan.sentence()]
     if not plan.per_hour_exact:
@@ -27,7 +27,8 @@ def plan_text(plan: CapacityPlan, worst_hours: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _day_table(plan: CapacityPlan) -> pd.DataFrame:
+def day_summary(plan: CapacityPlan) -> pd.DataFrame:
+    """Per weekday at its busiest hour, in words and units (the report and notebook show it)."""
     days = plan.day_table()
     return pd.DataFrame({
         "jobs/h": days.peak_arrivals_per_hour.map(lambda v: f"{v:.0f}"),
@@ -38,7 +39,8 @@ def _day_table(plan: CapacityPlan) -> pd.DataFrame:
     }, index=days.index.rename(None))
 
 
-def _hour_table(hours: pd.DataFrame) -> pd.DataFrame:
+def hour_summary(hours: pd.DataFrame) -> pd.DataFrame:
+    """Some hours of the plan, in words and units."""
     return pd.DataFrame({
         "hour": hours.weekday + " " + hours.hour.map("{:02d}:00".format),
         "jobs/h": hours.arrivals_per_hour.map(lambda v: f"{v:.0f}"),
@@ -48,7 +50,7 @@ def _hour_table(hours: pd.DataFrame) -> pd.DataFrame:
         "GPUs needed": hours.gpus_needed.map(_count),
         "Erlang-C": hours.erlang_gpus_needed.map(_count),
         "Erlang-C p95": hours.erlang_p95_wait_seconds.map(_wait),
-    })
+    }).reset_index(drop=True)
 
 
 def _count(value: float) -> str:

@@ -139,7 +139,8 @@ def create_app(db: Any = None, settings: Settings | None = None,
 
     @app.get("/metrics", tags=["service"])
     def metrics() -> Response:
-        """Prometheus exposition: jobs by pipeline and status, estimate latency, queue."""
+        """Prometheus exposition: jobs by pipeline and status, estimate latency, queue, and the
+        autoscaling signal per pool (perflib.autoscale)."""
         return Response(generate_latest(services.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

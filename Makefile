@@ -5,7 +5,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help setup report demo test bench serve lab comfyui-e2e clean
+.PHONY: help setup report demo test bench bench-scale serve lab comfyui-e2e clean
 
 help: ## list every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -32,6 +32,10 @@ test: setup ## run the tests (SQLite and a throwaway PostgreSQL server) and the 
 
 bench: setup ## run the benchmarks; figures as ratios, written to reports/benchmarks.json
 	$(PYTHON) -m perflib.bench
+
+bench-scale: setup ## not in CI: 1M and 10M jobs in PostgreSQL, 1M in SQLite (SIZES=, SQLITE_SIZES=); maintain, analysis, report, 64 writers → reports/benchmarks-scale.json
+	$(PYTHON) -m perflib.bench_scale $(if $(SIZES),--sizes $(SIZES)) \
+		$(if $(SQLITE_SIZES),--sqlite-sizes $(SQLITE_SIZES))
 
 .PHONY: screenshots
 screenshots: setup ## the weekly report and the live dashboard as PNGs at 1280 px in reports/screenshots/ (needs chromium)

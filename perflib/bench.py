@@ -244,57 +244,6 @@ def _estimate_latencies(predictor, request: dict, repeats: int = 300) -> list[fl
     return latencies
 
 
-def _simulated_database(folder: Path, jobs: int) -> str:
-    """A SQLite file holding about `jobs` simulated jobs over eight weeks (with incidents)."""
-    from datetime import datetime, timezone
-
-    from perflib.simulate import default_incidents, simulate_history
-
-    url = f"sqlite:///{folder / f'scale-{jobs}.db'}"
-    end = datetime(2026, 11, 23, tzinfo=timezone.utc)
-    simulate_history(Store(url, Settings(spool_dir=folder / "spool")), weeks=8,
-                     gpus=max(2, jobs // 30_000), seed=0, end=end, jobs_per_day=jobs / 56,
-                     incidents=default_incidents(end.date(), 8))
-    return url
-
-
-@benchmark
-def bench_scale(sizes: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
-    """aggregate_daily (its daily refresh of the last week) + analyze_bottlenecks (7 days) +
-    analyze_trends (30 days), a full rebuild of the daily aggregates, and the whole weekly report,
-    on simulated eight-week SQLite histories of each size; the growth between sizes says how
-    they scale."""
-    from perflib.analysis import PerformanceAnalyzer
-    from perflib.report import render_report
-
-    folder = Path(tempfile.mkdtemp(prefix="perflib-bench-"))
-    result: dict = {}
-    for size in sizes:
-        url = _simulated_database(folder, size)
-        analyzer = PerformanceAnalyzer(url)
-        jobs = analyzer.store.count()
-        start = time.perf_counter()
-        analyzer.aggregate_daily()
-        analyzer.analyze_bottlenecks(7)
-        analyzer.analyze_trends(30)
-        analysis_s = time.perf_counter() - start
-        start = time.perf_counter()
-        analyzer.aggregate_daily(days_back=None)
-        result[f"aggregate_all_history_s_{size}"] = time.perf_counter() - start
-        start = time.perf_counter()
-        render_report(1, url, output_dir=folder)
-        report_s = time.perf_counter() - start
-        result[f"jobs_{size}"] = jobs
-        result[f"analysis_s_{size}"] = analysis_s
-        result[f"report_s_{size}"] = report_s
-    small, large = sizes[0], sizes[-1]
-    result.update(analysis_growth=result[f"analysis_s_{large}"] / result[f"analysis_s_{small}"],
-                  report_growth=result[f"report_s_{large}"] / result[f"report_s_{small}"],
-                  jobs_growth=result[f"jobs_{large}"] / result[f"jobs_{small}"],
-                  analysis_target_s=15.0, report_target_s=90.0)
-    return result
-
-
 @benchmark
 def bench_service() -> dict:
     """estimate-time through uvicorn with 16 concurrent loopback clients, as a ratio to a bare

@@ -153,7 +153,7 @@ class _Template:
         weeks = math.ceil(days / 7)
         _, end = history_window(end, weeks)
         start = end - timedelta(days=days)
-        gpus = max(2, math.ceil(size / days / JOBS_PER_GPU_DAY))
+        gpus = _template_gpus(size, days)
         records = [r for r in generate_jobs(weeks, gpus, seed, end,
                                             default_incidents(end.date(), weeks),
                                             size / days, GPUS_PER_HOST)
@@ -163,8 +163,8 @@ class _Template:
         phases = pd.DataFrame([{**p, "row": i} for i, r in enumerate(records)
                                for p in r.pop("phases")])
         frame = pd.DataFrame(records)
-        frame["gpu"] = (frame["hostname"].str.removeprefix("render-").astype(int) - 1
-                        ) * GPUS_PER_HOST + frame["gpu_index"]
+        frame["gpu"] = [_template_gpu(host, index) for host, index
+                        in zip(frame["hostname"], frame["gpu_index"])]
         for name, column in (("submit_us", "submitted_at"), ("start_us", "started_at"),
                              ("finish_us", "finished_at")):
             frame[name] = _epoch_us(frame[column])
@@ -186,10 +186,43 @@ class _Template:
                     else np.sort(rng.choice(self.size, left, replace=False)))
             shift = rng.integers(-JITTER_SECONDS * _US, JITTER_SECONDS * _US, self.size)
             shift[(submit + shift < first) | (finish + shift > last)] = 0
-            fleet_gpu = number * self.gpus + gpu[rows]
+            slots = [_fleet_slot(number * self.gpus + g) for g in gpu[rows].tolist()]
             yield _Copy(number, rows, [f"scale-{seed}-{number}-{i}" for i in rows.tolist()],
-                        [f"render-{h:04d}" for h in (fleet_gpu // GPUS_PER_HOST + 1).tolist()],
-                        (fleet_gpu % GPUS_PER_HOST).tolist(), shift)
+                        [host for host, _ in slots], [index for _, index in slots], shift)
+
+
+def new_hour_records(jobs: int, start: datetime, days: int = 90, seed: int = 0,
+                     template_jobs: int = TEMPLATE_JOBS) -> list[dict]:
+    """Job records (for :meth:`Store.write_jobs`) of the hour from `start`, at the density and
+    on the fleet of a :func:`build_scale_database` history of `jobs` over `days`: the new jobs
+    a daily run finds on top of it."""
+    size = min(jobs, template_jobs)
+    gpus = _template_gpus(size, days)
+    hour = [r for r in generate_jobs(1, gpus, seed + 1, start + timedelta(hours=1), (),
+                                     size / days, GPUS_PER_HOST) if r["submitted_at"] >= start]
+    records = []
+    for number in range(max(1, round(jobs / size))):
+        for n, record in enumerate(hour):
+            host, index = _fleet_slot(number * gpus + _template_gpu(record["hostname"],
+                                                                    record["gpu_index"]))
+            records.append({**record, "job_id": f"scale-{seed}-{start:%Y%m%d%H}-{number}-{n}",
+                            "hostname": host, "gpu_index": index})
+    return records
+
+
+def _template_gpus(size: int, days: int) -> int:
+    """GPUs of the template's fleet: busy, with queues at the peak hours."""
+    return max(2, math.ceil(size / days / JOBS_PER_GPU_DAY))
+
+
+def _template_gpu(hostname: str, gpu_index: int) -> int:
+    """The number of a simulated GPU (``render-<host>``, index) in its fleet."""
+    return (int(hostname.removeprefix("render-")) - 1) * GPUS_PER_HOST + gpu_index
+
+
+def _fleet_slot(gpu: int) -> tuple[str, int]:
+    """(hostname, gpu_index) of GPU number `gpu` of the whole tiled fleet."""
+    return f"render-{gpu // GPUS_PER_HOST + 1:04d}", gpu % GPUS_PER_HOST
 
 
 def _samples(frame: pd.DataFrame, sampled: np.ndarray, interval: float,

@@ -1,25 +1,33 @@
 """The scale data builder: a tiled realistic history, written whole through the normal schema."""
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from perflib.scale_data import BuildResult, build_scale_database
+from perflib.config import Settings
+from perflib.scale_data import BuildResult, build_scale_database, new_hour_records
 from perflib.store import Store, schema
 from perflib.workload import STORED_TERMS, stored_terms
 
 END = datetime(2026, 11, 23, tzinfo=timezone.utc)      # a Monday, midnight
 
 
-@pytest.fixture
-def built(db_url, settings) -> tuple[Store, BuildResult]:
-    """5,000 jobs over 90 days from a 2,000-job template: two whole copies and a part of one."""
-    result = build_scale_database(db_url, 5000, days=90, seed=4, end=END, settings=settings,
+@pytest.fixture(scope="module", params=["sqlite",
+                                        pytest.param("postgres", marks=pytest.mark.postgres)])
+def built(request, tmp_path_factory) -> tuple[Store, BuildResult]:
+    """5,000 jobs over 45 days from a 2,000-job template: two whole copies and a part of one
+    (built once per backend; the tests only read it)."""
+    folder = tmp_path_factory.mktemp("scale")
+    url = (f"sqlite:///{folder / 'scale.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_server").create_database("scale_data"))
+    settings = Settings(spool_dir=folder / "spool")
+    result = build_scale_database(url, 5000, days=45, seed=4, end=END, settings=settings,
                                   template_jobs=2000, sample_share=0.05)
-    return Store(db_url, settings), result
+    return Store(url, settings), result
 
 
 def test_builds_the_asked_number_of_distinct_jobs_over_the_days(built):
@@ -27,16 +35,17 @@ def test_builds_the_asked_number_of_distinct_jobs_over_the_days(built):
     jobs = store.jobs_frame()
     assert result.jobs == len(jobs) == 5000
     assert jobs.job_id.is_unique and jobs.simulated.all()
-    assert result.copies == 3 and 2000 <= result.template_jobs < 5000
-    assert result.start == END - timedelta(days=90) and result.end == END
+    assert result.copies == math.ceil(5000 / result.template_jobs) >= 2
+    assert result.start == END - timedelta(days=45) and result.end == END
     assert jobs.submitted_at.min() >= result.start and jobs.finished_at.max() <= END
-    assert (jobs.submitted_at.max() - jobs.submitted_at.min()) > timedelta(days=88)
+    assert (jobs.submitted_at.max() - jobs.submitted_at.min()) > timedelta(days=43)
     assert (jobs.started_at >= jobs.submitted_at).all()
     assert (jobs.finished_at > jobs.started_at).all()
     # Each copy runs on its own GPUs of a bigger fleet.
     gpus = jobs.groupby(jobs.job_id.str.split("-").str[2])[["hostname", "gpu_index"]].apply(
         lambda copy: set(copy.itertuples(index=False, name=None)))
-    assert len(gpus) == 3 and not gpus["0"] & gpus["1"] and not gpus["1"] & gpus["2"]
+    assert len(gpus) == result.copies
+    assert sum(map(len, gpus)) == len(set().union(*gpus))
     assert result.seconds > 0 and result.rows_per_s > 0
     assert result.rows == result.jobs + result.phases + result.samples
 
@@ -50,7 +59,7 @@ def test_keeps_the_arrival_shape_and_the_planted_incidents(built):
     assert weekend.mean() < 0.25
     # The default incidents: a week of queue backlog 36 days before the end.
     backlog = jobs.submitted_at.between(END - timedelta(days=36), END - timedelta(days=29))
-    clean = jobs.submitted_at.between(END - timedelta(days=80), END - timedelta(days=73))
+    clean = jobs.submitted_at.between(END - timedelta(days=45), END - timedelta(days=38))
     assert backlog.sum() > 2 * clean.sum()
     assert (jobs.model_name == "sdxl-refiner-hires").any()
 
@@ -82,10 +91,28 @@ def test_every_job_has_its_phases_and_some_have_samples(built):
     assert np.allclose(lag, jobs.init_seconds.reindex(first.index), atol=1e-3)
 
 
+def test_new_hour_records_are_an_hour_at_the_history_s_density():
+    busy, quiet = (new_hour_records(1_000_000, END.replace(hour=hour)) for hour in (14, 3))
+    assert len(busy) > 3 * len(quiet) > 0
+    expected = 1_000_000 / 90 / 24
+    assert expected < len(busy) < 4 * expected
+    assert len({r["job_id"] for r in busy}) == len(busy)
+    assert all(END.replace(hour=14) <= r["submitted_at"] < END.replace(hour=15) for r in busy)
+    assert all(r["phases"] and r["simulated"] for r in busy)
+
+
+def test_new_hour_records_add_to_a_built_history(db_url, settings):
+    result = build_scale_database(db_url, 3000, days=21, seed=4, end=END, settings=settings)
+    records = new_hour_records(3000, END + timedelta(hours=14), days=21, seed=4)
+    store = Store(db_url, settings)
+    assert records and store.write_jobs(records) == len(records)
+    assert store.count() == result.jobs + len(records)
+
+
 def test_refuses_a_database_that_holds_jobs(db_url, settings):
-    build_scale_database(db_url, 50, end=END, settings=settings)
+    build_scale_database(db_url, 50, days=21, end=END, settings=settings)
     with pytest.raises(ValueError, match="already holds jobs"):
-        build_scale_database(db_url, 50, end=END, settings=settings)
+        build_scale_database(db_url, 50, days=21, end=END, settings=settings)
 
 
 @pytest.mark.parametrize("arguments, field", [(dict(jobs=0), "jobs"), (dict(days=7), "days"),

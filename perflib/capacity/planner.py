@@ -132,7 +132,8 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
     if not pattern.arrivals:
         raise ValueError(f"no {pipeline_type + ' ' if pipeline_type else ''}job arrived between "
                          f"{start:%Y-%m-%d} and {stop:%Y-%m-%d}: nothing to plan from")
-    service = service_sample(store, start, stop, pipeline_type, sample_rows, predictor)
+    service = service_sample(store, start, stop, pattern.arrivals, pipeline_type, sample_rows,
+                             predictor)
     current = gpus or observed_gpus(store, start, stop, pipeline_type)
     queue = _CachedQueue(draw_workload(pattern, service.seconds, weeks, seed))
     erlang_needed = erlang_needs(pattern, service, target)

@@ -12,10 +12,9 @@ from datetime import datetime
 import numpy as np
 import sqlalchemy as sa
 
-from perflib.analysis.sql import SUCCEEDED, in_window
+from perflib.analysis.sql import sampled_jobs
 from perflib.predictor import PerformancePredictor
 from perflib.store import Store
-from perflib.store.schema import generation_performance as jobs
 
 SAMPLE_ROWS = 20_000
 OBSERVED = "observed processing seconds"
@@ -42,16 +41,17 @@ class ServiceSample:
                          sorted(self.sources.items()))
 
 
-def service_sample(store: Store, start: datetime, end: datetime,
+def service_sample(store: Store, start: datetime, end: datetime, window_rows: int,
                    pipeline_type: str | None = None, limit: int = SAMPLE_ROWS,
                    predictor: PerformancePredictor | None = None) -> ServiceSample:
-    """Up to `limit` successful jobs of [start, end) drawn at random, each with its predicted
+    """About `limit` successful jobs of [start, end) (which holds about `window_rows` jobs of
+    the pool), drawn evenly at a cost that does not grow with history, each with its predicted
     service seconds (model) or its observed processing seconds (no model)."""
-    conditions = [SUCCEEDED, in_window(store, start, end), jobs.c.processing_seconds > 0]
+    sampled, _ = sampled_jobs(store, start, end, window_rows, limit)
+    conditions = [sampled.c.status == "success", sampled.c.processing_seconds > 0]
     if pipeline_type:
-        conditions.append(jobs.c.pipeline_type == pipeline_type)
-    sampled = sa.select(jobs.c.id).where(*conditions).order_by(sa.func.random()).limit(limit)
-    rows = store.frame(sa.select(jobs).where(jobs.c.id.in_(sampled)).order_by(jobs.c.id))
+        conditions.append(sampled.c.pipeline_type == pipeline_type)
+    rows = store.frame(sa.select(sampled).where(*conditions).order_by(sampled.c.id))
     if rows.empty:
         raise ValueError(f"no successful {pipeline_type or ''} job between {start:%Y-%m-%d} "
                          f"and {end:%Y-%m-%d}: no service time to plan with".replace("  ", " "))

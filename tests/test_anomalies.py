@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from perflib.analysis import PerformanceAnalyzer
+from perflib.analysis import anomalies
 from perflib.analysis.anomalies import contention_alerts, far_slower_than_expected
 from perflib.config import Settings
 from perflib.features import build_features, outcome_seconds
@@ -131,3 +132,21 @@ def test_training_drift_skips_the_burst():
     usual = ~far_slower_jobs(jobs, keys, ratio)[0]
     assert not usual[48:].any() and usual[:48].all()
     assert latest_median(jobs, keys, ratio, window=20, known=usual)["g|m"] == 0.0
+
+
+@pytest.mark.parametrize("stored_model", [False, True], ids=["fitted-on-a-sample",
+                                                              "stored-model"])
+def test_the_sql_screen_finds_what_reading_the_whole_window_finds(unet_store, monkeypatch,
+                                                                   stored_model):
+    """A fleet's window is screened in SQL (anomalies.SCAN_JOBS): same stragglers, same alert."""
+    if stored_model:
+        predictor = PerformancePredictor(unet_store)
+        predictor.train_model(None, "linear_regression")
+        predictor.save_model_to_db(None, "linear_regression")
+    exact = far_slower_than_expected(unet_store, *WINDOW)
+    (alert,) = contention_alerts(unet_store, *WINDOW)
+    monkeypatch.setattr(anomalies, "SCAN_JOBS", 0)
+    screened = far_slower_than_expected(unet_store, *WINDOW)
+    assert set(screened.job_id) == set(exact.job_id)
+    assert screened.factor.to_numpy() == pytest.approx(exact.factor.to_numpy(), rel=0.05)
+    assert contention_alerts(unet_store, *WINDOW) == [alert]

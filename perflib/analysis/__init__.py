@@ -21,7 +21,8 @@ from perflib.analysis.gpus import gpu_usage
 from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
-from perflib.analysis.sql import SIMULATED, hour_of, in_window, window
+from perflib.analysis.sql import (SIMULATED, hour_of, in_window, sampled_jobs, window,
+                                  window_rows)
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
 from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
@@ -154,11 +155,13 @@ class PerformanceAnalyzer(UsesStore):
 
     def job_sample(self, days_back: float = 7, end=None, limit: int = SAMPLE_ROWS
                    ) -> pd.DataFrame:
-        """Up to `limit` finished jobs of the window, drawn at random — enough for a chart
-        without loading a large history."""
+        """Up to `limit` finished jobs of the window, drawn evenly (TABLESAMPLE on PostgreSQL,
+        an id stride on SQLite: see :func:`~perflib.analysis.sql.sampled_jobs`) — enough for a
+        chart, at a cost that does not grow with the window."""
         start, stop = self.window(days_back, end)
-        query = (sa.select(jobs).where(jobs.c.status.in_(FINAL_STATUSES),
-                                       in_window(self.store, start, stop))
+        sample, _ = sampled_jobs(self.store, start, stop, window_rows(self.store, start, stop),
+                                 limit)
+        query = (sa.select(sample).where(sample.c.status.in_(FINAL_STATUSES))
                  .order_by(sa.func.random()).limit(limit))
         frame = self.store.frame(query)
         return frame.sort_values("started_at").reset_index(drop=True)
@@ -199,14 +202,17 @@ class PerformanceAnalyzer(UsesStore):
         return data_origin(self.store, *self.window(days_back, end))
 
     def generate_performance_report(self, days_back: float = 7, end=None,
-                                    pipeline_type: str | None = None) -> dict:
+                                    pipeline_type: str | None = None,
+                                    trends: dict[str, TrendResult] | None = None) -> dict:
         """Everything the weekly report shows, as JSON-ready values, with the previous period's
         statistics and estimate accuracy for comparison; `pipeline_type` narrows it to one
-        pipeline (opportunities stay fleet-wide). It only reads: its alerts are those the
-        window calls for, with their stored state (see ``as_reported``)."""
+        pipeline (opportunities stay fleet-wide). `trends`: the period's, when the caller has
+        them already (the weekly report draws them too). It only reads: its alerts are those
+        the window calls for, with their stored state (see ``as_reported``)."""
         start, stop = self.window(days_back, end)
         bottlenecks = self.analyze_bottlenecks(days_back, pipeline_type, stop)
-        trends = self.analyze_trends(max(days_back, TREND_DAYS), pipeline_type, stop)
+        if trends is None:
+            trends = self.analyze_trends(max(days_back, TREND_DAYS), pipeline_type, stop)
         alerts = alert_store.alert_candidates(self.store, start, stop, bottlenecks, trends,
                                               self.thresholds.failure_rate)
         if pipeline_type:

@@ -11,6 +11,15 @@ burst of small jobs slowed 5–100× by a neighbour is found as surely as a slow
 Several such jobs on one host (or one GPU, where jobs name no host) with less than
 :data:`EPISODE_GAP` between them make one ``slow_job_contention`` alert: "contention on
 cpu-2t: 8 jobs 9–166× slower than expected between 2026-11-25 19:37 and 19:47 UTC".
+
+A window of up to :data:`SCAN_JOBS` jobs is read whole. A larger one (a fleet's week) is screened
+in SQL first, so the rows read stay bounded whatever the fleet's size: only the jobs at least
+:data:`SCREEN_FACTOR` × their GPU and model's usual seconds per expected second (a median over a
+bounded sample) reach Python, each with the last jobs of its group before it, and the rule above
+then judges them exactly as it would the whole window (without a stored model, the cost model
+is fitted on that sample). The screen asks less than the rule (3× the recent level), so a
+group's level may drift by up to 3 ÷ SCREEN_FACTOR within the window without a far-slower job
+slipping through; beyond :data:`MAX_CANDIDATES` screened jobs, the mildest are left unjudged.
 """
 from __future__ import annotations
 
@@ -20,8 +29,10 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
-from perflib.features import build_features, far_slower_jobs, history_keys, outcome_seconds
+from perflib.analysis.daily import expected_seconds
+from perflib.analysis.sql import bound, sampled_jobs, window_rows
+from perflib.features import (HISTORY_WINDOW, build_features, far_slower_jobs, history_keys,
+                              outcome_seconds)
 from perflib.models import CostModel
 from perflib.predictor import PerformancePredictor
 from perflib.store import Store, parse_timestamp
@@ -29,6 +40,11 @@ from perflib.store.schema import generation_performance as jobs_table
 
 LEVEL_DAYS = 2  # jobs before the window that give each group its recent level
 MAX_FIT_JOBS = 20_000  # without a stored model, the cost model is fitted on the latest jobs
+SCAN_JOBS = 50_000  # a window with more jobs than this is screened in SQL (see the module doc)
+SCREEN_FACTOR = 2.0
+MAX_CANDIDATES = 1_000  # screened jobs judged at most, the slowest for their group first
+HISTORY_BATCH = 100  # candidates whose group history one query reads
+SAMPLE_JOBS = 20_000  # the sample that gives the screen its group levels and the cost model
 EPISODE_GAP = timedelta(minutes=30)
 MIN_EPISODE_JOBS = 3
 SHOWN_JOBS = 20  # job ids an alert's evidence lists
@@ -42,11 +58,20 @@ def far_slower_than_expected(store: Store, start: datetime, end: datetime) -> pd
     """The successful jobs started in [start, end) that ran far slower than expected, oldest
     first: ``job_id, pipeline_type, gpu_name, hostname, started_at, finished_at,
     actual_seconds, expected_seconds, factor`` (actual ÷ expected). Only reads."""
-    jobs = _finished_jobs(store, parse_timestamp(start) - timedelta(days=LEVEL_DAYS), end)
-    found = [_flagged(store, frame) for _, frame in jobs.groupby("pipeline_type")]
+    start, end = parse_timestamp(start), parse_timestamp(end)
+    since = start - timedelta(days=LEVEL_DAYS)
+    if window_rows(store, since, end) <= SCAN_JOBS:
+        jobs, fit_rows = _finished_jobs(store, since, end), None
+        judged = jobs.job_id[jobs.started_at >= pd.Timestamp(start)]
+    else:
+        jobs, fit_rows = _screened_jobs(store, start, end, since)
+        judged = jobs.job_id[jobs.candidate]
+    found = [_flagged(store, frame, None if fit_rows is None
+                      else fit_rows[fit_rows.pipeline_type == pipeline])
+             for pipeline, frame in jobs.groupby("pipeline_type")]
     found = pd.concat(found) if found else _flagged(store, jobs)
-    in_window = found.started_at >= pd.Timestamp(parse_timestamp(start))
-    return found[in_window].sort_values("started_at", kind="stable").reset_index(drop=True)
+    found = found[found.job_id.isin(judged)]
+    return found.sort_values("started_at", kind="stable").reset_index(drop=True)
 
 
 def contention_alerts(store: Store, start: datetime, end: datetime) -> list[dict]:
@@ -81,35 +106,108 @@ def _alert(where: str, episode: pd.DataFrame) -> dict:
         "fingerprint": f"slow_job_contention|{where}|{first:%Y-%m-%dT%H:%M}"}
 
 
+def _priceable(since: datetime, until: datetime, store: Store) -> list:
+    """Successful jobs started in [since, until) with what pricing them needs."""
+    t = jobs_table
+    return [t.c.status == "success", t.c.width.is_not(None), t.c.height.is_not(None),
+            t.c.steps.is_not(None), t.c.finished_at.is_not(None),
+            t.c.started_at >= bound(store, since), t.c.started_at < bound(store, until)]
+
+
 def _finished_jobs(store: Store, since: datetime, until: datetime) -> pd.DataFrame:
-    """Successful jobs started in [since, until) with what pricing them needs, oldest first."""
+    """Priceable jobs started in [since, until), oldest first."""
     t = jobs_table
     query = (sa.select(*(t.c[name] for name in JOB_COLUMNS))
-             .where(t.c.status == "success", t.c.width.is_not(None), t.c.height.is_not(None),
-                    t.c.steps.is_not(None), t.c.finished_at.is_not(None),
-                    t.c.started_at >= bound(store, since), t.c.started_at < bound(store, until))
-             .order_by(t.c.started_at, t.c.id))
-    jobs = store.frame(query)
+             .where(*_priceable(since, until, store)).order_by(t.c.started_at, t.c.id))
+    return _timed(store.frame(query))
+
+
+def _timed(jobs: pd.DataFrame) -> pd.DataFrame:
     return jobs[outcome_seconds(jobs) > 0].reset_index(drop=True)
 
 
-def _flagged(store: Store, jobs: pd.DataFrame) -> pd.DataFrame:
+def _screened_jobs(store: Store, start: datetime, end: datetime, since: datetime
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The window's jobs that pass the SQL screen (``candidate`` True), with each one's group
+    history (the last HISTORY_WINDOW priceable jobs of its GPU and model that finished before it
+    was submitted, started from `since`), oldest first; and the sample behind the screen."""
+    t = jobs_table
+    seconds = sa.func.coalesce(sa.func.nullif(t.c.processing_seconds, 0), t.c.total_seconds)
+    ratio = seconds / expected_seconds(store, start, end, None)
+    sample = _sample(store, start, end, ratio)
+    levels = sample.dropna(subset=["ratio"]).groupby(["gpu_name", "model_name"],
+                                                       dropna=False).ratio.median()
+    if levels.empty:
+        return _timed(sample.iloc[:0].assign(candidate=False)), sample
+    level = sa.case(*((sa.and_(_same(t.c.gpu_name, gpu), _same(t.c.model_name, model)),
+                       float(value)) for (gpu, model), value in levels.items()),
+                    else_=float(levels.min()))
+    query = (sa.select(*(t.c[name] for name in JOB_COLUMNS))
+             .where(*_priceable(start, end, store), ratio > SCREEN_FACTOR * level)
+             .order_by((ratio / level).desc()).limit(MAX_CANDIDATES))
+    candidates = _timed(store.frame(query)).assign(candidate=True)
+    jobs = pd.concat([candidates, _histories(store, candidates, since)])
+    jobs = jobs.sort_values("candidate", ascending=False).drop_duplicates("job_id")
+    return jobs.sort_values("started_at", kind="stable").reset_index(drop=True), sample
+
+
+def _sample(store: Store, start: datetime, end: datetime, ratio) -> pd.DataFrame:
+    """About SAMPLE_JOBS priceable jobs of the window (TABLESAMPLE / id stride, see
+    :func:`~perflib.analysis.sql.sampled_jobs`) with their screen `ratio`."""
+    t = jobs_table
+    sample, _ = sampled_jobs(store, start, end, window_rows(store, start, end), SAMPLE_JOBS)
+    query = (sa.select(*(t.c[name] for name in JOB_COLUMNS), ratio.label("ratio"))
+             .where(*_priceable(start, end, store), t.c.id.in_(sa.select(sample.c.id))))
+    return _timed(store.frame(query))
+
+
+def _histories(store: Store, candidates: pd.DataFrame, since: datetime) -> pd.DataFrame:
+    """Per candidate, the last HISTORY_WINDOW priceable jobs of its GPU and model that finished
+    before it was submitted (the level :func:`far_slower_jobs` compares it with), each read
+    through the (gpu_name, model_name, finished_at) index, HISTORY_BATCH candidates a query."""
+    t = jobs_table
+    reads = []
+    for job in candidates.itertuples():
+        submitted = job.submitted_at if pd.notna(job.submitted_at) else job.started_at
+        reads.append(sa.select(*(t.c[name] for name in JOB_COLUMNS))
+                     .where(*_priceable(since, submitted, store),
+                            _same(t.c.gpu_name, job.gpu_name),
+                            _same(t.c.model_name, job.model_name),
+                            t.c.finished_at < bound(store, submitted))
+                     .order_by(t.c.finished_at.desc()).limit(HISTORY_WINDOW).subquery())
+    frames = [store.frame(sa.union_all(*(sa.select(read) for read in reads[i:i + HISTORY_BATCH])))
+              for i in range(0, len(reads), HISTORY_BATCH)]
+    if not frames:
+        return candidates.iloc[:0]
+    return _timed(pd.concat(frames)).assign(candidate=False)
+
+
+def _same(column, value):
+    """`column` equals `value`, or both are missing."""
+    return column.is_(None) if value is None or value != value else column == value
+
+
+def _flagged(store: Store, jobs: pd.DataFrame, fit_rows: pd.DataFrame | None = None
+             ) -> pd.DataFrame:
     """The far-slower jobs among one pipeline's rows, priced by its stored model's cost model
-    (else one fitted on the rows)."""
+    (else one fitted on `fit_rows`, by default the latest MAX_FIT_JOBS of the rows)."""
     columns = ["job_id", "pipeline_type", "gpu_name", "hostname", "started_at", "finished_at",
                "actual_seconds", "expected_seconds", "factor"]
     if not len(jobs):
         return pd.DataFrame(columns=columns)
     model = PerformancePredictor(store).active_model(jobs.pipeline_type.iloc[0])
-    features = build_features(jobs, model.profiles if model else store.config.model_profiles,
-                              history={})
+    profiles = model.profiles if model else store.config.model_profiles
+    features = build_features(jobs, profiles, history={})
     actual = outcome_seconds(jobs)
-    latest = slice(-MAX_FIT_JOBS, None)
-    cost_model = model.cost_model if model else CostModel().fit(features.iloc[latest],
-                                                                actual[latest])
+    if model:
+        cost_model = model.cost_model
+    elif fit_rows is None or fit_rows.empty:
+        cost_model = CostModel().fit(features.iloc[-MAX_FIT_JOBS:], actual[-MAX_FIT_JOBS:])
+    else:
+        cost_model = CostModel().fit(build_features(fit_rows, profiles, history={}),
+                                     outcome_seconds(fit_rows))
     ratio = np.log(actual) - np.log(cost_model.predict(features))
     slow, level = far_slower_jobs(jobs, history_keys(features), ratio)
     expected = np.exp(np.log(actual) - ratio + level)
     return jobs.assign(actual_seconds=actual, expected_seconds=expected,
                        factor=actual / expected)[slow][columns]
-

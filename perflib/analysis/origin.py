@@ -18,12 +18,18 @@ EMPTY_DATABASE = ("The database is empty: no job has been recorded yet. Run `per
                   "--if-empty` to see a demo with simulated data.")
 
 
+COUNT_CAP = 1_000_000  # a database's jobs are counted up to one more than this, no further
+
+
 @dataclass(frozen=True)
 class DataOrigin:
-    """Job counts of the whole database and of one analysis window, real and simulated."""
+    """Job counts of one analysis window, real and simulated, and of the whole database where a
+    notice needs them: without a window, or when the window holds no job (then counted up to
+    COUNT_CAP + 1). Otherwise they are None: counting a fleet's whole history would cost more
+    than the report."""
 
-    jobs: int
-    simulated_jobs: int
+    jobs: int | None
+    simulated_jobs: int | None
     window_jobs: int
     window_simulated_jobs: int
 
@@ -43,7 +49,8 @@ class DataOrigin:
         if self.jobs == 0:
             return EMPTY_DATABASE
         if self.window_jobs == 0:
-            return f"No jobs in this period: the database holds {self.jobs} jobs, all outside it."
+            held = f"over {COUNT_CAP:,}" if self.jobs > COUNT_CAP else f"{self.jobs}"
+            return f"No jobs in this period: the database holds {held} jobs, all outside it."
         if self.mixed:
             return (f"Real and simulated jobs are mixed: {self.window_simulated_jobs} of the "
                     f"{self.window_jobs} jobs in this period were written by `perflib simulate` "
@@ -57,13 +64,28 @@ class DataOrigin:
 
 def data_origin(store: Store, start: datetime | None = None, end: datetime | None = None
                 ) -> DataOrigin:
-    """Count the database's jobs and those started in [start, end) (without a window: all of
-    them), real and simulated, in one pass."""
-    inside = sa.true() if start is None else in_window(store, start, end)
-    counts = [sa.func.count(),
-              sa.func.sum(sa.case((SIMULATED, 1), else_=0)),
-              sa.func.sum(sa.case((inside, 1), else_=0)),
-              sa.func.sum(sa.case((sa.and_(inside, SIMULATED), 1), else_=0))]
+    """Count the jobs started in [start, end), real and simulated, in one indexed pass; the
+    database's jobs only where the window holds none (see :class:`DataOrigin`). Without a window,
+    count the whole database."""
+    if start is None:
+        window = counts = _counts(store, sa.true())
+    else:
+        window = _counts(store, in_window(store, start, end))
+        counts = (_database_jobs(store), None) if window[0] == 0 else (None, None)
+    return DataOrigin(*counts, *window)
+
+
+def _counts(store: Store, condition) -> tuple[int, int]:
+    """Jobs matching `condition`, and how many of them are simulated."""
+    query = (sa.select(sa.func.count(), sa.func.sum(sa.case((SIMULATED, 1), else_=0)))
+             .select_from(jobs).where(condition))
     with store.engine.connect() as conn:
-        row = conn.execute(sa.select(*counts).select_from(jobs)).one()
-    return DataOrigin(*(int(value or 0) for value in row))
+        total, simulated = conn.execute(query).one()
+    return int(total), int(simulated or 0)
+
+
+def _database_jobs(store: Store) -> int:
+    """The database's jobs, counted up to COUNT_CAP + 1."""
+    some = sa.select(jobs.c.id).limit(COUNT_CAP + 1).subquery()
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(some)).scalar_one()

@@ -84,6 +84,13 @@ def in_window(store: Store, start: datetime, end: datetime):
     return sa.and_(jobs.c.started_at >= bound(store, start), jobs.c.started_at < bound(store, end))
 
 
+def window_rows(store: Store, start: datetime, end: datetime) -> int:
+    """How many jobs started in [start, end) (an index range count)."""
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(in_window(store, start, end))
+                            ).scalar_one()
+
+
 def in_ranges(store: Store, ranges):
     """Jobs started in any of the [start, end) `ranges` (none: no job)."""
     return sa.or_(sa.false(), *(in_window(store, start, end) for start, end in ranges))

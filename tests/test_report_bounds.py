@@ -1,0 +1,148 @@
+"""The weekly report's read paths do bounded work on a database far bigger than their bounds:
+rows fetched and SQLite VM steps are counted on the real connection (a row factory and a progress
+handler), and what the samples and the SQL screen give agrees with the exact figures."""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from perflib.analysis import PerformanceAnalyzer, anomalies, daily
+from perflib.analysis.origin import COUNT_CAP, data_origin
+from perflib.config import Settings
+from perflib.features import HISTORY_WINDOW
+from perflib.simulate import Incident, simulate_history
+from perflib.store import Store
+
+END = datetime(2026, 11, 23, tzinfo=timezone.utc)
+WEEK = (END - timedelta(days=7), END)
+SAMPLE = 300
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Store:
+    """Four weeks of a busy fleet (about 56,000 jobs, 14,000 a week), with slow jobs planted
+    (a driver regression on video the last four days)."""
+    folder = tmp_path_factory.mktemp("report-bounds")
+    store = Store(f"sqlite:///{folder / 'perflib.db'}", Settings(spool_dir=folder / "spool"))
+    simulate_history(store, weeks=4, gpus=8, gpus_per_host=4, seed=5, end=END,
+                     jobs_per_day=2000, incidents=[Incident(
+                         "driver_regression", (END - timedelta(days=4)).date(), None, "video",
+                         magnitude=0.3)])
+    return store
+
+
+@contextmanager
+def counted(store: Store):
+    """Rows fetched, thousands of SQLite VM steps and SQL statements run on `store` inside."""
+    tally = {"rows": 0, "ksteps": 0, "statements": []}
+
+    def row(cursor, values):
+        tally["rows"] += 1
+        return values
+
+    def step():
+        tally["ksteps"] += 1
+        return 0
+
+    def checkout(dbapi_connection, record, proxy):
+        dbapi_connection.row_factory = row
+        dbapi_connection.set_progress_handler(step, 1000)
+
+    def checkin(dbapi_connection, record):
+        dbapi_connection.row_factory = None
+        dbapi_connection.set_progress_handler(None, 0)
+
+    def statement(conn, cursor, sql, parameters, context, executemany):
+        tally["statements"].append(sql)
+
+    listeners = [(store.engine, "checkout", checkout), (store.engine, "checkin", checkin),
+                 (store.engine, "before_cursor_execute", statement)]
+    for target, name, listener in listeners:
+        sa.event.listen(target, name, listener)
+    try:
+        yield tally
+    finally:
+        for target, name, listener in listeners:
+            sa.event.remove(target, name, listener)
+
+
+def _window_jobs(store: Store) -> int:
+    return len(store.jobs_frame(*WEEK))
+
+
+def test_job_sample_work_does_not_grow_with_the_window(fleet):
+    """The old ORDER BY random() sorted every job of the week: ~14,000 rows for 300 wanted."""
+    analyzer = PerformanceAnalyzer(fleet)
+    assert _window_jobs(fleet) > 40 * SAMPLE
+    with counted(fleet) as small:
+        analyzer.job_sample(7, END, limit=SAMPLE)
+    with counted(fleet) as large:
+        sample = analyzer.job_sample(7, END, limit=10 * SAMPLE)
+    assert small["rows"] <= SAMPLE + 10
+    assert small["ksteps"] < large["ksteps"] / 4, (small["ksteps"], large["ksteps"])
+    assert 0.8 * 10 * SAMPLE <= len(sample) <= 10 * SAMPLE
+    assert sample.started_at.is_monotonic_increasing
+
+
+def test_job_sample_agrees_with_the_whole_week(fleet):
+    """An even sample: its mean processing time and its share per pipeline within 10% of the
+    week's own."""
+    week = fleet.jobs_frame(*WEEK)
+    week = week[week.status.isin(["success", "failed"])]
+    sample = PerformanceAnalyzer(fleet).job_sample(7, END, limit=10 * SAMPLE)
+    assert sample.processing_seconds.mean() == pytest.approx(week.processing_seconds.mean(),
+                                                             rel=0.1)
+    shares = sample.pipeline_type.value_counts(normalize=True)
+    for pipeline, share in week.pipeline_type.value_counts(normalize=True).items():
+        assert shares[pipeline] == pytest.approx(share, rel=0.1)
+    assert sample.started_at.min() >= WEEK[0] and sample.started_at.max() < WEEK[1]
+
+
+def test_data_origin_reads_only_the_window(fleet):
+    """The database's jobs are counted only when the window holds none, and then at most
+    COUNT_CAP + 1 of them."""
+    with counted(fleet) as work:
+        origin = data_origin(fleet, *WEEK)
+    assert origin.window_jobs == _window_jobs(fleet) and origin.jobs is None
+    reads = [s for s in work["statements"] if "generation_performance" in s]
+    assert reads and all(re.search(r"WHERE .*started_at >=", s, re.S) for s in reads), reads
+
+    before = data_origin(fleet, END - timedelta(days=70), END - timedelta(days=63))
+    assert before.window_jobs == 0 and 0 < before.jobs <= COUNT_CAP + 1
+    assert f"holds {before.jobs} jobs, all outside it" in before.notice()
+
+
+def test_far_slower_jobs_are_screened_in_sql_on_a_large_window(fleet, monkeypatch):
+    """Above SCAN_JOBS, only the screened jobs and their groups' last jobs reach Python — and
+    they are judged as the whole window would judge them."""
+    monkeypatch.setattr(daily, "SAMPLE_JOBS", 1_000)
+    exact = anomalies.far_slower_than_expected(fleet, *WEEK)
+    monkeypatch.setattr(anomalies, "SCAN_JOBS", 1_000)
+    monkeypatch.setattr(anomalies, "SAMPLE_JOBS", 2_000)
+    monkeypatch.setattr(anomalies, "MAX_CANDIDATES", 100)
+    with counted(fleet) as work:
+        screened = anomalies.far_slower_than_expected(fleet, *WEEK)
+    bound = 2 * 2_000 + 1_000 + 100 * (1 + HISTORY_WINDOW) + 50
+    assert work["rows"] <= bound < _window_jobs(fleet), work["rows"]
+    assert len(exact) >= 20
+    found, truth = set(screened.job_id), set(exact.job_id)
+    assert len(found & truth) >= 0.9 * min(len(truth), 100), (len(found), len(truth))
+    assert len(found - truth) <= 0.1 * len(found), (len(found), len(truth))
+
+
+def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
+    """The report and its charts share one trend analysis (it was run twice: 4 s at 1M jobs)."""
+    from perflib.report_data import weekly_data
+
+    calls = []
+    analyze = PerformanceAnalyzer.analyze_trends
+    monkeypatch.setattr(PerformanceAnalyzer, "analyze_trends",
+                        lambda self, *args, **kwargs: calls.append(args) or analyze(
+                            self, *args, **kwargs))
+    week = weekly_data(fleet, end_date=END.isoformat())
+    assert len(calls) == 1
+    assert set(week.trends) == set(week.report["trends"])

@@ -37,10 +37,10 @@ class MaintenancePlan:
     def describe(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         about = "about " if self.retention and self.retention.estimated else ""
-        text = (f"{verb} {about}{self.jobs} jobs started before {self.cutoff:%Y-%m-%d %H:%M} UTC with "
-                f"{self.phases} phases and {self.samples} resource samples, {self.alerts} alerts "
-                f"last seen and {self.daily_rows} daily aggregates dated before it, and "
-                f"{self.model_versions} old model versions")
+        text = (f"{verb} {about}{self.jobs} jobs started before {self.cutoff:%Y-%m-%d %H:%M} "
+                f"UTC with {self.phases} phases and {self.samples} resource samples, "
+                f"{self.alerts} alerts last seen and {self.daily_rows} daily aggregates dated "
+                f"before it, and {self.model_versions} old model versions")
         if not self.dry_run:
             text += (f"; refreshed {self.trend_rows} daily aggregates and raised or refreshed "
                      f"{self.raised_alerts} alerts")
@@ -53,9 +53,9 @@ class MaintenancePlan:
             return []
         lines = [retention.note] if retention.note else []
         if retention.whole_partitions:
-            lines.append(f"{retention.whole_partitions} day partitions go whole (their rows "
-                         "counted from PostgreSQL's estimates); the day of the cut-off loses "
-                         "its older rows")
+            counted = " (rows counted from PostgreSQL's estimates)" if retention.estimated else ""
+            lines.append(f"{retention.whole_partitions} day partitions go whole{counted}; the "
+                         "day of the cut-off loses its older rows")
         if retention.partitions_created:
             lines.append(f"created {retention.partitions_created} day partitions ahead")
         return lines

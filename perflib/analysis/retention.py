@@ -32,7 +32,7 @@ class JobRetention:
     phases: int
     samples: int
     whole_partitions: int = 0  # day partitions of the three tables that go whole
-    estimated: bool = False  # whole partitions counted from PostgreSQL's row estimates
+    estimated: bool = False  # some whole partitions counted from PostgreSQL's row estimates
     partitions_created: int = 0  # day partitions made ahead
     note: str = ""
 
@@ -47,14 +47,14 @@ def plan_retention(store: Store, cutoff: datetime) -> JobRetention:
         return JobRetention(*counts, note=note)
     with store.engine.connect() as conn:
         whole = partitions.whole_partitions_before(conn, cutoff)
-        estimates = partitions.estimated_rows(conn, whole)
+        estimates, estimated = partitions.estimated_rows(conn, whole)
         day_start = datetime.combine(cutoff.date(), datetime.min.time(), timezone.utc)
         straddling = sa.and_(jobs.c.started_at >= day_start, jobs.c.started_at < cutoff)
         rest = sa.or_(straddling, _never_started_before(store, cutoff))
         counts = _counts(conn, rest, lambda child: _child_before(child, cutoff, day_start))
     totals = [estimates[table.name] + count for table, count in zip((jobs, phases, samples),
                                                                      counts)]
-    return JobRetention(*totals, whole_partitions=len(whole), estimated=bool(whole))
+    return JobRetention(*totals, whole_partitions=len(whole), estimated=estimated)
 
 
 def apply_retention(store: Store, cutoff: datetime, now: datetime) -> int:

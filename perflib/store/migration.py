@@ -75,7 +75,8 @@ def migrate(engine: sa.Engine) -> MigrationResult:
     for name in TABLES:
         for low in range(0, high_water[name], COPY_BATCH_IDS):
             with engine.begin() as conn:
-                conn.execute(sa.text(_copy_sql(conn, name) + " WHERE o.id > :low AND o.id <= :high"),
+                conn.execute(sa.text(_copy_sql(conn, name) + " WHERE o.id > :low "
+                                     "AND o.id <= :high"),
                              {"low": low, "high": min(low + COPY_BATCH_IDS, high_water[name])})
     with engine.begin() as conn:
         rows = _catch_up_and_swap(conn)

@@ -34,13 +34,14 @@ PARTITION_KEYS = {"generation_performance": "started_at",
                   "resource_samples": "job_started_at"}
 TABLES = {name: schema.metadata.tables[name] for name in PARTITION_KEYS}
 AHEAD_DAYS = 7
-# How far a stored copy of a job may have started from the written one and still be found
-# (a running job's report and its final record share their started_at).
-DUPLICATE_WINDOW = timedelta(days=1)
+# How far a stored copy of a job may have started from the written one and still be found (a
+# running job's report and its final record share their started_at; a job not started yet is
+# looked for from its submission to now). Wider costs an index probe per day per written job.
+DUPLICATE_WINDOW = timedelta(hours=1)
 UNPARTITIONED_SUFFIX = "_unpartitioned"
 _DDL_LOCK = 7346253  # pg_advisory_xact_lock key: one partition creator at a time
 _ID_LOCKS = 7346254  # first key of the per-job-id advisory locks of replace_live
-_ID_LOCK_BUCKETS = 1024
+_ID_LOCK_BUCKETS = 256  # few enough that a big batch cannot fill the shared lock table
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 _known_lock = threading.Lock()  # guards each engine's set of (table, day) partitions known
 
@@ -196,8 +197,15 @@ def record_days(records: Sequence[Mapping], key: str = "started_at") -> set[date
 def duplicate_window(records: Sequence[Mapping]) -> tuple[datetime, datetime]:
     """The start times a stored copy of these jobs may have (see `DUPLICATE_WINDOW`)."""
     now = datetime.now(timezone.utc)
-    times = [_utc(r.get("started_at") or r.get("submitted_at") or now) for r in records]
-    return min(times) - DUPLICATE_WINDOW, max(times) + DUPLICATE_WINDOW
+    starts, submissions = [], []
+    for record in records:
+        if record.get("started_at") is not None:
+            starts.append(_utc(record["started_at"]))
+        else:
+            submissions.append(_utc(record.get("submitted_at") or now))
+    earliest = min(starts + submissions)
+    latest = max(starts + ([now] if submissions else []))
+    return earliest - DUPLICATE_WINDOW, latest + DUPLICATE_WINDOW
 
 
 def _near(table: sa.Table, key: str, window: tuple[datetime, datetime]):
@@ -259,17 +267,20 @@ def drop(conn: sa.Connection, partitions: Iterable[Partition]) -> int:
     return count
 
 
-def estimated_rows(conn: sa.Connection, partitions: Iterable[Partition]) -> dict[str, int]:
-    """Rows per parent table in `partitions`: PostgreSQL's estimate, or an exact count for a
-    partition never analysed."""
-    totals = dict.fromkeys(TABLES, 0)
+def estimated_rows(conn: sa.Connection, partitions: Iterable[Partition]
+                   ) -> tuple[dict[str, int], bool]:
+    """Rows per parent table in `partitions`, and whether any figure is an estimate: PostgreSQL's
+    (``reltuples``, no row read), or an exact count for a partition never analysed."""
+    totals, estimated = dict.fromkeys(TABLES, 0), False
     for partition in partitions:
         rows = partition.rows_estimate
         if rows < 0:
             rows = conn.execute(sa.text(
                 f"SELECT count(*) FROM {qualified(conn, partition.name)}")).scalar_one()
+        else:
+            estimated = True
         totals[partition.parent] += rows
-    return totals
+    return totals, estimated
 
 
 def _utc(value) -> datetime:

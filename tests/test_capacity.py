@@ -15,7 +15,7 @@ from perflib.analysis import PerformanceAnalyzer
 from perflib.capacity import erlang, plan_capacity
 from perflib.capacity.arrivals import arrival_pattern
 from perflib.capacity.search import smallest_gpus
-from perflib.capacity.simulation import Workload, run_queue
+from perflib.capacity.simulation import Workload, fifo_waits, run_queue
 from perflib.cli import main
 from perflib.simulate import Incident, generate_jobs, simulate_history
 from perflib.store import Store
@@ -110,6 +110,27 @@ def test_the_simulation_agrees_with_erlang_c_on_an_m_m_c_queue():
     result = run_queue(workload, gpus=3)
     assert result.overall_p95_wait_seconds == pytest.approx(math.log(80 / 9), rel=0.05)
     assert result.utilisation[:20].mean() == pytest.approx(2 / 3, rel=0.05)
+
+
+def test_the_simulation_queues_as_estimate_time_does():
+    """Jobs all arriving at once start when estimate-time's queue says they would."""
+    from perflib.fifo import queue_starts
+
+    services = np.random.default_rng(2).exponential(60.0, 50)
+    waits = fifo_waits(np.zeros(50), services, gpus=3)
+    assert waits == pytest.approx(queue_starts([], services.tolist(), 3)[:-1])
+
+
+def test_the_plan_runs_on_sqlite_and_postgresql_with_a_sampled_service_time(db_url, settings):
+    """With a window larger than the sample: TABLESAMPLE on PostgreSQL, an id stride on
+    SQLite."""
+    store = Store(db_url, settings)
+    store.init_db()
+    simulate_history(store, weeks=1, gpus=1, seed=4, end=END, jobs_per_day=150)
+    plan = plan_capacity(store, days=7, end=END, weeks=1, sample_rows=300, per_hour=False)
+    assert 50 < len(plan.service.seconds) < 600
+    assert plan.current_gpus == 1 and plan.recommended_gpus >= plan.current_gpus
+    assert len(plan.hours) == 168 and plan.hours.arrivals_per_hour.sum() > 900
 
 
 def test_gpu_search_finds_the_smallest_count_from_any_guess():

@@ -32,7 +32,7 @@ def test_notebook_has_one_parameters_cell_and_no_outputs(path):
 def test_expected_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     assert {"00-explore.ipynb", "01-train-models.ipynb", "02-bottlenecks.ipynb",
-            "03-trends.ipynb", "10-weekly-report.ipynb"} <= names
+            "03-trends.ipynb", "05-capacity.ipynb", "10-weekly-report.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -131,6 +131,7 @@ def test_the_plan_runs_on_sqlite_and_postgresql_with_a_sampled_service_time(db_u
     assert 50 < len(plan.service.seconds) < 600
     assert plan.current_gpus == 1 and plan.recommended_gpus >= plan.current_gpus
     assert len(plan.hours) == 168 and plan.hours.arrivals_per_hour.sum() > 900
+    assert not any("Per hour" in line for line in plan.differences())  # none computed
 
 
 def test_gpu_search_finds_the_smallest_count_from_any_guess():

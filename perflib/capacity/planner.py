@@ -74,8 +74,9 @@ class CapacityPlan:
                          "Erlang-C: its exponential tail overstates rare long waits here.")
         else:
             lines.append("Both give the same count.")
-        differing = (self.hours.gpus_needed != self.hours.erlang_gpus_needed).sum()
-        lines.append(f"Per hour they differ at {differing} of {HOURS_IN_WEEK} hours.")
+        if self.hours.gpus_needed.notna().all():  # per-hour needs were asked for
+            differing = (self.hours.gpus_needed != self.hours.erlang_gpus_needed).sum()
+            lines.append(f"Per hour they differ at {differing} of {HOURS_IN_WEEK} hours.")
         return lines
 
     def day_table(self) -> pd.DataFrame:

@@ -5,8 +5,9 @@ history fast (:mod:`perflib.scale_data`), then times: ``perflib maintain`` on it
 and again after an hour of new jobs (the daily job, steady state); the analysis after another
 hour of new jobs (the daily refresh, 7-day bottlenecks and 30-day trends through
 :class:`~perflib.analysis.PerformanceAnalyzer`, each timed); the full weekly report. The growth
-from the smallest to the largest size says how each scales. Then many writers (64 processes on
-8 simulated hosts) write into PostgreSQL for a minute. Figures are printed beside the targets of
+from the smallest to the largest size says how each scales. Then many writers
+(:func:`perflib.loadtest.many_writers`: 64 processes on 8 simulated hosts) track jobs into
+PostgreSQL for a minute: rows expected and found, per-batch write latency. Figures are printed beside the targets of
 issue 14 and written to ``reports/benchmarks-scale.json``.
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ def measure(url: str, jobs: int, folder: Path, days: int = DAYS, seed: int = 0) 
           f"{built.seconds:.0f} s ({built.rows_per_s:,.0f} rows/s; indexes "
           f"{built.index_seconds:.0f} s, analyze {built.analyze_seconds:.0f} s)", flush=True)
     store = Store(url)
-    figures = {"jobs": built.jobs, "phases": built.phases, "samples": built.samples,
+    figures = {"jobs": built.jobs, "database_bytes": _database_bytes(store), "phases": built.phases, "samples": built.samples,
                "template_jobs": built.template_jobs, "build_s": built.seconds,
                "build_rows_per_s": built.rows_per_s, "build_index_s": built.index_seconds,
                "build_analyze_s": built.analyze_seconds,
@@ -91,6 +92,15 @@ def measure(url: str, jobs: int, folder: Path, days: int = DAYS, seed: int = 0) 
     figures["analysis_s"] = figures["refresh_s"] + figures["bottlenecks_s"] + figures["trends_s"]
     figures["report_s"] = _timed(lambda: render_report(1, url, output_dir=folder / "report"))
     return figures
+
+
+def _database_bytes(store) -> int:
+    """What the history takes on disk: the PostgreSQL database, or the SQLite file and its WAL."""
+    if store.is_postgres:
+        with store.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
+    return sum(path.stat().st_size for path in Path(store.url.database).parent.glob(
+        Path(store.url.database).name + "*"))
 
 
 def _maintain(url: str) -> None:
@@ -125,6 +135,8 @@ def postgres_server() -> Iterator:
 def run(pg_sizes: list[int], sqlite_sizes: list[int], days: int = DAYS, writers: int = 64,
         hosts: int = 8, writer_seconds: float = 60.0, report_path: Path = REPORT_PATH) -> dict:
     """Measure every size on its backend (and the many writers); print and write the figures."""
+    from perflib.loadtest import many_writers
+
     folder = Path(tempfile.mkdtemp(prefix="perflib-bench-scale-"))
     check_disk(folder, disk_needed(pg_sizes, sqlite_sizes))
     results: dict = {"days": days, "cpus": os.cpu_count(), "targets": TARGETS,
@@ -143,8 +155,9 @@ def run(pg_sizes: list[int], sqlite_sizes: list[int], days: int = DAYS, writers:
                 if writers:
                     print(f"== many writers: {writers} processes on {hosts} hosts, "
                           f"{writer_seconds:.0f} s", flush=True)
-                    results["many_writers"] = _many_writers(
-                        server.create_database("writers"), writers, hosts, writer_seconds)
+                    results["many_writers"] = many_writers(
+                        server.create_database("writers"), writers, hosts, writer_seconds,
+                        spool_dir=folder / "writers")
                     print(json.dumps(results["many_writers"], indent=2))
         for size in sqlite_sizes:
             print(f"== sqlite, {size:,} jobs", flush=True)
@@ -204,10 +217,6 @@ def _close_connections(url: str) -> None:
     from perflib.store import Store
 
     Store(url).engine.dispose()
-
-
-def _many_writers(url: str, writers: int, hosts: int, seconds: float) -> dict:
-    raise NotImplementedError
 
 
 def main(argv: list[str] | None = None) -> None:

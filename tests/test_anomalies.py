@@ -150,3 +150,16 @@ def test_the_sql_screen_finds_what_reading_the_whole_window_finds(unet_store, mo
     assert set(screened.job_id) == set(exact.job_id)
     assert screened.factor.to_numpy() == pytest.approx(exact.factor.to_numpy(), rel=0.05)
     assert contention_alerts(unet_store, *WINDOW) == [alert]
+
+
+@pytest.mark.postgres
+def test_the_sql_screen_on_postgresql(pg_url, tmp_path, monkeypatch):
+    """The screen's sample is a TABLESAMPLE there: the same stragglers as reading the window."""
+    if not DATA.exists():
+        pytest.skip("shared real-job data not found")
+    store = Store(pg_url, Settings(spool_dir=tmp_path / "spool"))
+    import_jobs(DATA, store)
+    exact = far_slower_than_expected(store, *WINDOW)
+    monkeypatch.setattr(anomalies, "SCAN_JOBS", 0)
+    monkeypatch.setattr(anomalies, "SAMPLE_JOBS", 200)  # of the window's ~670 jobs
+    assert set(far_slower_than_expected(store, *WINDOW).job_id) == set(exact.job_id)

@@ -30,7 +30,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.daily import expected_seconds
-from perflib.analysis.sql import bound, sampled_jobs, window_rows
+from perflib.analysis.sql import bound, in_window, sampled_jobs, window_rows
 from perflib.features import (HISTORY_WINDOW, build_features, far_slower_jobs, history_keys,
                               outcome_seconds)
 from perflib.models import CostModel
@@ -44,6 +44,7 @@ SCAN_JOBS = 50_000  # a window with more jobs than this is screened in SQL (see 
 SCREEN_FACTOR = 2.0
 MAX_CANDIDATES = 1_000  # screened jobs judged at most, the slowest for their group first
 HISTORY_BATCH = 100  # candidates whose group history one query reads
+ROWS_BATCH = 5_000  # job rows one query reads by id
 SAMPLE_JOBS = 20_000  # the sample that gives the screen its group levels and the cost model
 EPISODE_GAP = timedelta(minutes=30)
 MIN_EPISODE_JOBS = 3
@@ -146,7 +147,7 @@ def _screened_jobs(store: Store, start: datetime, end: datetime, since: datetime
              .where(*_priceable(start, end, store), ratio > SCREEN_FACTOR * level)
              .order_by((ratio / level).desc()).limit(MAX_CANDIDATES))
     candidates = _timed(store.frame(query)).assign(candidate=True)
-    jobs = pd.concat([candidates, _histories(store, candidates, since)])
+    jobs = pd.concat([candidates, _histories(store, candidates, since, end)])
     jobs = jobs.sort_values("candidate", ascending=False).drop_duplicates("job_id")
     return jobs.sort_values("started_at", kind="stable").reset_index(drop=True), sample
 
@@ -161,22 +162,33 @@ def _sample(store: Store, start: datetime, end: datetime, ratio) -> pd.DataFrame
     return _timed(store.frame(query))
 
 
-def _histories(store: Store, candidates: pd.DataFrame, since: datetime) -> pd.DataFrame:
+def _histories(store: Store, candidates: pd.DataFrame, since: datetime, end: datetime
+               ) -> pd.DataFrame:
     """Per candidate, the last HISTORY_WINDOW priceable jobs of its GPU and model that finished
     before it was submitted (the level :func:`far_slower_jobs` compares it with), each read
-    through the (gpu_name, model_name, finished_at) index, HISTORY_BATCH candidates a query."""
+    through the (gpu_name, model_name, finished_at) index; candidates close in time share most
+    of theirs, so each query collects the distinct ids of HISTORY_BATCH candidates' histories
+    before reading the rows."""
     t = jobs_table
     reads = []
     for job in candidates.itertuples():
         submitted = job.submitted_at if pd.notna(job.submitted_at) else job.started_at
-        reads.append(sa.select(*(t.c[name] for name in JOB_COLUMNS))
+        reads.append(sa.select(t.c.id)
                      .where(*_priceable(since, submitted, store),
                             _same(t.c.gpu_name, job.gpu_name),
                             _same(t.c.model_name, job.model_name),
                             t.c.finished_at < bound(store, submitted))
                      .order_by(t.c.finished_at.desc()).limit(HISTORY_WINDOW).subquery())
-    frames = [store.frame(sa.union_all(*(sa.select(read) for read in reads[i:i + HISTORY_BATCH])))
-              for i in range(0, len(reads), HISTORY_BATCH)]
+    ids = set()
+    with store.engine.connect() as conn:
+        for first in range(0, len(reads), HISTORY_BATCH):
+            batch = sa.union(*(sa.select(read) for read in reads[first:first + HISTORY_BATCH]))
+            ids.update(conn.execute(batch).scalars())
+    ids = sorted(ids)
+    frames = [store.frame(sa.select(*(t.c[name] for name in JOB_COLUMNS))
+                          .where(in_window(store, since, end),  # one partition per day
+                                 t.c.id.in_(ids[first:first + ROWS_BATCH])))
+              for first in range(0, len(ids), ROWS_BATCH)]
     if not frames:
         return candidates.iloc[:0]
     return _timed(pd.concat(frames)).assign(candidate=False)

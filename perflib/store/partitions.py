@@ -39,6 +39,9 @@ AHEAD_DAYS = 7
 # looked for from its submission to now). Wider costs an index probe per day per written job.
 DUPLICATE_WINDOW = timedelta(hours=1)
 UNPARTITIONED_SUFFIX = "_unpartitioned"
+# Each new partition holds a few locks until commit: a year of backfill in one transaction
+# would overflow PostgreSQL's shared lock table.
+DAYS_PER_TRANSACTION = 7
 _DDL_LOCK = 7346253  # pg_advisory_xact_lock key: one partition creator at a time
 _ID_LOCKS = 7346254  # first key of the per-job-id advisory locks of replace_live
 _ID_LOCK_BUCKETS = 256  # few enough that a big batch cannot fill the shared lock table
@@ -135,21 +138,21 @@ def ensure_partitions(engine: sa.Engine, days: Iterable[date],
     `parents` maps a table to the parent to use (a migration's new tables).
     """
     cache = _known_days(engine) if parents is None else set()
-    wanted = {(name, day) for name in TABLES for day in set(days)} - cache
-    if not wanted:
-        return 0
+    wanted = sorted({day for day in days if any((name, day) not in cache for name in TABLES)})
     created = 0
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
-        for name in TABLES:
-            parent = (parents or {}).get(name, name)
-            existing = {p.start.date() for p in list_partitions(conn, parent) if p.start}
-            for day in sorted(day for table, day in wanted if table == name):
-                if day not in existing:
-                    _create_day(conn, name, parent, day)
-                    created += 1
-    with _known_lock:
-        cache.update(wanted)
+    for first in range(0, len(wanted), DAYS_PER_TRANSACTION):
+        chunk = wanted[first:first + DAYS_PER_TRANSACTION]
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+            for name in TABLES:
+                parent = (parents or {}).get(name, name)
+                existing = {p.start.date() for p in list_partitions(conn, parent) if p.start}
+                for day in chunk:
+                    if day not in existing:
+                        _create_day(conn, name, parent, day)
+                        created += 1
+        with _known_lock:
+            cache.update((name, day) for name in TABLES for day in chunk)
     return created
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from perflib.capacity.arrivals import HOURS_IN_WEEK, MINUTES_IN_HOUR, ArrivalPattern
+from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern
 
 SECONDS_IN_HOUR = 3600.0
 

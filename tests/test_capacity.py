@@ -163,6 +163,17 @@ def test_arrivals_are_counted_per_minute_in_the_database(db_url, settings):
     assert pattern.arrivals_per_hour.sum() == pytest.approx(expected.sum())
 
 
+def test_a_window_reaching_past_now_plans_from_the_last_whole_week(tmp_path):
+    """A history ending now: the window ending at tonight's midnight is moved back to end at
+    this hour, so today's hours still to come do not count as quiet ones."""
+    store = Store(f"sqlite:///{tmp_path / 'now.db'}")
+    store.init_db()
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    simulate_history(store, weeks=2, gpus=1, seed=6, end=now, jobs_per_day=100)
+    plan = plan_capacity(store, days=7, weeks=1, per_hour=False)
+    assert plan.end == now and plan.start == now - timedelta(days=7)
+
+
 def test_planning_reads_only(busy_history):
     before = row_counts(busy_history)
     plan_capacity(busy_history, days=14, end=END, weeks=1, per_hour=False)

@@ -4,7 +4,7 @@ answer beside it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -128,7 +128,7 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
     _check_arguments(days, target_wait_seconds, gpus, weeks)
     target = (store.config.thresholds.queue_seconds if target_wait_seconds is None
               else float(target_wait_seconds))
-    start, stop = window(store, days, end)
+    start, stop = observed_window(store, days, end)
     pattern = arrival_pattern(store, start, stop, pipeline_type)
     if not pattern.arrivals:
         raise ValueError(f"no {pipeline_type + ' ' if pipeline_type else ''}job arrived between "
@@ -146,6 +146,18 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                          erlang_needed)
     return CapacityPlan(pipeline_type, start, stop, target, current, recommended, erlang_gpus,
                         hours, service, pattern.dispersion, weeks, queue.at(current), exact)
+
+
+def observed_window(store: Store, days: float, end: datetime | str | None
+                    ) -> tuple[datetime, datetime]:
+    """[start, end) of `days` ending at `end` (default: the midnight after the newest job), moved
+    back to end at the last whole hour where that is in the future: hours still to come have
+    seen no arrivals yet, and would read as quiet ones."""
+    start, stop = window(store, days, end)
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    if stop > now:
+        start, stop = now - (stop - start), now
+    return start, stop
 
 
 def erlang_needs(pattern: ArrivalPattern, service: ServiceSample, target_seconds: float

@@ -9,12 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from perflib.analysis.maintenance import maintain
+from perflib.cli import main as cli_main
 from perflib.loadtest import many_writers
 from perflib.store import Store, partitions, schema
 from perflib.store.engine import engine_for
 from perflib.store.migration import migrate
 
-pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 
@@ -52,6 +52,7 @@ def old_schema_store(url: str) -> Store:
     return store
 
 
+@pytest.mark.postgres
 def test_new_database_is_partitioned_and_a_write_makes_its_days(pg_url):
     store = Store(pg_url)
     store.init_db()
@@ -70,6 +71,7 @@ def test_new_database_is_partitioned_and_a_write_makes_its_days(pg_url):
     assert placed(store, "resource_samples")["now"] == ["resource_samples_p20261130"]
 
 
+@pytest.mark.postgres
 def test_rows_in_default_move_when_their_day_gets_a_partition(pg_url):
     """A writer that believed the day existed put the row in DEFAULT; creating the day moves it."""
     store = Store(pg_url)
@@ -83,6 +85,7 @@ def test_rows_in_default_move_when_their_day_gets_a_partition(pg_url):
     assert placed(store, "generation_phases")["stray"] == ["generation_phases_p20261130"]
 
 
+@pytest.mark.postgres
 def test_a_job_written_twice_is_stored_once(pg_url):
     store = Store(pg_url)
     records = [job(f"j{n}", NOW - timedelta(days=n)) for n in range(4)]
@@ -99,6 +102,7 @@ def test_a_job_written_twice_is_stored_once(pg_url):
     assert store.count(schema.resource_samples) == 4
 
 
+@pytest.mark.postgres
 def test_replace_live_moves_a_job_from_default_to_its_day(pg_url):
     store = Store(pg_url)
     store.write_jobs([job("live", None, status="queued")], replace_live=True)
@@ -115,6 +119,7 @@ def test_replace_live_moves_a_job_from_default_to_its_day(pg_url):
     assert store.jobs_frame().status.tolist() == ["success"]
 
 
+@pytest.mark.postgres
 def test_retention_drops_whole_days_and_leaves_kept_days_untouched(pg_url):
     store = Store(pg_url)
     cutoff = NOW - timedelta(days=90)  # 2026-09-01 12:00
@@ -156,13 +161,25 @@ def _rows_per_day(store: Store) -> dict[date, int]:
             for p in partitions.list_partitions(conn, "generation_performance") if p.start}
 
 
-def test_an_unpartitioned_database_keeps_working_and_is_told_of_the_migration(pg_url):
+@pytest.mark.postgres
+def test_an_unpartitioned_database_keeps_working_and_is_told_of_the_migration(pg_url, capsys):
     store = old_schema_store(pg_url)
     assert not store.is_partitioned
     assert store.write_jobs([job("a", NOW), job("a", NOW)]) == 1
     assert "perflib migrate-partitions" in maintain(store, 90, dry_run=True, now=NOW).describe()
+    assert cli_main(["--database-url", pg_url, "migrate-partitions"]) == 0
+    assert "partitioned the job tables by day" in capsys.readouterr().out
+    assert cli_main(["--database-url", pg_url, "migrate-partitions"]) == 0
+    assert "already partitioned" in capsys.readouterr().out
 
 
+def test_sqlite_has_nothing_to_migrate(sqlite_url, capsys):
+    assert cli_main(["--database-url", sqlite_url, "migrate-partitions"]) == 0
+    assert "nothing to migrate" in capsys.readouterr().out
+    assert not Store(sqlite_url).is_partitioned
+
+
+@pytest.mark.postgres
 def test_migration_keeps_every_row_including_those_written_meanwhile(pg_url):
     store = old_schema_store(pg_url)
     history = [job(f"h{n}", NOW - timedelta(days=n % 20, minutes=n)) for n in range(300)]
@@ -211,6 +228,7 @@ def test_migration_keeps_every_row_including_those_written_meanwhile(pg_url):
     assert Store(pg_url).init_db() and Store(pg_url).is_partitioned
 
 
+@pytest.mark.postgres
 def test_many_writers_lose_no_row(pg_url, tmp_path):
     result = many_writers(pg_url, processes=16, hosts=4, seconds=3, spool_dir=tmp_path)
     assert result["rows_expected"] > 16 * 10

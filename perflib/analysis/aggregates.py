@@ -8,7 +8,7 @@ any run of days re-aggregates: ``performance_trends`` per pipeline, ``performanc
 per pipeline, job type, model and GPU.
 
 Readers never write: a window is read from the stored days, and the days the aggregates do not
-hold yet (jobs above the high-water mark) or hold only in part (a window that starts or ends
+hold yet (jobs above the highest id the last refresh read) or hold only in part (a window that starts or ends
 within a day) are computed from their raw rows on the fly — a few days at most.
 
 Speed ratios are measured against a reference cost model per pipeline, fitted on a bounded
@@ -26,8 +26,8 @@ import sqlalchemy as sa
 from perflib.analysis.daily import (DAILY_COLUMNS, GROUP_KEYS, GROUP_SUMS, SUM_COLUMNS,
                                     CostModels, Ranges, daily_stats, fit_cost_models,
                                     group_sums)
-from perflib.analysis.sql import FINISHED, bound, day_of
-from perflib.record import LIVE_STATUSES
+from perflib.analysis.sql import bound, day_of
+from perflib.record import FINAL_STATUSES, LIVE_STATUSES
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import aggregate_state
 from perflib.store.schema import generation_performance as jobs
@@ -45,7 +45,8 @@ CHUNK_DAYS = 7  # days recomputed per query in a rebuild
 class AggregateState:
     """How far the aggregates have read, and the reference cost model per pipeline."""
 
-    high_water_id: int = 0
+    high_water_id: int = 0  # every job up to it is aggregated: a refresh reads above it
+    seen_id: int = 0  # the highest id the last refresh read: readers compute jobs above it
     cost_models: CostModels = field(default_factory=dict)
 
 
@@ -53,8 +54,10 @@ def read_state(store: Store) -> AggregateState | None:
     """The stored state; None before the first refresh."""
     with store.engine.connect() as conn:
         row = conn.execute(sa.select(aggregate_state).where(aggregate_state.c.id == 1)).first()
-    return None if row is None else AggregateState(int(row.high_water_id),
-                                                   dict(row.cost_models or {}))
+    if row is None:
+        return None
+    return AggregateState(int(row.high_water_id), int(row.seen_id or row.high_water_id),
+                          dict(row.cost_models or {}))
 
 
 def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = SETTLE) -> int:
@@ -65,6 +68,7 @@ def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = 
         state = AggregateState()
     with store.engine.connect() as conn:
         mark = _next_high_water(conn, store, state.high_water_id, settle)
+        seen = conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0
         new = pending(conn, store, state.high_water_id)
     days = sorted({day for day, _ in new})
     _fit_missing_models(store, state, _day_ranges(days), {pipeline for _, pipeline in new})
@@ -74,6 +78,7 @@ def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = 
             conn.execute(sa.delete(groups))
     written = recompute_days(store, days, state, fitted=True)
     state.high_water_id = max(mark, state.high_water_id)
+    state.seen_id = max(seen, state.high_water_id)
     _save_state(store, state)
     return written
 
@@ -110,8 +115,11 @@ def pending(conn: sa.Connection, store: Store, high_water_id: int) -> set[tuple[
     """(day, pipeline) of the finished jobs above the high-water mark: what the aggregates do
     not hold yet."""
     day = day_of(jobs.c.started_at, store.engine.dialect.name)
+    # status and start wrapped in expressions no index covers, so that the planner reads the
+    # primary-key range above the mark (SQLite otherwise scans the status/started_at index)
+    finished = sa.func.coalesce(jobs.c.status, "").in_(FINAL_STATUSES)
     rows = conn.execute(sa.select(day, jobs.c.pipeline_type).distinct().where(
-        jobs.c.id > high_water_id, FINISHED, jobs.c.started_at.isnot(None))).all()
+        jobs.c.id > high_water_id, finished, day.isnot(None))).all()
     return {(date.fromisoformat(d), pipeline) for d, pipeline in rows}
 
 
@@ -185,7 +193,7 @@ def _plan(store: Store, start: datetime, end: datetime) -> _Plan:
     if first > last:
         return _Plan(None, None, [], [(start, end)], dict(state.cost_models))
     with store.engine.connect() as conn:
-        new = pending(conn, store, state.high_water_id)
+        new = pending(conn, store, state.seen_id)
     skip = sorted({day for day, _ in new if first <= day <= last})
     raw = ([(start, _midnight(first))] if start < _midnight(first) else []) + _day_ranges(skip)
     if _midnight(last + timedelta(1)) < end:
@@ -229,7 +237,8 @@ def _fit_missing_models(store: Store, state: AggregateState, ranges: Ranges,
 
 
 def _save_state(store: Store, state: AggregateState) -> None:
-    values = {"high_water_id": state.high_water_id, "cost_models": state.cost_models,
+    values = {"high_water_id": state.high_water_id, "seen_id": state.seen_id,
+              "cost_models": state.cost_models,
               "refreshed_at": datetime.now(timezone.utc)}
     with store.engine.begin() as conn:
         updated = conn.execute(sa.update(aggregate_state).where(aggregate_state.c.id == 1)

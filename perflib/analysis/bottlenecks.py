@@ -19,11 +19,10 @@ import sqlalchemy as sa
 
 from perflib.analysis.aggregates import group_frame
 from perflib.analysis.daily import GROUP_KEYS
-from perflib.analysis.sql import out_of_memory, sampled_jobs
+from perflib.analysis.sql import out_of_memory, sampled_jobs, sampled_phases
 from perflib.config import Thresholds
 from perflib.record import FINAL_STATUSES
 from perflib.store import Store
-from perflib.store.schema import generation_phases as phases
 
 MIN_JOBS = 20  # a group smaller than this says nothing reliable
 INIT_SHARE = 0.15
@@ -303,12 +302,12 @@ def _phase_imbalance(sample: _Sample, pipeline_type) -> list[Bottleneck]:
     """A phase other than the denoising loop taking an outsized share of a job type's time
     (shares from the sample; seconds and jobs scaled up by its fraction)."""
     s = sample.rows.c
-    query = (sa.select(s.pipeline_type, s.job_type, phases.c.name,
-                       sa.func.sum(phases.c.seconds).label("seconds"),
-                       sa.func.count(sa.distinct(phases.c.job_id)).label("jobs"))
-             .join(phases, phases.c.job_id == s.job_id)
-             .where(s.status == "success")
-             .group_by(s.pipeline_type, s.job_type, phases.c.name))
+    joined, phase = sampled_phases(sample.store, sample.rows)
+    query = (sa.select(s.pipeline_type, s.job_type, phase.name,
+                       sa.func.sum(phase.seconds).label("seconds"),
+                       sa.func.count(sa.distinct(s.job_id)).label("jobs"))
+             .select_from(joined).where(s.status == "success")
+             .group_by(s.pipeline_type, s.job_type, phase.name))
     if pipeline_type:
         query = query.where(s.pipeline_type == pipeline_type)
     frame = sample.store.frame(query)

@@ -91,6 +91,26 @@ def window_rows(store: Store, start: datetime, end: datetime) -> int:
                             ).scalar_one()
 
 
+def sampled_phases(store: Store, sample: sa.Subquery):
+    """The sampled jobs joined to their phases, as (from clause, phase columns ``name``,
+    ``seconds``), at one index lookup per job whatever the history holds: on PostgreSQL a
+    LATERAL subquery per job (its GROUP BY keeps the planner from turning it into a hash join
+    over the phases of the whole window), matched on the job's start as well as its id so that
+    each lookup reads one day partition (rows written before that column existed carry none
+    and are matched on the id alone)."""
+    s = sample.c
+    if not store.is_postgres:
+        return sample.join(generation_phases, generation_phases.c.job_id == s.job_id), \
+            generation_phases.c
+    started = generation_phases.c.job_started_at
+    per_job = (sa.select(generation_phases.c.name,
+                         sa.func.sum(generation_phases.c.seconds).label("seconds"))
+               .where(generation_phases.c.job_id == s.job_id,
+                      sa.or_(started == s.started_at, started.is_(None)))
+               .group_by(generation_phases.c.name).lateral("job_phases"))
+    return sample.join(per_job, sa.true()), per_job.c
+
+
 def in_ranges(store: Store, ranges):
     """Jobs started in any of the [start, end) `ranges` (none: no job)."""
     return sa.or_(sa.false(), *(in_window(store, start, end) for start, end in ranges))

@@ -202,13 +202,15 @@ performance_daily_groups = sa.Table(
     sa.Index("ix_performance_daily_groups_day", "day"),
 )
 
-# One row (id 1): how far the daily aggregates have read (the highest job id aggregated) and
-# the reference cost model per pipeline that their speed ratios are measured against.
+# One row (id 1): how far the daily aggregates have read (every job up to high_water_id is
+# aggregated; seen_id is the highest the last refresh read) and the reference cost model per
+# pipeline that their speed ratios are measured against.
 aggregate_state = sa.Table(
     "perflib_aggregate_state",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("high_water_id", sa.BigInteger, nullable=False),
+    sa.Column("seen_id", sa.BigInteger),  # the highest job id the last refresh read
     sa.Column("cost_models", Json),  # {pipeline: [a, b, c]} seconds, per work, per attention
     sa.Column("refreshed_at", UtcDateTime),
 )

@@ -147,3 +147,23 @@ def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
     week = weekly_data(fleet, end_date=END.isoformat())
     assert len(calls) == 1
     assert set(week.trends) == set(week.report["trends"])
+
+
+def test_failure_rates_come_from_the_daily_aggregates(fleet):
+    """The failure-spike baseline (four weeks) is read from the stored daily aggregates, not
+    from the jobs: the same rates as counting the jobs."""
+    from perflib.analysis.aggregates import refresh_aggregates
+    from perflib.analysis import alerts
+
+    refresh_aggregates(fleet)  # what `perflib maintain` keeps up to date
+    with counted(fleet) as work:
+        alerts._failure_spikes(fleet, *WEEK, 0.05)
+    ranges = [s for s in work["statements"] if "started_at >=" in s]  # a range of jobs
+    assert not ranges, ranges
+    baseline = (WEEK[0] - timedelta(days=alerts.BASELINE_DAYS), WEEK[0])
+    rates = alerts._failure_rates(fleet, *baseline)
+    jobs = fleet.jobs_frame(*baseline)
+    jobs = jobs[jobs.status.isin(["success", "failed", "cancelled"])]
+    assert set(rates) == set(jobs.pipeline_type)
+    for pipeline, group in jobs.groupby("pipeline_type"):
+        assert rates[pipeline] == (pytest.approx((group.status == "failed").mean()), len(group))

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from perflib.analysis.aggregates import group_frame
 from perflib.analysis.anomalies import contention_alerts
 from perflib.analysis.bottlenecks import Bottleneck
-from perflib.analysis.sql import FINISHED, in_window
+from perflib.analysis.sql import in_window
 from perflib.analysis.trends import TrendResult
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
@@ -74,16 +75,10 @@ def _from_bottleneck(bottleneck: Bottleneck) -> dict:
 
 
 def _failure_spikes(store: Store, start: datetime, end: datetime, threshold: float) -> list[dict]:
-    """Pipelines whose failure rate in the window is far above their previous weeks'."""
-    def rates(since, until):
-        query = (sa.select(jobs.c.pipeline_type, sa.func.count().label("jobs"),
-                           sa.func.sum(sa.case((jobs.c.status == "failed", 1), else_=0))
-                           .label("failed"))
-                 .where(FINISHED, in_window(store, since, until)).group_by(jobs.c.pipeline_type))
-        with store.engine.connect() as conn:
-            return {r.pipeline_type: (r.failed / r.jobs, r.jobs) for r in conn.execute(query)}
-
-    now, before = rates(start, end), rates(start - timedelta(days=BASELINE_DAYS), start)
+    """Pipelines whose failure rate in the window is far above their previous weeks' (from the
+    daily aggregates: the baseline's four weeks of jobs are never read row by row)."""
+    now, before = (_failure_rates(store, start, end),
+                   _failure_rates(store, start - timedelta(days=BASELINE_DAYS), start))
     found = []
     for pipeline, (rate, count) in now.items():
         baseline = before.get(pipeline, (0.0, 0))[0]
@@ -97,6 +92,17 @@ def _failure_spikes(store: Store, start: datetime, end: datetime, threshold: flo
                              "jobs": count},
                 "fingerprint": f"failure_rate_spike|{pipeline}"})
     return found
+
+
+def _failure_rates(store: Store, start: datetime, end: datetime) -> dict[str, tuple[float, int]]:
+    """Per pipeline: the share of its finished jobs started in [start, end) that failed, and
+    how many finished."""
+    groups = group_frame(store, start, end)
+    if groups.empty:
+        return {}
+    totals = groups.groupby("pipeline_type")[["jobs", "failed"]].sum()
+    return {pipeline: (float(row.failed / row.jobs), int(row.jobs))
+            for pipeline, row in totals.iterrows() if row.jobs}
 
 
 def _slower_than_estimated(store: Store, start: datetime, end: datetime) -> list[dict]:

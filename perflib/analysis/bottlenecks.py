@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from perflib.analysis.aggregates import group_frame
 from perflib.analysis.daily import GROUP_KEYS
-from perflib.analysis.sql import out_of_memory, sampled_jobs, sampled_phases
+from perflib.analysis.sql import (frame_without_jit, out_of_memory, sampled_jobs,
+                                  sampled_phases)
 from perflib.config import Thresholds
 from perflib.record import FINAL_STATUSES
 from perflib.store import Store
@@ -310,7 +311,7 @@ def _phase_imbalance(sample: _Sample, pipeline_type) -> list[Bottleneck]:
              .group_by(s.pipeline_type, s.job_type, phase.name))
     if pipeline_type:
         query = query.where(s.pipeline_type == pipeline_type)
-    frame = sample.store.frame(query)
+    frame = frame_without_jit(sample.store, query)
     frame["seconds"] = frame.seconds / sample.fraction
     frame["jobs"] = (frame.jobs / sample.fraction).round()
     found = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import sqlalchemy as sa
 
 from perflib.store import Store, parse_timestamp
@@ -109,6 +110,17 @@ def sampled_phases(store: Store, sample: sa.Subquery):
                       sa.or_(started == s.started_at, started.is_(None)))
                .group_by(generation_phases.c.name).lateral("job_phases"))
     return sample.join(per_job, sa.true()), per_job.c
+
+
+def frame_without_jit(store: Store, query) -> pd.DataFrame:
+    """Rows of a SELECT as a DataFrame, with PostgreSQL's JIT compiler off for it: the planner
+    prices a per-job LATERAL lookup as if it read every day partition, and compiling that plan
+    took 12 s of a 0.3 s query."""
+    with store.engine.connect() as conn:
+        if store.is_postgres:
+            conn.execute(sa.text("SET LOCAL jit = off"))  # this transaction only
+        result = conn.execute(query)
+        return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
 
 def in_ranges(store: Store, ranges):

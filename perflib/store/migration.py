@@ -2,7 +2,7 @@
 (``perflib migrate-partitions``), without losing a row written meanwhile.
 
 1. Partitioned tables are created beside the old ones (``<table>_partitioned``), with a
-   partition for every day the old jobs span and the coming week.
+   partition for every day that has jobs and for the coming week.
 2. Rows are copied in id ranges, one transaction each, while writers go on; phases and samples
    get their job's start time (``job_started_at``, the partition key) on the way.
 3. One transaction locks the old tables against writes (reads go on), copies what arrived
@@ -61,23 +61,22 @@ def migrate(engine: sa.Engine) -> MigrationResult:
         for name in TABLES:  # what an interrupted run left
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {qualified(conn, name + NEW_SUFFIX)}"))
         partitions.create_tables(conn, NEW_SUFFIX)
-        first, last = conn.execute(sa.text(
-            f"SELECT min(started_at), max(started_at) "
-            f"FROM {qualified(conn, 'generation_performance')}")).one()
-        high_water = {name: conn.execute(sa.text(
-            f"SELECT coalesce(max(id), 0) FROM {qualified(conn, name)}")).scalar_one()
-            for name in TABLES}
+        days = set(conn.execute(sa.text(
+            f"SELECT DISTINCT CAST(timezone('UTC', started_at) AS date) "
+            f"FROM {qualified(conn, 'generation_performance')} WHERE started_at IS NOT NULL"
+        )).scalars())
+        id_ranges = {name: conn.execute(sa.text(
+            f"SELECT coalesce(min(id), 1) - 1, coalesce(max(id), 0) "
+            f"FROM {qualified(conn, name)}")).one() for name in TABLES}
     today = datetime.now(timezone.utc).date()
-    first_day = first.astimezone(timezone.utc).date() if first else today
-    last_day = max(last.astimezone(timezone.utc).date() if last else today, today)
-    days = partitions.days_between(first_day, last_day + timedelta(days=partitions.AHEAD_DAYS))
+    days.update(partitions.days_between(today, today + timedelta(days=partitions.AHEAD_DAYS)))
     partitions.ensure_partitions(engine, days, {name: name + NEW_SUFFIX for name in TABLES})
-    for name in TABLES:
-        for low in range(0, high_water[name], COPY_BATCH_IDS):
+    for name, (below, high_water) in id_ranges.items():
+        for low in range(below, high_water, COPY_BATCH_IDS):
             with engine.begin() as conn:
                 conn.execute(sa.text(_copy_sql(conn, name) + " WHERE o.id > :low "
                                      "AND o.id <= :high"),
-                             {"low": low, "high": min(low + COPY_BATCH_IDS, high_water[name])})
+                             {"low": low, "high": min(low + COPY_BATCH_IDS, high_water)})
     with engine.begin() as conn:
         rows = _catch_up_and_swap(conn)
     partitions.forget_known(engine)

@@ -167,3 +167,19 @@ def test_failure_rates_come_from_the_daily_aggregates(fleet):
     assert set(rates) == set(jobs.pipeline_type)
     for pipeline, group in jobs.groupby("pipeline_type"):
         assert rates[pipeline] == (pytest.approx((group.status == "failed").mean()), len(group))
+
+
+def test_phase_shares_come_from_a_bounded_sample(fleet):
+    """Shares of phase time from SAMPLE jobs: work that does not grow with the week, shares
+    within 3 points of the whole week's."""
+    analyzer = PerformanceAnalyzer(fleet)
+    with counted(fleet) as small:
+        sampled = analyzer.phase_shares(7, END, sample_jobs=SAMPLE)
+    with counted(fleet) as whole:
+        exact = analyzer.phase_shares(7, END, sample_jobs=10 ** 6)
+    assert small["ksteps"] < whole["ksteps"] / 4, (small["ksteps"], whole["ksteps"])
+    keys = ["pipeline_type", "job_type", "phase"]
+    both = exact.merge(sampled, on=keys, suffixes=("", "_sampled"))
+    assert len(both) >= 0.9 * len(exact)
+    assert (both.share - both.share_sampled).abs().max() < 0.03
+    assert both.seconds_sampled.sum() == pytest.approx(both.seconds.sum(), rel=0.15)

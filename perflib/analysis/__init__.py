@@ -21,12 +21,11 @@ from perflib.analysis.gpus import gpu_usage
 from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
-from perflib.analysis.sql import (SIMULATED, hour_of, in_window, sampled_jobs, window,
-                                  window_rows)
+from perflib.analysis.sql import (SIMULATED, frame_without_jit, hour_of, in_window,
+                                  sampled_jobs, sampled_phases, window, window_rows)
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
 from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
-from perflib.store.schema import generation_phases as phases
 from perflib.record import FINAL_STATUSES
 
 TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
@@ -176,15 +175,22 @@ class PerformanceAnalyzer(UsesStore):
                  .order_by(hour))
         return self.store.frame(query)
 
-    def phase_shares(self, days_back: float = 7, end=None) -> pd.DataFrame:
-        """Share of phase time per pipeline, job type and phase (SQL)."""
+    def phase_shares(self, days_back: float = 7, end=None, sample_jobs: int = SAMPLE_ROWS
+                     ) -> pd.DataFrame:
+        """Share of phase time per pipeline, job type and phase (SQL), over an even sample of
+        the window's jobs (all of them up to `sample_jobs`; see
+        :func:`~perflib.analysis.sql.sampled_jobs`): shares need no more, whatever the window
+        holds. ``seconds`` is the sample's phase time scaled up to the window."""
         start, stop = self.window(days_back, end)
-        query = (sa.select(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name.label("phase"),
-                           sa.func.sum(phases.c.seconds).label("seconds"))
-                 .join(phases, phases.c.job_id == jobs.c.job_id)
-                 .where(jobs.c.status == "success", in_window(self.store, start, stop))
-                 .group_by(jobs.c.pipeline_type, jobs.c.job_type, phases.c.name))
-        frame = self.store.frame(query)
+        sample, fraction = sampled_jobs(self.store, start, stop,
+                                        window_rows(self.store, start, stop), sample_jobs)
+        joined, phase = sampled_phases(self.store, sample)
+        keys = [sample.c.pipeline_type, sample.c.job_type]
+        query = (sa.select(*keys, phase.name.label("phase"),
+                           (sa.func.sum(phase.seconds) / fraction).label("seconds"))
+                 .select_from(joined).where(sample.c.status == "success")
+                 .group_by(*keys, phase.name))
+        frame = frame_without_jit(self.store, query)
         totals = frame.groupby(["pipeline_type", "job_type"]).seconds.transform("sum")
         return frame.assign(share=frame.seconds / totals)
 

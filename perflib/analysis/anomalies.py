@@ -40,7 +40,7 @@ from perflib.store.schema import generation_performance as jobs_table
 
 LEVEL_DAYS = 2  # jobs before the window that give each group its recent level
 MAX_FIT_JOBS = 20_000  # without a stored model, the cost model is fitted on the latest jobs
-SCAN_JOBS = 50_000  # a window with more jobs than this is screened in SQL (see the module doc)
+SCAN_JOBS = 150_000  # a window with more jobs than this is screened in SQL (see the module doc)
 SCREEN_FACTOR = 2.0
 MAX_CANDIDATES = 1_000  # screened jobs judged at most, the slowest for their group first
 HISTORY_BATCH = 100  # candidates whose group history one query reads

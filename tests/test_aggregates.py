@@ -186,3 +186,12 @@ def test_the_bottleneck_sample_is_bounded(db_url, settings, monkeypatch):
         with store.engine.connect() as conn:
             rows = conn.execute(sa.select(sa.func.count()).select_from(sample)).scalar_one()
         assert 25 <= rows <= 50 and fraction < 0.2
+
+
+def test_maintenance_aggregates_every_day_with_new_jobs(db_url, settings):
+    store = _history(db_url, settings, weeks=3)
+    PerformanceAnalyzer(store).maintain(retention_days=365, retrain=False)
+    with store.engine.connect() as conn:
+        days = set(conn.execute(sa.select(performance_trends.c.day)).scalars())
+    assert len(days) == 21, "all three weeks, not only the last two"
+    assert store.count(performance_daily_groups) > 0

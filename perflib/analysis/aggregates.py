@@ -72,7 +72,8 @@ def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = 
         new = pending(conn, store, state.high_water_id)
     days = sorted({day for day, _ in new})
     _fit_missing_models(store, state, _day_ranges(days), {pipeline for _, pipeline in new})
-    if rebuild:
+    if rebuild:  # readers compute every day from the jobs until the rebuild is done
+        _save_state(store, AggregateState(cost_models=state.cost_models))
         with store.engine.begin() as conn:
             conn.execute(sa.delete(trends))
             conn.execute(sa.delete(groups))

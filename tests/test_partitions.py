@@ -120,6 +120,30 @@ def test_replace_live_moves_a_job_from_default_to_its_day(pg_url):
 
 
 @pytest.mark.postgres
+def test_two_writers_replacing_one_live_job_store_it_once(pg_url):
+    """Each round, two threads report the same job at once with different start times."""
+    store = Store(pg_url)
+    store.init_db()
+    rounds = 30
+    barrier = threading.Barrier(2)
+
+    def report(offset_minutes: int) -> None:
+        for n in range(rounds):
+            barrier.wait(10)
+            store.write_jobs([job(f"race{n}", NOW + timedelta(minutes=offset_minutes),
+                                  status="running")], replace_live=True)
+
+    threads = [threading.Thread(target=report, args=(offset,)) for offset in (0, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(placed(store)) == sorted(f"race{n}" for n in range(rounds))
+    assert all(len(where) == 1 for where in placed(store).values())
+    assert store.count(schema.generation_phases) == rounds
+
+
+@pytest.mark.postgres
 def test_retention_drops_whole_days_and_leaves_kept_days_untouched(pg_url):
     store = Store(pg_url)
     cutoff = NOW - timedelta(days=90)  # 2026-09-01 12:00

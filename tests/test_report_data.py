@@ -109,6 +109,25 @@ def test_estimate_check_replays_the_model_and_marks_it_in_sample(history, tmp_pa
     assert daily.estimated_jobs.sum() == given.sum()
 
 
+def test_the_replayed_jobs_span_the_whole_period(history, tmp_path, monkeypatch):
+    """At most REPLAY_ROWS jobs a pipeline are replayed, spread over every day of the period
+    (the first REPLAY_ROWS of the time-ordered sample covered only its first days)."""
+    from perflib.analysis import estimates
+
+    analyzer = PerformanceAnalyzer(history)
+    start, _ = analyzer.window(7, END)
+    jobs = analyzer.job_sample(7, END)
+    copy = _simulated(tmp_path)
+    predictor = PerformancePredictor(copy)
+    predictor.train_model("video", "linear_regression", progress=False)
+    predictor.save_model_to_db("video", "linear_regression")
+    monkeypatch.setattr(estimates, "REPLAY_ROWS", 30)
+    check = estimate_check(copy, jobs, start)
+    replayed = check.jobs[check.jobs.replay_low.notna()]
+    assert 20 <= len(replayed) <= 30
+    assert replayed.day.nunique() == 7 == check.jobs.day.nunique()
+
+
 def test_weekly_data_for_one_pipeline_reads_only(history):
     before = row_counts(history)
     week = weekly_data(history, 1, "video", END.date().isoformat())

@@ -5,10 +5,12 @@ the default incidents) is tiled: each copy is the same history on another slice 
 fleet (its own hosts and GPUs), each job moved by up to half an hour, with fresh job ids
 (``scale-<seed>-<copy>-<n>``, marked ``simulated``). So the hour-of-week arrival shape and the
 planted incidents stay where they were, at any density. The derived cost terms are computed once
-per template job (:func:`perflib.workload.stored_terms`). PostgreSQL is loaded with ``COPY``, SQLite
-with ``executemany`` in big transactions (``synchronous=OFF``); the job tables' secondary indexes
-are dropped during the load and built again after it, which is faster on both. Each job gets its
-phases; resource samples are thinned: only `sample_share` of the jobs (1% by default) carry them.
+per template job (:func:`perflib.workload.stored_terms`). On PostgreSQL the template goes in once
+(``COPY`` into temporary tables) and each copy is an ``INSERT ... SELECT`` per job table, so rows
+never travel twice (about twice as fast as a ``COPY`` of every row); SQLite gets ``executemany``
+in one transaction per copy with ``synchronous=OFF``. The job tables' secondary indexes are
+dropped during the load and built again after it. Each job gets its phases; resource samples are
+thinned: only `sample_share` of the jobs (1% by default) carry them.
 """
 from __future__ import annotations
 
@@ -34,10 +36,10 @@ GPUS_PER_HOST = 8
 JOBS_PER_GPU_DAY = 160          # template fleet size: busy, with queues at peak hours
 MAX_SAMPLES_PER_JOB = 120
 JOB_TABLES = (schema.generation_performance, schema.generation_phases, schema.resource_samples)
-# Columns that differ between copies of a template job; they lead every row.
-VARYING = ("job_id", "hostname", "gpu_index", "submitted_at", "queued_at", "started_at",
-           "finished_at")
 JOB_STARTED_AT = "job_started_at"     # phases and samples of time-partitioned job tables
+# Job columns each copy gives its own values (and the template's working columns).
+_PER_COPY = {"job_id", "hostname", "gpu_index", "submitted_at", "queued_at", "started_at",
+             "finished_at", "gpu", "submit_us", "start_us", "finish_us"}
 _US = 1_000_000
 
 
@@ -121,14 +123,13 @@ def _ensure_partitions(store: Store, start: datetime, end: datetime) -> None:
 # -- the template -----------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Copy:
-    """One copy of the template (or of a part of it): its rows' varying values."""
+    """One copy of the template (or of a random part of it, the last one)."""
 
     number: int
-    rows: np.ndarray            # template rows in this copy
-    job_ids: list[str]
-    hostnames: list[str]
-    gpu_indices: list[int]
-    shift_us: np.ndarray        # per template row (0 for rows not in the copy)
+    rows: np.ndarray            # the template rows in this copy
+    shift_us: np.ndarray        # per template row: how far its job moves in time
+    id_prefix: str              # a job's id is this and its template row
+    first_gpu: int              # the copy's GPUs are these many places into the fleet
 
 
 class _Template:
@@ -138,8 +139,7 @@ class _Template:
                  start: datetime, end: datetime, gpus: int):
         self.frame, self.phases, self.samples = frame, phases, samples
         self.start, self.end, self.gpus = start, end, gpus
-        self.constant_columns = [c for c in frame.columns if c not in VARYING
-                                 and c not in ("gpu", "submit_us", "start_us", "finish_us")]
+        self.constant_columns = [c for c in frame.columns if c not in _PER_COPY]
 
     @property
     def size(self) -> int:
@@ -179,16 +179,13 @@ class _Template:
         rng = np.random.default_rng([seed, 2])
         submit, finish = self.frame["submit_us"].to_numpy(), self.frame["finish_us"].to_numpy()
         first, last = _epoch_seconds(self.start) * _US, _epoch_seconds(self.end) * _US
-        gpu = self.frame["gpu"].to_numpy()
         for number in range(math.ceil(jobs / self.size)):
             left = jobs - number * self.size
             rows = (np.arange(self.size) if left >= self.size
                     else np.sort(rng.choice(self.size, left, replace=False)))
             shift = rng.integers(-JITTER_SECONDS * _US, JITTER_SECONDS * _US, self.size)
             shift[(submit + shift < first) | (finish + shift > last)] = 0
-            slots = [_fleet_slot(number * self.gpus + g) for g in gpu[rows].tolist()]
-            yield _Copy(number, rows, [f"scale-{seed}-{number}-{i}" for i in rows.tolist()],
-                        [host for host, _ in slots], [index for _, index in slots], shift)
+            yield _Copy(number, rows, shift, f"scale-{seed}-{number}-", number * self.gpus)
 
 
 def new_hour_records(jobs: int, start: datetime, days: int = 90, seed: int = 0,
@@ -260,97 +257,58 @@ def _epoch_seconds(moment: datetime) -> int:
 
 # -- loaders ----------------------------------------------------------------------------------
 @dataclasses.dataclass
-class _Rows:
-    """One table's rows in one copy: their varying values, column by column, and the positions
-    of their constant values in the template."""
+class _Staged:
+    """One job table's rows in the template: per row, its job's template row (and, for jobs,
+    GPU), its times (microseconds since the epoch, before any shift) and its other values."""
 
     table: sa.Table
-    varying: list[list]
-    constants: np.ndarray
+    rows: np.ndarray
+    gpu: np.ndarray | None
+    times: dict[str, np.ndarray]
+    constants: pd.DataFrame
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns written, in order: the job id, the GPU, the times, the rest."""
+        gpu = ["hostname", "gpu_index"] if self.gpu is not None else []
+        return ["job_id", *gpu, *self.times, *self.constants.columns]
 
 
-def _copy_rows(template: _Template, copy: _Copy, postgres: bool) -> list[_Rows]:
-    """The jobs, phases and samples of one copy of the template."""
-    frame, size = template.frame, template.size
-    shifted = {name: frame[name].to_numpy()[copy.rows] + copy.shift_us[copy.rows]
-               for name in ("submit_us", "start_us", "finish_us")}
-    submitted = _timestamps(shifted["submit_us"], postgres)
-    jobs = _Rows(schema.generation_performance,
-                 [copy.job_ids, copy.hostnames, copy.gpu_indices, submitted, submitted,
-                  _timestamps(shifted["start_us"], postgres),
-                  _timestamps(shifted["finish_us"], postgres)], copy.rows)
-    ids_by_row = np.empty(size, dtype=object)
-    ids_by_row[copy.rows] = copy.job_ids
-    in_copy = np.zeros(size, dtype=bool)
-    in_copy[copy.rows] = True
-    start_us = frame["start_us"].to_numpy()
+def _staged(template: _Template) -> list[_Staged]:
+    """The template's jobs, phases and samples as the loaders write them."""
+    frame, phases, samples = template.frame, template.phases, template.samples
+    job_start = frame["start_us"].to_numpy()
+    submit = frame["submit_us"].to_numpy()
+    jobs = _Staged(schema.generation_performance, np.arange(template.size),
+                   frame["gpu"].to_numpy(),
+                   {"submitted_at": submit, "queued_at": submit, "started_at": job_start,
+                    "finished_at": frame["finish_us"].to_numpy()},
+                   frame[[c for c in template.constant_columns
+                          if c in schema.generation_performance.c]])
     children = []
-    for table, child, at_us in (
-            (schema.generation_phases, template.phases, template.phases["start_us"].to_numpy()),
-            (schema.resource_samples, template.samples,
-             start_us[template.samples["row"].to_numpy()] + template.samples["offset_us"])):
+    for table, child, time_column, at_us in (
+            (schema.generation_phases, phases, "started_at", phases["start_us"].to_numpy()),
+            (schema.resource_samples, samples, "sampled_at",
+             job_start[samples["row"].to_numpy()] + samples["offset_us"].to_numpy())):
         rows = child["row"].to_numpy()
-        chosen = np.flatnonzero(in_copy[rows])
-        shift = copy.shift_us[rows[chosen]]
-        varying = [ids_by_row[rows[chosen]].tolist(),
-                   _timestamps(np.asarray(at_us, dtype=np.int64)[chosen] + shift, postgres)]
+        times = {time_column: at_us.astype(np.int64)}
         if JOB_STARTED_AT in table.c:
-            varying.append(_timestamps(start_us[rows[chosen]] + shift, postgres))
-        children.append(_Rows(table, varying, chosen))
+            times[JOB_STARTED_AT] = job_start[rows]
+        values = child.drop(columns=[c for c in child.columns if c not in table.c
+                                     or c in times or c == "job_id"])
+        children.append(_Staged(table, rows, None, times, values))
     return [jobs, *children]
 
 
-def _varying_columns(table: sa.Table) -> tuple[str, ...]:
-    """The columns of `table` whose values differ between copies, in the order of _copy_rows."""
-    if table is schema.generation_performance:
-        return VARYING
-    time_column = "started_at" if table is schema.generation_phases else "sampled_at"
-    return ("job_id", time_column, *((JOB_STARTED_AT,) if JOB_STARTED_AT in table.c else ()))
-
-
 class _Loader:
-    """Writes the copies of a template, one transaction per copy; subclasses turn the template's
-    constant values into driver values once (`_constants`) and write rows (`_write`)."""
-
-    postgres = False
+    """Writes the copies of a template into the job tables."""
 
     def __init__(self, store: Store):
         self.store = store
 
     def load(self, template: _Template, copies: Iterator[_Copy]) -> tuple[int, int, int]:
-        """Write every copy; return the jobs, phases and samples written."""
-        job_columns = [c for c in template.constant_columns
-                       if c in schema.generation_performance.c]
-        constant_frames = {
-            schema.generation_performance: template.frame[job_columns],
-            schema.generation_phases: template.phases[["seq", "name", "description",
-                                                       "seconds"]],
-            schema.resource_samples: template.samples.drop(columns=["row", "offset_us"]),
-        }
-        columns = {table: [*_varying_columns(table), *frame.columns]
-                   for table, frame in constant_frames.items()}
-        constants = {table: self._constants(frame) for table, frame in constant_frames.items()}
-        counts = dict.fromkeys(JOB_TABLES, 0)
-        with self._connection() as connection:
-            for copy in copies:
-                tables = _copy_rows(template, copy, self.postgres)
-                self._write(connection, [(rows, columns[rows.table], constants[rows.table])
-                                         for rows in tables])
-                for rows in tables:
-                    counts[rows.table] += len(rows.constants)
-        return tuple(counts[table] for table in JOB_TABLES)
-
-    def _connection(self):
+        """Write every copy, one transaction each; return the jobs, phases and samples."""
         raise NotImplementedError
-
-    def _constants(self, frame: pd.DataFrame) -> list:
-        raise NotImplementedError
-
-    def _write(self, connection, tables: list[tuple[_Rows, list[str], list]]) -> None:
-        raise NotImplementedError
-
-    def analyze(self) -> None:
-        """Bring the planner's statistics up to date where the database would do so itself."""
 
     def secondary_indexes(self) -> list[tuple[str, str]]:
         """(name, CREATE statement) of the job tables' indexes that back no constraint."""
@@ -362,32 +320,65 @@ class _Loader:
             for statement in statements:
                 conn.exec_driver_sql(statement)
 
+    def analyze(self) -> None:
+        """Bring the planner's statistics up to date where the database would do so itself."""
+
 
 class _PostgresLoader(_Loader):
-    """COPY in text format: each template row's constant tail is rendered once."""
+    """The template goes once into temporary tables (COPY); each copy is then its table of job
+    shifts (COPY, two numbers a job) and one INSERT ... SELECT per job table that gives the rows
+    their copy's job ids, GPUs and times, so the rows never travel again."""
 
-    postgres = True
+    def load(self, template: _Template, copies: Iterator[_Copy]) -> tuple[int, int, int]:
+        counts = [0, 0, 0]
+        raw = self.store.engine.raw_connection()
+        try:
+            connection = raw.driver_connection
+            with connection.cursor() as cursor:
+                inserts = [self._stage(cursor, staged) for staged in _staged(template)]
+                cursor.execute("CREATE TEMP TABLE perflib_scale_shift "
+                               "(row integer PRIMARY KEY, shift_us bigint)")
+                connection.commit()
+                for copy in copies:
+                    cursor.execute("TRUNCATE perflib_scale_shift")
+                    with cursor.copy("COPY perflib_scale_shift (row, shift_us) FROM STDIN") as out:
+                        out.write("".join(f"{row}\t{shift}\n" for row, shift in zip(
+                            copy.rows.tolist(), copy.shift_us[copy.rows].tolist())))
+                    for number, insert in enumerate(inserts):
+                        cursor.execute(insert, {"prefix": copy.id_prefix,
+                                                "first_gpu": copy.first_gpu})
+                        counts[number] += cursor.rowcount
+                    connection.commit()
+        finally:
+            raw.close()
+        return tuple(counts)
 
-    def _connection(self):
-        return self.store.engine.raw_connection()
-
-    def _constants(self, frame: pd.DataFrame) -> list[str]:
-        columns = [_copy_text(frame[name]) for name in frame.columns]
-        return ["\t".join(values) for values in zip(*columns)]
-
-    def _write(self, connection, tables) -> None:
-        raw = connection.driver_connection
-        with raw.cursor() as cursor:
-            for rows, columns, tails in tables:
-                target = _qualified(self.store, rows.table)
-                column_list = ", ".join(f'"{c}"' for c in columns)
-                varying = [values if not values or isinstance(values[0], str)
-                           else list(map(str, values)) for values in rows.varying]
-                with cursor.copy(f"COPY {target} ({column_list}) FROM STDIN") as copy:
-                    copy.write("".join(
-                        "\t".join(values) + "\t" + tails[position] + "\n"
-                        for *values, position in zip(*varying, rows.constants.tolist())))
-        raw.commit()
+    def _stage(self, cursor, staged: _Staged) -> str:
+        """Copy one table's template rows into a temporary table; return the INSERT ... SELECT
+        that writes one copy of them."""
+        staging = f"perflib_scale_{staged.table.name}"
+        times, values = list(staged.times), list(staged.constants.columns)
+        cursor.execute(f"CREATE TEMP TABLE {staging} AS SELECT {_names(times + values)} "
+                       f"FROM {_qualified(self.store, staged.table)} WITH NO DATA")
+        cursor.execute(f"ALTER TABLE {staging} ADD COLUMN row integer, ADD COLUMN gpu integer")
+        columns = ([_timestamps(staged.times[name], postgres=True) for name in times]
+                   + [_copy_text(staged.constants[name]) for name in values]
+                   + [staged.rows.astype(str).tolist(),
+                      (staged.gpu if staged.gpu is not None else staged.rows).astype(str).tolist()])
+        with cursor.copy(f"COPY {staging} ({_names(times + values)}, row, gpu) FROM STDIN") as out:
+            out.write("".join("\t".join(row) + "\n" for row in zip(*columns)))
+        cursor.execute(f"ANALYZE {staging}")
+        gpu = []
+        if staged.gpu is not None:     # named as _fleet_slot names them
+            fleet_gpu = "(%(first_gpu)s::integer + t.gpu)"
+            host = f"({fleet_gpu} / {GPUS_PER_HOST} + 1)::text"
+            gpu = [f"'render-' || lpad({host}, greatest(4, length({host})), '0')",
+                   f"{fleet_gpu} %% {GPUS_PER_HOST}"]
+        selected = [*gpu, *(f"t.{name} + s.shift_us * interval '1 microsecond'" for name in times),
+                    *(f't."{name}"' for name in values)]
+        return (f"INSERT INTO {_qualified(self.store, staged.table)} ({_names(staged.columns)}) "
+                f"SELECT %(prefix)s::text || t.row, {', '.join(selected)} "
+                f"FROM {staging} t JOIN perflib_scale_shift s ON s.row = t.row")
 
     def secondary_indexes(self) -> list[tuple[str, str]]:
         with self.store.engine.connect() as conn:
@@ -411,17 +402,34 @@ class _PostgresLoader(_Loader):
 
 
 class _SqliteLoader(_Loader):
-    """executemany of tuples, synchronous=OFF, one transaction per copy."""
+    """executemany of tuples built per copy, synchronous=OFF, one transaction per copy."""
 
-    def _connection(self):
-        connection = sqlite3.connect(self.store.url.database, isolation_level=None,
-                                     timeout=60)
-        connection.execute("PRAGMA synchronous=OFF")
-        return _Closing(connection)
-
-    def _constants(self, frame: pd.DataFrame) -> list[tuple]:
-        values = frame.astype(object).where(frame.notna(), None)
-        return list(values.itertuples(index=False, name=None))
+    def load(self, template: _Template, copies: Iterator[_Copy]) -> tuple[int, int, int]:
+        tables = _staged(template)
+        constants = [list(staged.constants.astype(object).where(staged.constants.notna(), None)
+                          .itertuples(index=False, name=None)) for staged in tables]
+        inserts = [f'INSERT INTO "{staged.table.name}" ({_names(staged.columns)}) '
+                   f'VALUES ({", ".join("?" for _ in staged.columns)})' for staged in tables]
+        counts = [0, 0, 0]
+        connection = sqlite3.connect(self.store.url.database, isolation_level=None, timeout=60)
+        try:
+            connection.execute("PRAGMA synchronous=OFF")
+            for copy in copies:
+                in_copy = np.zeros(template.size, dtype=bool)
+                in_copy[copy.rows] = True
+                connection.execute("BEGIN")
+                for number, staged in enumerate(tables):
+                    chosen = np.flatnonzero(in_copy[staged.rows])
+                    varying = _sqlite_varying(staged, chosen, copy)
+                    values = constants[number]
+                    connection.executemany(inserts[number], (
+                        (*row, *values[position])
+                        for *row, position in zip(*varying, chosen.tolist())))
+                    counts[number] += len(chosen)
+                connection.execute("COMMIT")
+        finally:
+            connection.close()
+        return tuple(counts)
 
     def secondary_indexes(self) -> list[tuple[str, str]]:
         tables = [t.name for t in JOB_TABLES]
@@ -431,29 +439,21 @@ class _SqliteLoader(_Loader):
                 f"AND tbl_name IN ({', '.join(repr(t) for t in tables)})")).all()
         return [(f'"{name}"', definition) for name, definition in rows]
 
-    def _write(self, connection, tables) -> None:
-        connection.execute("BEGIN")
-        for rows, columns, constants in tables:
-            column_list = ", ".join(f'"{c}"' for c in columns)
-            marks = ", ".join("?" for _ in columns)
-            connection.executemany(
-                f'INSERT INTO "{rows.table.name}" ({column_list}) VALUES ({marks})',
-                ((*values, *constants[position])
-                 for *values, position in zip(*rows.varying, rows.constants.tolist())))
-        connection.execute("COMMIT")
+
+def _sqlite_varying(staged: _Staged, chosen: np.ndarray, copy: _Copy) -> list[list]:
+    """The job ids, GPUs (for jobs) and shifted times of the `chosen` rows in `copy`."""
+    rows = staged.rows[chosen]
+    varying = [[copy.id_prefix + str(row) for row in rows.tolist()]]
+    if staged.gpu is not None:
+        slots = [_fleet_slot(copy.first_gpu + gpu) for gpu in staged.gpu[chosen].tolist()]
+        varying += [[host for host, _ in slots], [index for _, index in slots]]
+    shift = copy.shift_us[rows]
+    return varying + [_timestamps(times[chosen] + shift, postgres=False)
+                      for times in staged.times.values()]
 
 
-class _Closing:
-    """A sqlite3 connection as a context manager that closes it (sqlite3's own only commits)."""
-
-    def __init__(self, connection: sqlite3.Connection):
-        self.connection = connection
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.connection
-
-    def __exit__(self, *exc_info) -> None:
-        self.connection.close()
+def _names(columns: list[str]) -> str:
+    return ", ".join(f'"{name}"' for name in columns)
 
 
 def _qualified(store: Store, table: sa.Table) -> str:

@@ -178,6 +178,30 @@ def test_retention_drops_whole_days_and_leaves_kept_days_untouched(pg_url):
     assert ahead <= day_partitions(store) and ahead <= day_partitions(store, "generation_phases")
 
 
+@pytest.mark.postgres
+def test_retention_does_not_wait_behind_a_long_reader(pg_url, monkeypatch):
+    """A report holding the job table would keep DETACH waiting, and every writer behind it:
+    maintain gives up after brief waits and leaves those days for its next run."""
+    monkeypatch.setattr(partitions, "LOCK_WAIT", "100ms")
+    monkeypatch.setattr(partitions, "RETRY_PAUSE_S", 0.05)
+    store = Store(pg_url)
+    store.write_jobs([job("old", NOW - timedelta(days=100)), job("new", NOW)])
+    plans = []
+    with store.engine.connect() as reader:
+        reader.execute(sa.text("LOCK TABLE " + partitions.qualified(
+            reader, "generation_performance") + " IN ACCESS SHARE MODE"))
+        run = threading.Thread(target=lambda: plans.append(maintain(store, 90, now=NOW)))
+        run.start()
+        run.join(30)
+        reader.rollback()
+    run.join(30)
+    assert plans and plans[0].retention.partitions_left == 3
+    assert "left for the next run" in plans[0].describe()
+    assert set(placed(store)) == {"old", "new"}
+    assert maintain(store, 90, now=NOW).retention.partitions_left == 0
+    assert set(placed(store)) == {"new"}
+
+
 def _rows_per_day(store: Store) -> dict[date, int]:
     with store.engine.connect() as conn:
         return {p.start.date(): conn.execute(sa.text(

@@ -56,6 +56,9 @@ class MaintenancePlan:
             counted = " (rows counted from PostgreSQL's estimates)" if retention.estimated else ""
             lines.append(f"{retention.whole_partitions} day partitions go whole{counted}; the "
                          "day of the cut-off loses its older rows")
+        if retention.partitions_left:
+            lines.append(f"{retention.partitions_left} of them stayed locked by other "
+                         "sessions: left for the next run")
         if retention.partitions_created:
             lines.append(f"created {retention.partitions_created} day partitions ahead")
         return lines
@@ -84,7 +87,7 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
             dry_run=dry_run, retention=retention)
     if dry_run:
         return plan
-    retention.partitions_created = apply_retention(store, cutoff, now)
+    apply_retention(store, retention, cutoff, now)
     with store.engine.begin() as conn:
         conn.execute(sa.delete(alerts).where(old_alerts))
         drop_days_before(conn, cutoff.date())

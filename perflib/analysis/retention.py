@@ -34,6 +34,7 @@ class JobRetention:
     whole_partitions: int = 0  # day partitions of the three tables that go whole
     estimated: bool = False  # some whole partitions counted from PostgreSQL's row estimates
     partitions_created: int = 0  # day partitions made ahead
+    partitions_left: int = 0  # whole partitions whose table stayed locked: the next run's
     note: str = ""
 
 
@@ -48,31 +49,42 @@ def plan_retention(store: Store, cutoff: datetime) -> JobRetention:
     with store.engine.connect() as conn:
         whole = partitions.whole_partitions_before(conn, cutoff)
         estimates, estimated = partitions.estimated_rows(conn, whole)
-        day_start = datetime.combine(cutoff.date(), datetime.min.time(), timezone.utc)
-        straddling = sa.and_(jobs.c.started_at >= day_start, jobs.c.started_at < cutoff)
-        rest = sa.or_(straddling, _never_started_before(store, cutoff))
-        counts = _counts(conn, rest, lambda child: _child_before(child, cutoff, day_start))
+        counts = _counts(conn, *_left_by_partitions(store, cutoff))
     totals = [estimates[table.name] + count for table, count in zip((jobs, phases, samples),
                                                                      counts)]
     return JobRetention(*totals, whole_partitions=len(whole), estimated=estimated)
 
 
-def apply_retention(store: Store, cutoff: datetime, now: datetime) -> int:
+def apply_retention(store: Store, retention: JobRetention, cutoff: datetime,
+                    now: datetime) -> None:
     """Remove what is older than `cutoff`; on partitioned tables also create the next
-    ``partitions.AHEAD_DAYS`` days' partitions. Returns how many partitions were created."""
+    ``partitions.AHEAD_DAYS`` days' partitions (counted in `retention`, with the partitions
+    that stayed locked: left for the next run)."""
     if not store.is_partitioned:
         with store.engine.begin() as conn:
             delete_jobs(conn, old_jobs(store, cutoff))
-        return 0
-    with store.engine.begin() as conn:  # short: DETACH waits only for the writes in flight
-        partitions.drop(conn, partitions.whole_partitions_before(conn, cutoff))
-    partitions.forget_known(store.engine)
-    with store.engine.begin() as conn:  # only the straddling day and DEFAULT are left to read
-        delete_jobs(conn, old_jobs(store, cutoff),
-                    lambda child: _child_before(child, cutoff, None))
+        return
+    _dropped, retention.partitions_left = partitions.drop_before(store.engine, cutoff)
+    with store.engine.begin() as conn:
+        delete_jobs(conn, *_left_by_partitions(store, cutoff))
     today = now.astimezone(timezone.utc).date()
-    return partitions.ensure_partitions(
-        store.engine, partitions.days_between(today, today + timedelta(days=partitions.AHEAD_DAYS)))
+    ahead = partitions.days_between(today, today + timedelta(days=partitions.AHEAD_DAYS))
+    retention.partitions_created = partitions.ensure_partitions(
+        store.engine, ahead, attempts=partitions.LOCK_ATTEMPTS)
+
+
+def _left_by_partitions(store: Store, cutoff: datetime):
+    """The old jobs that no whole partition takes (those of the cut-off's day, and those never
+    started), and the phases' and samples' partitions they can have rows in; conditions
+    partition pruning understands, so no partition before that day is read."""
+    day_start = datetime.combine(cutoff.date(), datetime.min.time(), timezone.utc)
+    straddling = sa.and_(jobs.c.started_at >= day_start, jobs.c.started_at < cutoff)
+
+    def children(child: sa.Table):
+        started = child.c.job_started_at
+        return sa.or_(started.is_(None), sa.and_(started >= day_start, started < cutoff))
+
+    return sa.or_(straddling, _never_started_before(store, cutoff)), children
 
 
 def old_jobs(store: Store, cutoff: datetime):
@@ -85,14 +97,6 @@ def _never_started_before(store: Store, cutoff: datetime):
     return sa.and_(jobs.c.started_at.is_(None),
                    sa.func.coalesce(jobs.c.submitted_at, jobs.c.recorded_at)
                    < bound(store, cutoff))
-
-
-def _child_before(child: sa.Table, cutoff: datetime, since: datetime | None):
-    """Phases or samples whose job started before `cutoff` (from `since`) or never: the
-    partitions that can hold an old job's rows, as a condition pruning understands."""
-    started = child.c.job_started_at
-    before = started < cutoff if since is None else sa.and_(started >= since, started < cutoff)
-    return sa.or_(started.is_(None), before)
 
 
 def _counts(conn: sa.Connection, condition, narrow) -> tuple[int, int, int]:

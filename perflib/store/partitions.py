@@ -16,18 +16,23 @@ SQLite keeps plain tables.
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Iterable, Mapping, Sequence
+from time import sleep
+from typing import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateColumn
 
 from perflib.store import schema
+
+log = logging.getLogger(__name__)
 
 PARTITION_KEYS = {"generation_performance": "started_at",
                   "generation_phases": "job_started_at",
@@ -42,6 +47,11 @@ UNPARTITIONED_SUFFIX = "_unpartitioned"
 # Each new partition holds a few locks until commit: a year of backfill in one transaction
 # would overflow PostgreSQL's shared lock table.
 DAYS_PER_TRANSACTION = 7
+# A partition is created or dropped under a lock on its table that a long query can keep
+# waiting, with every writer queued behind: each try waits at most this long.
+LOCK_WAIT = "2s"
+LOCK_ATTEMPTS = 3
+RETRY_PAUSE_S = 1.0
 _DDL_LOCK = 7346253  # pg_advisory_xact_lock key: one partition creator at a time
 _ID_LOCKS = 7346254  # first key of the per-job-id advisory locks of replace_live
 _ID_LOCK_BUCKETS = 256  # few enough that a big batch cannot fill the shared lock table
@@ -128,32 +138,63 @@ def days_between(first: date, last: date) -> list[date]:
 
 
 def ensure_partitions(engine: sa.Engine, days: Iterable[date],
-                      parents: Mapping[str, str] | None = None) -> int:
+                      parents: Mapping[str, str] | None = None, attempts: int = 1) -> int:
     """Create the missing day partitions of `days` for the three tables; return how many.
 
-    Runs in its own short transaction, before the write that needs it: creating a partition
-    takes an ACCESS EXCLUSIVE lock on the parent, which inside a writer's transaction would
-    stall every other writer until that whole batch commits. Rows of those days already in the
-    DEFAULT partition (from a writer that did not know the day was new) move into the new one.
-    `parents` maps a table to the parent to use (a migration's new tables).
+    Runs in short transactions of its own, before the write that needs them: creating a
+    partition locks the parent, which inside a writer's transaction would stall every other
+    writer until that whole batch commits. Rows of those days already in the DEFAULT partition
+    move into the new one. Days whose lock is not had in `attempts` tries of ``LOCK_WAIT`` are
+    left (a WARNING): their rows land in DEFAULT and move when the day is created (the next
+    write of it, or ``perflib maintain``). `parents` maps a table to the parent to use (a
+    migration's new tables).
     """
     cache = _known_days(engine) if parents is None else set()
     wanted = sorted({day for day in days if any((name, day) not in cache for name in TABLES)})
     created = 0
     for first in range(0, len(wanted), DAYS_PER_TRANSACTION):
         chunk = wanted[first:first + DAYS_PER_TRANSACTION]
-        with engine.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
-            for name in TABLES:
-                parent = (parents or {}).get(name, name)
-                existing = {p.start.date() for p in list_partitions(conn, parent) if p.start}
-                for day in chunk:
-                    if day not in existing:
-                        _create_day(conn, name, parent, day)
-                        created += 1
+        made = _with_brief_locks(engine, lambda conn: _create_days(conn, chunk, parents),
+                                 attempts)
+        if made is None:
+            log.warning("day partitions %s to %s not created: their tables stayed locked; "
+                        "their rows go to DEFAULT until they are", chunk[0], chunk[-1])
+            continue
+        created += made
         with _known_lock:
             cache.update((name, day) for name in TABLES for day in chunk)
     return created
+
+
+def _create_days(conn: sa.Connection, days: Sequence[date],
+                 parents: Mapping[str, str] | None) -> int:
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+    created = 0
+    for name in TABLES:
+        parent = (parents or {}).get(name, name)
+        existing = {p.start.date() for p in list_partitions(conn, parent) if p.start}
+        for day in days:
+            if day not in existing:
+                _create_day(conn, name, parent, day)
+                created += 1
+    return created
+
+
+def _with_brief_locks(engine: sa.Engine, work: Callable[[sa.Connection], int],
+                      attempts: int) -> int | None:
+    """`work` in a transaction whose lock waits end after ``LOCK_WAIT``, tried `attempts`
+    times; its result, or None when every try found the lock held."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
+                return work(conn)
+        except sa.exc.OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                raise
+            if attempt + 1 < attempts:
+                sleep(RETRY_PAUSE_S)
+    return None
 
 
 def _create_day(conn: sa.Connection, name: str, parent: str, day: date) -> None:
@@ -259,15 +300,26 @@ def whole_partitions_before(conn: sa.Connection, cutoff: datetime) -> list[Parti
             if p.end is not None and p.end <= cutoff]
 
 
-def drop(conn: sa.Connection, partitions: Iterable[Partition]) -> int:
-    """DETACH and DROP each partition; return how many."""
-    count = 0
-    for partition in partitions:
-        conn.execute(sa.text(f"ALTER TABLE {qualified(conn, partition.parent)} "
-                             f"DETACH PARTITION {qualified(conn, partition.name)}"))
-        conn.execute(sa.text(f"DROP TABLE {qualified(conn, partition.name)}"))
-        count += 1
-    return count
+def drop_before(engine: sa.Engine, cutoff: datetime) -> tuple[int, int]:
+    """DETACH and DROP the day partitions wholly before `cutoff`, each in a short transaction
+    of its own (see ``LOCK_WAIT``); return how many went and how many are left for the next
+    run (from the first that stayed locked on: the others wait for the same lock)."""
+    with engine.connect() as conn:
+        doomed = whole_partitions_before(conn, cutoff)
+    dropped = 0
+    for partition in doomed:
+        if _with_brief_locks(engine, lambda conn: _drop(conn, partition), LOCK_ATTEMPTS) is None:
+            break
+        dropped += 1
+    forget_known(engine)
+    return dropped, len(doomed) - dropped
+
+
+def _drop(conn: sa.Connection, partition: Partition) -> int:
+    conn.execute(sa.text(f"ALTER TABLE {qualified(conn, partition.parent)} "
+                         f"DETACH PARTITION {qualified(conn, partition.name)}"))
+    conn.execute(sa.text(f"DROP TABLE {qualified(conn, partition.name)}"))
+    return 1
 
 
 def estimated_rows(conn: sa.Connection, partitions: Iterable[Partition]

@@ -184,7 +184,8 @@ def run(pg_sizes: list[int], sqlite_sizes: list[int], days: int = DAYS, writers:
 
 def _growth(sizes: dict[str, dict]) -> dict:
     """Smallest to largest size: how much each figure grew."""
-    small, large = (sizes[key] for key in sorted(sizes, key=int)[::len(sizes) - 1])
+    ordered = sorted(sizes, key=int)
+    small, large = sizes[ordered[0]], sizes[ordered[-1]]
     return {"jobs": large["jobs"] / small["jobs"],
             "analysis": large["analysis_s"] / small["analysis_s"],
             "report": large["report_s"] / small["report_s"],

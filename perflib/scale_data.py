@@ -190,20 +190,33 @@ class _Template:
 
 def new_hour_records(jobs: int, start: datetime, days: int = 90, seed: int = 0,
                      template_jobs: int = TEMPLATE_JOBS) -> list[dict]:
-    """Job records (for :meth:`Store.write_jobs`) of the hour from `start`, at the density and
-    on the fleet of a :func:`build_scale_database` history of `jobs` over `days`: the new jobs
-    a daily run finds on top of it."""
+    """Job records (for :meth:`Store.write_jobs`) of an hour of new jobs from `start`: as many
+    as an average hour of a :func:`build_scale_database` history of `jobs` over `days` holds,
+    drawn from its template (any hour, so the mix is the history's), moved into the hour, on
+    its fleet, with fresh ids. The new jobs a daily run finds on top of the history."""
     size = min(jobs, template_jobs)
     gpus = _template_gpus(size, days)
-    hour = [r for r in generate_jobs(1, gpus, seed + 1, start + timedelta(hours=1), (),
-                                     size / days, GPUS_PER_HOST) if r["submitted_at"] >= start]
+    weeks = math.ceil(days / 7)
+    template = list(generate_jobs(weeks, gpus, seed, start,
+                                  default_incidents(start.date(), weeks), size / days,
+                                  GPUS_PER_HOST))
+    rng = np.random.default_rng([seed, 3, int(start.timestamp())])
+    count = max(1, round(jobs / days / 24))
+    picks = rng.integers(0, len(template), count).tolist()
+    arrivals = (start.timestamp() + 3600 * np.sort(rng.random(count))).tolist()
+    copies = rng.integers(0, math.ceil(jobs / size), count).tolist()
     records = []
-    for number in range(max(1, round(jobs / size))):
-        for n, record in enumerate(hour):
-            host, index = _fleet_slot(number * gpus + _template_gpu(record["hostname"],
-                                                                    record["gpu_index"]))
-            records.append({**record, "job_id": f"scale-{seed}-{start:%Y%m%d%H}-{number}-{n}",
-                            "hostname": host, "gpu_index": index})
+    for n, (pick, arrival, copy) in enumerate(zip(picks, arrivals, copies)):
+        record = template[pick]
+        moved = timedelta(seconds=arrival - record["submitted_at"].timestamp())
+        host, index = _fleet_slot(copy * gpus + _template_gpu(record["hostname"],
+                                                              record["gpu_index"]))
+        records.append({**record, "job_id": f"scale-{seed}-{start:%Y%m%d%H}-{n}",
+                        "hostname": host, "gpu_index": index,
+                        **{name: record[name] + moved for name in
+                           ("submitted_at", "queued_at", "started_at", "finished_at")},
+                        "phases": [{**phase, "started_at": phase["started_at"] + moved}
+                                   for phase in record["phases"]]})
     return records
 
 

@@ -190,6 +190,10 @@ def test_retention_does_not_wait_behind_a_long_reader(pg_url, monkeypatch):
     with store.engine.connect() as reader:
         reader.execute(sa.text("LOCK TABLE " + partitions.qualified(
             reader, "generation_performance") + " IN ACCESS SHARE MODE"))
+        # writes of days without a partition cannot make one now: their rows land in DEFAULT
+        later, long_ago = NOW + timedelta(days=20), NOW - timedelta(days=120)
+        store.write_jobs([job("later", later), job("long-ago", long_ago)])
+        assert placed(store)["later"] == ["generation_performance_default"]
         run = threading.Thread(target=lambda: plans.append(maintain(store, 90, now=NOW)))
         run.start()
         run.join(30)
@@ -197,9 +201,11 @@ def test_retention_does_not_wait_behind_a_long_reader(pg_url, monkeypatch):
     run.join(30)
     assert plans and plans[0].retention.partitions_left == 3
     assert "left for the next run" in plans[0].describe()
-    assert set(placed(store)) == {"old", "new"}
+    assert set(placed(store)) == {"old", "new", "later"}  # long-ago was past retention
     assert maintain(store, 90, now=NOW).retention.partitions_left == 0
-    assert set(placed(store)) == {"new"}
+    assert set(placed(store)) == {"new", "later"}
+    assert placed(store)["later"] == [f"generation_performance_p{later:%Y%m%d}"]
+    assert placed(store, "generation_phases")["later"] == [f"generation_phases_p{later:%Y%m%d}"]
 
 
 def _rows_per_day(store: Store) -> dict[date, int]:

@@ -66,18 +66,20 @@ def apply_retention(store: Store, retention: JobRetention, cutoff: datetime,
         return
     _dropped, retention.partitions_left = partitions.drop_before(store.engine, cutoff)
     with store.engine.begin() as conn:
+        partitions.delete_strays_before(conn, _day_start(cutoff))
         delete_jobs(conn, *_left_by_partitions(store, cutoff))
+        strays = partitions.stray_days(conn)  # days a write could not create: made now
     today = now.astimezone(timezone.utc).date()
     ahead = partitions.days_between(today, today + timedelta(days=partitions.AHEAD_DAYS))
     retention.partitions_created = partitions.ensure_partitions(
-        store.engine, ahead, attempts=partitions.LOCK_ATTEMPTS)
+        store.engine, {*ahead, *strays}, attempts=partitions.LOCK_ATTEMPTS)
 
 
 def _left_by_partitions(store: Store, cutoff: datetime):
     """The old jobs that no whole partition takes (those of the cut-off's day, and those never
     started), and the phases' and samples' partitions they can have rows in; conditions
     partition pruning understands, so no partition before that day is read."""
-    day_start = datetime.combine(cutoff.date(), datetime.min.time(), timezone.utc)
+    day_start = _day_start(cutoff)
     straddling = sa.and_(jobs.c.started_at >= day_start, jobs.c.started_at < cutoff)
 
     def children(child: sa.Table):
@@ -85,6 +87,11 @@ def _left_by_partitions(store: Store, cutoff: datetime):
         return sa.or_(started.is_(None), sa.and_(started >= day_start, started < cutoff))
 
     return sa.or_(straddling, _never_started_before(store, cutoff)), children
+
+
+def _day_start(moment: datetime) -> datetime:
+    return datetime.combine(moment.astimezone(timezone.utc).date(), datetime.min.time(),
+                            timezone.utc)
 
 
 def old_jobs(store: Store, cutoff: datetime):

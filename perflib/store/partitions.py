@@ -300,6 +300,20 @@ def whole_partitions_before(conn: sa.Connection, cutoff: datetime) -> list[Parti
             if p.end is not None and p.end <= cutoff]
 
 
+def stray_days(conn: sa.Connection) -> set[date]:
+    """Days that have rows in a DEFAULT partition (a write that could not create its day)."""
+    return {day for name, key in PARTITION_KEYS.items() for day in conn.execute(sa.text(
+        f"SELECT DISTINCT CAST(timezone('UTC', {key}) AS date) "
+        f"FROM {qualified(conn, partition_name(name, None))} WHERE {key} IS NOT NULL")).scalars()}
+
+
+def delete_strays_before(conn: sa.Connection, moment: datetime) -> None:
+    """Delete the rows in the DEFAULT partitions whose time is before `moment`."""
+    for name, key in PARTITION_KEYS.items():
+        conn.execute(sa.text(f"DELETE FROM {qualified(conn, partition_name(name, None))} "
+                             f"WHERE {key} < :moment"), {"moment": moment})
+
+
 def drop_before(engine: sa.Engine, cutoff: datetime) -> tuple[int, int]:
     """DETACH and DROP the day partitions wholly before `cutoff`, each in a short transaction
     of its own (see ``LOCK_WAIT``); return how many went and how many are left for the next

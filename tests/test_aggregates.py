@@ -195,3 +195,18 @@ def test_maintenance_aggregates_every_day_with_new_jobs(db_url, settings):
         days = set(conn.execute(sa.select(performance_trends.c.day)).scalars())
     assert len(days) == 21, "all three weeks, not only the last two"
     assert store.count(performance_daily_groups) > 0
+
+
+def test_jobs_that_reuse_the_ids_of_deleted_ones_are_aggregated(db_url, settings):
+    store = _history(db_url, settings, weeks=1)
+    refresh_aggregates(store, settle=NOW)
+    with store.engine.begin() as conn:  # as `perflib purge --simulated` of a whole database
+        delete_jobs(conn, sa.true())
+    refresh_aggregates(store, settle=NOW)
+    store.write_jobs(list(generate_jobs(weeks=1, gpus=1, seed=11, end=END, jobs_per_day=20)))
+    refresh_aggregates(store, settle=NOW)  # SQLite numbered them from 1 again
+    with store.engine.connect() as conn:
+        aggregated = conn.execute(sa.select(sa.func.sum(performance_trends.c.job_count))
+                                  ).scalar_one()
+    finished = store.count(jobs)
+    assert finished > 0 and aggregated == finished

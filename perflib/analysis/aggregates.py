@@ -67,8 +67,9 @@ def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = 
     if rebuild:
         state = AggregateState()
     with store.engine.connect() as conn:
-        mark = _next_high_water(conn, store, state.high_water_id, settle)
         seen = conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0
+        _cap_marks(state, seen)
+        mark = _next_high_water(conn, store, state.high_water_id, settle)
         new = pending(conn, store, state.high_water_id)
     days = sorted({day for day, _ in new})
     _fit_missing_models(store, state, _day_ranges(days), {pipeline for _, pipeline in new})
@@ -90,7 +91,10 @@ def recompute_days(store: Store, days: list[date], state: AggregateState | None 
     rows); the state's reference cost models are used, fitted first (on an even sample of
     the days) for pipelines without one unless `fitted`. Returns the rows written to
     ``performance_trends``."""
-    state = state or read_state(store) or AggregateState()
+    if state is None:  # called after jobs were deleted: their ids may be given again
+        state = read_state(store) or AggregateState()
+        with store.engine.connect() as conn:
+            _cap_marks(state, conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0)
     if not fitted:
         _fit_missing_models(store, state, _day_ranges(days), None)
     written = 0
@@ -225,6 +229,13 @@ def _next_high_water(conn: sa.Connection, store: Store, mark: int, settle: timed
         jobs.c.recorded_at >= bound(store, now - LIVE_HOLD))).scalar()
     highest = settled if settled is not None else mark
     return min(highest, live - 1) if live is not None else highest
+
+
+def _cap_marks(state: AggregateState, top_id: int) -> None:
+    """No mark above the highest id stored: after the newest jobs were deleted, SQLite gives
+    their ids again, and the marks must not pass for having read the new jobs."""
+    state.high_water_id = min(state.high_water_id, top_id)
+    state.seen_id = min(state.seen_id, top_id)
 
 
 def _fit_missing_models(store: Store, state: AggregateState, ranges: Ranges,

@@ -282,6 +282,14 @@ def cmd_maintain(args) -> int:
     return 0
 
 
+def cmd_aggregate(args) -> int:
+    from perflib.analysis import PerformanceAnalyzer
+
+    rows = PerformanceAnalyzer(_store(args)).aggregate_daily(rebuild=args.rebuild)
+    print(f"{'rebuilt' if args.rebuild else 'refreshed'} {rows} daily aggregates")
+    return 0
+
+
 def cmd_capacity(args) -> int:
     from perflib.capacity import plan_capacity
     from perflib.capacity.text import plan_text
@@ -533,6 +541,12 @@ def _analysis_commands(commands) -> None:
     maintain.add_argument("--no-retrain", action="store_true",
                           help="leave the models as they are")
     maintain.set_defaults(handler=cmd_maintain)
+
+    aggregate = commands.add_parser("aggregate", help="refresh the daily aggregates of the days "
+                                    "with new jobs (as maintain does)")
+    aggregate.add_argument("--rebuild", action="store_true",
+                           help="recompute every day and refit the reference cost models")
+    aggregate.set_defaults(handler=cmd_aggregate)
 
     commands.add_parser(
         "migrate-partitions", help="PostgreSQL: move the job tables to day partitions, so "

@@ -210,3 +210,14 @@ def test_jobs_that_reuse_the_ids_of_deleted_ones_are_aggregated(db_url, settings
                                   ).scalar_one()
     finished = store.count(jobs)
     assert finished > 0 and aggregated == finished
+
+
+def test_the_aggregate_command_refreshes_and_rebuilds(sqlite_url, settings, capsys):
+    from perflib.cli import main
+
+    store = _history(sqlite_url, settings, weeks=1)
+    assert main(["--database-url", sqlite_url, "aggregate"]) == 0
+    days = store.count(performance_trends)
+    assert capsys.readouterr().out.strip() == f"refreshed {days} daily aggregates" and days
+    assert main(["--database-url", sqlite_url, "aggregate", "--rebuild"]) == 0
+    assert capsys.readouterr().out.strip() == f"rebuilt {days} daily aggregates"

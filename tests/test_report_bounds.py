@@ -183,3 +183,21 @@ def test_phase_shares_come_from_a_bounded_sample(fleet):
     assert len(both) >= 0.9 * len(exact)
     assert (both.share - both.share_sampled).abs().max() < 0.03
     assert both.seconds_sampled.sum() == pytest.approx(both.seconds.sum(), rel=0.15)
+
+
+def test_a_report_looks_up_only_its_own_stored_alerts(fleet):
+    """Open alerts pile up on a fleet nobody acknowledges them on: a report reads the stored
+    state of the alerts its window calls for, not every open one."""
+    from perflib.analysis import alerts
+
+    old = [{"alert_type": "slow_job_contention", "pipeline_type": "image", "severity": "medium",
+            "message": f"contention on render-{n}", "evidence": {},
+            "fingerprint": f"slow_job_contention|render-{n}|2026-10-01T00:00"}
+           for n in range(500)]
+    alerts.save_alerts(fleet, old, END - timedelta(days=50))
+    mine = {**old[0], "fingerprint": "failure_rate_spike|image", "message": "new"}
+    with counted(fleet) as work:
+        reported = alerts.as_reported(fleet, [old[7], mine], END)
+    assert work["rows"] <= 5, work["rows"]
+    assert reported[0]["id"] is not None and reported[0]["first_seen"] < END.isoformat()
+    assert reported[1]["id"] is None and reported[1]["first_seen"] == END.isoformat()

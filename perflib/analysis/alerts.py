@@ -145,15 +145,16 @@ def save_alerts(store: Store, candidates: list[dict], seen_at: datetime) -> list
                 conn.execute(sa.update(table).where(table.c.id == existing).values(
                     severity=alert["severity"], message=alert["message"],
                     evidence=alert["evidence"], last_seen=seen_at))
-    fingerprints = [a["fingerprint"] for a in candidates]
-    return [a for a in list_alerts(store, acknowledged=False) if a["fingerprint"] in fingerprints]
+    return list_alerts(store, acknowledged=False,
+                       fingerprints=[a["fingerprint"] for a in candidates])
 
 
 def as_reported(store: Store, candidates: list[dict], seen_at: datetime) -> list[dict]:
     """The candidates as stored alerts look, without storing them: each takes the id, first
     sighting and state of the open stored alert with its fingerprint, else is new (id None,
     first seen at `seen_at`). Most severe first."""
-    stored = {a["fingerprint"]: a for a in list_alerts(store, acknowledged=False)}
+    stored = {a["fingerprint"]: a for a in list_alerts(
+        store, acknowledged=False, fingerprints=[a["fingerprint"] for a in candidates])}
     seen = parse_timestamp(seen_at).isoformat()
     new = {"id": None, "first_seen": seen, "last_seen": seen, "acknowledged": False}
     reported = [{**new, **{k: v for k, v in stored.get(alert["fingerprint"], {}).items()
@@ -166,8 +167,10 @@ def _json_evidence(alert: dict) -> dict:
 
 
 def list_alerts(store: Store, severity: str | None = None,
-                acknowledged: bool | None = None) -> list[dict]:
-    """Stored alerts, most severe and most recent first."""
+                acknowledged: bool | None = None,
+                fingerprints: list[str] | None = None) -> list[dict]:
+    """Stored alerts, most severe and most recent first; only those with `fingerprints`, when
+    given (a report looks up its own alerts, not every open one the fleet has had)."""
     if severity is not None and severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, got {severity!r}")
     table = alerts_table
@@ -178,6 +181,8 @@ def list_alerts(store: Store, severity: str | None = None,
         query = query.where(table.c.severity == severity)
     if acknowledged is not None:
         query = query.where(table.c.acknowledged.is_(acknowledged))
+    if fingerprints is not None:
+        query = query.where(table.c.fingerprint.in_(fingerprints))
     with store.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings().all()]
     for row in rows:

@@ -30,7 +30,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.daily import expected_seconds
-from perflib.analysis.sql import bound, in_window, sampled_jobs, window_rows
+from perflib.analysis.sql import (bound, frame_without_jit, in_window, sampled_jobs,
+                                  window_rows)
 from perflib.features import (HISTORY_WINDOW, build_features, far_slower_jobs, history_keys,
                               outcome_seconds)
 from perflib.models import CostModel
@@ -39,7 +40,7 @@ from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs_table
 
 LEVEL_DAYS = 2  # jobs before the window that give each group its recent level
-MAX_FIT_JOBS = 20_000  # without a stored model, the cost model is fitted on the latest jobs
+MAX_FIT_JOBS = 20_000  # without a stored model, the cost model is fitted on this many jobs
 SCAN_JOBS = 150_000  # a window with more jobs than this is screened in SQL (see the module doc)
 SCREEN_FACTOR = 2.0
 MAX_CANDIDATES = 1_000  # screened jobs judged at most, the slowest for their group first
@@ -143,12 +144,12 @@ def _screened_jobs(store: Store, start: datetime, end: datetime, since: datetime
     level = sa.case(*((sa.and_(_same(t.c.gpu_name, gpu), _same(t.c.model_name, model)),
                        float(value)) for (gpu, model), value in levels.items()),
                     else_=float(levels.min()))
-    query = (sa.select(*(t.c[name] for name in JOB_COLUMNS))
+    query = (sa.select(t.c.id, t.c.gpu_name, t.c.model_name, t.c.submitted_at, t.c.started_at)
              .where(*_priceable(start, end, store), ratio > SCREEN_FACTOR * level)
              .order_by((ratio / level).desc()).limit(MAX_CANDIDATES))
-    candidates = _timed(store.frame(query)).assign(candidate=True)
-    jobs = pd.concat([candidates, _histories(store, candidates, since, end)])
-    jobs = jobs.sort_values("candidate", ascending=False).drop_duplicates("job_id")
+    candidates = frame_without_jit(store, query)  # JIT compiled the per-group CASE for seconds
+    jobs = _rows(store, set(candidates.id) | _history_ids(store, candidates, since), since, end)
+    jobs = jobs.assign(candidate=jobs.id.isin(candidates.id))
     return jobs.sort_values("started_at", kind="stable").reset_index(drop=True), sample
 
 
@@ -162,13 +163,11 @@ def _sample(store: Store, start: datetime, end: datetime, ratio) -> pd.DataFrame
     return _timed(store.frame(query))
 
 
-def _histories(store: Store, candidates: pd.DataFrame, since: datetime, end: datetime
-               ) -> pd.DataFrame:
-    """Per candidate, the last HISTORY_WINDOW priceable jobs of its GPU and model that finished
-    before it was submitted (the level :func:`far_slower_jobs` compares it with), each read
-    through the (gpu_name, model_name, finished_at) index; candidates close in time share most
-    of theirs, so each query collects the distinct ids of HISTORY_BATCH candidates' histories
-    before reading the rows."""
+def _history_ids(store: Store, candidates: pd.DataFrame, since: datetime) -> set[int]:
+    """Per candidate, the ids of the last HISTORY_WINDOW priceable jobs of its GPU and model
+    that finished before it was submitted (the level :func:`far_slower_jobs` compares it with),
+    each read through the (gpu_name, model_name, finished_at) index, HISTORY_BATCH candidates a
+    query (candidates close in time share most of theirs)."""
     t = jobs_table
     reads = []
     for job in candidates.itertuples():
@@ -184,14 +183,19 @@ def _histories(store: Store, candidates: pd.DataFrame, since: datetime, end: dat
         for first in range(0, len(reads), HISTORY_BATCH):
             batch = sa.union(*(sa.select(read) for read in reads[first:first + HISTORY_BATCH]))
             ids.update(conn.execute(batch).scalars())
+    return ids
+
+
+def _rows(store: Store, ids: set[int], since: datetime, end: datetime) -> pd.DataFrame:
+    """The priceable jobs with these ids, read ROWS_BATCH at a time within [since, end) (so
+    PostgreSQL reads only those day partitions)."""
+    t = jobs_table
     ids = sorted(ids)
-    frames = [store.frame(sa.select(*(t.c[name] for name in JOB_COLUMNS))
-                          .where(in_window(store, since, end),  # one partition per day
-                                 t.c.id.in_(ids[first:first + ROWS_BATCH])))
+    query = sa.select(t.c.id, *(t.c[name] for name in JOB_COLUMNS))
+    frames = [store.frame(query.where(in_window(store, since, end),
+                                      t.c.id.in_(ids[first:first + ROWS_BATCH])))
               for first in range(0, len(ids), ROWS_BATCH)]
-    if not frames:
-        return candidates.iloc[:0]
-    return _timed(pd.concat(frames)).assign(candidate=False)
+    return _timed(pd.concat(frames) if frames else store.frame(query.where(sa.false())))
 
 
 def _same(column, value):
@@ -202,7 +206,7 @@ def _same(column, value):
 def _flagged(store: Store, jobs: pd.DataFrame, fit_rows: pd.DataFrame | None = None
              ) -> pd.DataFrame:
     """The far-slower jobs among one pipeline's rows, priced by its stored model's cost model
-    (else one fitted on `fit_rows`, by default the latest MAX_FIT_JOBS of the rows)."""
+    (else one fitted on `fit_rows`, by default MAX_FIT_JOBS of the rows spread evenly)."""
     columns = ["job_id", "pipeline_type", "gpu_name", "hostname", "started_at", "finished_at",
                "actual_seconds", "expected_seconds", "factor"]
     if not len(jobs):
@@ -214,7 +218,8 @@ def _flagged(store: Store, jobs: pd.DataFrame, fit_rows: pd.DataFrame | None = N
     if model:
         cost_model = model.cost_model
     elif fit_rows is None or fit_rows.empty:
-        cost_model = CostModel().fit(features.iloc[-MAX_FIT_JOBS:], actual[-MAX_FIT_JOBS:])
+        spread = slice(None, None, -(-len(jobs) // MAX_FIT_JOBS))  # evenly over the rows
+        cost_model = CostModel().fit(features.iloc[spread], actual[spread])
     else:
         cost_model = CostModel().fit(build_features(fit_rows, profiles, history={}),
                                      outcome_seconds(fit_rows))

@@ -221,3 +221,18 @@ def test_the_aggregate_command_refreshes_and_rebuilds(sqlite_url, settings, caps
     assert capsys.readouterr().out.strip() == f"refreshed {days} daily aggregates" and days
     assert main(["--database-url", sqlite_url, "aggregate", "--rebuild"]) == 0
     assert capsys.readouterr().out.strip() == f"rebuilt {days} daily aggregates"
+
+
+def test_jobs_without_a_job_type_are_one_group_named_by_nothing(db_url, settings):
+    store = Store(db_url, settings)
+    store.write_jobs([{**record, "job_type": None, "gpu_util_avg_pct": 20.0}
+                      for record in generate_jobs(weeks=1, gpus=1, seed=4, end=END,
+                                                  jobs_per_day=40)])
+    analyzer = PerformanceAnalyzer(store)
+    raw = [b for b in analyzer.analyze_bottlenecks(7, end=END)
+           if b.type is bottlenecks.BottleneckType.LOW_GPU_UTILIZATION]
+    refresh_aggregates(store, settle=NOW)
+    stored = [b for b in analyzer.analyze_bottlenecks(7, end=END)
+              if b.type is bottlenecks.BottleneckType.LOW_GPU_UTILIZATION]
+    assert raw and [b.as_dict() for b in stored] == [b.as_dict() for b in raw]
+    assert all(b.scope == {} for b in stored)

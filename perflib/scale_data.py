@@ -295,7 +295,9 @@ def _staged(template: _Template) -> list[_Staged]:
     jobs = _Staged(schema.generation_performance, np.arange(template.size),
                    frame["gpu"].to_numpy(),
                    {"submitted_at": submit, "queued_at": submit, "started_at": job_start,
-                    "finished_at": frame["finish_us"].to_numpy()},
+                    "finished_at": frame["finish_us"].to_numpy(),
+                    # written when it finished, as a tracker does (not all at build time)
+                    "recorded_at": frame["finish_us"].to_numpy()},
                    frame[[c for c in template.constant_columns
                           if c in schema.generation_performance.c]])
     children = []

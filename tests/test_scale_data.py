@@ -41,6 +41,7 @@ def test_builds_the_asked_number_of_distinct_jobs_over_the_days(built):
     assert (jobs.submitted_at.max() - jobs.submitted_at.min()) > timedelta(days=43)
     assert (jobs.started_at >= jobs.submitted_at).all()
     assert (jobs.finished_at > jobs.started_at).all()
+    assert (jobs.recorded_at == jobs.finished_at).all()      # as if tracked, not all just now
     # Each copy runs on its own GPUs of a bigger fleet.
     gpus = jobs.groupby(jobs.job_id.str.split("-").str[2])[["hostname", "gpu_index"]].apply(
         lambda copy: set(copy.itertuples(index=False, name=None)))

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from perflib.config import Settings
 from perflib.simulate import default_incidents, generate_jobs, history_window
-from perflib.store import Store, schema
+from perflib.store import Store, partitions, schema
 from perflib.workload import stored_terms
 
 TEMPLATE_JOBS = 40_000
@@ -71,11 +71,10 @@ class BuildResult:
 
 def build_scale_database(url: str, jobs: int, days: int = 90, seed: int = 0,
                          end: datetime | None = None, settings: Settings | None = None,
-                         template_jobs: int = TEMPLATE_JOBS, sample_share: float = 0.01,
-                         drop_indexes: bool = True) -> BuildResult:
+                         template_jobs: int = TEMPLATE_JOBS, sample_share: float = 0.01
+                         ) -> BuildResult:
     """Fill the empty database at `url` with `jobs` simulated jobs submitted over the `days`
-    before `end` (default: this hour), fast; see the module docstring for how. With
-    `drop_indexes`, the job tables' secondary indexes are dropped for the load and rebuilt."""
+    before `end` (default: this hour), fast; see the module docstring for how."""
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     if days < 21:
@@ -91,7 +90,7 @@ def build_scale_database(url: str, jobs: int, days: int = 90, seed: int = 0,
                                   sample_share)
     _ensure_partitions(store, template.start, template.end)
     loader = _PostgresLoader(store) if store.is_postgres else _SqliteLoader(store)
-    indexes = loader.secondary_indexes() if drop_indexes else []
+    indexes = loader.secondary_indexes()
     loader.run([f"DROP INDEX {name}" for name, _ in indexes])
     counts = loader.load(template, template.copies(jobs, seed))
     load_s = time.perf_counter() - began
@@ -106,13 +105,9 @@ def build_scale_database(url: str, jobs: int, days: int = 90, seed: int = 0,
 
 
 def _ensure_partitions(store: Store, start: datetime, end: datetime) -> None:
-    """PostgreSQL job tables partitioned by time need their day partitions before COPY routes
-    rows into them."""
+    """PostgreSQL job tables partitioned by time need their day partitions before the load
+    routes rows into them."""
     if not store.is_postgres:
-        return
-    try:
-        from perflib.store import partitions
-    except ImportError:     # a tree from before time partitioning
         return
     with store.engine.connect() as conn:
         if partitions.table_kind(conn) != "partitioned":

@@ -4,6 +4,7 @@ handler), and what the samples and the SQL screen give agrees with the exact fig
 from __future__ import annotations
 
 import re
+import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -37,7 +38,8 @@ def fleet(tmp_path_factory) -> Store:
 
 @contextmanager
 def counted(store: Store):
-    """Rows fetched, thousands of SQLite VM steps and SQL statements run on `store` inside."""
+    """Rows fetched and thousands of VM steps (SQLite), and SQL statements run on `store`
+    inside."""
     tally = {"rows": 0, "ksteps": 0, "statements": []}
 
     def row(cursor, values):
@@ -49,12 +51,14 @@ def counted(store: Store):
         return 0
 
     def checkout(dbapi_connection, record, proxy):
-        dbapi_connection.row_factory = row
-        dbapi_connection.set_progress_handler(step, 1000)
+        if isinstance(dbapi_connection, sqlite3.Connection):  # PostgreSQL: statements only
+            dbapi_connection.row_factory = row
+            dbapi_connection.set_progress_handler(step, 1000)
 
     def checkin(dbapi_connection, record):
-        dbapi_connection.row_factory = None
-        dbapi_connection.set_progress_handler(None, 0)
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.row_factory = None
+            dbapi_connection.set_progress_handler(None, 0)
 
     def statement(conn, cursor, sql, parameters, context, executemany):
         tally["statements"].append(sql)
@@ -201,3 +205,19 @@ def test_a_report_looks_up_only_its_own_stored_alerts(fleet):
     assert work["rows"] <= 5, work["rows"]
     assert reported[0]["id"] is not None and reported[0]["first_seen"] < END.isoformat()
     assert reported[1]["id"] is None and reported[1]["first_seen"] == END.isoformat()
+
+
+@pytest.mark.postgres
+def test_postgresql_takes_percentiles_as_ordered_set_aggregates(pg_url, tmp_path):
+    """The same medians and p95s as SQLite's ranks, without ranking the week's rows."""
+    figures = []
+    for url in (f"sqlite:///{tmp_path / 'perflib.db'}", pg_url):
+        store = Store(url, Settings(spool_dir=tmp_path / "spool"))
+        simulate_history(store, weeks=1, gpus=4, seed=9, end=END, jobs_per_day=300)
+        with counted(store) as work:
+            statistics = PerformanceAnalyzer(store).overall_statistics(7, END)
+        figures.append({pipeline: (row["median_generation_time"], row["p95_generation_time"])
+                        for pipeline, row in statistics["per_pipeline"].items()})
+    assert figures[0] == figures[1] and len(figures[1]) == 2
+    assert not [s for s in work["statements"] if "ROW_NUMBER()" in s.upper()]
+    assert any("PERCENTILE_DISC" in s.upper() for s in work["statements"])

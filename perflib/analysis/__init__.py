@@ -22,7 +22,8 @@ from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
 from perflib.analysis.sql import (SIMULATED, frame_without_jit, hour_of, in_window,
-                                  sampled_jobs, sampled_phases, window, window_rows)
+                                  sampled_jobs, sampled_phases, time_percentiles, window,
+                                  window_rows)
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
 from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
@@ -104,8 +105,13 @@ class PerformanceAnalyzer(UsesStore):
         """Job counts, success rate and time statistics over the window, overall and per
         pipeline (computed in SQL); `pipeline_type` counts only that pipeline's jobs."""
         start, stop = self.window(days_back, end)
+        ranked = not self.store.is_postgres  # PostgreSQL has ordered-set aggregates instead
         per_pipeline = daily_stats(self.store, start, stop, pipeline_type, per_day=False,
-                                   speed=False)
+                                   speed=False, times=ranked)
+        if not ranked:
+            per_pipeline = per_pipeline.merge(
+                self.store.frame(time_percentiles(self.store, start, stop, pipeline_type)),
+                on="pipeline_type", how="left")
         result = {"per_pipeline": {}}
         total_jobs = int(per_pipeline.job_count.sum()) if len(per_pipeline) else 0
         for row in per_pipeline.itertuples():

@@ -123,6 +123,24 @@ def frame_without_jit(store: Store, query) -> pd.DataFrame:
         return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
 
+def time_percentiles(store: Store, start: datetime, end: datetime,
+                     pipeline_type: str | None = None):
+    """PostgreSQL: per pipeline, the median and p95 total seconds of the successful jobs started
+    in [start, end) as ordered-set aggregates (``percentile_disc``: the same values as the
+    ranks :func:`~perflib.analysis.daily.daily_stats` takes, at one sort per pipeline, no window
+    function over the window's rows)."""
+    seconds = jobs.c.total_seconds
+    query = (sa.select(jobs.c.pipeline_type,
+                       sa.func.percentile_disc(0.5).within_group(seconds)
+                       .label("median_total_seconds"),
+                       sa.func.percentile_disc(0.95).within_group(seconds)
+                       .label("p95_total_seconds"))
+             .where(SUCCEEDED, in_window(store, start, end)).group_by(jobs.c.pipeline_type))
+    if pipeline_type:
+        query = query.where(jobs.c.pipeline_type == pipeline_type)
+    return query
+
+
 def in_ranges(store: Store, ranges):
     """Jobs started in any of the [start, end) `ranges` (none: no job)."""
     return sa.or_(sa.false(), *(in_window(store, start, end) for start, end in ranges))

@@ -42,7 +42,7 @@ from perflib.store.schema import generation_performance as jobs_table
 LEVEL_DAYS = 2  # jobs before the window that give each group its recent level
 MAX_FIT_JOBS = 20_000  # without a stored model, the cost model is fitted on this many jobs
 SCAN_JOBS = 150_000  # a window with more jobs than this is screened in SQL (see the module doc)
-SCREEN_FACTOR = 2.0
+SCREEN_FACTOR = 2.0  # the screen's bar: this × the group's usual seconds per expected second
 MAX_CANDIDATES = 1_000  # screened jobs judged at most, the slowest for their group first
 HISTORY_BATCH = 100  # candidates whose group history one query reads
 ROWS_BATCH = 5_000  # job rows one query reads by id
@@ -108,7 +108,7 @@ def _alert(where: str, episode: pd.DataFrame) -> dict:
         "fingerprint": f"slow_job_contention|{where}|{first:%Y-%m-%dT%H:%M}"}
 
 
-def _priceable(since: datetime, until: datetime, store: Store) -> list:
+def _priceable(store: Store, since: datetime, until: datetime) -> list:
     """Successful jobs started in [since, until) with what pricing them needs."""
     t = jobs_table
     return [t.c.status == "success", t.c.width.is_not(None), t.c.height.is_not(None),
@@ -120,11 +120,12 @@ def _finished_jobs(store: Store, since: datetime, until: datetime) -> pd.DataFra
     """Priceable jobs started in [since, until), oldest first."""
     t = jobs_table
     query = (sa.select(*(t.c[name] for name in JOB_COLUMNS))
-             .where(*_priceable(since, until, store)).order_by(t.c.started_at, t.c.id))
+             .where(*_priceable(store, since, until)).order_by(t.c.started_at, t.c.id))
     return _timed(store.frame(query))
 
 
 def _timed(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose time is known (a job recorded as instant cannot be priced)."""
     return jobs[outcome_seconds(jobs) > 0].reset_index(drop=True)
 
 
@@ -145,7 +146,7 @@ def _screened_jobs(store: Store, start: datetime, end: datetime, since: datetime
                        float(value)) for (gpu, model), value in levels.items()),
                     else_=float(levels.min()))
     query = (sa.select(t.c.id, t.c.gpu_name, t.c.model_name, t.c.submitted_at, t.c.started_at)
-             .where(*_priceable(start, end, store), ratio > SCREEN_FACTOR * level)
+             .where(*_priceable(store, start, end), ratio > SCREEN_FACTOR * level)
              .order_by((ratio / level).desc()).limit(MAX_CANDIDATES))
     candidates = frame_without_jit(store, query)  # JIT compiled the per-group CASE for seconds
     jobs = _rows(store, set(candidates.id) | _history_ids(store, candidates, since), since, end)
@@ -159,7 +160,7 @@ def _sample(store: Store, start: datetime, end: datetime, ratio) -> pd.DataFrame
     t = jobs_table
     sample, _ = sampled_jobs(store, start, end, window_rows(store, start, end), SAMPLE_JOBS)
     query = (sa.select(*(t.c[name] for name in JOB_COLUMNS), ratio.label("ratio"))
-             .where(*_priceable(start, end, store), t.c.id.in_(sa.select(sample.c.id))))
+             .where(*_priceable(store, start, end), t.c.id.in_(sa.select(sample.c.id))))
     return _timed(store.frame(query))
 
 
@@ -173,7 +174,7 @@ def _history_ids(store: Store, candidates: pd.DataFrame, since: datetime) -> set
     for job in candidates.itertuples():
         submitted = job.submitted_at if pd.notna(job.submitted_at) else job.started_at
         reads.append(sa.select(t.c.id)
-                     .where(*_priceable(since, submitted, store),
+                     .where(*_priceable(store, since, submitted),
                             _same(t.c.gpu_name, job.gpu_name),
                             _same(t.c.model_name, job.model_name),
                             t.c.finished_at < bound(store, submitted))

@@ -5,6 +5,7 @@ import sqlalchemy as sa
 
 from perflib.cli import main
 from perflib.store import Store, schema
+from perflib.store.deletion import delete_jobs
 
 
 def test_schema_creation_twice_is_harmless(store, capsys):
@@ -44,6 +45,22 @@ def test_write_jobs_is_idempotent_and_keeps_phases_and_samples(store):
     assert frame.extra_params.iloc[0] == {"prompt": "forest", "seed": 3}
     assert len(store.phases_frame()) == 2
     assert store.count(schema.resource_samples) == 2
+
+
+def test_deleting_jobs_takes_their_phases_and_samples(store):
+    """Partitioned tables have no foreign key to cascade: the children go explicitly."""
+    record = {"job_id": "gone", "pipeline_type": "image", "status": "running",
+              "started_at": "2026-11-01T10:00:00Z",
+              "phases": [{"seq": 0, "name": "denoise", "seconds": 1.0}],
+              "samples": [{"seq": 0, "sampled_at": "2026-11-01T10:00:01Z", "cpu_pct": 5.0}]}
+    store.write_jobs([record, dict(record, job_id="kept", status="success")])
+    jobs = schema.generation_performance
+    with store.engine.begin() as conn:
+        assert delete_jobs(conn, sa.and_(jobs.c.job_id.in_(["gone", "kept"]),
+                                         jobs.c.status == "running")) == 1
+    assert list(store.jobs_frame().job_id) == ["kept"]
+    assert set(store.phases_frame().job_id) == {"kept"}
+    assert store.count(schema.resource_samples) == 1
 
 
 def test_upgrade_adds_missing_columns(sqlite_url, settings):

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from perflib.analysis.aggregates import aggregate_daily
-from perflib.analysis.sql import SIMULATED, bound, delete_jobs
+from perflib.analysis.sql import SIMULATED, bound
+from perflib.store.deletion import delete_jobs
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound, delete_jobs
+from perflib.analysis.sql import bound
+from perflib.store.deletion import delete_jobs
 from perflib.store import Store, partitions
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases

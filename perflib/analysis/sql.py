@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
-from perflib.store.schema import generation_phases, resource_samples
+from perflib.store.schema import generation_phases
 from perflib.record import FINAL_STATUSES
 
 FINISHED = jobs.c.status.in_(FINAL_STATUSES)
@@ -192,14 +192,3 @@ def ceil_int(expression, dialect: str):
     if dialect == "postgresql":
         return sa.cast(sa.func.ceil(expression), sa.Integer)
     return sa.cast(expression + 0.999999, sa.Integer)
-
-
-def delete_jobs(conn: sa.Connection, condition, narrow=None) -> None:
-    """Delete the jobs matching `condition` together with their phases and resource samples
-    (explicitly: partitioned tables have no foreign key to cascade). `narrow(table)`, where
-    given, limits where phases and samples are looked for (to the partitions that hold them)."""
-    ids = sa.select(jobs.c.job_id).where(condition)
-    for child in (generation_phases, resource_samples):
-        extra = [narrow(child)] if narrow is not None else []
-        conn.execute(sa.delete(child).where(child.c.job_id.in_(ids), *extra))
-    conn.execute(sa.delete(jobs).where(condition))

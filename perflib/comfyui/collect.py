@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from perflib.comfyui.graph import parse_prompt
 from perflib.record import LIVE_STATUSES, RecordError, job_record, salvaged_record
 from perflib.store import Store
+from perflib.store.deletion import delete_jobs
 from perflib.store.schema import generation_performance as jobs_table
 
 log = logging.getLogger(__name__)
@@ -308,8 +309,8 @@ class ServerPoller:
     def _forget_live(self, ids: list[str]) -> int:
         """Delete live rows of these jobs (finished rows are never touched)."""
         with self.store.engine.begin() as conn:
-            return conn.execute(sa.delete(jobs_table).where(
-                jobs_table.c.job_id.in_(ids), jobs_table.c.status.in_(LIVE_STATUSES))).rowcount
+            return delete_jobs(conn, sa.and_(jobs_table.c.job_id.in_(ids),
+                                             jobs_table.c.status.in_(LIVE_STATUSES)))
 
     def _stored_live_ids(self) -> list[str]:
         live = self.store.frame(sa.select(jobs_table.c.job_id).where(

@@ -8,7 +8,7 @@ Rows without a time (jobs queued and never started) go to each table's DEFAULT p
 A unique key of a partitioned table must hold the partition key, so ``job_id`` alone cannot be
 unique: ``(job_id, started_at)`` is (NULLs equal from PostgreSQL 15 on), and the store looks up
 the batch's job ids before inserting (see :func:`stored_job_ids`). Foreign keys to ``job_id``
-cannot exist either; :func:`perflib.analysis.sql.delete_jobs` deletes phases and samples itself.
+cannot exist either; :func:`perflib.store.deletion.delete_jobs` deletes phases and samples itself.
 
 Day partitions are created ahead by ``perflib maintain`` and, when a write brings a day that has
 none, just before the write in a short transaction of their own (see :func:`ensure_partitions`).

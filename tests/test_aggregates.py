@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from perflib.analysis import PerformanceAnalyzer, bottlenecks
 from perflib.analysis.aggregates import daily_frame, read_state, refresh_aggregates
 from perflib.analysis.daily import GROUP_KEYS, daily_stats, group_sums
-from perflib.analysis.sql import delete_jobs, sampled_jobs
+from perflib.analysis.sql import sampled_jobs
+from perflib.store.deletion import delete_jobs
 from perflib.simulate import default_incidents, generate_jobs, simulate_history
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs

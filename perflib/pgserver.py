@@ -59,7 +59,8 @@ class PostgresServer:
                   "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync")
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c fsync=off "
-                   f"-c synchronous_commit=off -c full_page_writes=off")
+                   f"-c synchronous_commit=off -c full_page_writes=off "
+                   f"-c max_connections=200")
         self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l",
                   str(self.root / "server.log"), "-w", "start")
         return self

@@ -10,6 +10,7 @@ import pytest
 from perflib import heartbeat, tracker
 from perflib.config import Settings
 from perflib.store import Store, schema
+from perflib.store.engine import dispose_engines
 from perflib.pgserver import PostgresServer, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ def _fresh_tracker_binding():
     tracker._default_binding = None
     tracker._named_bindings.clear()
     heartbeat.stop_all()  # each test's database gets its own heartbeat thread: end it with it
+    dispose_engines()  # each test's database has its own pool: its idle connections end with it
 
 
 @pytest.fixture

@@ -117,6 +117,15 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def dispose_engines() -> None:
+    """Close the idle pooled connections of every engine this process made (connections in use
+    close when they are returned); the engines stay usable and reconnect on demand."""
+    with _engines_lock:
+        engines = list(_engines.values())
+    for engine in engines:
+        engine.dispose()
+
+
 def _forget_engines_in_child() -> None:
     # Connections inherited across fork must not be shared with the parent.
     global _engines_lock

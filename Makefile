@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 
 help: ## list every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(INSTALLED) ## create .venv and install perflib (editable) with its test and lab extras
 

@@ -2,10 +2,14 @@
 and :func:`show` puts a figure on the page with its one-line caption."""
 from __future__ import annotations
 
+import base64
+import html
+import io
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from IPython.display import Markdown, display
+from IPython.display import HTML, Markdown, display
 from matplotlib.dates import DateFormatter
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
@@ -33,11 +37,20 @@ def _nothing_to_show(frame: pd.DataFrame, ax: plt.Axes, title: str) -> bool:
 
 
 def show(figure: plt.Figure, caption: str) -> None:
-    """Put a finished figure on the page, then its caption: one line on what to look at."""
+    """Put a finished figure on the page, then its caption: one line on what to look at. The
+    caption is also the image's alternative text, for readers who cannot see it."""
     figure.tight_layout()
-    display(figure)
+    display(HTML(figure_html(figure, caption)))
     plt.close(figure)
     display(Markdown(f"*{caption}*"))
+
+
+def figure_html(figure: plt.Figure, alt: str) -> str:
+    """The figure as an inline PNG ``<img>`` with `alt` as its alternative text."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png", bbox_inches="tight")
+    encoded = base64.b64encode(png.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt, quote=True)}">'
 
 
 def volume_per_day(daily: pd.DataFrame, ax: plt.Axes, previous: pd.DataFrame | None = None

@@ -91,6 +91,8 @@ def test_contents_link_to_sections_and_figures_have_captions(page):
     figures = re.findall(r"<img [^>]*>", page)
     captions = re.findall(r"<em>([^<]+)</em>", page)
     assert figures and len(captions) >= len(figures)
+    alternatives = [re.search(r'alt="([^"]*)"', f) for f in figures]
+    assert all(a and len(a[1]) > 20 and "No description" not in a[1] for a in alternatives)
     assert "This report shows simulated data" in unescape(page)
 
 

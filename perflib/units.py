@@ -26,27 +26,25 @@ def format_duration(seconds: float | None) -> str:
     ===============  ==========================  =============
 
     So a value is never shown as "0 min" or "0.0 h": minutes start at 3 min, hours at 90 min.
+    The band is chosen by the value as shown: 9.99 s is "10 s", not "10.0 s".
     """
     if _missing(seconds):
         return MISSING
     sign, value = ("-" if seconds < 0 else ""), abs(float(seconds))
     if value == 0:
-        text = "0 s"
-    elif value < 1:
-        text = f"{value:.2g} s"
-    elif value < 10:
-        text = f"{value:.1f} s"
-    elif value < 180:
-        text = f"{value:.0f} s"
-    elif value < 600:
-        text = f"{value / 60:.1f} min"
-    elif value < 5400:
-        text = f"{value / 60:.0f} min"
-    elif value < 36000:
-        text = f"{value / 3600:.1f} h"
-    else:
-        text = f"{value / 3600:,.0f} h"
-    return sign + text
+        return "0 s"
+    if float(f"{value:.2g}") < 1:
+        return f"{sign}{value:.2g} s"
+    for below, unit, divisor, decimals in _BANDS:  # the first band the *rounded* value is in
+        shown = round(value / divisor, decimals)
+        if shown * divisor < below:
+            break
+    return f"{sign}{shown:,.{decimals}f} {unit}"
+
+
+# (shown below, unit, seconds per unit, decimals): the rows of the table above from 1 s.
+_BANDS = ((10, "s", 1, 1), (180, "s", 1, 0), (600, "min", 60, 1), (5400, "min", 60, 0),
+          (36000, "h", 3600, 1), (math.inf, "h", 3600, 0))
 
 
 def _missing(value) -> bool:

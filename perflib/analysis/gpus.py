@@ -51,3 +51,17 @@ def gpu_usage(store: Store, start: datetime, end: datetime, pipeline_type: str |
         return pd.DataFrame(columns=GPU_COLUMNS)
     frame["busy_share"] = frame.busy_seconds / (end - start).total_seconds()
     return frame[GPU_COLUMNS]
+
+
+def gpus_seen(store: Store, start: datetime, end: datetime,
+              pipeline_type: str | None = None) -> int:
+    """GPUs that started jobs in [start, end), at least 1: per host and GPU model, the distinct
+    ``gpu_index`` values (one GPU where jobs did not say which). The one rule for "the fleet":
+    estimate-time's queue and capacity planning both count with it."""
+    conditions = [jobs.c.gpu_name.is_not(None), in_window(store, start, end)]
+    if pipeline_type:
+        conditions.append(jobs.c.pipeline_type == pipeline_type)
+    per_host = (sa.select(sa.func.count(sa.distinct(jobs.c.gpu_index)))
+                .where(*conditions).group_by(jobs.c.hostname, jobs.c.gpu_name))
+    with store.engine.connect() as conn:
+        return max(1, sum(max(1, indices) for indices in conn.execute(per_host).scalars()))

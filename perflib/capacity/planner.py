@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
-from perflib.analysis.sql import in_window, window
+from perflib.analysis.gpus import gpus_seen
+from perflib.analysis.sql import window
 from perflib.capacity import erlang
 from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pattern
 from perflib.capacity.search import smallest_gpus
@@ -18,7 +18,6 @@ from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
 from perflib.predictor import PerformancePredictor
 from perflib.store import Store
-from perflib.store.schema import generation_performance as jobs
 from perflib.units import format_duration
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -135,7 +134,7 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                          f"{start:%Y-%m-%d} and {stop:%Y-%m-%d}: nothing to plan from")
     service = service_sample(store, start, stop, pattern.arrivals, pipeline_type, sample_rows,
                              predictor)
-    current = gpus or observed_gpus(store, start, stop, pipeline_type)
+    current = gpus or gpus_seen(store, start, stop, pipeline_type)
     queue = _CachedQueue(draw_workload(pattern, service.seconds, weeks, seed))
     erlang_needed = erlang_needs(pattern, service, target)
     erlang_gpus = max(1, int(erlang_needed.max()))
@@ -166,19 +165,6 @@ def erlang_needs(pattern: ArrivalPattern, service: ServiceSample, target_seconds
     rate = 1 / service.mean_seconds
     return np.array([erlang.servers_needed(arrivals / 3600, rate, target_seconds, QUANTILE)
                      if arrivals > 0 else 0 for arrivals in pattern.arrivals_per_hour])
-
-
-def observed_gpus(store: Store, start: datetime, end: datetime,
-                  pipeline_type: str | None = None) -> int:
-    """GPUs that ran jobs in [start, end), at least 1: per host and GPU model, the distinct
-    ``gpu_index`` values (one GPU where jobs did not say which)."""
-    conditions = [jobs.c.gpu_name.is_not(None), in_window(store, start, end)]
-    if pipeline_type:
-        conditions.append(jobs.c.pipeline_type == pipeline_type)
-    per_host = (sa.select(sa.func.count(sa.distinct(jobs.c.gpu_index)))
-                .where(*conditions).group_by(jobs.c.hostname, jobs.c.gpu_name))
-    with store.engine.connect() as conn:
-        return max(1, sum(max(1, indices) for indices in conn.execute(per_host).scalars()))
 
 
 class _CachedQueue:

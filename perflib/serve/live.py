@@ -22,7 +22,8 @@ from perflib.analysis.sql import bound
 from perflib.cache import TtlCache
 from perflib.predictor import PerformancePredictor
 from perflib.record import LIVE_STATUSES, GpuHeartbeat
-from perflib.serve.queue import FLEET_DAYS, live_predicted_seconds, queue_starts
+from perflib.fifo import queue_starts
+from perflib.serve.queue import FLEET_DAYS, live_predicted_seconds
 from perflib.serve.schemas import one_or_many
 from perflib.store import Store, parse_timestamp
 from perflib.store.heartbeats import read_heartbeats

@@ -14,14 +14,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
+from perflib.analysis.gpus import gpus_seen
 from perflib.fifo import queue_starts
 from perflib.predictor import PerformancePredictor
 from perflib.serve.schemas import QueueEta
 from perflib.store import Store
-from perflib.store.schema import generation_performance as jobs
 
 FLEET_DAYS = 7  # GPUs seen in this many days make up the fleet
 
@@ -80,13 +78,7 @@ def live_predicted_seconds(live: pd.DataFrame, predictor: PerformancePredictor) 
 
 
 def fleet_size(store: Store, days: int = FLEET_DAYS) -> int:
-    """GPUs that ran jobs in the last `days`, at least 1: per host and GPU model, the distinct
-    ``gpu_index`` values seen (one GPU where jobs did not say which index)."""
-    since = datetime.now(timezone.utc) - timedelta(days=days)
-    per_host = (sa.select(sa.func.count(sa.distinct(jobs.c.gpu_index)).label("indices"))
-                .where(jobs.c.gpu_name.is_not(None),
-                       sa.func.coalesce(jobs.c.started_at, jobs.c.submitted_at)
-                       >= bound(store, since))
-                .group_by(jobs.c.hostname, jobs.c.gpu_name))
-    with store.engine.connect() as conn:
-        return max(1, sum(max(1, indices) for indices in conn.execute(per_host).scalars()))
+    """GPUs that started jobs in the last `days`, at least 1 (the rule of
+    :func:`perflib.analysis.gpus.gpus_seen`)."""
+    now = datetime.now(timezone.utc)
+    return gpus_seen(store, now - timedelta(days=days), now + timedelta(seconds=1))

@@ -76,6 +76,20 @@ def daily_stats(store: Store, start: datetime, end: datetime,
                     sa.func.row_number().over(partition_by=group, order_by=ratio
                                               ).label("speed_rank")]
     ranked = sa.select(*columns).where(*conditions).subquery()
+    measures = _daily_measures(ranked, dialect, times, speed)
+    query = (sa.select(ranked.c.day, ranked.c.pipeline_type, *measures)
+             .group_by(ranked.c.day, ranked.c.pipeline_type)
+             .order_by(ranked.c.day, ranked.c.pipeline_type))
+    wanted = [c for c in DAILY_COLUMNS + SUM_COLUMNS if (times or c not in TIME_COLUMNS)
+              and (speed or c not in SPEED_COLUMNS)]
+    frame = store.frame(query, wanted)
+    frame["day"] = pd.to_datetime(frame["day"]).dt.date
+    return frame
+
+
+def _daily_measures(ranked, dialect: str, times: bool, speed: bool) -> list:
+    """The per-day aggregates of :func:`daily_stats` over its ranked rows: counts, sums and
+    means, and with `times` / `speed` the exact quantiles read off the ranks."""
     ok = ranked.c.status == "success"
 
     def quantile(q: float, rank, value):
@@ -107,14 +121,7 @@ def daily_stats(store: Store, start: datetime, end: datetime,
                         ).label("compute_seconds"),
             sa.func.sum(sa.case((ok, ranked.c.expected))).label("expected_seconds"),
             quantile(0.5, ranked.c.speed_rank, ranked.c.speed).label("median_speed_ratio")]
-    query = (sa.select(ranked.c.day, ranked.c.pipeline_type, *measures)
-             .group_by(ranked.c.day, ranked.c.pipeline_type)
-             .order_by(ranked.c.day, ranked.c.pipeline_type))
-    wanted = [c for c in DAILY_COLUMNS + SUM_COLUMNS if (times or c not in TIME_COLUMNS)
-              and (speed or c not in SPEED_COLUMNS)]
-    frame = store.frame(query, wanted)
-    frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame
+    return measures
 
 
 def group_sums(store: Store, ranges: Ranges, pipeline_type: str | None = None

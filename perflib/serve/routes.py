@@ -37,6 +37,7 @@ def api_router(services: Services) -> APIRouter:
     needs_token = [Depends(require_token(services.settings.api_token))]
     _job_routes(router, services, needs_token)
     _analysis_routes(router, services, needs_token)
+    _report_routes(router, services)
     _model_routes(router, services, needs_token)
     return router
 
@@ -83,7 +84,7 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
 
 
 def _analysis_routes(router: APIRouter, services: Services, needs_token: list) -> None:
-    """Trends, comparisons, alerts (and acknowledging them), the weekly report, dashboards."""
+    """Trends, comparisons, alerts (and acknowledging them)."""
     @router.get("/trends", response_model=TrendsResponse)
     def trends(days_back: DaysBack = 7, pipeline_type: PipelineType | None = None
                ) -> TrendsResponse:
@@ -142,6 +143,9 @@ def _analysis_routes(router: APIRouter, services: Services, needs_token: list) -
             raise HTTPException(404, f"no alert {alert_id}")
         return Acknowledged(id=alert_id, acknowledged=True)
 
+
+def _report_routes(router: APIRouter, services: Services) -> None:
+    """The weekly report and the dashboards (all read only)."""
     @router.get("/weekly-report", response_model=None,
                 responses={429: {"description": "as many reports as allowed are rendering"}})
     async def weekly_report(request: Request, weeks_back: Annotated[int, Query(ge=1, le=52)] = 1,

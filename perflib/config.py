@@ -92,6 +92,7 @@ class Settings:
     api_token: str | None = None
     host: str = "127.0.0.1"
     port: int = 8328
+    allowed_hosts: tuple[str, ...] = ()  # Host names the service answers besides loopback
     retention_days: int = 90
     heuristic_refresh_seconds: float = 300.0  # how long a fitted heuristic is used
     retrain_limit: int = 6  # retrainings the service starts per window, at most
@@ -148,6 +149,12 @@ def _retrain_rule(env: Mapping[str, str]) -> RetrainRule:
     if negative:
         raise ConfigError(f"PERFLIB_RETRAIN_{negative[0].upper()} must not be negative")
     return RetrainRule(**values)
+
+
+def _host_names(value: str | None) -> tuple[str, ...]:
+    """``PERFLIB_ALLOWED_HOSTS``: comma-separated host names (``*.example.com`` for a domain's
+    subdomains), lower-cased."""
+    return tuple(name.strip().lower() for name in (value or "").split(",") if name.strip())
 
 
 def _truthy(value: str | None) -> bool:
@@ -207,6 +214,7 @@ def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
         cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
         api_token=env.get("PERFLIB_API_TOKEN") or None,
         host=env.get("PERFLIB_HOST", "127.0.0.1"),
+        allowed_hosts=_host_names(env.get("PERFLIB_ALLOWED_HOSTS")),
         port=_number(env, "PERFLIB_PORT", 8328, int),
         retention_days=_number(env, "PERFLIB_RETENTION_DAYS", 90, int),
         heuristic_refresh_seconds=_number(env, "PERFLIB_HEURISTIC_REFRESH_SECONDS", 300.0),

@@ -111,7 +111,7 @@ def test_the_service_checks_the_rule_on_its_own_schedule(sqlite_url, tmp_path):
                         retrain_rule=RetrainRule(check_seconds=0.2))
     store = Store(sqlite_url, settings)
     _history_with_model(store, family="auto")
-    with TestClient(create_app(store, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)) as client:
         deadline = time.monotonic() + 120
         while (shown := client.get(f"{API}/model-status").json()["image"]
                ["last_retraining"]) is None and time.monotonic() < deadline:
@@ -126,6 +126,6 @@ def test_no_scheduled_check_when_it_is_off(sqlite_url, tmp_path):
     settings = Settings(spool_dir=tmp_path / "spool", retrain_rule=RetrainRule(check_seconds=0))
     store = Store(sqlite_url, settings)
     _history_with_model(store)
-    with TestClient(create_app(store, settings)):
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)):
         time.sleep(0.5)
     assert len(_versions(store)) == 1

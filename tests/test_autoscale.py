@@ -72,14 +72,14 @@ def scrape(client: TestClient) -> dict[str, dict[tuple, float]]:
 
 @pytest.fixture
 def client(sqlite_url, settings):
-    with TestClient(create_app(sqlite_url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(sqlite_url, settings)) as client:
         yield client
 
 
 @pytest.fixture
 def any_client(db_url, settings):
     """A service on SQLite, then on PostgreSQL."""
-    with TestClient(create_app(db_url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(db_url, settings)) as client:
         yield client
 
 
@@ -231,7 +231,7 @@ def test_a_job_posted_without_an_estimate_is_priced_by_the_model(client):
 
 
 def test_with_the_database_down_the_signal_is_absent_not_an_error(settings):
-    with TestClient(create_app(DOWN_URL, settings)) as down:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(DOWN_URL, settings)) as down:
         answer = down.get("/metrics")
     assert answer.status_code == 200 and "perflib_database_up 0.0" in answer.text
     assert not re.search(r"^perflib_desired_gpus\{", answer.text, re.MULTILINE)

@@ -35,7 +35,7 @@ def store(sqlite_url, settings) -> Store:
 
 @pytest.fixture
 def client(store):
-    with TestClient(create_app(store)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as client:
         yield client
 
 

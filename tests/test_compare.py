@@ -140,7 +140,7 @@ def test_record_metrics_and_import_take_tags(sqlite_url, settings, tmp_path):
     record = {"job_id": "posted", "pipeline_type": "image", "status": "success",
               "resolution": "512x512", "steps": 20, "started_at": "2025-01-06T10:00:00Z",
               "total_seconds": 4.0, "tags": {"ab": "dpmpp"}}
-    with TestClient(create_app(sqlite_url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(sqlite_url, settings)) as client:
         assert client.post(f"{API}/record-metrics", json=record).status_code == 200
         refused = client.post(f"{API}/record-metrics",
                               json={**record, "job_id": "refused", "tags": {"ab": ["x"]}})
@@ -297,7 +297,7 @@ def test_cli_compares_and_names_a_bad_selector(ab_url, capsys):
 def test_get_compare_answers_reads_only_and_names_bad_selectors(ab_url, settings):
     store = Store(ab_url)
     before = row_counts(store)
-    with TestClient(create_app(ab_url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(ab_url, settings)) as client:
         answer = client.get(f"{API}/compare", params={"a": "tag:ab=euler", "b": "tag:ab=dpmpp",
                                                       "days_back": 30})
         bad = client.get(f"{API}/compare", params={"a": "nonsense", "b": "sampler=euler"})

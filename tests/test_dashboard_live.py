@@ -72,7 +72,7 @@ def expected_starts(generated_at: str, planted_at: datetime) -> list[float]:
 def test_the_payload_holds_the_farm_as_it_is(farm):
     store, settings, planted = farm
     before = row_counts(store)
-    with TestClient(create_app(store, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)) as client:
         live = client.get(f"{API}/dashboard/live").json()
     assert row_counts(store) == before  # polling never writes
     check_farm(live, planted)
@@ -83,7 +83,7 @@ def test_the_payload_reads_the_same_on_postgres(pg_url, tmp_path):
     settings = Settings(spool_dir=tmp_path / "spool", heartbeat_seconds=0)
     store = Store(pg_url, settings)
     planted = seed_live_farm(store)
-    with TestClient(create_app(store, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)) as client:
         live = client.get(f"{API}/dashboard/live").json()
     check_farm(live, planted)
     assert {series["pipeline_type"] for series in live["trends"]} == {"image", "video"}
@@ -114,7 +114,7 @@ def check_farm(live: dict, planted) -> None:
 
 def test_the_payload_has_trends_with_the_change_point_and_estimate_accuracy(farm):
     store, settings, planted = farm
-    with TestClient(create_app(store, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)) as client:
         live = client.get(f"{API}/dashboard/live").json()
     trends = {series["pipeline_type"]: series for series in live["trends"]}
     assert set(trends) == {"image", "video"}
@@ -134,7 +134,7 @@ def test_the_payload_has_trends_with_the_change_point_and_estimate_accuracy(farm
 
 
 def test_an_empty_database_gives_an_empty_payload(sqlite_url, settings):
-    with TestClient(create_app(sqlite_url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(sqlite_url, settings)) as client:
         live = client.get(f"{API}/dashboard/live").json()
     assert live["gpus"] == [] and live["queue"] == [] and live["alerts"] == []
     assert live["trends"] == [] and live["estimates"] == {"jobs": 0, "within_20_pct": None,

@@ -63,7 +63,7 @@ def test_service_report_routes_on_an_empty_database_write_nothing(tmp_path, sett
     store = Store(f"sqlite:///{tmp_path / 'empty.db'}", settings)
     store.init_db()
     before = row_counts(store)
-    with TestClient(create_app(str(store.db), settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(str(store.db), settings)) as client:
         report = client.get(f"{API}/weekly-report")
         assert report.status_code == 200
         assert report.json()["data_origin"]["notice"] == EMPTY_DATABASE
@@ -216,7 +216,7 @@ def test_queue_eta_spreads_the_queue_over_every_gpu_of_a_host(tmp_path, settings
     queued = [{"job_id": f"queued-{n}", "pipeline_type": "image", "status": "queued",
                "predicted_seconds": 100.0, "submitted_at": datetime.now(timezone.utc).isoformat()}
               for n in range(8)]
-    with TestClient(create_app(url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(url, settings)) as client:
         assert client.post(f"{API}/record-metrics", json=finished + queued).status_code == 200
         queue = client.post(f"{API}/estimate-time", json={
             "pipeline_type": "image", "resolution": "512x512", "steps": 20}).json()["queue"]

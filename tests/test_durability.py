@@ -97,7 +97,7 @@ def spooled(settings: Settings) -> int:
 def test_service_started_on_read_only_sqlite_drains_by_itself_once_writable(
         sqlite_file, fast_settings):
     url = f"sqlite:///{sqlite_file}"
-    with TestClient(create_app(url, fast_settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(url, fast_settings)) as client:
         with read_only(sqlite_file):
             answer = client.post(f"{API}/record-metrics", json=[job("ro-1"), job("ro-2")])
             assert answer.status_code == 202 and answer.json()["spooled"] == 2
@@ -116,7 +116,7 @@ def test_service_started_on_read_only_sqlite_drains_by_itself_once_writable(
 
 def test_a_spooled_final_record_replaces_the_live_report_it_follows(sqlite_file, fast_settings):
     url = f"sqlite:///{sqlite_file}"
-    with TestClient(create_app(url, fast_settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(url, fast_settings)) as client:
         assert client.post(f"{API}/record-metrics", json=job("j", "running")).status_code == 200
         with read_only(sqlite_file):
             engine_for(sa.make_url(url), fast_settings.db_schema).dispose()  # open files anew
@@ -196,7 +196,7 @@ def test_append_to_a_file_claimed_meanwhile_goes_to_a_new_file(tmp_path):
 def test_service_never_acknowledges_a_record_written_into_a_deleted_file(
         tmp_path, fast_settings, also_wal):
     path = tmp_path / "perflib.db"
-    client = TestClient(create_app(f"sqlite:///{path}", fast_settings))
+    client = TestClient(base_url="http://127.0.0.1", app=create_app(f"sqlite:///{path}", fast_settings))
     assert client.post(f"{API}/record-metrics", json=job("before")).status_code == 200
     for file in tmp_path.glob("perflib.db*"):
         if also_wal or file.name == "perflib.db":
@@ -285,7 +285,7 @@ def test_service_dead_letters_a_refused_spooled_record_counts_it_and_never_repla
     (folder / f"spool-{HOST}-999999.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in (good, bad, {**good, "job_id": "spooled-2"})))
 
-    with TestClient(create_app(pg_url, fast_settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(pg_url, fast_settings)) as client:
         assert wait_until(lambda: spooled(fast_settings) == 0), "the spool never drained"
         assert set(Store(pg_url, fast_settings).jobs_frame().job_id) == {"spooled-good",
                                                                          "spooled-2"}

@@ -119,7 +119,7 @@ def test_heartbeats_can_be_turned_off(sqlite_url, settings, monkeypatch):
 @pytest.fixture
 def service(db_url, tmp_path):
     settings = Settings(spool_dir=tmp_path / "spool", api_token="s3cret")
-    with TestClient(create_app(db_url, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(db_url, settings)) as client:
         yield client
 
 
@@ -161,6 +161,6 @@ def test_posting_a_heartbeat_needs_the_token(service):
 
 def test_heartbeats_while_the_database_is_down_answer_503(tmp_path):
     settings = Settings(spool_dir=tmp_path / "spool")
-    with TestClient(create_app(DOWN_URL, settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(DOWN_URL, settings)) as client:
         answer = client.post(f"{API}/heartbeat", json=READING)
     assert answer.status_code == 503 and "hunter2" not in answer.text

@@ -172,7 +172,7 @@ def test_a_corrupted_active_version_gives_way(two_versions, tmp_path, caplog, co
     assert "video" in refusals[0].getMessage() and "linear_regression" in \
         refusals[0].getMessage() and reason in refusals[0].getMessage()
 
-    with TestClient(create_app(store)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as client:
         answer = client.post(f"{API}/estimate-time", json=VIDEO)
         assert answer.status_code == 200, answer.text
         assert _sound(answer.json()) and answer.json()["model_used"] == expected

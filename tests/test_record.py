@@ -70,7 +70,7 @@ def test_every_way_in_uses_the_same_record_model():
 @pytest.fixture
 def client(tmp_path):
     settings = Settings(spool_dir=tmp_path / "spool")
-    with TestClient(create_app(f"sqlite:///{tmp_path / 'perflib.db'}", settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(f"sqlite:///{tmp_path / 'perflib.db'}", settings)) as client:
         yield client
 
 

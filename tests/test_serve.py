@@ -93,7 +93,7 @@ def copy_database(source: Path, folder: Path) -> str:
 def in_process(trained_db, tmp_path_factory):
     folder = tmp_path_factory.mktemp("in-process")
     settings = Settings(spool_dir=folder / "spool")
-    with TestClient(create_app(copy_database(trained_db, folder), settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(copy_database(trained_db, folder), settings)) as client:
         yield client
 
 
@@ -102,7 +102,7 @@ def scratch(tmp_path_factory):
     """A service on an empty database, for the fuzzers to write into and query."""
     folder = tmp_path_factory.mktemp("scratch")
     settings = Settings(spool_dir=folder / "spool")
-    with TestClient(create_app(f"sqlite:///{folder / 'perflib.db'}", settings)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(f"sqlite:///{folder / 'perflib.db'}", settings)) as client:
         yield client
 
 
@@ -139,7 +139,7 @@ def api(request) -> httpx.Client:
 
 
 def app_client(db, settings, **overrides) -> TestClient:
-    return TestClient(create_app(db, settings.with_overrides(**overrides)))
+    return TestClient(base_url="http://127.0.0.1", app=create_app(db, settings.with_overrides(**overrides)))
 
 
 # -- every endpoint ------------------------------------------------------------------------------

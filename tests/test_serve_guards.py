@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from perflib.analysis.alerts import save_alerts
-from perflib.config import Settings
+from perflib.config import Settings, get_settings
 from perflib.serve import create_app
 from perflib.serve.retrain import RetrainLimited, RetrainTasks
 from perflib.simulate import default_incidents, simulate_history
@@ -26,8 +26,9 @@ ESTIMATE = {"pipeline_type": "image", "resolution": "512x512", "steps": 20}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-def _client(url: str, tmp_path, **settings) -> TestClient:
-    return TestClient(create_app(url, Settings(spool_dir=tmp_path / "spool", **settings)))
+def _client(url: str, tmp_path, base_url: str = "http://127.0.0.1", **settings) -> TestClient:
+    app = create_app(url, Settings(spool_dir=tmp_path / "spool", **settings))
+    return TestClient(app, base_url=base_url)
 
 
 def _open_alert(store: Store) -> int:
@@ -90,11 +91,12 @@ def test_json_and_bodiless_writes_still_work(sqlite_url, tmp_path):
 
 @pytest.mark.parametrize("origin, allowed", [
     ("https://evil.example", False), ("null", False), ("http://127.0.0.1.evil.example", False),
-    ("http://localhost.evil.example:8328", False), ("http://testserver.evil.example", False),
-    ("http://testserver", True), ("http://127.0.0.1:3000", True), ("http://localhost:8080", True),
-    ("http://[::1]:8328", True)])
+    ("http://localhost.evil.example:8328", False), ("http://perflib.example.evil.example", False),
+    ("http://perflib.example", True), ("http://127.0.0.1:3000", True),
+    ("http://localhost:8080", True), ("http://[::1]:8328", True)])
 def test_writes_from_another_sites_pages_are_refused(sqlite_url, tmp_path, origin, allowed):
-    client = _client(sqlite_url, tmp_path, api_token="s3cret")
+    client = _client(sqlite_url, tmp_path, base_url="http://perflib.example", api_token="s3cret",
+                     allowed_hosts=("perflib.example",))
     headers = {"Origin": origin, "Authorization": "Bearer s3cret"}
     estimate = client.post(f"{API}/estimate-time", json=ESTIMATE, headers=headers)
     acknowledge = client.post(f"{API}/alerts/1/acknowledge", headers=headers)  # no-cors fetch
@@ -104,6 +106,47 @@ def test_writes_from_another_sites_pages_are_refused(sqlite_url, tmp_path, origi
         assert estimate.status_code == acknowledge.status_code == 403, estimate.text
         assert "another site" in acknowledge.json()["detail"]
     assert client.get(f"{API}/dashboard", headers={"Origin": origin}).status_code == 200
+
+
+# -- DNS rebinding: only this service's Host names ---------------------------------------------
+REBOUND = {"Host": "rebind.evil:8328", "Origin": "http://rebind.evil:8328"}
+
+
+def test_a_rebound_name_neither_writes_nor_reads(sqlite_url, tmp_path):
+    client = _client(sqlite_url, tmp_path)
+    store = client.app.state.services.store
+    store.init_db()
+    record = {"job_id": "rebound", "pipeline_type": "image", "status": "success",
+              "started_at": datetime.now(timezone.utc).isoformat(), "total_seconds": 3.0}
+    answer = client.post(f"{API}/record-metrics", json=record, headers=REBOUND)
+    assert answer.status_code == 400
+    assert "PERFLIB_ALLOWED_HOSTS" in answer.json()["detail"]
+    for path in (f"{API}/dashboard", f"{API}/alerts", "/metrics", "/dashboard", "/healthz"):
+        assert client.get(path, headers={"Host": "rebind.evil:8328"}).status_code == 400, path
+    assert store.count() == 0
+    assert client.post(f"{API}/record-metrics", json=record).status_code == 200  # 127.0.0.1
+    assert store.count() == 1
+
+
+@pytest.mark.parametrize("host, known", [
+    ("127.0.0.1:8328", True), ("localhost:8328", True), ("LOCALHOST", True), ("[::1]:8328", True),
+    ("10.1.2.3:8328", True), ("[fe80::1]:8328", True),  # an address cannot be rebound
+    ("perflib.internal:8328", True), ("gpu-7.fleet.example", True), ("fleet.example", False),
+    ("localhost.evil", False), ("127.0.0.1.evil", False), ("rebind.evil", False), ("", False),
+    ("[::1", False), ("a" * 300, False)])
+def test_known_hosts(sqlite_url, tmp_path, host, known):
+    client = _client(sqlite_url, tmp_path, allowed_hosts=("perflib.internal", "*.fleet.example"))
+    answer = client.get("/healthz", headers={"Host": host})
+    assert (answer.status_code == 200) is known, answer.text
+    assert len(answer.text) < 300  # a long Host is not echoed whole
+
+
+def test_the_bound_name_and_configured_names_are_known(sqlite_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFLIB_ALLOWED_HOSTS", " Perflib.Internal , *.fleet.example,")
+    assert get_settings().allowed_hosts == ("perflib.internal", "*.fleet.example")
+    client = _client(sqlite_url, tmp_path, host="gpu-box.lan")
+    assert client.get("/healthz", headers={"Host": "gpu-box.lan:8328"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "other-box.lan:8328"}).status_code == 400
 
 
 # -- retraining: one per pipeline, a bounded rate ------------------------------------------------
@@ -210,7 +253,7 @@ def incident_store(tmp_path_factory) -> Store:
 
 
 def test_alerts_and_the_report_only_read(incident_store, tmp_path):
-    client = TestClient(create_app(incident_store))
+    client = TestClient(base_url="http://127.0.0.1", app=create_app(incident_store))
     before = _row_counts(incident_store)
     for params in ({}, {"severity": "high"}, {"acknowledged": "false"}):
         assert client.get(f"{API}/alerts", params=params).status_code == 200

@@ -132,7 +132,7 @@ def test_a_two_week_report_is_rendered_once_then_served_from_disk(history, proje
         started.append(job)
         return perflib_report_command(job)
 
-    with TestClient(create_app(history, Settings(spool_dir=project / "spool"),
+    with TestClient(base_url="http://127.0.0.1", app=create_app(history, Settings(spool_dir=project / "spool"),
                                render_command=counted)) as client:
         first = client.get(REPORT, params={"weeks_back": 2, "format": "html"})
         assert first.status_code == 200, first.text
@@ -268,7 +268,7 @@ def test_a_failed_render_says_why_without_the_password(tmp_path):
 def test_a_failed_render_is_a_500_naming_the_reason(history, project):
     app = create_app(history, Settings(spool_dir=project / "spool"),
                      render_command=lambda job: [sys.executable, "-c", FAILING_RENDER])
-    with TestClient(app) as client:
+    with TestClient(base_url="http://127.0.0.1", app=app) as client:
         answer = client.get(REPORT, params={"format": "html"})
     assert answer.status_code == 500
     assert "could not be rendered" in answer.json()["detail"]

@@ -21,7 +21,8 @@ from perflib.config import Settings, get_settings, project_root, safe_url
 from perflib.predictor import PerformancePredictor
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
 from perflib.serve.estimates import QueueAwareEstimator
-from perflib.serve.guards import MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin
+from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
+                                  KnownHostsOnly)
 from perflib.serve.ingest import JobIngest
 from perflib.serve.metrics import ServiceMetrics
 from perflib.serve.reports import RenderCommand, ReportRenders, perflib_report_command
@@ -99,7 +100,9 @@ def create_app(db: Any = None, settings: Settings | None = None,
                               "bottlenecks, alerts and job ingestion for diffusion pipelines.")
     app.state.services = services
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(JsonWritesFromThisOrigin)  # outermost: refused before a body is read
+    app.add_middleware(JsonWritesFromThisOrigin)  # refused before a body is read
+    app.add_middleware(KnownHostsOnly, bound_host=services.settings.host,  # outermost
+                       allowed_hosts=services.settings.allowed_hosts)
     app.include_router(api_router(services), prefix=API_PREFIX)
 
     async def database_down(_request: Request, exc: Exception) -> JSONResponse:

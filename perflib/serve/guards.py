@@ -1,5 +1,5 @@
-"""What stands in front of the endpoints: a request-body size cap, JSON-only writes from this
-origin, and the write token."""
+"""What stands in front of the endpoints: this service's own Host names only, a request-body
+size cap, JSON-only writes from this origin, and the write token."""
 from __future__ import annotations
 
 import hmac
@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_HOST_LENGTH = 255  # a DNS name's limit, with room for a port
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -60,6 +61,46 @@ class BodySizeLimit:
                                 status_code=413,
                                 headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+class KnownHostsOnly:
+    """Answers 400 to a request whose ``Host`` is not one of this service's names, reads
+    included, so a page that rebinds its own DNS name to this machine reads and writes nothing.
+
+    Accepted: loopback names and addresses, any IP address (a browser sends one only when it
+    connected to that very address, so it cannot be rebound), the address the service binds,
+    and the names in ``allowed_hosts`` (``*.example.com`` covers its subdomains). A request with
+    no ``Host`` (no browser sends one) passes.
+    """
+
+    def __init__(self, app: ASGIApp, bound_host: str = "127.0.0.1",
+                 allowed_hosts: tuple[str, ...] = ()):
+        self.app = app
+        self.names = frozenset({bound_host.lower(), *allowed_hosts})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host")
+            if host is not None and not self.is_known(host):
+                detail = (f"Host {host[:100]!r} is not a name of this service; "
+                          "add it to PERFLIB_ALLOWED_HOSTS")
+                await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def is_known(self, host: str) -> bool:
+        """Whether `host` (a Host header: name or address, with or without a port) is ours."""
+        if len(host) > MAX_HOST_LENGTH:
+            return False
+        try:
+            name = urlsplit(f"//{host}").hostname
+        except ValueError:
+            return False
+        if not name:
+            return False
+        return (is_loopback(name) or _is_address(name) or name in self.names
+                or any(allowed.startswith("*.") and name.endswith(allowed[1:])
+                       for allowed in self.names))
 
 
 class JsonWritesFromThisOrigin:
@@ -121,6 +162,14 @@ def require_token(token: str | None):
                                 headers={"WWW-Authenticate": "Bearer"})
 
     return check
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:

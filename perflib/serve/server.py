@@ -24,7 +24,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "dashboard (docs at /docs)")
     parser.add_argument("--host", default=None,
                         help="address to bind (default PERFLIB_HOST, else 127.0.0.1); a "
-                             "non-loopback address needs PERFLIB_API_TOKEN")
+                             "non-loopback address needs PERFLIB_API_TOKEN, and names clients "
+                             "use besides addresses go in PERFLIB_ALLOWED_HOSTS")
     parser.add_argument("--port", type=int, default=None,
                         help="port to bind (default PERFLIB_PORT, else 8328)")
     parser.add_argument("--database-url", default=None,
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(f"perflib serve: refusing to bind {args.host} without PERFLIB_API_TOKEN — "
                  "record-metrics, retrain and acknowledge would be open to the network. Set "
                  "PERFLIB_API_TOKEN, or bind 127.0.0.1.")
-    app = create_app(args.database_url, settings)
+    app = create_app(args.database_url, settings.with_overrides(host=args.host))
     store = app.state.services.store
     print(f"perflib serving {safe_url(store.url)} on http://{args.host}:{args.port} "
           f"(dashboard /dashboard, docs /docs)", flush=True)

@@ -7,13 +7,17 @@ that names no GPU (a queued job rarely knows its GPU yet) counts in its pipeline
 the GPU type with the most GPUs that ran the pipeline's jobs recently (ties by name), else
 ``gpu_name="unassigned"`` — so the pool that takes most of a pipeline's work scales for its
 shared queue, and a job pinned to a GPU type counts only there.
+
+A pool is reported while it has live work; then its series go. At most POOL_LABEL_CAP pools
+are reported by name (:func:`fold_pools`), so a flood of distinct GPU names cannot grow
+``/metrics`` without bound.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +30,10 @@ from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
 UNASSIGNED = "unassigned"  # the pool of a pipeline whose jobs have run on no known GPU lately
+# The most pools /metrics names (each is three series); the pools beyond them, fewest GPUs and
+# least work first, are summed into one pool per pipeline named OTHER.
+POOL_LABEL_CAP = 20
+OTHER = "other"
 RECENT_SECONDS = 900.0  # a GPU that started a pool's job this recently belongs to the pool
 MAX_SIMULATED_JOBS = 10_000  # above this many queued jobs, the closed-form bound answers
 SLACK_SECONDS = 1e-6  # float rounding in the simulated starts
@@ -100,10 +108,9 @@ def recent_pool_gpus(store: Store, since: datetime) -> pd.DataFrame:
 
 
 def pool_signals(live: pd.DataFrame, live_seconds: np.ndarray, recent_gpus: pd.DataFrame,
-                 target_wait_seconds: float, now: datetime,
-                 idle_pools: Iterable[tuple[str, str]] = ()) -> list[PoolSignal]:
-    """One signal per pool with live work, GPUs seen lately, or named in `idle_pools` (those
-    report zeros, so a scaler's query does not go empty while its pool is idle).
+                 target_wait_seconds: float, now: datetime) -> list[PoolSignal]:
+    """One signal per pool with live work; a pool whose work is done has none (its series
+    leave /metrics), whatever GPUs it had.
 
     `live` holds the queued and running jobs in submission order (``pipeline_type``,
     ``gpu_name``, ``status``, ``hostname``, ``gpu_index``, ``started_at``), `live_seconds`
@@ -117,21 +124,34 @@ def pool_signals(live: pd.DataFrame, live_seconds: np.ndarray, recent_gpus: pd.D
     left = seconds_left(live, live_seconds, now)
     work = pd.DataFrame({"pipeline_type": live.pipeline_type.to_numpy(),
                          "gpu_name": pools.to_numpy(), "running": running, "seconds": left})
-    signals = {}
-    for (pipeline, gpu_name), rows in work.groupby(["pipeline_type", "gpu_name"], sort=False):
+    signals = []
+    for (pipeline, gpu_name), rows in work.groupby(["pipeline_type", "gpu_name"]):
         busy = rows.running.to_numpy()
-        signals[(pipeline, gpu_name)] = PoolSignal(
+        signals.append(PoolSignal(
             pipeline_type=str(pipeline), gpu_name=str(gpu_name),
             backlog_seconds=float(rows.seconds.sum()),
             desired_gpus=desired_gpus(rows.seconds[busy].tolist(), rows.seconds[~busy].tolist(),
                                       target_wait_seconds),
-            gpus=gpus.get((pipeline, gpu_name), 0))
-    for pool in [*gpus, *idle_pools]:
-        if pool not in signals:
-            signals[pool] = PoolSignal(pipeline_type=pool[0], gpu_name=pool[1],
-                                       backlog_seconds=0.0, desired_gpus=0,
-                                       gpus=gpus.get(pool, 0))
-    return sorted(signals.values(), key=lambda s: (s.pipeline_type, s.gpu_name))
+            gpus=gpus.get((pipeline, gpu_name), 0)))
+    return signals  # sorted by pipeline, then GPU name
+
+
+def fold_pools(signals: Sequence[PoolSignal], cap: int = POOL_LABEL_CAP
+               ) -> list[PoolSignal]:
+    """At most `cap` pools by name — those with the most GPUs lately, then the most work — and
+    the rest summed per pipeline into its OTHER pool (desired GPUs add up: the pools share no
+    GPU), sorted as :func:`pool_signals` sorts."""
+    ranked = sorted(signals, key=lambda s: (-s.gpus, -s.backlog_seconds, -s.desired_gpus,
+                                            s.pipeline_type, s.gpu_name))
+    folded: dict[str, list[PoolSignal]] = {}
+    for signal in ranked[cap:]:
+        folded.setdefault(signal.pipeline_type, []).append(signal)
+    others = [PoolSignal(pipeline_type=pipeline, gpu_name=OTHER,
+                         backlog_seconds=sum(s.backlog_seconds for s in pools),
+                         desired_gpus=sum(s.desired_gpus for s in pools),
+                         gpus=sum(s.gpus for s in pools))
+              for pipeline, pools in folded.items()]
+    return sorted([*ranked[:cap], *others], key=lambda s: (s.pipeline_type, s.gpu_name))
 
 
 def gpus_per_pool(gpu_rows: pd.DataFrame) -> dict[tuple[str, str], int]:

@@ -7,7 +7,6 @@ the estimate latency and the records this service took are counted as they happe
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -16,8 +15,8 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
-from perflib.autoscale import (RECENT_SECONDS, pool_signals, read_live_jobs,
-                               read_unpriced_live_jobs, recent_pool_gpus)
+from perflib.autoscale import (POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, pool_signals,
+                               read_live_jobs, read_unpriced_live_jobs, recent_pool_gpus)
 from perflib.cache import TtlCache
 from perflib.predictor import PerformancePredictor
 from perflib.record import LIVE_STATUSES
@@ -77,9 +76,9 @@ class StoreCollector:
 
 class PoolCollector:
     """The autoscaling signal per pool (pipeline_type, gpu_name): predicted backlog seconds,
-    desired GPUs and the GPUs seen lately. A pool once reported keeps being reported (zeros
-    when idle) for as long as this service runs, so a scaler's query never goes empty. A
-    live job reported without an estimate is priced by the model once (remembered)."""
+    desired GPUs and the GPUs seen lately. A pool is reported while it has live work (then
+    its series go), at most POOL_LABEL_CAP pools by name (the rest as ``gpu_name="other"``).
+    A live job reported without an estimate is priced by the model once (remembered)."""
 
     def __init__(self, store: Store, predictor: PerformancePredictor,
                  target_wait_seconds: float):
@@ -89,8 +88,6 @@ class PoolCollector:
         self.store = store
         self.predictor = predictor
         self.target_wait_seconds = target_wait_seconds
-        self._seen: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
         self._prices = TtlCache(PRICE_TTL_S, 100_000)
 
     def describe(self):
@@ -107,12 +104,7 @@ class PoolCollector:
             log.warning("metrics: no autoscaling signal, database unavailable (%s)",
                         type(exc).__name__)
             return []
-        with self._lock:
-            seen = set(self._seen)
-        signals = pool_signals(live, seconds, recent, self.target_wait_seconds, now,
-                               idle_pools=seen)
-        with self._lock:
-            self._seen.update((s.pipeline_type, s.gpu_name) for s in signals)
+        signals = fold_pools(pool_signals(live, seconds, recent, self.target_wait_seconds, now))
         for signal in signals:
             labels = [signal.pipeline_type, signal.gpu_name]
             backlog.add_metric(labels, signal.backlog_seconds)
@@ -143,7 +135,8 @@ class PoolCollector:
                 "perflib_backlog_predicted_seconds",
                 "Predicted seconds of the pool's queued jobs plus what its running jobs have "
                 "left (a job naming no GPU counts in its pipeline's pool with the most GPUs "
-                "lately)", labels=labels),
+                f"lately; beyond {POOL_LABEL_CAP} pools, the rest add up as gpu_name=\"other\")",
+                labels=labels),
             GaugeMetricFamily(
                 "perflib_desired_gpus",
                 f"Fewest GPUs that start every queued job of the pool within "

@@ -577,6 +577,120 @@ def test_records_are_spooled_while_the_service_is_down_and_sent_when_it_is_back(
         stop(process)
 
 
+# -- a misbehaving service ----------------------------------------------------------------------
+class OddService(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with `body` (HTTP 200), or drips: its status line (``drip="status"``)
+    or its body (``drip="body"``) one byte every 0.2 s until the test ends."""
+    body, drip, stopped = b"", None, threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.drip == "status":
+            self.wfile.write(b"HTTP/1.1 ")
+            self._drip()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body) if not self.drip else 10_000))
+        self.end_headers()
+        self.wfile.write(self.body) if not self.drip else self._drip()
+
+    def _drip(self):
+        while not self.stopped.wait(0.2):
+            self.wfile.write(b" ")
+            self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def odd_service():
+    """A function: (body, drip) → the URL of a service answering so."""
+    servers = []
+
+    def start(body=b"", drip=None):
+        handler = type("Handler", (OddService,), {"body": body, "drip": drip,
+                                                  "stopped": threading.Event()})
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append((httpd, handler))
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield start
+    for httpd, handler in servers:
+        handler.stopped.set()
+        httpd.shutdown()
+
+
+def within(seconds, action):
+    """`action()`'s outcome (its result or its exception), failing when it takes longer than
+    `seconds` (it is left running in a daemon thread)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = action()
+        except Exception as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    return outcome
+
+
+@pytest.mark.parametrize("drip", ["status", "body"])
+def test_a_dripping_service_is_given_up_at_the_request_timeout(drip, package, odd_service):
+    client = importlib.import_module(f"{package.__name__}.client")
+    service = client.ServiceClient(odd_service(drip=drip))
+    outcome = within(10, lambda: service.estimate(graph(), None, None, timeout=1.0))
+    assert isinstance(outcome.get("error"), client.ServiceUnavailable), outcome
+    assert service.resting
+
+
+@pytest.mark.parametrize("body", [b"[1, 2, 3]", b"null", b"3", b'"text"',
+                                  b'{"big": "' + b"x" * 2_000_000 + b'"}'])
+def test_an_answer_that_is_not_a_json_object_never_loses_the_record(
+        body, package, tmp_path, recording, odd_service):
+    server, clock = FakePromptServer(), ReplayClock()
+    node = attach(package, server, odd_service(body), tmp_path, clock=clock)
+    prompt_id = replay(server, clock, *copy.deepcopy(recording[0]))
+    spooled = wait_for(lambda: node.spool.pending())
+    assert [record["job_id"] for record in spooled] == [f"comfyui-{prompt_id}"]
+    assert server.events("perflib.estimate") == [] and node.board.view(prompt_id) is None
+
+
+@pytest.mark.parametrize("answer", [
+    [1, 2, 3], None, {}, {"predicted_time_seconds": "soon"},
+    {"predicted_time_seconds": True}, {"predicted_time_seconds": float("nan")}])
+def test_an_answer_that_is_not_an_estimate_is_no_estimate(answer, package):
+    estimates = importlib.import_module(f"{package.__name__}.estimates")
+    server = FakePromptServer()
+    board = estimates.EstimateBoard(lambda graph: answer, server.send_sync,
+                                    server.prompt_queue.get_current_queue_volatile, 5.0)
+    board.submitted({"prompt": graph(), "prompt_id": "p1"})
+    server.prompt_queue.put((0, "p1", graph(), {}, ["9"], {}))
+    board.queue_changed()
+    server.prompt_queue.start("p1")
+    board.started("p1")
+    assert server.events("perflib.estimate") == []
+    assert board.view("p1") is None and board.prediction("p1") is None
+
+
+def test_a_dripping_service_never_stalls_the_records(package, tmp_path, recording, odd_service):
+    """Each request ends by its timeout: the prompt starts, the service is then left alone (the
+    next prompts wait for nothing), and the records reach the spool."""
+    server, clock = FakePromptServer(), ReplayClock()
+    node = attach(package, server, odd_service(drip="body"), tmp_path, clock=clock,
+                  estimate_timeout_s=1.0, record_timeout_s=1.0)
+    ids = [replay(server, clock, *copy.deepcopy(prompt)) for prompt in recording[:3]]
+    spooled = wait_for(lambda: len(node.spool.pending()) == 3 and node.spool.pending(),
+                       timeout=15)
+    assert [record["job_id"] for record in spooled] == [f"comfyui-{i}" for i in ids]
+    assert node.client.resting and node._events.empty()
+
+
 # -- the browser panel --------------------------------------------------------------------------
 PANEL_CHECK = """
 import { describe } from "./extensions/perflib_estimate/perflib.js";

@@ -1,8 +1,10 @@
-"""A thin JSON client of ``perflib serve``: short timeouts, and after a failure the service is
-left alone for a while, so a service that is down or hung never slows ComfyUI prompt after
-prompt."""
+"""A thin JSON client of ``perflib serve``: each exchange ends by its timeout, counted from its
+start (a service dripping its answer included), and after a failure the service is left alone
+for a while, so a service that is down, hung or misbehaving never slows ComfyUI prompt after
+prompt. An answer that is not a JSON object is a failure of the service."""
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -10,7 +12,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from .deadline import open_by
+
 API = "/api/anime/performance"
+ANSWER_BYTES = 1_000_000  # the longest answer read; an error's detail is read up to 100 KB
 
 
 class ServiceUnavailable(Exception):
@@ -57,17 +62,17 @@ class ServiceClient:
             self.base_url + path, data=json.dumps(body).encode("utf-8"), method="POST",
             headers={"Content-Type": "application/json", **self._auth()})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                answer = json.loads(response.read() or b"{}")
+            with open_by(request, time.monotonic() + timeout) as response:
+                answer = _json_object(response.read(ANSWER_BYTES + 1))
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:100_000].decode("utf-8", "replace")
+            detail = _error_detail(exc)
             if 400 <= exc.code < 500 and exc.code not in (401, 403, 408, 429):
                 raise ServiceRejected(f"{path}: HTTP {exc.code}: {detail[:500]}",
                                       _refused_fields(detail)) from None
             self._rest()
             raise ServiceUnavailable(f"{path}: HTTP {exc.code}: {detail[:500]}") from None
-        except (OSError, ValueError) as exc:  # refused, timed out, reset, not JSON
-            self._rest()
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            self._rest()  # refused, timed out, reset, cut short, not a JSON object
             raise ServiceUnavailable(f"{self.base_url}{path}: {exc}") from None
         return answer
 
@@ -77,6 +82,24 @@ class ServiceClient:
     def _rest(self) -> None:
         with self._lock:
             self._down_until = time.monotonic() + self.retry_after_s
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The answer's JSON object (an empty answer is an empty one); ValueError otherwise."""
+    if len(body) > ANSWER_BYTES:
+        raise ValueError(f"an answer over {ANSWER_BYTES} bytes")
+    answer = json.loads(body or b"{}")
+    if not isinstance(answer, dict):
+        raise ValueError(f"the answer is not a JSON object but {type(answer).__name__}")
+    return answer
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The start of an error answer's body (empty when it cannot be read in time)."""
+    try:
+        return exc.read(100_000).decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return ""
 
 
 def _refused_fields(detail: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ estimate. The service's fleet-wide queue is passed on as ``fleet_queue``.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -121,7 +122,7 @@ class EstimateBoard:
     # -- inside -------------------------------------------------------------------------------
     def _estimate(self, submission: Submission) -> None:
         try:
-            submission.estimate = self.ask(submission.graph)
+            submission.estimate = _usable(self.ask(submission.graph))
         except Exception as exc:
             logger.info("perflib: no estimate for a prompt: %s", exc)
         finally:
@@ -192,3 +193,12 @@ class EstimateBoard:
         self._by_id.move_to_end(prompt_id)
         while len(self._by_id) > KEEP:
             self._by_id.popitem(last=False)
+
+
+def _usable(answer: Any) -> dict:
+    """The service's answer when it is an estimate (a number of seconds); ValueError if not."""
+    seconds = answer.get("predicted_time_seconds") if isinstance(answer, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+            or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"the service's answer is not an estimate: {str(answer)[:200]}")
+    return answer

@@ -6,8 +6,10 @@
   goes to a background thread that builds each executed prompt's job record; a queue change
   matches submissions to prompt ids; an ``execution_start`` first sends that prompt's estimate.
 - ``GET /perflib/estimate/{prompt_id}`` answers the estimate with its queue ETA as of now.
-- Finished records go to the service's ``record-metrics``; while it is unreachable they are
-  spooled and offered again after the next success or every minute.
+- Finished records go to the service's ``record-metrics``; whenever it does not take them (down,
+  hung, or answering anything but a JSON object) they are spooled and offered again after the
+  next success or every minute. Each request ends by its own timeout, so a service dripping its
+  answer holds the record thread no longer than that.
 
 Everything perflib does here is logged and swallowed: ComfyUI runs as it would without it.
 """
@@ -101,11 +103,13 @@ class Integration:
         if not isinstance(event, str) or event not in FOLLOWED or not isinstance(data, dict):
             return
         now = self.clock()
-        if event == "status":
-            self.board.queue_changed()
-        elif event == "execution_start" and data.get("prompt_id") is not None:
-            self.board.started(str(data["prompt_id"]))
-        self._events.put((event, data, now))
+        try:
+            if event == "status":
+                self.board.queue_changed()
+            elif event == "execution_start" and data.get("prompt_id") is not None:
+                self.board.started(str(data["prompt_id"]))
+        finally:  # the record is built whatever became of the estimate
+            self._events.put((event, data, now))
 
     def _follow(self) -> None:
         """The record thread: messages in, job records out, spool offered again meanwhile."""
@@ -168,7 +172,7 @@ class Integration:
                            self.spool.rejected_path, exc)
             self.spool.set_aside(records)
             return
-        except ServiceUnavailable as exc:
+        except Exception as exc:  # down, hung, misbehaving: the record waits in the spool
             logger.info("perflib: spooling a job record (%s)", exc)
             self.spool.append(records)
             return

@@ -48,7 +48,7 @@ def comfyui_dir(tmp_path) -> Path:
     root = tmp_path / "ComfyUI"
     (root / "comfy").mkdir(parents=True)
     (root / "custom_nodes").mkdir()
-    for name in ("main.py", "server.py", "execution.py", "nodes.py"):
+    for name in ("main.py", "server.py", "execution.py", "nodes.py", "folder_paths.py"):
         (root / name).write_text("# stand-in\n")
     return root
 
@@ -328,9 +328,44 @@ def test_install_refuses_a_folder_that_is_not_comfyui(tmp_path, comfyui_dir):
 
 
 def test_install_into_a_base_directory(tmp_path, comfyui_dir):
-    installed = install_node(comfyui_dir, base_directory=tmp_path / "base")
-    assert installed.path == tmp_path / "base" / "custom_nodes" / PACKAGE_NAME
+    base = tmp_path / "base"
+    for folder in ("custom_nodes", "models"):
+        (base / folder).mkdir(parents=True)
+    installed = install_node(comfyui_dir, base_directory=base)
+    assert installed.path == base / "custom_nodes" / PACKAGE_NAME
     assert not (comfyui_dir / "custom_nodes" / PACKAGE_NAME).exists()
+
+
+@pytest.mark.parametrize("folders", [(), ("models",), ("custom_nodes",)])
+def test_install_refuses_a_base_directory_without_comfyuis_folders(folders, tmp_path,
+                                                                    comfyui_dir):
+    base = tmp_path / "anywhere"
+    base.mkdir()
+    for folder in folders:
+        (base / folder).mkdir()
+    with pytest.raises(ValueError, match=r"anywhere is not a ComfyUI base directory \(it needs "
+                                         r"a custom_nodes folder and one of models, input"):
+        install_node(comfyui_dir, base_directory=base)
+    assert sorted(path.name for path in base.iterdir()) == sorted(folders)
+
+
+@pytest.mark.parametrize("link", ["", "hooks.py", "web", "web/perflib.js", "graph.py",
+                                  "perflib_estimate.json"])
+def test_install_never_writes_through_a_symbolic_link(link, tmp_path, comfyui_dir):
+    """A link in the package folder (or the folder itself) is refused, and what it points to
+    is left as it was."""
+    install_node(comfyui_dir)
+    package_dir = comfyui_dir / "custom_nodes" / PACKAGE_NAME
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "perflib.js").write_text("keep me")
+    pointed = elsewhere if link in ("", "web") else elsewhere / "perflib.js"
+    linked = package_dir / link
+    shutil.rmtree(linked) if linked.is_dir() else linked.unlink(missing_ok=True)
+    linked.symlink_to(pointed)
+    with pytest.raises(ValueError, match=f"{linked} is a symbolic link"):
+        install_node(comfyui_dir, service_url="http://h:8328")
+    assert [(p.name, p.read_text()) for p in elsewhere.iterdir()] == [("perflib.js", "keep me")]
 
 
 def test_the_install_command(comfyui_dir, tmp_path, capsys):
@@ -339,6 +374,11 @@ def test_the_install_command(comfyui_dir, tmp_path, capsys):
     assert str(comfyui_dir / "custom_nodes" / PACKAGE_NAME) in out and "restart ComfyUI" in out
     assert main(["comfyui", "install", str(tmp_path / "nothing")]) == 2
     assert "is not a ComfyUI checkout" in capsys.readouterr().err
+    assert main(["comfyui", "install", str(comfyui_dir), "--base-directory", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"perflib comfyui install: {tmp_path} is not a ComfyUI "
+                                       "base directory (it needs a custom_nodes folder and one "
+                                       "of models, input, output, user); give the folder "
+                                       "ComfyUI's --base-directory names\n")
 
 
 def test_imported_by_comfyui_it_attaches_with_its_settings_file(comfyui_dir, monkeypatch):

@@ -41,14 +41,15 @@ class Recording:
 
 
 class FakeComfyUI:
-    """Serves a recording. Set `history` (None: the whole recorded bytes), `queue`, and
-    `failing` (answer 500 to everything) between polls."""
+    """Serves a recording. Set `history` (None: the whole recorded bytes), `queue`, `failing`
+    (answer 500 to everything) and `redirect_to` (answer 302 to that URL) between polls."""
 
     def __init__(self, recording: Recording):
         self.recording = recording
         self.history: dict | None = None
         self.queue: dict = {"queue_running": [], "queue_pending": []}
         self.failing = False
+        self.redirect_to: str | None = None
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -81,13 +82,16 @@ class FakeComfyUI:
         return None
 
     def _history(self, query: dict) -> bytes:
-        """ComfyUI's get_history: with max_items, the newest max_items entries."""
+        """ComfyUI's get_history (execution.py, PromptQueue.get_history): max_items entries
+        from offset (counted from the oldest), or the newest max_items without an offset."""
         if self.history is None and "max_items" not in query:
             return self.recording.history_bytes
         entries = list((self.recording.history if self.history is None else self.history)
                        .items())
         if "max_items" in query:
-            entries = entries[max(0, len(entries) - int(query["max_items"][0])):]
+            count = int(query["max_items"][0])
+            offset = int(query["offset"][0]) if "offset" in query else len(entries) - count
+            entries = entries[max(0, offset):max(0, offset) + count]
         return json.dumps(dict(entries)).encode()
 
     def _handler(self):
@@ -97,12 +101,69 @@ class FakeComfyUI:
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 parts = urlsplit(self.path)
                 fake.requests.append(self.path)
+                if fake.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", fake.redirect_to + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = None if fake.failing else fake.answer(parts.path, parse_qs(parts.query))
                 self.send_response(500 if fake.failing else 200 if body is not None else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
                 self.wfile.write(body or b"")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+class DrippingServer:
+    """A server that answers every request one byte at a time, a byte every `every` seconds,
+    in its headers (`in_headers`) or in a long body, until the test ends."""
+
+    def __init__(self, in_headers: bool = False, every: float = 0.5):
+        self.in_headers = in_headers
+        self.every = every
+        self.stopped = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "DrippingServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                if server.in_headers:
+                    self.drip(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000)
+                else:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
+                    self.drip(b"{" + b" " * 10_000)
+
+            def drip(self, data: bytes) -> None:
+                for byte in data:
+                    if server.stopped.wait(server.every):
+                        return
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
 
             def log_message(self, *args):
                 pass

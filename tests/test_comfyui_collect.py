@@ -169,16 +169,16 @@ def test_queue_wait_falls_back_to_when_the_prompt_was_first_seen(sd15, sqlite_st
     assert job.processing_seconds == pytest.approx(3.599)
 
 
-def test_history_is_read_incrementally(sd15, sqlite_store):
+def test_history_is_read_incrementally_and_in_pages(sd15, sqlite_store):
     with FakeComfyUI(sd15) as fake:
         poller = ServerPoller(fake.url, sqlite_store, page=16)
-        poller.poll()  # a first poll pages back (16, 64, 256) to the start of history
+        poller.poll()  # the newest 16 are all new: the whole history is read, 16 at a time
         first = [r for r in fake.requests if r.startswith("/history")]
         fake.requests.clear()
         poller.poll()
         second = [r for r in fake.requests if r.startswith("/history")]
-    assert first == ["/history?max_items=16", "/history?max_items=64",
-                     "/history?max_items=256"]
+    assert first == ["/history?max_items=16"] + [f"/history?max_items=16&offset={offset}"
+                                                 for offset in range(0, 137, 16)]
     assert second == ["/history?max_items=16"]
     assert sqlite_store.count() == len(sd15.history)
 

@@ -3,7 +3,6 @@ and :func:`show` puts a figure on the page with its one-line caption."""
 from __future__ import annotations
 
 import base64
-import html
 import io
 
 import matplotlib.pyplot as plt
@@ -15,7 +14,7 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from perflib.analysis import TrendResult
 from perflib.analysis.estimates import WITHIN, EstimateCheck
-from perflib.presentation import format_change_point
+from perflib.presentation import format_change_point, safe_text, top_categories
 
 PALETTE = {"image": "#4C72B0", "video": "#DD8452"}
 
@@ -42,7 +41,7 @@ def show(figure: plt.Figure, caption: str) -> None:
     figure.tight_layout()
     display(HTML(figure_html(figure, caption)))
     plt.close(figure)
-    display(Markdown(f"*{caption}*"))
+    display(Markdown(f"*{safe_text(caption)}*"))
 
 
 def figure_html(figure: plt.Figure, alt: str) -> str:
@@ -50,7 +49,7 @@ def figure_html(figure: plt.Figure, alt: str) -> str:
     png = io.BytesIO()
     figure.savefig(png, format="png", bbox_inches="tight")
     encoded = base64.b64encode(png.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt, quote=True)}">'
+    return f'<img src="data:image/png;base64,{encoded}" alt="{safe_text(alt)}">'
 
 
 def volume_per_day(daily: pd.DataFrame, ax: plt.Axes, previous: pd.DataFrame | None = None
@@ -82,11 +81,13 @@ def volume_per_day(daily: pd.DataFrame, ax: plt.Axes, previous: pd.DataFrame | N
 
 
 def time_distribution(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """Processing seconds of successful jobs per pipeline and job type (log scale)."""
-    done = jobs[jobs.status == "success"]
+    """Processing seconds of successful jobs per pipeline and job type (log scale; the
+    MAX_CATEGORIES commonest job types, the rest as "other")."""
+    done = jobs[(jobs.status == "success") & (jobs.processing_seconds > 0)]
     if _nothing_to_show(done, ax, "Generation time by job type"):
         return ax
-    sns.boxplot(data=done.rename(columns={"pipeline_type": "pipeline"}), x="job_type",
+    shown = done.assign(job_type=top_categories(done.job_type))
+    sns.boxplot(data=shown.rename(columns={"pipeline_type": "pipeline"}), x="job_type",
                 y="processing_seconds", hue="pipeline", palette=PALETTE, ax=ax, showfliers=False,
                 log_scale=True)
     ax.set(xlabel="job type", ylabel="processing seconds", title="Generation time by job type")
@@ -140,12 +141,14 @@ def queue_by_hour(table: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
 
 
 def utilisation(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """GPU against CPU utilisation per job type: CPU-bound work sits bottom right."""
-    if _nothing_to_show(jobs.dropna(subset=["cpu_avg_pct", "gpu_util_avg_pct"]), ax,
-                        "GPU vs CPU utilisation"):
+    """GPU against CPU utilisation per job type (the MAX_CATEGORIES commonest, the rest as
+    "other"): CPU-bound work sits bottom right."""
+    measured = jobs.dropna(subset=["cpu_avg_pct", "gpu_util_avg_pct"])
+    if _nothing_to_show(measured, ax, "GPU vs CPU utilisation"):
         return ax
-    sns.scatterplot(data=jobs.rename(columns={"job_type": "job type",
-                                              "pipeline_type": "pipeline"}),
+    shown = measured.assign(job_type=top_categories(measured.job_type))
+    sns.scatterplot(data=shown.rename(columns={"job_type": "job type",
+                                               "pipeline_type": "pipeline"}),
                     x="cpu_avg_pct", y="gpu_util_avg_pct", hue="job type", style="pipeline",
                     ax=ax, s=12, alpha=0.5)
     ax.set(xlabel="CPU %", ylabel="GPU utilisation %", title="GPU vs CPU utilisation")
@@ -154,11 +157,15 @@ def utilisation(jobs: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
 
 
 def phase_shares(shares: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
-    """Stacked share of phase time per job type."""
+    """Stacked share of phase time per job type (the MAX_CATEGORIES job types and phases with
+    the most time, the rest as "other")."""
     if _nothing_to_show(shares, ax, "Where job time goes"):
         return ax
-    table = shares.pivot_table(index=["pipeline_type", "job_type"], columns="phase",
-                               values="share", aggfunc="sum").fillna(0)
+    folded = shares.assign(job_type=top_categories(shares.job_type, shares.seconds),
+                           phase=top_categories(shares.phase, shares.seconds))
+    seconds = folded.groupby(["pipeline_type", "job_type", "phase"]).seconds.sum()
+    table = (seconds / seconds.groupby(level=[0, 1]).transform("sum")).unstack("phase")
+    table = table.astype(float).fillna(0)
     table.index = [f"{pipeline} · {job_type}" for pipeline, job_type in table.index]
     table.plot(kind="barh", stacked=True, ax=ax, width=0.8)
     ax.set(xlabel="share of phase time", ylabel="", title="Where job time goes")
@@ -168,7 +175,8 @@ def phase_shares(shares: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
 
 def gpu_view(gpus: pd.DataFrame, axes) -> None:
     """Per GPU: busy hours, utilisation (time-weighted) and time for the same work against the
-    fleet, side by side on three axes, so a slow or idle card stands out."""
+    fleet, side by side on three axes, so a slow or idle card stands out. One bar per row of
+    `gpus`: :func:`perflib.report_data.busiest_gpus` bounds them."""
     titles = ("Busy time per GPU", "GPU utilisation", "Time for the same work vs the fleet")
     if gpus.empty:
         for ax, title in zip(axes, titles):
@@ -176,13 +184,13 @@ def gpu_view(gpus: pd.DataFrame, axes) -> None:
         return
     names = [f"{_gpu_label(h, i)}\n{n or ''}"
              for h, i, n in zip(gpus.hostname, gpus.gpu_index, gpus.gpu_name)]
-    hours = gpus.busy_seconds / 3600
+    hours = gpus.busy_seconds.astype(float) / 3600  # a measure not recorded draws no bar
     axes[0].barh(names, hours, color="#4C72B0")
     axes[0].set(title=titles[0], xlabel="hours")
-    axes[1].barh(names, gpus.gpu_util_pct, color="#55A868")
+    axes[1].barh(names, gpus.gpu_util_pct.astype(float), color="#55A868")
     axes[1].set(title=titles[1], xlim=(0, 100))
     axes[1].xaxis.set_major_formatter(PercentFormatter())
-    relative = (gpus.relative_time - 1) * 100
+    relative = (gpus.relative_time.astype(float) - 1) * 100
     axes[2].barh(names, relative, color=["#C44E52" if r > 10 else "#8C8C8C" for r in relative])
     axes[2].axvline(0, color="black", lw=1)
     axes[2].set(title=titles[2])
@@ -243,8 +251,9 @@ def gpu_speed(speed: pd.DataFrame, ax: plt.Axes) -> plt.Axes:
     :func:`perflib.explore.gpu_speed`): a longer bar is a slower card for the same work."""
     if _nothing_to_show(speed, ax, "Seconds per million work units, by GPU"):
         return ax
-    table = speed.assign(gpu=[f"{_gpu_label(h, i)} · {n or '?'}" for h, i, n
-                              in zip(speed.hostname, speed.gpu_index, speed.gpu_name)])
+    gpus = pd.Series([f"{_gpu_label(h, i)} · {n or '?'}" for h, i, n
+                      in zip(speed.hostname, speed.gpu_index, speed.gpu_name)], index=speed.index)
+    table = speed.assign(gpu=top_categories(gpus))
     sns.barplot(data=table.rename(columns={"pipeline_type": "pipeline"}), y="gpu",
                 x="median_seconds_per_mwu", hue="pipeline", palette=PALETTE, ax=ax)
     ax.set(xlabel="median seconds per million work units", ylabel="",

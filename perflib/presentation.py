@@ -18,6 +18,18 @@ from perflib.units import MISSING, format_duration
 
 UP, DOWN = "▲", "▼"
 
+# The most categories (job types, phases, GPUs, rows of a table) one chart or table of the
+# report shows: the rest are folded into one OTHER category, so a history with thousands of
+# distinct names still draws a readable chart of bounded size.
+MAX_CATEGORIES = 20
+OTHER = "other"
+NOT_RECORDED = "not recorded"  # the category of jobs that did not record the field
+
+# Characters that mean something in HTML or in Markdown, as numeric character references:
+# both show a reference as the character itself, neither reads it as markup.
+_INERT = {ord(c): f"&#{ord(c)};" for c in "&<>\"'`*_[](){}#!|~\\$"}
+_INERT.update({ord("\n"): " ", ord("\r"): " "})
+
 TABLE_STYLES = [
     {"selector": "th", "props": "text-align: left; vertical-align: bottom; padding: 4px 10px;"},
     {"selector": "td", "props": "text-align: left; vertical-align: top; padding: 4px 10px; "
@@ -25,6 +37,23 @@ TABLE_STYLES = [
     {"selector": "", "props": "border-collapse: collapse; margin-bottom: 1em;"},
     {"selector": "tbody tr:nth-child(odd)", "props": "background: #f5f5f5;"},
 ]
+
+
+def safe_text(value: Any) -> str:
+    """Text made inert wherever it lands in the report: in HTML, in an HTML attribute and in
+    Markdown that becomes HTML (a recorded name cannot open a tag, a link or a heading). Every
+    recorded string goes through here before it joins HTML or Markdown."""
+    return str(value).translate(_INERT)
+
+
+def top_categories(labels: pd.Series, weights: pd.Series | None = None,
+                   cap: int = MAX_CATEGORIES) -> pd.Series:
+    """`labels` with missing ones as NOT_RECORDED, and all but the `cap` heaviest (summed
+    `weights`, else counts) as OTHER."""
+    labels = labels.astype(object).where(labels.notna(), NOT_RECORDED).astype(str)
+    weights = pd.Series(1.0, index=labels.index) if weights is None else weights.fillna(0)
+    heaviest = weights.groupby(labels).sum().sort_values(ascending=False, kind="stable")
+    return labels.where(labels.isin(heaviest.index[:cap]), OTHER)
 
 
 def missing(value: Any) -> bool:
@@ -167,16 +196,18 @@ def describe(values: Mapping[str, Any] | None, empty: str = MISSING) -> str:
 def people_table(frame: pd.DataFrame, formats: Mapping[str, Callable[[Any], str]] | None = None,
                  labels: Mapping[str, str] | None = None, caption: str | None = None) -> Styler:
     """A DataFrame as a table for people: columns renamed to words (`labels`), each column
-    formatted by its function in `formats` (missing values as "–"), text HTML-escaped, no
-    index, text wrapped rather than cut."""
+    formatted by its function in `formats` (missing values as "–"), every cell, header and
+    the caption made inert by :func:`safe_text`, no index, text wrapped rather than cut."""
     labels = dict(labels or {})
     shown = frame.rename(columns=labels)
-    formatters = {labels.get(column, column): _tolerant(function)
-                  for column, function in (formats or {}).items()}
-    styler = (shown.style.format(formatters, na_rep=MISSING, escape="html").hide(axis="index")
-              .set_table_styles(TABLE_STYLES))
-    return styler.set_caption(caption) if caption else styler
+    functions = {labels.get(column, column): function
+                 for column, function in (formats or {}).items()}
+    formatters = {column: _shown(functions.get(column, str)) for column in shown.columns}
+    styler = (shown.style.format(formatters).format_index(safe_text, axis=1)
+              .hide(axis="index").set_table_styles(TABLE_STYLES))
+    return styler.set_caption(safe_text(caption)) if caption else styler
 
 
-def _tolerant(function: Callable[[Any], str]) -> Callable[[Any], str]:
-    return lambda value: MISSING if missing(value) else function(value)
+def _shown(function: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A cell's text: missing as "–", else `function`'s text made inert."""
+    return lambda value: MISSING if missing(value) else safe_text(function(value))

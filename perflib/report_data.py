@@ -13,6 +13,7 @@ import pandas as pd
 from perflib.analysis import TREND_DAYS, PerformanceAnalyzer, TrendResult
 from perflib.analysis.estimates import EstimateCheck, estimate_check
 from perflib.capacity import CapacityPlan, plan_capacity
+from perflib.presentation import MAX_CATEGORIES, OTHER
 from perflib.store import Store, parse_timestamp
 
 
@@ -30,7 +31,7 @@ class WeeklyData:
     jobs: pd.DataFrame  # a sample of the period's finished jobs
     queue: pd.DataFrame  # per hour of day and pipeline
     phases: pd.DataFrame  # share of phase time per job type
-    gpus: pd.DataFrame  # per GPU
+    gpus: pd.DataFrame  # per GPU, the busiest MAX_CATEGORIES and one row for the rest
     estimates: EstimateCheck
     capacity: CapacityPlan | None = None  # the GPUs the period's arrivals needed
 
@@ -59,9 +60,35 @@ def weekly_data(db: Any = None, weeks_back: int = 1, pipeline_type: str | None =
         jobs=jobs,
         queue=_narrowed(analyzer.queue_by_hour(days, end), pipeline_type),
         phases=_narrowed(analyzer.phase_shares(days, end), pipeline_type),
-        gpus=analyzer.gpu_usage(days, end, pipeline_type),
+        gpus=busiest_gpus(analyzer.gpu_usage(days, end, pipeline_type)),
         estimates=estimate_check(analyzer.store, jobs, start),
         capacity=capacity_plan(analyzer.store, days, end, pipeline_type))
+
+
+def busiest_gpus(gpus: pd.DataFrame, cap: int = MAX_CATEGORIES) -> pd.DataFrame:
+    """The `cap` busiest GPUs of :func:`~perflib.analysis.gpus.gpu_usage`, in its order, and
+    the rest summed into one row (host OTHER, model "<n> GPUs"; busy share the mean per GPU,
+    utilisation and relative time weighted by busy time)."""
+    if len(gpus) <= cap:
+        return gpus
+    busy = gpus.busy_seconds.astype(float).fillna(0)
+    kept = busy.sort_values(ascending=False, kind="stable").index[:cap]
+    rest = gpus.drop(index=kept)
+    folded = pd.DataFrame([{
+        "hostname": OTHER, "gpu_index": float("nan"), "gpu_name": f"{len(rest):,} GPUs",
+        "jobs": rest.jobs.sum(), "failed": rest.failed.sum(),
+        "busy_seconds": busy[rest.index].sum(), "busy_share": rest.busy_share.astype(float).mean(),
+        "gpu_util_pct": _busy_weighted(rest.gpu_util_pct, busy[rest.index]),
+        "relative_time": _busy_weighted(rest.relative_time, busy[rest.index])}])
+    return pd.concat([gpus.loc[sorted(kept)], folded], ignore_index=True)[gpus.columns]
+
+
+def _busy_weighted(values: pd.Series, busy: pd.Series) -> float:
+    """The mean of `values` weighted by busy seconds, over the GPUs that recorded one."""
+    values = values.astype(float)
+    held = values.notna() & (busy > 0)
+    return float((values[held] * busy[held]).sum() / busy[held].sum()) if held.any() \
+        else float("nan")
 
 
 def capacity_plan(store: Store, days: int, end: datetime, pipeline_type: str | None

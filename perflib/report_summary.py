@@ -12,7 +12,7 @@ import pandas as pd
 
 from perflib.presentation import (describe, format_change, format_count, format_day,
                                   format_duration, format_hours, format_percent, format_points,
-                                  in_words)
+                                  in_words, safe_text)
 
 MIN_SAVING_HOURS = 0.1  # a smaller saving is not worth a line of the summary
 URGENT = ("critical", "high")
@@ -182,11 +182,12 @@ def _listed(items: list[str]) -> str:
 
 
 def summary_markdown(report: Mapping[str, Any]) -> str:
-    """The summary as a Markdown list, or a line saying the period holds nothing to summarise."""
+    """The summary as a Markdown list, or a line saying the period holds nothing to summarise;
+    the sentences (which name recorded job types, models and GPUs) made inert."""
     sentences = summary_sentences(report)
     if not sentences:
         return "Nothing to summarise: no jobs ran in this period."
-    return "\n".join(f"- {sentence}" for sentence in sentences)
+    return "\n".join(f"- {safe_text(sentence)}" for sentence in sentences)
 
 
 def period_line(report: Mapping[str, Any]) -> str:
@@ -194,6 +195,7 @@ def period_line(report: Mapping[str, Any]) -> str:
     start = pd.Timestamp(report["start"])
     last = pd.Timestamp(report["end"]) - pd.Timedelta(microseconds=1)
     days = report.get("period_days", 7)
-    scope = f", {report['pipeline_type']} jobs only" if report.get("pipeline_type") else ""
+    scope = (f", {safe_text(report['pipeline_type'])} jobs only" if report.get("pipeline_type")
+             else "")
     return (f"**Period:** {start:%a} {format_day(start)} → {last:%a} {format_day(last)} "
             f"{last:%Y} ({days:g} days, UTC){scope}")

@@ -14,9 +14,10 @@ from pandas.io.formats.style import Styler
 from perflib.analysis.alerts import severity_label
 from perflib.analysis.estimates import EstimateCheck
 from perflib.capacity import CapacityPlan
-from perflib.presentation import (describe, format_change, format_change_point, format_count,
-                                  format_day, format_duration, format_hours, format_p_value,
-                                  format_percent, format_points, in_words, people_table)
+from perflib.presentation import (MAX_CATEGORIES, describe, format_change,
+                                  format_change_point, format_count, format_day,
+                                  format_duration, format_hours, format_p_value, format_percent,
+                                  format_points, in_words, people_table)
 from perflib.report_summary import saving_seconds
 
 Table = Styler | Markdown
@@ -95,8 +96,8 @@ def bottleneck_table(bottlenecks: list[Mapping[str, Any]]) -> Table:
              "Evidence": describe(b.get("evidence")),
              "Could save": format_duration(saving_seconds(b)),
              "What to do": " ".join(b.get("recommendations", []))}
-            for b in bottlenecks]
-    return people_table(pd.DataFrame(rows))
+            for b in bottlenecks[:MAX_CATEGORIES]]
+    return people_table(pd.DataFrame(rows), caption=_most_severe(len(bottlenecks)))
 
 
 def alert_table(alerts: list[Mapping[str, Any]]) -> Table:
@@ -111,8 +112,8 @@ def alert_table(alerts: list[Mapping[str, Any]]) -> Table:
              "First seen": format_day(a["first_seen"]) if a.get("id") is not None else "–",
              "State": ("acknowledged" if a.get("acknowledged") else
                        "open" if a.get("id") is not None else "new (not raised yet)")}
-            for a in alerts]
-    return people_table(pd.DataFrame(rows))
+            for a in alerts[:MAX_CATEGORIES]]
+    return people_table(pd.DataFrame(rows), caption=_most_severe(len(alerts)))
 
 
 def opportunity_table(report: Mapping[str, Any]) -> Table:
@@ -186,6 +187,12 @@ def capacity_table(plan: CapacityPlan | None) -> Table:
                f"Worst p95 wait, {recommended} GPUs": format_duration,
                f"Utilisation, {now} GPUs": format_percent, "Erlang-C GPUs": format_count}
     return people_table(frame, formats, caption=plan.sentence())
+
+
+def _most_severe(count: int) -> str | None:
+    """The caption of a table cut to its MAX_CATEGORIES most severe rows."""
+    return (f"The {MAX_CATEGORIES} most severe of {format_count(count)}."
+            if count > MAX_CATEGORIES else None)
 
 
 def _signed_duration(seconds: float | None) -> str:

@@ -31,6 +31,14 @@ MAX_RENDERS = 4  # reports rendering or waiting for a slot, at most
 RENDER_SLOTS = 1  # reports rendering at once (each keeps a core busy for 10-20 s)
 RENDER_TIMEOUT_S = 600.0
 RETRY_AFTER_S = 30
+# A report shows recorded names: its page may run no script (inline or fetched), load nothing
+# but its own inline styles and data: images, and be framed by no other page.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                               "script-src 'none'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 T = TypeVar("T")
 

@@ -15,7 +15,8 @@ from perflib.analysis.compare import DEFAULT_DAYS, compare_settings
 from perflib.serve.guards import require_token
 from perflib.serve.live import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
 from perflib.serve.retrain import RetrainLimited
-from perflib.serve.reports import RETRY_AFTER_S, RenderFailed, RendersBusy, unless_disconnected
+from perflib.serve.reports import (REPORT_HEADERS, RETRY_AFTER_S, RenderFailed, RendersBusy,
+                                   unless_disconnected)
 from perflib.store.heartbeats import write_heartbeats
 from perflib.serve.schemas import (Acknowledged, AlertsResponse, ComfyUIEstimateRequest,
                                    ComparisonResponse, DashboardResponse, EstimateBody,
@@ -166,7 +167,7 @@ def _report_routes(router: APIRouter, services: Services) -> None:
             raise HTTPException(500, str(exc)) from None
         if html is None:
             return Response(status_code=499)  # the client has gone: nothing is sent
-        return FileResponse(html, media_type="text/html")
+        return FileResponse(html, media_type="text/html", headers=REPORT_HEADERS)
 
     @router.get("/dashboard", response_model=DashboardResponse)
     def dashboard() -> DashboardResponse:

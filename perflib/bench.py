@@ -326,6 +326,81 @@ def bench_dashboard(gpus: int = 50, queued: int = 500) -> dict:
             "target_median_ms_max": 50.0}
 
 
+def hostile_graph(samplers: int, chain: int) -> dict:
+    """A ComfyUI prompt that a parse costing samplers × nodes reads slowly: `chain` conditioning
+    nodes in a row under each of `samplers` KSamplers, all gathered by one custom output node
+    (4,000 × 3,000 is 840 KB of JSON)."""
+    graph = {"m": {"class_type": "CheckpointLoaderSimple",
+                   "inputs": {"ckpt_name": "m.safetensors"}},
+             "l": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512}},
+             "c0": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["m", 1]}}}
+    for n in range(1, chain):
+        graph[f"c{n}"] = {"class_type": "ConditioningCombine", "inputs": {"a": [f"c{n - 1}", 0]}}
+    for n in range(samplers):
+        graph[str(n)] = {"class_type": "KSampler", "inputs": {
+            "steps": 20, "model": ["m", 0], "positive": [f"c{chain - 1}", 0],
+            "latent_image": ["l", 0]}}
+    graph["out"] = {"class_type": "Gather",
+                    "inputs": {str(n): [str(n), 0] for n in range(samplers)}}
+    return graph
+
+
+def _healthz_ms(client, until: Callable[[int], bool]) -> list[float]:
+    """Milliseconds of successive ``/healthz`` calls, 5 ms apart, until `until(calls)`."""
+    timings: list[float] = []
+    while not until(len(timings)):
+        start = time.perf_counter()
+        client.get("/healthz").raise_for_status()
+        timings.append((time.perf_counter() - start) * 1000)
+        time.sleep(0.005)
+    return timings
+
+
+def _post_until(url: str, body: str, stop: threading.Event, statuses: list[int]) -> None:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=600) as client:
+        while not stop.is_set():
+            statuses.append(client.post(
+                "/api/anime/performance/estimate-time", content=body,
+                headers={"Content-Type": "application/json"}).status_code)
+
+
+@benchmark
+def bench_hostile(posts: int = 5) -> dict:
+    """``/healthz`` p99 of the service (its own uvicorn process) while another client posts,
+    `posts` times in a row, a ComfyUI graph of just under 1 MiB (4,000 samplers over a
+    5,480-node chain: the body limit); as a ratio to its p99 with no such client."""
+    import httpx
+
+    from perflib.loadtest import _server
+
+    statuses: list[int] = []
+    stop = threading.Event()
+    body = json.dumps({"comfyui_prompt": hostile_graph(4000, 5480)})
+    with tempfile.TemporaryDirectory(prefix="perflib-bench-") as folder:
+        database_url = f"sqlite:///{Path(folder) / 'perflib.db'}"
+        with _server(["-m", "perflib.serve", "--database-url", database_url], Path(folder),
+                     "perflib") as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") \
+                as client:
+            quiet = _healthz_ms(client, lambda calls: calls >= 500)
+            attacker = threading.Thread(target=_post_until,
+                                        args=(f"http://127.0.0.1:{port}", body, stop, statuses))
+            attacker.start()
+            try:
+                hostile = _healthz_ms(client, lambda _: len(statuses) >= posts)
+            finally:
+                stop.set()
+                attacker.join()
+    quiet_p99, hostile_p99 = (statistics.quantiles(ms, n=100, method="inclusive")[-1]
+                              for ms in (quiet, hostile))
+    return {"hostile_body_bytes": len(body), "hostile_posts": len(statuses),
+            "hostile_statuses": sorted(set(statuses)), "healthz_calls_under_load": len(hostile),
+            "healthz_p99_ms_quiet": quiet_p99, "healthz_p99_ms_hostile": hostile_p99,
+            "healthz_max_ms_hostile": max(hostile),
+            "ratio_hostile_to_quiet_p99": hostile_p99 / quiet_p99, "target_p99_ms_max": 100.0}
+
+
 def run(names: list[str] | None = None, report_path: Path = REPORT_PATH) -> dict:
     """Run the named benchmarks (default all), print them and merge them into the report."""
     results = json.loads(report_path.read_text()) if report_path.exists() else {}

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       StringConstraints, ValidationError, field_validator, model_validator)
 
+from perflib.comfyui.graph import shown  # the one way errors echo a value (graph.py ships alone)
+
 PIPELINE_TYPES = ("image", "video")
 FINAL_STATUSES = ("success", "failed", "cancelled")
 LIVE_STATUSES = ("queued", "running")  # jobs not finished yet, as services report them
@@ -28,6 +30,7 @@ MAX_BATCH = 1_024
 MAX_PASSES = 32
 MAX_SECONDS = 1.0e7  # about 115 days: longer than any real job or queue
 MAX_TEXT = 100_000
+MAX_NUMBER_TEXT = 64  # characters of a number written as text ("7.5", " 1e3 ")
 MAX_JSON_DEPTH = 32
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
@@ -39,9 +42,11 @@ TEXT_LENGTHS = {"job_id": 200, "pipeline_type": 32, "job_type": 64, "status": 16
 _STATUS_ALIASES = {"completed": "success", "succeeded": "success", "ok": "success",
                    "error": "failed", "failure": "failed", "canceled": "cancelled",
                    "interrupted": "cancelled"}
-_RESOLUTION = re.compile(r"\s*([0-9]+)\s*[xX×]\s*([0-9]+)\s*")
-_WHOLE = re.compile(r"\s*\+?([0-9]+)(\.0*)?\s*")
-_DECIMAL = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+# Numbers as text are bounded (MAX_NUMBER_TEXT) and stripped before these unambiguous patterns
+# run, so a check is linear in the text whatever it holds.
+_RESOLUTION = re.compile(r"([0-9]+)\s*[xX×]\s*([0-9]+)")
+_WHOLE = re.compile(r"\+?([0-9]+)(?:\.0*)?")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class RecordError(ValueError):
@@ -62,25 +67,34 @@ class RecordError(ValueError):
 
 
 # -- scalar checks ------------------------------------------------------------------------------
+def _short_text(value: str, what: str) -> str:
+    """`value` stripped, once it is known to be short enough to parse (MAX_NUMBER_TEXT)."""
+    if len(value) > MAX_NUMBER_TEXT:
+        raise ValueError(f"must be {what} of at most {MAX_NUMBER_TEXT} characters, got "
+                         f"{len(value):,} characters")
+    return value.strip()
+
+
 def parse_resolution(value: Any) -> tuple[int, int]:
     """``"768x512"`` → ``(768, 512)``; ASCII digits only. Raises ValueError for anything else."""
-    match = _RESOLUTION.fullmatch(value) if isinstance(value, str) else None
+    text = _short_text(value, "WIDTHxHEIGHT") if isinstance(value, str) else None
+    match = _RESOLUTION.fullmatch(text) if text is not None else None
     if not match:
-        raise ValueError(f"{value!r} is not WIDTHxHEIGHT")
+        raise ValueError(f"{shown(value)} is not WIDTHxHEIGHT")
     width, height = int(match.group(1)), int(match.group(2))
     if not (0 < width <= MAX_SIDE_PX and 0 < height <= MAX_SIDE_PX):
-        raise ValueError(f"{value!r}: each side must be between 1 and {MAX_SIDE_PX}")
+        raise ValueError(f"{shown(value)}: each side must be between 1 and {MAX_SIDE_PX}")
     return width, height
 
 
 def normalise_status(value: Any) -> str:
     """One of STATUSES, accepting common spellings (``completed``, ``error``, ``interrupted``)."""
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not one of {', '.join(STATUSES)}")
+        raise ValueError(f"{shown(value)} is not one of {', '.join(STATUSES)}")
     status = value.strip().lower()
     status = _STATUS_ALIASES.get(status, status)
     if status not in STATUSES:
-        raise ValueError(f"{value!r} is not one of {', '.join(STATUSES)}")
+        raise ValueError(f"{shown(value)} is not one of {', '.join(STATUSES)}")
     return status
 
 
@@ -89,15 +103,16 @@ def whole_number(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"must be a whole number, not {value!r}")
     if isinstance(value, str):
-        match = _WHOLE.fullmatch(value)
+        match = _WHOLE.fullmatch(_short_text(value, "a whole number"))
         if not match:
-            raise ValueError(f"must be a whole number written in ASCII digits, got {value!r}")
+            raise ValueError(f"must be a whole number written in ASCII digits, got "
+                             f"{shown(value)}")
         return int(match.group(1))
     if isinstance(value, numbers.Integral):  # numpy and torch integers too
         return int(value)
     if isinstance(value, numbers.Real):
         if not float(value).is_integer():
-            raise ValueError(f"must be a whole number, got {value!r}")
+            raise ValueError(f"must be a whole number, got {shown(value)}")
         return int(value)
     return value
 
@@ -107,9 +122,10 @@ def plain_number(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError(f"must be a number, not {value!r}")
     if isinstance(value, str):
-        if not _DECIMAL.fullmatch(value):
-            raise ValueError(f"must be a number written in ASCII digits, got {value!r}")
-        return float(value)
+        text = _short_text(value, "a number")
+        if not _DECIMAL.fullmatch(text):
+            raise ValueError(f"must be a number written in ASCII digits, got {shown(value)}")
+        return float(text)
     if isinstance(value, numbers.Real):  # numpy and torch numbers too
         return float(value)
     return value
@@ -150,7 +166,7 @@ def portable_json(value: Any, depth: int = 0) -> Any:
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValueError(f"keys must be text, got {key!r}")
+                raise ValueError(f"keys must be text, got {shown(key)}")
             storable_text(key)
             portable_json(item, depth + 1)
     elif isinstance(value, list):
@@ -372,7 +388,7 @@ class JobRecord(JobParams):
             try:
                 portable_json({name: value})
             except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+                raise ValueError(f"{shown(name, quoted=False)}: {exc}") from None
         return self
 
     def _fill_timeline(self) -> None:

@@ -350,7 +350,8 @@ def test_graph_module_needs_nothing_but_the_standard_library():
     source = (Path(__file__).resolve().parents[1] / "perflib" / "comfyui" / "graph.py")
     imports = [line.split()[1] for line in source.read_text().splitlines()
                if line.startswith(("import ", "from "))]
-    assert set(imports) <= {"__future__", "math", "re", "contextlib", "dataclasses", "typing"}
+    assert set(imports) <= {"__future__", "functools", "graphlib", "math", "re", "contextlib",
+                            "dataclasses", "typing"}
 
 
 # -- any input ------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ Pure standard library, with no perflib imports: the ComfyUI custom node ships th
 """
 from __future__ import annotations
 
+import functools
+import graphlib
 import math
 import re
 from contextlib import contextmanager
@@ -98,6 +100,21 @@ SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvan
 NOT_OUTPUTS = KNOWN - {"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG",
                        "SaveVideo", "SaveWEBM", "SaveLatent"}
 FOLLOWED_INPUTS = ("samples", "latent", "latent_image", "image", "images", "model", "sigmas")
+MAX_NODES = 10_000  # nodes in one prompt; real workflows have a few hundred at most
+MAX_SIGMAS_TEXT = 16_384  # characters of a ManualSigmas list (a thousand steps fit easily)
+SHOWN_CHARACTERS = 100  # of a value echoed in an error message
+# One ManualSigmas number as ComfyUI's own r"[-+]?(?:\d*\.*\d+)" finds them, without its
+# backtracking (quadratic on a run of dots): a match counts when it holds a digit.
+_SIGMA_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.+\d+)?|\.+\d*)")
+
+
+def shown(value: Any, quoted: bool = True) -> str:
+    """`value` for an error message (its repr, or the text itself when not `quoted`), cut to
+    about SHOWN_CHARACTERS: the input may be megabytes long."""
+    text = repr(value) if quoted or not isinstance(value, str) else value
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS - 20]}…{text[-10:]} ({len(text):,} characters)"
 
 
 @dataclass
@@ -207,13 +224,17 @@ def _checked(prompt: Any) -> dict[str, dict]:
     """The prompt's nodes, after checking its shape and every link."""
     if not isinstance(prompt, dict):
         raise ValueError(f"prompt must be a JSON object of nodes, got {type(prompt).__name__}")
+    if len(prompt) > MAX_NODES:
+        raise ValueError(f"prompt has {len(prompt):,} nodes, more than the limit of "
+                         f"{MAX_NODES:,}")
     nodes = {str(node_id): node for node_id, node in prompt.items()}
     for node_id, node in nodes.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
-            raise ValueError(f"node {node_id}: must be an object with a class_type")
+            raise ValueError(f"{_node_named(node_id)}: must be an object with a class_type")
         inputs = node.get("inputs", {})
         if not isinstance(inputs, dict):
-            raise ValueError(f"node {node_id} ({node['class_type']}): inputs must be an object")
+            raise ValueError(f"{_node_named(node_id, node['class_type'])}: inputs must be an "
+                             "object")
         for name, value in inputs.items():
             if isinstance(value, list):
                 _check_link(nodes, node_id, name, value)
@@ -223,11 +244,29 @@ def _checked(prompt: Any) -> dict[str, dict]:
 def _check_link(nodes: dict, node_id: str, name: str, link: list) -> None:
     if len(link) != 2 or not isinstance(link[0], (str, int)) or isinstance(link[1], bool) \
             or not isinstance(link[1], int):
-        raise ValueError(f"node {node_id} input {name!r}: a link must be [node id, output "
-                         f"index], got {link!r}")
+        raise ValueError(f"{_node_named(node_id)} input {shown(name)}: a link must be [node id, "
+                         f"output index], got {shown(link)}")
     if str(link[0]) not in nodes:
-        raise ValueError(f"node {node_id} input {name!r}: links to node {link[0]!r}, which is "
-                         "not in the prompt")
+        raise ValueError(f"{_node_named(node_id)} input {shown(name)}: links to node "
+                         f"{shown(link[0])}, which is not in the prompt")
+
+
+def _node_named(node_id: str, class_type: str | None = None) -> str:
+    """``node 3 (KSampler)`` for an error message."""
+    named = f"node {shown(node_id, quoted=False)}"
+    return named if class_type is None else f"{named} ({shown(class_type, quoted=False)})"
+
+
+def _remembered(method):
+    """A :class:`_Parser` method that follows links, run once per node and output in a parse:
+    an input shared by thousands of samplers (a long LoRA chain) is followed once."""
+    @functools.wraps(method)
+    def remembered(self, *args):
+        key = (method.__name__, *args)
+        if key not in self._followed:
+            self._followed[key] = method(self, *args)
+        return self._followed[key]
+    return remembered
 
 
 class _Parser:
@@ -239,12 +278,13 @@ class _Parser:
         self._latents: dict[str, Size] = {}
         self._passes: dict[str, SamplingPass] = {}
         self._visiting: set[str] = set()
+        self._followed: dict[tuple, Any] = {}  # what the @_remembered methods found
 
     def parse(self, outputs: list[str] | None) -> ParsedPrompt:
         outputs = [str(o) for o in outputs] if outputs is not None else self._output_nodes()
         for output in outputs:
             if output not in self.nodes:
-                raise ValueError(f"output node {output!r} is not in the prompt")
+                raise ValueError(f"output node {shown(output)} is not in the prompt")
             self._collect_needed(output)
         result = self.result
         needed = sorted(result.needed_nodes, key=_node_order)
@@ -257,7 +297,7 @@ class _Parser:
         samplers = [n for n in needed if self._is_sampler(n)]
         for node_id in samplers:
             self._pass(node_id)
-        depth = {n: len(self._upstream(n) & set(samplers)) for n in samplers}
+        depth = self._sampler_depths(samplers)
         result.passes = [self._passes[n] for n in sorted(samplers,
                                                          key=lambda n: (depth[n], _node_order(n)))]
         models = [p.model_name for p in result.passes if p.model_name]
@@ -288,15 +328,23 @@ class _Parser:
             self.result.needed_nodes.add(node_id)
             stack.extend(self._links(node_id).values())
 
-    def _upstream(self, start: str) -> set[str]:
-        seen: set[str] = set()
-        stack = list(self._links(start).values())
-        while stack:
-            node_id = stack.pop()
-            if node_id not in seen:
-                seen.add(node_id)
-                stack.extend(self._links(node_id).values())
-        return seen
+    def _sampler_depths(self, samplers: list[str]) -> dict[str, int]:
+        """Per sampler, the most samplers on any path above it (0: a base pass), in one pass
+        over the needed nodes in link order: linear in the graph, whatever its depth."""
+        is_sampler = set(samplers)
+        sorter = graphlib.TopologicalSorter({node_id: self._links(node_id).values()
+                                             for node_id in self.result.needed_nodes})
+        try:
+            order = list(sorter.static_order())
+        except graphlib.CycleError as exc:
+            node_id = exc.args[1][0]
+            raise ValueError(f"{_node_named(node_id, self._class(node_id))}: its links form a "
+                             "cycle") from None
+        above: dict[str, int] = {}
+        for node_id in order:
+            above[node_id] = max((above[source] + (source in is_sampler)
+                                  for source in self._links(node_id).values()), default=0)
+        return {node_id: above[node_id] for node_id in samplers}
 
     def _is_sampler(self, node_id: str) -> bool:
         if self._class(node_id) in SAMPLERS:
@@ -347,7 +395,8 @@ class _Parser:
     def _visit(self, node_id: str) -> Iterator[None]:
         """While a node's inputs are followed: meeting it again means the links loop."""
         if node_id in self._visiting:
-            raise ValueError(f"node {node_id} ({self._class(node_id)}): its links form a cycle")
+            raise ValueError(f"{_node_named(node_id, self._class(node_id))}: its links form a "
+                             "cycle")
         self._visiting.add(node_id)
         try:
             yield
@@ -405,6 +454,7 @@ class _Parser:
         return {"steps": steps, "denoise": denoise, "guidance_scale": guidance,
                 "sampler": sampler, "scheduler": scheduler, "model": model}
 
+    @_remembered
     def _sampler_name(self, node_id: str) -> str | None:
         class_type = self._class(node_id)
         if class_type == "KSamplerSelect":
@@ -416,6 +466,7 @@ class _Parser:
         following = self._follow(node_id)
         return self._sampler_name(following) if following and class_type not in KNOWN else None
 
+    @_remembered
     def _guider(self, node_id: str) -> tuple[float | None, str | None]:
         """(guidance scale, model name) of a guider; BasicGuider runs no unconditional pass."""
         class_type, links = self._class(node_id), self._links(node_id)
@@ -426,6 +477,7 @@ class _Parser:
             return self._number(node_id, "cfg_conds"), model
         return self._number(node_id, "cfg"), model
 
+    @_remembered
     def _sigmas(self, node_id: str, output: int = 0) -> tuple[int | None, str | None, float]:
         """(denoiser evaluations, scheduler name, denoise) of output `output` of a sigmas
         node."""
@@ -433,8 +485,7 @@ class _Parser:
         if class_type in SCHEDULERS:
             return self._scheduled(node_id)
         if class_type == "ManualSigmas":
-            numbers = re.findall(r"[-+]?(?:\d*\.*\d+)", str(self._value(node_id, "sigmas")))
-            return max(len(numbers) - 1, 0), "manual", 1.0
+            return max(self._manual_sigmas(node_id) - 1, 0), "manual", 1.0
         carrier = self._carrier(node_id, "sigmas")
         if carrier is None:
             return None, None, 1.0
@@ -444,6 +495,16 @@ class _Parser:
         if steps is None:
             return steps, scheduler, denoise
         return self._split(node_id, class_type, steps, output), scheduler, denoise
+
+    def _manual_sigmas(self, node_id: str) -> int:
+        """How many numbers a ManualSigmas text lists (its length bounded first)."""
+        text = str(self._value(node_id, "sigmas"))
+        if len(text) > MAX_SIGMAS_TEXT:
+            raise ValueError(f"{_node_named(node_id, 'ManualSigmas')} input 'sigmas': "
+                             f"{len(text):,} characters, more than the limit of "
+                             f"{MAX_SIGMAS_TEXT:,}")
+        return sum(1 for match in _SIGMA_NUMBER.finditer(text)
+                   if any(char.isdigit() for char in match.group()))
 
     def _scheduled(self, node_id: str) -> tuple[int | None, str | None, float]:
         class_type = self._class(node_id)
@@ -533,6 +594,7 @@ class _Parser:
             batch = None if batch is None or other is None else batch + other
         return Size(size.width, size.height, size.frame_count, batch, size.source)
 
+    @_remembered
     def _image(self, node_id: str) -> Size:
         """Pixel size of an IMAGE output (None where only the file would tell)."""
         with self._visit(node_id):
@@ -582,6 +644,7 @@ class _Parser:
         return default if value is None else int(value)
 
     # -- models -----------------------------------------------------------------------------
+    @_remembered
     def _model(self, node_id: str) -> str | None:
         """The checkpoint or UNet behind a MODEL output; LoRAs on the way are listed."""
         class_type = self._class(node_id)
@@ -649,5 +712,9 @@ def _on_latent_grid(width: int | None, height: int | None) -> tuple[int | None, 
 
 
 def _node_order(node_id: str) -> tuple:
-    """Numeric ids in number order ("3" before "10"), then any others."""
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+    """Numeric ids in number order ("3" before "10"), then any others ("²" among them: only
+    ASCII digits make a number). Compared as text, so no id is too long to order."""
+    if not (node_id.isascii() and node_id.isdigit()):
+        return (1, 0, node_id)
+    digits = node_id.lstrip("0")
+    return (0, len(digits), digits)

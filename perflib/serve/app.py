@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ def create_app(db: Any = None, settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         services.ingest.drain.start()  # records an earlier run left in the spool
+        # What is loaded by now (libraries, models) lives as long as the process: kept out of
+        # the full collections that a big request's 100,000 objects set off (each scanned
+        # it all, 350 ms holding the GIL, and /healthz waited).
+        gc.freeze()
         check_seconds = services.settings.retrain_rule.check_seconds
         checks = asyncio.create_task(check_periodically(services.retrain, check_seconds)) \
             if check_seconds > 0 else None

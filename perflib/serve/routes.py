@@ -20,9 +20,10 @@ from perflib.serve.reports import (REPORT_HEADERS, RETRY_AFTER_S, RenderFailed, 
 from perflib.store.heartbeats import write_heartbeats
 from perflib.serve.schemas import (Acknowledged, AlertsResponse, ComfyUIEstimateRequest,
                                    ComparisonResponse, DashboardResponse, EstimateBody,
-                                   EstimateResponse, PipelineTrend, PipelineType, RecordBody,
-                                   RecordResult, RetrainRequest, RetrainTaskView, TrendsResponse,
-                                   json_ready)
+                                   EstimateResponse, JsonParsedInThread, PipelineTrend,
+                                   PipelineType, RecordBody, RecordResult, RetrainRequest,
+                                   RetrainTaskView, TrendsResponse, json_ready,
+                                   validated_in_thread)
 
 if TYPE_CHECKING:
     from perflib.serve.app import Services
@@ -34,7 +35,7 @@ ArmSelector = Annotated[str | None, Query(max_length=1000, description=(
 
 def api_router(services: Services) -> APIRouter:
     """Every endpoint, bound to one service's store, predictor and analyzer."""
-    router = APIRouter(tags=["performance"])
+    router = APIRouter(tags=["performance"], route_class=JsonParsedInThread)
     needs_token = [Depends(require_token(services.settings.api_token))]
     _job_routes(router, services, needs_token)
     _analysis_routes(router, services, needs_token)
@@ -47,7 +48,7 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
     """Estimating jobs before they run, and taking their records and GPU readings."""
     @router.post("/estimate-time", response_model=EstimateResponse,
                  response_model_exclude_unset=True)
-    async def estimate_time(job: Annotated[EstimateBody, Body()]) -> EstimateResponse:
+    async def estimate_time(job: validated_in_thread(EstimateBody)) -> EstimateResponse:
         """How long a job will take, how sure that is, cheaper settings, and when it would
         start and finish behind the live queue. A ComfyUI prompt (``comfyui_prompt``) is
         estimated from its graph, and the answer says what was understood (``parsed_job``)."""
@@ -60,7 +61,7 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
     @router.post("/record-metrics", response_model=RecordResult, dependencies=needs_token,
                  responses={202: {"model": RecordResult,
                                   "description": "database down: the records were spooled"}})
-    def record_metrics(body: Annotated[RecordBody, Body()], response: Response,
+    def record_metrics(body: validated_in_thread(RecordBody), response: Response,
                        background: BackgroundTasks) -> RecordResult:
         """Store one job record or a list (idempotent on job_id; a queued/running job is
         replaced by its newer report). While the database is down: spooled, 202."""
@@ -74,7 +75,7 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
         return result
 
     @router.post("/heartbeat", response_model=HeartbeatResult, dependencies=needs_token)
-    def heartbeat(body: Annotated[HeartbeatBody, Body()]) -> HeartbeatResult:
+    def heartbeat(body: validated_in_thread(HeartbeatBody)) -> HeartbeatResult:
         """Latest readings of a worker's GPUs (or of a host without one: ``gpu_index`` null),
         for the dashboard; a GPU's row is overwritten at most every 5 s. Not spooled while the
         database is down (503): the next reading supersedes it."""

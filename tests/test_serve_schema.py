@@ -25,8 +25,8 @@ def app(tmp_path_factory):
     store.write_jobs(list(generate_jobs(weeks=1, gpus=2, seed=0, jobs_per_day=60)))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # reports are rendered under this folder
-        application = create_app(
-            store, render_command=lambda job: [sys.executable, "-c", QUICK_RENDER, str(job.html)])
+        application = create_app(  # schemathesis' client calls the service "testserver"
+            store, store.config.with_overrides(allowed_hosts=("testserver",)), render_command=lambda job: [sys.executable, "-c", QUICK_RENDER, str(job.html)])
     yield application
     shutil.rmtree(folder, ignore_errors=True)
 

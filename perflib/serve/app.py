@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -85,10 +84,6 @@ def create_app(db: Any = None, settings: Settings | None = None,
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         services.ingest.drain.start()  # records an earlier run left in the spool
-        # What is loaded by now (libraries, models) lives as long as the process: kept out of
-        # the full collections that a big request's 100,000 objects set off (each scanned
-        # it all, 350 ms holding the GIL, and /healthz waited).
-        gc.freeze()
         check_seconds = services.settings.retrain_rule.check_seconds
         checks = asyncio.create_task(check_periodically(services.retrain, check_seconds)) \
             if check_seconds > 0 else None
@@ -109,6 +104,14 @@ def create_app(db: Any = None, settings: Settings | None = None,
     app.add_middleware(KnownHostsOnly, bound_host=services.settings.host,  # outermost
                        allowed_hosts=services.settings.allowed_hosts)
     app.include_router(api_router(services), prefix=API_PREFIX)
+    _handle_errors(app, services)
+    _service_routes(app, services)
+    return app
+
+
+def _handle_errors(app: FastAPI, services: Services) -> None:
+    """A database that is down answers 503 naming it (never its password); bad input 422
+    naming each field."""
 
     async def database_down(_request: Request, exc: Exception) -> JSONResponse:
         url = services.store.url
@@ -130,6 +133,10 @@ def create_app(db: Any = None, settings: Settings | None = None,
     @app.exception_handler(SpoolUnavailable)
     async def spool_unavailable(_request: Request, exc: SpoolUnavailable) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+def _service_routes(app: FastAPI, services: Services) -> None:
+    """Liveness, Prometheus exposition and the dashboard page, outside the API prefix."""
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict:
@@ -160,6 +167,4 @@ def create_app(db: Any = None, settings: Settings | None = None,
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/dashboard")
-
-    return app
 

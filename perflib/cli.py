@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
+import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Callable
 
 import psycopg
 import sqlalchemy as sa
@@ -20,6 +23,11 @@ from perflib.store.errors import DATABASE_DOWN, describe_error
 UNREACHABLE = (*DATABASE_DOWN, sa.exc.NoSuchModuleError, psycopg.OperationalError,
                sqlite3.OperationalError)
 DATABASE_FAILED = (sa.exc.DBAPIError, psycopg.Error, sqlite3.Error)
+
+
+class UsageError(Exception):
+    """What was asked cannot be done as given (an input that is not what it should be): one
+    line naming the problem, exit 2."""
 
 
 def _store(args) -> Store:
@@ -36,8 +44,13 @@ def cmd_init_db(args) -> int:
 def cmd_import(args) -> int:
     from perflib.store.importer import import_jobs
 
+    path = _input_file(args.file)
     store = _store(args)
-    report = import_jobs(args.file, store)
+    try:
+        report = import_jobs(path, store)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{args.file} is not a CSV or JSONL text file ({exc}); rows before "
+                         "the problem may be stored") from None
     for error in report.errors:
         print(f"skipped {error}", file=sys.stderr)
     print(f"read {report.rows_read} rows: {report.inserted} jobs added, "
@@ -108,7 +121,7 @@ def cmd_backtest(args) -> int:
     options = dict(protocol=args.split or "online", start=args.start, retrain=args.retrain,
                    model_type=args.model_type)
     try:
-        result = (backtest_file(args.file, get_settings(), **options) if args.file
+        result = (backtest_file(_input_file(args.file), get_settings(), **options) if args.file
                   else run_backtest(PerformancePredictor(_store(args)), **options))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -120,12 +133,6 @@ def cmd_backtest(args) -> int:
           f"{len(result.estimates)} jobs estimated, {len(result.retrains)} retrainings")
     print(result.table().to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
-
-
-def _share(text: str) -> float:
-    """'70%' or '0.7' as a share between 0 and 1 (argparse reports a ValueError by name)."""
-    text = text.strip()
-    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
 
 
 def cmd_estimate(args) -> int:
@@ -161,7 +168,19 @@ def _estimate_request(args, params: dict) -> tuple[dict, dict | None]:
     if params:
         raise ValueError(f"--{next(iter(params)).replace('_', '-')} cannot be given with "
                          "--comfyui-prompt: the graph says it")
-    return prompt_estimate(read_prompt_file(args.comfyui_prompt), **beside)
+    try:
+        document = read_prompt_file(_input_file(args.comfyui_prompt))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{args.comfyui_prompt} is not a JSON text file ({exc})") from None
+    return prompt_estimate(document, **beside)
+
+
+def _input_file(path: str) -> str:
+    """`path`, refused when it names something other than a file (a folder, a device)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        kind = "a folder" if os.path.isdir(path) else "not a regular file"
+        raise UsageError(f"{path} is {kind}: give a file")
+    return path
 
 
 def cmd_simulate(args) -> int:
@@ -365,22 +384,57 @@ def cmd_comfyui_install(args) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return seconds
+def _share(text: str) -> float:
+    """'70%' or '0.7' as a share (0.7)."""
+    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+
+
+def _bounded(parse: Callable[[str], float], low: float, high: float, noun: str = "number",
+             exclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type: `parse(text)` from `low` to `high` (both excluded when `exclusive`);
+    anything else (not a number, nan, inf, out of range) is refused naming the range."""
+    shown = [f"{bound:,}" if isinstance(bound, int) else f"{bound:g}" for bound in (low, high)]
+    wanted = (f"> {shown[0]} and < {shown[1]}" if exclusive
+              else f"from {shown[0]} to {shown[1]}")
+
+    def value(text: str) -> float:
+        try:
+            number = parse(text.strip())
+        except (ValueError, OverflowError):
+            number = float("nan")
+        inside = low < number < high if exclusive else low <= number <= high
+        if not inside:  # nan is inside no range
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun} {wanted}")
+        return number
+    return value
+
+
+# Every numeric option's range: wide enough for any real use, small enough that no value runs
+# for hours, allocates gigabytes or overflows a date.
+SEED = _bounded(int, 0, 2**32 - 1, "whole number")
+SECONDS = _bounded(float, 0, 86400, "number of seconds", exclusive=True)
+DAYS = _bounded(float, 0, 3660, "number of days", exclusive=True)
+SHARE = _bounded(_share, 0, 1, "share (0.7 or 70%)", exclusive=True)
+
+
+def _whole(low: int, high: int) -> Callable[[str], float]:
+    """An argparse type: a whole number from `low` to `high`."""
+    return _bounded(int, low, high, "whole number")
 
 
 ESTIMATE_FIELDS = ("pipeline_type", "resolution", "frame_count", "steps", "job_type",
                    "guidance_scale", "batch_size", "sampler", "model_name", "gpu_name")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals in one line (the usage is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perflib", description=__doc__)
+    parser = _Parser(prog="perflib", description=__doc__)
     parser.add_argument("--database-url", default=None,
                         help="SQLAlchemy URL (default: PERFLIB_DATABASE_URL, else data/perflib.db)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -416,8 +470,8 @@ def _data_commands(commands) -> None:
     flush.set_defaults(handler=cmd_flush_spool)
 
     demo = commands.add_parser("demo", help="record real tracked CPU jobs and print a summary")
-    demo.add_argument("--jobs", type=int, default=300)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--jobs", type=_whole(1, 10_000), default=300)
+    demo.add_argument("--seed", type=SEED, default=0)
     demo.set_defaults(handler=cmd_demo)
 
 
@@ -437,7 +491,7 @@ def _prediction_commands(commands) -> None:
                                    "would have seen it and report the estimates' accuracy")
     backtest.add_argument("file", nargs="?", help="a CSV or JSONL of past jobs (the import "
                           "format); default: the configured database's jobs")
-    backtest.add_argument("--start", type=_share, default=None, metavar="SHARE",
+    backtest.add_argument("--start", type=SHARE, default=None, metavar="SHARE",
                           help="jobs trained on first, e.g. 70%% (default 70%%; 80%% for "
                                "--split size)")
     backtest.add_argument("--retrain", default="never", choices=["auto", "weekly", "daily",
@@ -474,12 +528,13 @@ def _prediction_commands(commands) -> None:
 def _history_commands(commands) -> None:
     """Commands that write or remove simulated demo history."""
     simulate = commands.add_parser("simulate", help="write a simulated production history")
-    simulate.add_argument("--weeks", type=int, default=8)
-    simulate.add_argument("--gpus", type=int, default=2)
-    simulate.add_argument("--gpus-per-host", type=int, default=1,
+    simulate.add_argument("--weeks", type=_whole(1, 104), default=8)
+    simulate.add_argument("--gpus", type=_whole(1, 1000), default=2)
+    simulate.add_argument("--gpus-per-host", type=_whole(1, 64), default=1,
                           help="GPUs on each simulated host (render-01, render-02, ...)")
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--jobs-per-day", type=float, default=180.0)
+    simulate.add_argument("--seed", type=SEED, default=0)
+    simulate.add_argument("--jobs-per-day", type=_bounded(float, 0, 10_000, exclusive=True),
+                          default=180.0)
     simulate.add_argument("--incidents", action="store_true",
                           help="plant one incident of each kind (ground truth beside the data)")
     simulate.add_argument("--ground-truth", help="write the incidents' ground truth here (JSON)")
@@ -499,7 +554,7 @@ def _history_commands(commands) -> None:
 def _analysis_commands(commands) -> None:
     """Commands that analyse, compare and report (and maintain)."""
     report = commands.add_parser("report", help="render the weekly HTML report into reports/")
-    report.add_argument("--weeks-back", type=int, default=1)
+    report.add_argument("--weeks-back", type=_whole(1, 520), default=1)
     report.add_argument("--end-date", help="ISO date the period ends (default: newest job)")
     report.add_argument("--pipeline-type", choices=["image", "video"])
     report.add_argument("--output-dir", default="reports",
@@ -507,7 +562,7 @@ def _analysis_commands(commands) -> None:
     report.set_defaults(handler=cmd_report)
 
     analyze = commands.add_parser("analyze", help="print the performance report")
-    analyze.add_argument("--days-back", type=float, default=7)
+    analyze.add_argument("--days-back", type=DAYS, default=7)
     analyze.add_argument("--end-date")
     analyze.add_argument("--json", action="store_true", help="the whole report dict as JSON")
     analyze.set_defaults(handler=cmd_analyze)
@@ -525,7 +580,7 @@ def _analysis_commands(commands) -> None:
                          help="arm B holds only jobs started from this ISO date or time on "
                               "(default: --before)")
     compare.add_argument("--pipeline-type", choices=["image", "video"])
-    compare.add_argument("--days", type=float, default=30,
+    compare.add_argument("--days", type=DAYS, default=30,
                          help="days of history to compare (default 30)")
     compare.add_argument("--end-date", help="ISO date the period ends (default: newest job)")
     compare.add_argument("--json", action="store_true", help="the comparison as JSON")
@@ -534,7 +589,7 @@ def _analysis_commands(commands) -> None:
     maintain = commands.add_parser("maintain", help="apply retention, prune model versions, "
                                    "refresh daily aggregates, raise alerts, retrain models "
                                    "that are due")
-    maintain.add_argument("--retention-days", type=int,
+    maintain.add_argument("--retention-days", type=_whole(1, 36_500),
                           help="keep this many days of jobs (default PERFLIB_RETENTION_DAYS, 90)")
     maintain.add_argument("--dry-run", action="store_true",
                           help="only say what would go and which models are due")
@@ -554,17 +609,6 @@ def _analysis_commands(commands) -> None:
     ).set_defaults(handler=cmd_migrate_partitions)
 
 
-def _whole_number(text: str) -> int:
-    """A whole number ≥ 1 (argparse names the option when it is not)."""
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
-    return number
-
-
 def _capacity_command(commands) -> None:
     """Capacity planning: the GPUs that keep the queue wait within its target."""
     capacity = commands.add_parser(
@@ -572,14 +616,15 @@ def _capacity_command(commands) -> None:
                          "hour of the week (simulation of the observed arrivals, Erlang-C beside)")
     capacity.add_argument("--pipeline-type", choices=["image", "video"],
                           help="plan the GPUs of one pipeline (default: one pool for all)")
-    capacity.add_argument("--days", type=float, default=28,
-                          help="days of arrivals to plan from, at least 7 (default 28)")
-    capacity.add_argument("--target-wait", type=_positive_seconds, metavar="SECONDS",
+    capacity.add_argument("--days", type=_bounded(float, 7, 3660, "number of days"),
+                          default=28, help="days of arrivals to plan from, 7 to 3660 "
+                                           "(default 28)")
+    capacity.add_argument("--target-wait", type=SECONDS, metavar="SECONDS",
                           help="p95 queue wait to keep (default: the high_queue_time threshold, "
                                "PERFLIB_THRESHOLD_QUEUE_SECONDS, 30 s)")
-    capacity.add_argument("--gpus", type=_whole_number,
+    capacity.add_argument("--gpus", type=_whole(1, 10_000),
                           help="the GPU count to evaluate (default: the GPUs seen in the window)")
-    capacity.add_argument("--weeks", type=_whole_number, default=4,
+    capacity.add_argument("--weeks", type=_whole(1, 104), default=4,
                           help="simulated weeks the figures pool (default 4)")
     capacity.add_argument("--end-date", help="ISO date the window ends (default: newest job)")
     capacity.add_argument("--json", action="store_true", help="the plan, all 168 hours, as JSON")
@@ -599,7 +644,7 @@ def _comfyui_commands(commands) -> None:
     mode.add_argument("--once", action="store_true",
                       help="poll each server once, print its status, exit 1 if any is down")
     mode.add_argument("--follow", action="store_true", help="keep polling (the default)")
-    collect.add_argument("--interval", type=_positive_seconds, default=2.0,
+    collect.add_argument("--interval", type=SECONDS, default=2.0,
                          help="seconds between polls (default 2; a server that is down is "
                               "retried with backoff up to a minute)")
     collect.set_defaults(handler=cmd_comfyui_collect)
@@ -620,16 +665,41 @@ def _serve_command(commands) -> None:
     """The HTTP service."""
     serve = commands.add_parser("serve", help="run the HTTP service (estimate-time, ...)")
     serve.add_argument("--host", help="default PERFLIB_HOST, else 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default PERFLIB_PORT, else 8328")
+    serve.add_argument("--port", type=_whole(1, 65_535),
+                       help="default PERFLIB_PORT, else 8328")
     serve.set_defaults(handler=cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # output that waited in the buffer meets a closed pipe here
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """stdout's reader has gone (``perflib compare | head``): as Python's documentation
+    recommends, what is left goes to devnull (so the exit does not fail again) and the command
+    ends quietly with 1, as Python ends on EPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
+    except UsageError as exc:
+        print(f"perflib {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         failure = None if args.debug else _failure_line(exc, args.database_url)
         if failure is None:

@@ -67,13 +67,20 @@ def format_hours(hours: float | None) -> str:
 
 
 def format_percent(fraction: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage: 0.9988 → ``99.9%``."""
-    return MISSING if missing(fraction) else f"{float(fraction) * 100:,.{digits}f}%"
+    """A fraction as a percentage: 0.9988 → ``99.9%``; never ``-0.0%`` (a rounding residue
+    such as -1e-9 reads 0.0%)."""
+    if missing(fraction):
+        return MISSING
+    return f"{round(float(fraction) * 100, digits) + 0.0:,.{digits}f}%"  # + 0.0: -0.0 → 0.0
 
 
-def format_count(number: float | None) -> str:
-    """A count with thousands separators: 12849.0 → ``12,849``."""
-    return MISSING if missing(number) else f"{round(float(number)):,}"
+def format_count(number: float | None, noun: str | None = None) -> str:
+    """A count with thousands separators: 12849.0 → ``12,849``; with a `noun`, pluralised
+    by the count: ``1 GPU``, ``3 GPUs``."""
+    if missing(number):
+        return MISSING
+    count = round(float(number))
+    return f"{count:,}" if noun is None else f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def format_day(day: date | datetime | str | None) -> str:

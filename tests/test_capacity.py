@@ -3,6 +3,7 @@ wait against the one the history saw, a planted burst removed by the recommended
 Erlang-C against textbook values, and bad input refused by name."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from datetime import datetime, timedelta, timezone
@@ -232,6 +233,19 @@ def test_cli_prints_the_recommendation_and_json(busy_history, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["current_gpus"] == 3 and plan["target_wait_seconds"] == 60
     assert len(plan["hours"]) == 168
+
+
+def test_one_gpu_reads_in_the_singular(busy_history, capsys):
+    url = str(busy_history.url.render_as_string(hide_password=False))
+    assert main(["--database-url", url, "capacity", "--days", "14", "--end-date", "2026-11-02",
+                 "--weeks", "1", "--gpus", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "(now 1 GPU):" in text and "Worst hours with 1 GPU:" in text
+    assert "1 GPUs" not in text and "-0.0%" not in text
+    plan = plan_capacity(busy_history, days=14, end=END, weeks=1, per_hour=False)
+    one = dataclasses.replace(plan, recommended_gpus=1, erlang_gpus=2)
+    assert one.sentence().startswith("1 GPU keeps the p95 queue wait within 30 s")
+    assert "The simulation needs 1 GPU fewer than Erlang-C" in one.differences()[1]
 
 
 def test_cli_refuses_zero_gpus_naming_the_option(busy_history, capsys):

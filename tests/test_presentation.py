@@ -42,6 +42,14 @@ def test_rates_counts_days_and_changes():
     assert format_points(0.5, None) is None
 
 
+def test_counts_of_things_are_pluralised_and_percentages_never_negative_zero():
+    assert format_count(1, "GPU") == "1 GPU" and format_count(1.2, "GPU") == "1 GPU"
+    assert format_count(0, "GPU") == "0 GPUs" and format_count(12849, "job") == "12,849 jobs"
+    assert format_count(None, "GPU") == "–"
+    assert format_percent(-1e-9) == "0.0%" and format_percent(-0.0004) == "0.0%"
+    assert format_percent(-0.004, 0) == "0%" and format_percent(-0.0005) == "-0.1%"
+
+
 def test_change_point_in_words():
     point = {"day": "2026-11-19", "before_seconds": 104.2, "after_seconds": 132.4,
              "change_pct": 26.4, "p_value": 1e-9}

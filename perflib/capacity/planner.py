@@ -17,6 +17,7 @@ from perflib.capacity.search import smallest_gpus
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
 from perflib.predictor import PerformancePredictor
+from perflib.presentation import format_count
 from perflib.store import Store
 from perflib.units import format_duration
 
@@ -52,8 +53,9 @@ class CapacityPlan:
         """The recommendation in one sentence."""
         worst = self.hours.p95_wait_seconds.max()
         target = f"{self.target_wait_seconds:g} s"
-        return (f"{self.recommended_gpus} GPUs keep the p95 queue wait within {target} at every "
-                f"hour of the week ({self.current_gpus} now: p95 wait "
+        keep = "keeps" if self.recommended_gpus == 1 else "keep"
+        return (f"{format_count(self.recommended_gpus, 'GPU')} {keep} the p95 queue wait within "
+                f"{target} at every hour of the week ({self.current_gpus} now: p95 wait "
                 f"{format_duration(self.current.overall_p95_wait_seconds)} overall, "
                 f"{format_duration(worst)} at the worst hour); Erlang-C (M/M/c) says "
                 f"{self.erlang_gpus}.")
@@ -66,10 +68,10 @@ class CapacityPlan:
                  "(exponential: 1.00); arrivals per minute have a variance/mean of "
                  f"{self.dispersion:.2f} (Poisson: 1.00)."]
         if gap > 0:
-            lines.append(f"The simulation needs {gap} GPU{'s' * (gap > 1)} more than Erlang-C: "
+            lines.append(f"The simulation needs {format_count(gap, 'GPU')} more than Erlang-C: "
                          + _why(variation, self.dispersion))
         elif gap < 0:
-            lines.append(f"The simulation needs {-gap} GPU{'s' * (gap < -1)} fewer than "
+            lines.append(f"The simulation needs {format_count(-gap, 'GPU')} fewer than "
                          "Erlang-C: its exponential tail overstates rare long waits here.")
         else:
             lines.append("Both give the same count.")

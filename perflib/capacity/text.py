@@ -16,9 +16,9 @@ def plan_text(plan: CapacityPlan, worst_hours: int = 5) -> str:
              f"to {plan.end:%Y-%m-%d} ({days} days, {format_count(plan.arrivals_per_week)} "
              f"jobs a week; service times: {plan.service.describe()}; "
              f"{plan.weeks_simulated} simulated weeks)", "",
-             f"Per day, at its busiest hour (now {plan.current_gpus} GPUs):",
+             f"Per day, at its busiest hour (now {format_count(plan.current_gpus, 'GPU')}):",
              day_summary(plan).to_string(), "",
-             f"Worst hours with {plan.current_gpus} GPUs:",
+             f"Worst hours with {format_count(plan.current_gpus, 'GPU')}:",
              hour_summary(plan.worst_hours(worst_hours)).to_string(index=False), "",
              "Erlang-C (M/M/c) beside the simulation:",
              *(f"  {line}" for line in plan.differences()), "", plan.sentence()]

@@ -31,6 +31,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from perflib.features import (CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES, Features,
                               history_keys)
+from perflib.learner_checks import check_learner
 from perflib.pooling import PooledSpeeds, at_speed, split_cost
 
 FAMILIES = ("linear_regression", "random_forest", "gradient_boosting", "neural_network")
@@ -207,11 +208,13 @@ class AnchoredRegressor(RegressorMixin, BaseEstimator):
 
     def check_fitted(self, name: str = "estimator") -> None:
         """Raise ValueError naming the part at fault unless a fitted correction, where there is
-        one, can predict within a finite range (what it predicts is probed by the caller)."""
+        one, can predict within a finite range, its trees and network weights sound (see
+        :mod:`perflib.learner_checks`; what it predicts is probed by the caller)."""
         if self.correction is None:
             return
         if not callable(getattr(getattr(self, "correction_", None), "predict", None)):
             raise ValueError(f"{name}.correction_ is missing or cannot predict")
+        check_learner(self.correction_, f"{name}.correction_")
         bounds = getattr(self, "correction_range_", None)
         if not isinstance(bounds, tuple) or len(bounds) != 2:
             raise ValueError(f"{name}.correction_range_ is not a (low, high) pair")

@@ -76,6 +76,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def sd15():
+    """The recorded ComfyUI server with SD 1.5 prompts (../shared/data/comfyui/sd15)."""
+    from tests.comfyui_server import RECORDINGS, Recording
+    if not (RECORDINGS / "sd15" / "history.json").exists():
+        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
+    return Recording.load(RECORDINGS / "sd15")
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url, settings) -> Store:
+    return Store(sqlite_url, settings)
+
+
 def row_counts(store: Store) -> dict[str, int]:
     """Rows in every perflib table: what a read must leave unchanged."""
     return {name: store.count(table) for name, table in schema.metadata.tables.items()}

@@ -31,15 +31,15 @@ test: setup ## run the tests (SQLite and a throwaway PostgreSQL server) and the 
 		--nbval-lax tests notebooks
 
 bench: setup ## run the benchmarks; figures as ratios, written to reports/benchmarks.json
-	$(PYTHON) -m perflib.bench
+	$(PYTHON) -m tools.bench
 
 bench-scale: setup ## not in CI: 1M and 10M jobs in PostgreSQL, 1M in SQLite (SIZES=, SQLITE_SIZES=); maintain, analysis, report, 64 writers → reports/benchmarks-scale.json
-	$(PYTHON) -m perflib.bench_scale $(if $(SIZES),--sizes $(SIZES)) \
+	$(PYTHON) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) \
 		$(if $(SQLITE_SIZES),--sqlite-sizes $(SQLITE_SIZES))
 
 .PHONY: screenshots
 screenshots: setup ## the weekly report and the live dashboard as PNGs at 1280 px in reports/screenshots/ (needs chromium)
-	$(PYTHON) -m perflib.screenshots
+	$(PYTHON) -m tools.screenshots
 
 serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)
 	$(VENV)/bin/perflib serve

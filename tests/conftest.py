@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from perflib import heartbeat, tracker
 from perflib.config import Settings
 from perflib.store import Store, schema
 from perflib.store.engine import dispose_engines
-from perflib.pgserver import PostgresServer, find_bindir
+from perflib.tracking import heartbeat, tracker
+from tools.pgserver import PostgresServer, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -13,7 +13,7 @@ import pytest
 
 from perflib.cli import main as cli_main
 from perflib.comfyui.collect import Collector, ServerPoller, job_id
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
 from tests.comfyui_server import RECORDINGS, FakeComfyUI, Recording
 
 

@@ -31,10 +31,10 @@ import sqlalchemy as sa
 
 from perflib.cli import main
 from perflib.comfyui.install import PACKAGE_NAME, install_node
-from perflib.loadtest import free_port, wait_until_serving
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
+from tools.loadtest import free_port, wait_until_serving
 from tests.conftest import SHARED_DATA
 from tests.deadline import within
 from tests.fake_nvml import FakeDevice, FakeNvml

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perflib.bench import hostile_graph
 from perflib.comfyui.graph import MAX_NODES, MAX_SIGMAS_TEXT, parse_prompt
 from perflib.config import Settings
 from perflib.record import MAX_NUMBER_TEXT, RecordError, estimate_params
-from perflib.screenshots import serving
 from perflib.serve import create_app
 from perflib.store import Store
+from tools.bench import hostile_graph
+from tools.screenshots import serving
 from tests.test_comfyui_graph import base_graph
 from tests.deadline import within
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from perflib import predictor as predictor_module
 from perflib.config import Settings
-from perflib.predictor import PerformancePredictor, load_model_blob
+from perflib.prediction import predictor as predictor_module
+from perflib.prediction.predictor import PerformancePredictor, load_model_blob
 from perflib.serve import create_app
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store
 from perflib.store.schema import performance_prediction_models as models_table
 

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from perflib.analysis import PerformanceAnalyzer, anomalies, daily
 from perflib.analysis.origin import COUNT_CAP, data_origin
 from perflib.config import Settings
-from perflib.features import HISTORY_WINDOW
-from perflib.simulate import Incident, simulate_history
+from perflib.prediction.features import HISTORY_WINDOW
+from perflib.sim.simulate import Incident, simulate_history
 from perflib.store import Store
 
 END = datetime(2026, 11, 23, tzinfo=timezone.utc)
@@ -141,7 +141,7 @@ def test_far_slower_jobs_are_screened_in_sql_on_a_large_window(fleet, monkeypatc
 
 def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
     """The report and its charts share one trend analysis (it was run twice: 4 s at 1M jobs)."""
-    from perflib.report_data import weekly_data
+    from perflib.report.data import weekly_data
 
     calls = []
     analyze = PerformanceAnalyzer.analyze_trends
@@ -156,7 +156,7 @@ def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
 def test_failure_rates_come_from_the_daily_aggregates(fleet):
     """The failure-spike baseline (four weeks) is read from the stored daily aggregates, not
     from the jobs: the same rates as counting the jobs."""
-    from perflib.analysis.aggregates import refresh_aggregates
+    from perflib.ops.aggregates import refresh_aggregates
     from perflib.analysis import alerts
 
     refresh_aggregates(fleet)  # what `perflib maintain` keeps up to date
@@ -193,12 +193,13 @@ def test_a_report_looks_up_only_its_own_stored_alerts(fleet):
     """Open alerts pile up on a fleet nobody acknowledges them on: a report reads the stored
     state of the alerts its window calls for, not every open one."""
     from perflib.analysis import alerts
+    from perflib.ops.alerts import save_alerts
 
     old = [{"alert_type": "slow_job_contention", "pipeline_type": "image", "severity": "medium",
             "message": f"contention on render-{n}", "evidence": {},
             "fingerprint": f"slow_job_contention|render-{n}|2026-10-01T00:00"}
            for n in range(500)]
-    alerts.save_alerts(fleet, old, END - timedelta(days=50))
+    save_alerts(fleet, old, END - timedelta(days=50))
     mine = {**old[0], "fingerprint": "failure_rate_spike|image", "message": "new"}
     with counted(fleet) as work:
         reported = alerts.as_reported(fleet, [old[7], mine], END)

@@ -10,14 +10,14 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import sqlalchemy as sa
 
+from perflib.record import FINAL_STATUSES
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases
-from perflib.record import FINAL_STATUSES
 
 FINISHED = jobs.c.status.in_(FINAL_STATUSES)
 SUCCEEDED = jobs.c.status == "success"
-# Written by perflib.simulate: flagged, or (rows from before the flag existed) a sim- job id.
+# Written by perflib.sim.simulate: flagged, or (rows from before the flag existed) a sim- job id.
 SIMULATED = sa.or_(jobs.c.simulated.is_(True),
                    sa.and_(jobs.c.simulated.is_(None), jobs.c.job_id.like("sim-%")))
 
@@ -33,7 +33,7 @@ def out_of_memory(columns=jobs.c):
 def work_units():
     """Token-steps of denoising work (summed over a job's sampling passes, following each
     model's latent geometry): the stored column the store computes at write time with
-    :mod:`perflib.workload`, so SQL and Python share one definition."""
+    :mod:`perflib.prediction.workload`, so SQL and Python share one definition."""
     return jobs.c.work_units
 
 

@@ -16,10 +16,9 @@ from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pat
 from perflib.capacity.search import smallest_gpus
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
-from perflib.predictor import PerformancePredictor
-from perflib.presentation import format_count
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
-from perflib.units import format_duration
+from perflib.units import format_count, format_duration
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 QUANTILE = 0.95

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.config import Settings, get_settings, project_root, safe_url
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
 from perflib.serve.estimates import QueueAwareEstimator
 from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
@@ -155,7 +155,7 @@ def _service_routes(app: FastAPI, services: Services) -> None:
     @app.get("/metrics", tags=["service"])
     def metrics() -> Response:
         """Prometheus exposition: jobs by pipeline and status, estimate latency, queue, and the
-        autoscaling signal per pool (perflib.autoscale)."""
+        autoscaling signal per pool (perflib.queue.autoscale)."""
         return Response(generate_latest(services.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

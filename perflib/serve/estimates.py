@@ -24,8 +24,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from perflib.cache import TtlCache
-from perflib.predictor import PerformancePredictor
-from perflib.serve.queue import QueueSnapshot, fleet_size, take_snapshot
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.snapshot import QueueSnapshot, fleet_size, take_snapshot
 from perflib.serve.schemas import EstimateResponse
 from perflib.store import Store
 

@@ -20,10 +20,10 @@ from perflib.analysis.live import (busy_seconds_today, normalised_daily_seconds,
                                    recent_estimates, within_share)
 from perflib.analysis.sql import bound
 from perflib.cache import TtlCache
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.fifo import queue_starts
+from perflib.queue.snapshot import FLEET_DAYS, live_predicted_seconds
 from perflib.record import LIVE_STATUSES, GpuHeartbeat
-from perflib.fifo import queue_starts
-from perflib.serve.queue import FLEET_DAYS, live_predicted_seconds
 from perflib.serve.schemas import one_or_many
 from perflib.store import Store, parse_timestamp
 from perflib.store.heartbeats import read_heartbeats

@@ -1,7 +1,7 @@
 """Prometheus metrics of one service instance, in its own registry.
 
 Job counts and durations come from the store at scrape time (every writer's jobs, not only those
-posted here), and so does the autoscaling signal per pool of GPUs (:mod:`perflib.autoscale`);
+posted here), and so does the autoscaling signal per pool of GPUs (:mod:`perflib.queue.autoscale`);
 the estimate latency and the records this service took are counted as they happen.
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
-from perflib.autoscale import (POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, pool_signals,
-                               read_live_jobs, read_unpriced_live_jobs, recent_pool_gpus)
 from perflib.cache import TtlCache
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.autoscale import (POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, pool_signals,
+                               read_live_jobs, read_unpriced_live_jobs, recent_pool_gpus)
+from perflib.queue.snapshot import live_predicted_seconds
 from perflib.record import LIVE_STATUSES
-from perflib.serve.queue import live_predicted_seconds
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
+from perflib.prediction.workload import stored_terms
+from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema
 from perflib.store.engine import DatabaseFileReplaced, engine_for, sqlite_file_replaced
-from perflib.record import LIVE_STATUSES
-from perflib.workload import stored_terms
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,8 @@ class Store:
         return inserted
 
     def _with_cost_terms(self, records: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """Records with the derived cost terms (:mod:`perflib.workload`) that SQL aggregates."""
+        """Records with the derived cost terms (:mod:`perflib.prediction.workload`) that SQL
+        aggregates."""
         terms = stored_terms(records, self.config.model_profiles)
         return [{**record, **derived} for record, derived in zip(records, terms)]
 

@@ -138,6 +138,35 @@ def _sound(answer: dict) -> bool:
     return all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in (seconds, low, high))
 
 
+# -- stored by an earlier perflib --------------------------------------------------------------
+def _named_as_before_the_move(schema: dict, _members) -> None:
+    old_names = {new: old for old, new in predictor_module.MOVED_MODULES.items()}
+
+    def rename(node):
+        if isinstance(node, dict):
+            if node.get("__module__") in old_names:
+                node["__module__"] = old_names[node["__module__"]]
+            for child in node.values():
+                rename(child)
+        elif isinstance(node, list):
+            for child in node:
+                rename(child)
+    rename(schema)
+
+
+def test_a_model_stored_before_the_package_move_still_answers(two_versions, tmp_path):
+    store = _copy(two_versions, tmp_path)
+    _corrupt(store, 2, _named_as_before_the_move)
+    with store.engine.connect() as conn:
+        blob = conn.execute(sa.select(models_table.c.blob).where(
+            models_table.c.version == 2)).scalar_one()
+    assert b"perflib.models" in zipfile.ZipFile(io.BytesIO(blob)).read("schema.json")
+    assert type(load_model_blob(blob)).__name__ == "TrainedModel"
+    answer = PerformancePredictor(store).estimate(
+        {"pipeline_type": "video", "resolution": "512x512", "frame_count": 16, "steps": 20})
+    assert answer["prediction_method"] == "ml_model" and "v2" in answer["model_used"]
+
+
 # -- refused at load ----------------------------------------------------------------------------
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
 def test_each_corruption_is_refused_at_load_with_its_reason(two_versions, tmp_path, corruption):

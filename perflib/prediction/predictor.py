@@ -8,9 +8,12 @@ skops and loaded only with an explicit trusted-type list.
 """
 from __future__ import annotations
 
+import io
+import json
 import numbers
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -73,6 +76,13 @@ TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "perflib.prediction.models.MatrixEncoder", "perflib.prediction.pooling.PooledSpeeds",
 ]
+
+
+# Where the classes of models stored by an earlier perflib live now (the package move of #18):
+# a stored model names its classes' modules, and is read as if it named the new ones.
+MOVED_MODULES = {"perflib.predictor": "perflib.prediction.predictor",
+                 "perflib.models": "perflib.prediction.models",
+                 "perflib.pooling": "perflib.prediction.pooling"}
 
 
 class RefusedModelError(ValueError):
@@ -768,10 +778,45 @@ def _moment(as_of: Any) -> datetime | None:
         raise ValueError(f"as_of: {exc}") from None
 
 
+def with_current_modules(blob: bytes) -> bytes:
+    """The skops file `blob` with the modules in MOVED_MODULES renamed in its schema (the same
+    bytes when it names none)."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    schema = json.loads(members["schema.json"])
+    if not _rename_modules(schema):
+        return blob
+    members["schema.json"] = json.dumps(schema).encode()
+    renamed = io.BytesIO()
+    with zipfile.ZipFile(renamed, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    return renamed.getvalue()
+
+
+def _rename_modules(node) -> bool:
+    """Rename, in place, every ``__module__`` of `node` (a skops schema) found in
+    MOVED_MODULES; whether any was."""
+    renamed = False
+    if isinstance(node, dict):
+        if node.get("__module__") in MOVED_MODULES:
+            node["__module__"] = MOVED_MODULES[node["__module__"]]
+            renamed = True
+        children = node.values()
+    elif isinstance(node, list):
+        children = node
+    else:
+        return False
+    for child in children:
+        renamed = _rename_modules(child) or renamed
+    return renamed
+
+
 def load_model_blob(blob: bytes) -> TrainedModel:
     """Load a stored model, refusing any blob that holds a type outside TRUSTED_TYPES, and any
     whose parts fail :meth:`TrainedModel.check` (RefusedModelError says why)."""
     try:
+        blob = with_current_modules(blob)
         untrusted = skops.io.get_untrusted_types(data=blob)
     except Exception as exc:
         raise UntrustedModelError(f"stored model blob is not a readable skops file: {exc}") \
@@ -779,8 +824,7 @@ def load_model_blob(blob: bytes) -> TrainedModel:
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unexpected:
         raise UntrustedModelError("stored model blob contains types that are not trusted and "
-                                  f"was not loaded: {', '.join(unexpected)} (a model saved by an "
-                                  "older perflib is refused too: retrain it)")
+                                  f"was not loaded: {', '.join(unexpected)}")
     try:
         model = skops.io.loads(blob, trusted=untrusted)
     except Exception as exc:  # a damaged member raises whatever its reader raises

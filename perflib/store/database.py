@@ -440,6 +440,10 @@ def _row_tuples(table: sa.Table, records: Sequence[Mapping[str, Any]], aware: bo
     converters = [(index, (_timestamps_aware if aware else _timestamps_sqlite)
                    if c in datetime_columns else _json_texts)
                   for index, c in enumerate(columns) if c in datetime_columns or c in json_columns]
+    if aware:  # PostgreSQL takes UTC datetimes as they are: convert only columns that need it
+        converters = [(index, convert) for index, convert in converters
+                      if convert is not _timestamps_aware
+                      or not all(map(_is_utc_datetime, map(itemgetter(index), rows)))]
     if converters:
         values = list(zip(*rows))
         for index, convert in converters:
@@ -448,13 +452,16 @@ def _row_tuples(table: sa.Table, records: Sequence[Mapping[str, Any]], aware: bo
     return columns, rows
 
 
+def _is_utc_datetime(value: Any) -> bool:
+    """A UTC datetime within the years allowed, or None: a value the driver takes as it is."""
+    return value is None or (type(value) is datetime and value.tzinfo is timezone.utc
+                             and MIN_YEAR <= value.year <= MAX_YEAR)
+
+
 def _timestamps_aware(values: Sequence[Any]) -> list[datetime | None]:
     """UTC-aware datetimes; those that already are and lie within the years allowed pass as
     they are (the writer's common case)."""
-    utc = timezone.utc
-    return [value if type(value) is datetime and value.tzinfo is utc
-            and MIN_YEAR <= value.year <= MAX_YEAR
-            else None if value is None else parse_timestamp(value) for value in values]
+    return [value if _is_utc_datetime(value) else parse_timestamp(value) for value in values]
 
 
 def _timestamps_sqlite(values: Sequence[Any]) -> list[str | None]:

@@ -63,8 +63,7 @@ def store(db_url, settings) -> Store:
 def _fresh_tracker_binding():
     """Each test names its own database; none falls back to the user's default file."""
     yield
-    tracker._default_binding = None
-    tracker._named_bindings.clear()
+    tracker._bindings.clear()
     heartbeat.stop_all()  # each test's database gets its own heartbeat thread: end it with it
     dispose_engines()  # each test's database has its own pool: its idle connections end with it
 

@@ -19,6 +19,7 @@ PACKAGE = REPO / "perflib"
 
 LAYERS = {
     "perflib.config": 0, "perflib.record": 0, "perflib.cache": 0, "perflib.units": 0,
+    "perflib.threads": 0,
     "perflib.comfyui.graph": 0,
     # The one definition of a job's work terms: the store computes its stored columns with it.
     "perflib.prediction.workload": 0,

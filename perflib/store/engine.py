@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from perflib.store import forkgate
+from perflib.threads import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,7 @@ class DatabaseFileReplaced(RuntimeError):
     """The SQLite file was deleted or replaced while rows were written to it."""
 
 
-_engines: dict[tuple[str, str], sa.Engine] = {}
-_engines_lock = threading.Lock()
+_engines: PerProcess[sa.Engine] = PerProcess()
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -80,16 +79,17 @@ def engine_for(url: URL, schema: str) -> sa.Engine:
     """The process-wide engine for `url` (created once, shared by every store on it; made
     afresh when its SQLite file was deleted or replaced)."""
     key = (url.render_as_string(hide_password=False), schema)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is not None and sqlite_file_replaced(engine):
-            log.warning("SQLite file %s was deleted or replaced; opening the one there now",
-                        url.database)
-            engine.dispose()
-            engine = None
-        if engine is None:
-            engine = _engines[key] = create_engine(url, schema)
-        return engine
+    return _engines.get(key, lambda: create_engine(url, schema), stale=_replaced)
+
+
+def _replaced(engine: sa.Engine) -> bool:
+    """Whether `engine`'s SQLite file was replaced (then it is closed, to be made afresh)."""
+    if not sqlite_file_replaced(engine):
+        return False
+    log.warning("SQLite file %s was deleted or replaced; opening the one there now",
+                engine.url.database)
+    engine.dispose()
+    return True
 
 
 def sqlite_file_replaced(engine: sa.Engine) -> bool:
@@ -120,17 +120,6 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
 def dispose_engines() -> None:
     """Close the idle pooled connections of every engine this process made (connections in use
     close when they are returned); the engines stay usable and reconnect on demand."""
-    with _engines_lock:
-        engines = list(_engines.values())
-    for engine in engines:
+    for engine in _engines.values():
         engine.dispose()
 
-
-def _forget_engines_in_child() -> None:
-    # Connections inherited across fork must not be shared with the parent.
-    global _engines_lock
-    _engines_lock = threading.Lock()
-    _engines.clear()
-
-
-os.register_at_fork(after_in_child=_forget_engines_in_child)

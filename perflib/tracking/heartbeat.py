@@ -10,9 +10,7 @@ keeping).
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +19,7 @@ import psutil
 from perflib.config import safe_url
 from perflib.store import Store
 from perflib.store.heartbeats import MIN_INTERVAL_S, write_heartbeats
+from perflib.threads import PerProcess, PeriodicThread
 from perflib.tracking.sampler import BYTES_PER_MB, ResourceSample, ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -52,29 +51,15 @@ class HeartbeatPublisher:
         self.sampler = sampler
         self.interval = interval
         self.hostname = hostname
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread(self.beat, interval, "perflib-heartbeat")
         self._failing = False
 
     def start(self) -> "HeartbeatPublisher":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="perflib-heartbeat",
-                                            daemon=True)
-            self._thread.start()
+        self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            self.beat()
-            if self._stop.wait(self.interval):
-                return
+        self._thread.stop()
 
     def beat(self) -> int:
         """Write the latest reading now; returns the rows written (0 when there was no reading
@@ -97,8 +82,7 @@ class HeartbeatPublisher:
         return written
 
 
-_publishers: dict[tuple[str, str], HeartbeatPublisher] = {}
-_publishers_lock = threading.Lock()
+_publishers: PerProcess[HeartbeatPublisher] = PerProcess()
 
 
 def heartbeat_for(store: Store, sampler: ResourceSampler) -> HeartbeatPublisher | None:
@@ -108,27 +92,10 @@ def heartbeat_for(store: Store, sampler: ResourceSampler) -> HeartbeatPublisher 
     if not interval:
         return None
     key = (store.url.render_as_string(hide_password=False), store.config.db_schema)
-    with _publishers_lock:
-        publisher = _publishers.get(key)
-        if publisher is None:
-            publisher = _publishers[key] = HeartbeatPublisher(store, sampler, interval).start()
-        return publisher
+    return _publishers.get(key, lambda: HeartbeatPublisher(store, sampler, interval).start())
 
 
 def stop_all() -> None:
     """Stop every publisher of this process (tests, which open many databases, call this)."""
-    with _publishers_lock:
-        publishers = list(_publishers.values())
-        _publishers.clear()
-    for publisher in publishers:
+    for publisher in _publishers.clear():
         publisher.stop()
-
-
-def _forget_publishers_in_child() -> None:
-    # The parent's threads do not exist in a forked child.
-    global _publishers_lock
-    _publishers_lock = threading.Lock()
-    _publishers.clear()
-
-
-os.register_at_fork(after_in_child=_forget_publishers_in_child)

@@ -7,8 +7,6 @@ one interval gets the latest reading taken before it ended.
 """
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,9 +15,8 @@ from typing import Any, Mapping
 
 import psutil
 
+from perflib.threads import PerProcess, PeriodicThread
 from perflib.tracking.nvml import GpuReading, Nvml
-
-log = logging.getLogger(__name__)
 
 BYTES_PER_MB = 1024 * 1024
 
@@ -149,8 +146,8 @@ class ResourceSampler:
         self.latest: ResourceSample | None = None
         self._jobs: dict[int, JobResources] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = PeriodicThread(self.sample_once, interval, "perflib-sampler",
+                                      first_wait=interval, keep_rate=True)
         self._process = psutil.Process()
 
     # -- jobs (hot path: a dict insert/delete under one lock) --------------------------------
@@ -165,7 +162,7 @@ class ResourceSampler:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "ResourceSampler":
-        if self._thread is not None:
+        if self._thread.running:
             return self
         if self.nvml is None:
             self.nvml = Nvml()
@@ -173,26 +170,11 @@ class ResourceSampler:
         # A first reading now, so that even the first short job has one (system CPU is measured
         # since psutil was imported; the process's own CPU starts counting here).
         self.sample_once()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="perflib-sampler", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _run(self) -> None:
-        wait = self.interval
-        while not self._stop.wait(wait):
-            started = time.monotonic()
-            try:
-                self.sample_once()
-            except Exception:  # one bad reading must not end sampling
-                log.exception("perflib sampler reading failed")
-            wait = max(0.0, self.interval - (time.monotonic() - started))
+        self._thread.stop()
 
     def sample_once(self) -> ResourceSample:
         """Take one reading and fold it into every attached job."""
@@ -255,26 +237,12 @@ def _device_list(value: Any) -> tuple[int, ...] | None:
     return None
 
 
-_sampler: ResourceSampler | None = None
-_sampler_lock = threading.Lock()
+_sampler: PerProcess[ResourceSampler] = PerProcess()
 
 
 def process_sampler(interval: float) -> ResourceSampler:
     """The one sampler of this process, started on first use."""
-    global _sampler
-    if _sampler is None:
-        with _sampler_lock:
-            if _sampler is None:
-                _sampler = ResourceSampler(interval).start()
-    return _sampler
-
-
-def _reset_in_child() -> None:
-    global _sampler, _sampler_lock
-    _sampler, _sampler_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_in_child)
+    return _sampler.get(None, lambda: ResourceSampler(interval).start())
 
 
 def _max(a: float | None, b: float | None) -> float | None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import socket
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -22,6 +20,7 @@ from perflib.config import Settings
 from perflib.record import salvaged_record
 from perflib.store import Store, writer_for
 from perflib.store.writer import BatchWriter
+from perflib.threads import PerProcess
 from perflib.tracking.heartbeat import heartbeat_for
 from perflib.tracking.sampler import JobResources, gpu_indices_for, process_sampler
 
@@ -55,43 +54,23 @@ class _Binding:
         heartbeat_for(store, self.sampler)  # live GPU readings, on their own thread
 
 
-_default_binding: _Binding | None = None
-_named_bindings: dict[Any, _Binding] = {}  # keyed by URL text, or by the Store object itself
-_binding_lock = threading.Lock()
+# Keyed by URL text, or by the Store object itself; None for jobs that name no database.
+_bindings: PerProcess[_Binding] = PerProcess()
 
 
 def configure(db: Any = None, settings: Settings | None = None) -> None:
     """Point tracked jobs that name no database at `db` (default: the configured database)."""
-    global _default_binding
-    with _binding_lock:
-        _default_binding = _Binding(Store(db, settings))
+    _bindings.set(None, _Binding(Store(db, settings)))
 
 
 def _binding_for(db: Any) -> _Binding:
     """The binding for a job's `db` — made once per database, not once per job."""
-    global _default_binding
     if db is None:
-        if _default_binding is None:
-            with _binding_lock:
-                if _default_binding is None:
-                    _default_binding = _Binding(Store())
-        return _default_binding
-    key = id(db) if isinstance(db, Store) else repr(db)
-    binding = _named_bindings.get(key)
-    if binding is None or (isinstance(db, Store) and binding.store is not db):
-        with _binding_lock:
-            binding = _named_bindings[key] = _Binding(db if isinstance(db, Store) else Store(db))
-    return binding
-
-
-def _forget_bindings_in_child() -> None:
-    # The parent's writer and sampler threads do not exist in a forked child.
-    global _default_binding, _binding_lock
-    _default_binding, _binding_lock = None, threading.Lock()
-    _named_bindings.clear()
-
-
-os.register_at_fork(after_in_child=_forget_bindings_in_child)
+        return _bindings.get(None, lambda: _Binding(Store()))
+    if isinstance(db, Store):
+        return _bindings.get(id(db), lambda: _Binding(db),
+                             stale=lambda binding: binding.store is not db)
+    return _bindings.get(repr(db), lambda: _Binding(Store(db)))
 
 
 class Phase:

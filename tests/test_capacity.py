@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from perflib.analysis import PerformanceAnalyzer
 from perflib.capacity import erlang, plan_capacity
 from perflib.capacity.arrivals import arrival_pattern
-from perflib.capacity.search import smallest_gpus
-from perflib.capacity.simulation import Workload, fifo_waits, run_queue
+from perflib.capacity.simulation import Workload, run_queue
 from perflib.cli import main
+from perflib.queue.fifo import fifo_waits
+from perflib.queue.search import smallest_gpus
 from perflib.sim.simulate import Incident, generate_jobs, simulate_history
 from perflib.store import Store
 from tests.conftest import row_counts

@@ -13,10 +13,10 @@ from perflib.analysis.gpus import gpus_seen
 from perflib.analysis.sql import window
 from perflib.capacity import erlang
 from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pattern
-from perflib.capacity.search import smallest_gpus
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
 from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.search import smallest_gpus
 from perflib.store import Store
 from perflib.units import format_count, format_duration
 

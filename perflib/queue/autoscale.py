@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from perflib.analysis.gpus import count_gpus
 from perflib.analysis.sql import bound
 from perflib.queue.fifo import queue_starts
-from perflib.record import LIVE_STATUSES
+from perflib.queue.live_jobs import seconds_left
+from perflib.queue.search import smallest_gpus
+from perflib.queue.snapshot import LiveQueue
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
@@ -37,8 +40,6 @@ OTHER = "other"
 RECENT_SECONDS = 900.0  # a GPU that started a pool's job this recently belongs to the pool
 MAX_SIMULATED_JOBS = 10_000  # above this many queued jobs, the closed-form bound answers
 SLACK_SECONDS = 1e-6  # float rounding in the simulated starts
-LIVE_COLUMNS = ("job_id", "pipeline_type", "status", "gpu_name", "hostname", "gpu_index",
-                "started_at", "predicted_seconds")
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ def desired_gpus(running_seconds_left: Sequence[float], queued_seconds: Sequence
     (FIFO, :func:`perflib.queue.fifo.queue_starts`): 0 with no live work, else at least 1 and never
     fewer than the jobs running (a running job is not stopped to shrink the pool).
 
-    Binary search between that floor and ``ceil(backlog ÷ target)``, which always suffices:
-    under FIFO a job starts only once every GPU has been busy since now, so it starts by
-    backlog ÷ GPUs. Above MAX_SIMULATED_JOBS queued jobs that bound is the answer.
+    Searched (:func:`perflib.queue.search.smallest_gpus`) down from ``ceil(backlog ÷ target)``,
+    which always suffices: under FIFO a job starts only once every GPU has been busy since now,
+    so it starts by backlog ÷ GPUs. Above MAX_SIMULATED_JOBS queued jobs that bound is the answer.
     """
     if not target_wait_seconds > 0:
         raise ValueError(f"target_wait_seconds must be positive, got {target_wait_seconds!r}")
@@ -70,31 +71,15 @@ def desired_gpus(running_seconds_left: Sequence[float], queued_seconds: Sequence
         return 0
     low = max(1, len(running))
     high = max(low, math.ceil((sum(running) + sum(queued)) / target_wait_seconds))
+    if not queued:
+        return low
     if len(queued) > MAX_SIMULATED_JOBS:
         return high
-    while low < high:
-        gpus = (low + high) // 2
-        last_start = queue_starts(running, queued, gpus)[-2] if queued else 0.0
-        if last_start <= target_wait_seconds + SLACK_SECONDS:
-            high = gpus
-        else:
-            low = gpus + 1
-    return low
 
+    def starts_all_in_time(gpus: int) -> bool:
+        return queue_starts(running, queued, gpus)[-2] <= target_wait_seconds + SLACK_SECONDS
 
-def read_live_jobs(store: Store) -> pd.DataFrame:
-    """Queued and running jobs in submission order, only the columns the signal needs (whole
-    rows take about twice as long to read)."""
-    query = (sa.select(*(jobs.c[name] for name in LIVE_COLUMNS))
-             .where(jobs.c.status.in_(LIVE_STATUSES))
-             .order_by(jobs.c.submitted_at, jobs.c.id))
-    return store.frame(query)
-
-
-def read_unpriced_live_jobs(store: Store) -> pd.DataFrame:
-    """Whole rows of the live jobs reported without an estimate, for the model to price."""
-    return store.frame(sa.select(jobs).where(jobs.c.status.in_(LIVE_STATUSES),
-                                             jobs.c.predicted_seconds.is_(None)))
+    return smallest_gpus(starts_all_in_time, guess=high, least=low)
 
 
 def recent_pool_gpus(store: Store, since: datetime) -> pd.DataFrame:
@@ -136,6 +121,15 @@ def pool_signals(live: pd.DataFrame, live_seconds: np.ndarray, recent_gpus: pd.D
     return signals  # sorted by pipeline, then GPU name
 
 
+def snapshot_signals(live_queue: LiveQueue, target_wait_seconds: float) -> list[PoolSignal]:
+    """:func:`pool_signals` of a fresh snapshot of `live_queue` and the GPUs seen lately."""
+    snapshot = live_queue.snapshot()
+    recent = recent_pool_gpus(live_queue.store,
+                              snapshot.taken_at - timedelta(seconds=RECENT_SECONDS))
+    return pool_signals(snapshot.jobs, snapshot.jobs.seconds.to_numpy(), recent,
+                        target_wait_seconds, snapshot.taken_at)
+
+
 def fold_pools(signals: Sequence[PoolSignal], cap: int = POOL_LABEL_CAP
                ) -> list[PoolSignal]:
     """At most `cap` pools by name — those with the most GPUs lately, then the most work — and
@@ -155,14 +149,11 @@ def fold_pools(signals: Sequence[PoolSignal], cap: int = POOL_LABEL_CAP
 
 
 def gpus_per_pool(gpu_rows: pd.DataFrame) -> dict[tuple[str, str], int]:
-    """Distinct GPUs per (pipeline_type, gpu_name): per host, the distinct ``gpu_index``
-    values, one GPU where jobs named no index (as the queue ETA counts its fleet)."""
-    if gpu_rows.empty:
-        return {}
-    per_host = (gpu_rows.groupby(["pipeline_type", "gpu_name", "hostname"], dropna=False)
-                .gpu_index.nunique().clip(lower=1))
-    return {pool: int(count) for pool, count
-            in per_host.groupby(level=["pipeline_type", "gpu_name"]).sum().items()}
+    """GPUs per (pipeline_type, gpu_name), counted by the fleet's rule
+    (:func:`perflib.analysis.gpus.count_gpus`)."""
+    columns = ["hostname", "gpu_name", "gpu_index"]
+    return {(str(pipeline), str(gpu_name)): count_gpus(rows[columns].itertuples(index=False))
+            for (pipeline, gpu_name), rows in gpu_rows.groupby(["pipeline_type", "gpu_name"])}
 
 
 def main_pools(gpus: dict[tuple[str, str], int]) -> dict[str, str]:
@@ -172,13 +163,3 @@ def main_pools(gpus: dict[tuple[str, str], int]) -> dict[str, str]:
     for (pipeline, gpu_name), _count in ranked:
         main.setdefault(pipeline, gpu_name)
     return main
-
-
-def seconds_left(live: pd.DataFrame, live_seconds: np.ndarray, now: datetime) -> np.ndarray:
-    """Each live job's predicted seconds still to run: all of a queued job's, what a running
-    job has left of its estimate (never negative; one that did not say when it started has
-    all of it left)."""
-    started = pd.to_datetime(live.started_at, utc=True)
-    elapsed = (pd.Timestamp(now) - started).dt.total_seconds().fillna(0.0).to_numpy()
-    running = (live.status == "running").to_numpy()
-    return np.where(running, np.maximum(0.0, live_seconds - elapsed), live_seconds)

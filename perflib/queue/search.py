@@ -1,4 +1,6 @@
-"""The smallest GPU count that meets a monotone condition: gallop from a guess, then bisect."""
+"""The smallest GPU count that meets a monotone condition: gallop from a guess, then bisect.
+The autoscaling signal (:mod:`perflib.queue.autoscale`) and capacity planning
+(:mod:`perflib.capacity.planner`) both search with it."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,15 +8,17 @@ from typing import Callable
 MAX_GPUS = 100_000
 
 
-def smallest_gpus(meets: Callable[[int], bool], guess: int = 1) -> int:
-    """The smallest N ≥ 1 with ``meets(N)``, for a condition that stays true as N grows; a
-    good `guess` (Erlang-C's answer) keeps the number of calls near log2 of its error."""
-    guess = max(1, int(guess))
+def smallest_gpus(meets: Callable[[int], bool], guess: int = 1, least: int = 1) -> int:
+    """The smallest N ≥ `least` (at least 1) with ``meets(N)``, for a condition that stays true
+    as N grows; a good `guess` (Erlang-C's answer, an upper bound) keeps the number of calls
+    near log2 of its error."""
+    least = max(1, int(least))
+    guess = max(least, int(guess))
     if meets(guess):
         passing, step = guess, 1
-        while passing - step >= 1 and meets(passing - step):
+        while passing - step >= least and meets(passing - step):
             passing, step = passing - step, step * 2
-        failing = max(0, passing - step)  # 0 stands for "fewer than one GPU"
+        failing = max(least - 1, passing - step)  # least − 1 stands for "fewer than allowed"
     else:
         failing, step = guess, 1
         while not meets(failing + step):

@@ -1,27 +1,33 @@
-"""The pre-start queue ETA: when a job submitted now would start, behind the live jobs.
+"""The live queue at one moment, the one source of estimate-time's queue ETA, the live
+dashboard's timeline and ``/metrics``' autoscaling signal.
 
-Live jobs (queued or running) come from the store; each one's duration is the estimate given
-when it was reported (``predicted_seconds``), else the active model's. Running jobs keep their
-GPU until their estimate runs out; queued jobs then take the first free GPU in submission order
-(FIFO), as the render farm's scheduler does.
+:class:`LiveQueue` reads the live jobs (:func:`perflib.queue.live_jobs.read_live_jobs`), prices
+them through its one :class:`~perflib.queue.live_jobs.LivePricer`, counts the fleet by the one
+rule (:func:`perflib.analysis.gpus.gpus_seen`) and returns a :class:`LiveSnapshot`. Running jobs
+keep their GPU until their estimate runs out; queued jobs then take the first free GPU in
+submission order (FIFO, :func:`perflib.queue.fifo.queue_starts`), as the render farm's
+scheduler does.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from perflib.analysis.gpus import gpus_seen
+from perflib.cache import TtlCache
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.fifo import queue_starts
+from perflib.queue.live_jobs import LivePricer, read_live_jobs, seconds_left
 from perflib.store import Store
 
 FLEET_DAYS = 7  # GPUs seen in this many days make up the fleet
+FLEET_TTL_S = 60.0  # the fleet is counted again after a minute, or once jobs are recorded
 
 
 class QueueEta(BaseModel):
@@ -40,50 +46,84 @@ def expected_start(running_seconds_left: Sequence[float], queued_seconds: Sequen
 
 
 @dataclass(frozen=True)
-class QueueSnapshot:
-    """The live queue at one moment; running jobs are kept as predicted end times, so the
-    snapshot stays right as time passes."""
+class LiveSnapshot:
+    """The live jobs at `taken_at`: :func:`read_live_jobs`' columns plus ``seconds`` (the
+    predicted duration) and ``seconds_left`` (all of a queued job's, what a running job has
+    left), in submission order; and the GPUs the queue is spread over."""
 
-    running_ends_at: tuple[float, ...]  # epoch seconds
-    queued_seconds: tuple[float, ...]  # in submission order
-    gpus: int
-    taken_at: float  # time.monotonic()
+    taken_at: datetime
+    jobs: pd.DataFrame
+    gpus: int  # the fleet, never fewer than the running jobs, at least 1
+    read_at: float  # time.monotonic(), for the readers' freshness checks
+
+    @property
+    def running(self) -> np.ndarray:
+        return (self.jobs.status == "running").to_numpy()
 
     @property
     def jobs_ahead(self) -> int:
-        return len(self.running_ends_at) + len(self.queued_seconds)
+        return len(self.jobs)
 
-    def eta(self, predicted_seconds: float, now: float | None = None) -> QueueEta:
+    def starts(self, now: datetime | None = None) -> list[float]:
+        """Seconds from `now` until each queued job starts, and last until a job submitted
+        `now` would (running jobs' time left counts down from `taken_at`)."""
+        elapsed = ((now or self.taken_at) - self.taken_at).total_seconds()
+        left = self.jobs.seconds_left.to_numpy()
+        return queue_starts((left[self.running] - elapsed).tolist(),
+                            left[~self.running].tolist(), self.gpus)
+
+    def eta(self, predicted_seconds: float, now: datetime | None = None) -> QueueEta:
         """Start and finish of a job predicted to take `predicted_seconds`, submitted `now`."""
-        now = time.time() if now is None else now
-        start = expected_start([end - now for end in self.running_ends_at],
-                               self.queued_seconds, self.gpus)
+        start = self.starts(now or datetime.now(timezone.utc))[-1]
         return QueueEta(jobs_ahead=self.jobs_ahead, gpus=self.gpus,
                         expected_start_seconds=round(start, 3),
                         expected_finish_seconds=round(start + predicted_seconds, 3))
 
-
-def take_snapshot(store: Store, predictor: PerformancePredictor, gpus: int) -> QueueSnapshot:
-    """Read the live jobs and predict how long each one takes."""
-    live = store.live_jobs()
-    seconds = live_predicted_seconds(live, predictor)
-    running = (live.status == "running").to_numpy()
-    now = time.time()
-    ends = [(now if pd.isna(start) else start.timestamp()) + s
-            for start, s in zip(live.started_at[running], seconds[running])]
-    return QueueSnapshot(running_ends_at=tuple(ends),
-                         queued_seconds=tuple(seconds[~running].tolist()),
-                         gpus=max(gpus, int(running.sum()), 1), taken_at=time.monotonic())
+    def rows(self) -> list[dict[str, Any]]:
+        """The jobs as dicts (nulls as None, timestamps as datetimes, GPU indices as ints)."""
+        rows = self.jobs.astype(object).where(self.jobs.notna(), None).to_dict("records")
+        for row in rows:
+            row["gpu_index"] = None if row["gpu_index"] is None else int(row["gpu_index"])
+            for name in ("submitted_at", "started_at"):
+                row[name] = row[name] and row[name].to_pydatetime()
+        return rows
 
 
-def live_predicted_seconds(live: pd.DataFrame, predictor: PerformancePredictor) -> np.ndarray:
-    """Each live job's duration: the estimate it was reported with, else the model's."""
-    seconds = live.predicted_seconds.to_numpy(dtype=float, na_value=np.nan, copy=True)
-    for pipeline, rows in live[np.isnan(seconds)].groupby("pipeline_type"):
-        estimated = predictor.estimate_batch(rows, str(pipeline)).predicted_time_seconds
-        seconds[live.index.get_indexer(rows.index)] = estimated.to_numpy(dtype=float)
-    # A live row written without its parameters (not through the API) counts as instant.
-    return np.nan_to_num(seconds, nan=0.0)
+class LiveQueue:
+    """The live queue of one store: every face (estimate-time, the dashboard, ``/metrics``)
+    takes its snapshots here, so they share one reader, one price cache and one fleet count.
+    Thread-safe."""
+
+    def __init__(self, store: Store, predictor: PerformancePredictor):
+        self.store = store
+        self.pricer = LivePricer(store, predictor)
+        self._fleet = TtlCache(FLEET_TTL_S, 1)
+        self._recorded = 0  # times jobs were recorded: a count begun before is not kept
+
+    def snapshot(self, now: datetime | None = None) -> LiveSnapshot:
+        """Read and price the live jobs as of `now`."""
+        now = now or datetime.now(timezone.utc)
+        live = read_live_jobs(self.store)
+        seconds = self.pricer.seconds(live)
+        live = live.assign(seconds=seconds, seconds_left=seconds_left(live, seconds, now))
+        running = int((live.status == "running").sum())
+        return LiveSnapshot(taken_at=now, jobs=live, gpus=max(self.fleet_size(), running, 1),
+                            read_at=time.monotonic())
+
+    def fleet_size(self) -> int:
+        """GPUs that started jobs in the last FLEET_DAYS, at least 1 (remembered FLEET_TTL_S)."""
+        gpus = self._fleet.get("gpus")
+        if gpus is None:
+            recorded = self._recorded
+            gpus = fleet_size(self.store)
+            if recorded == self._recorded:
+                self._fleet.put("gpus", gpus)
+        return gpus
+
+    def jobs_recorded(self) -> None:
+        """Jobs were recorded: count the fleet again at the next snapshot."""
+        self._recorded += 1
+        self._fleet.clear()
 
 
 def fleet_size(store: Store, days: int = FLEET_DAYS) -> int:

@@ -11,12 +11,12 @@ help: ## list every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(INSTALLED) ## create .venv and install perflib (editable) with its test and lab extras
+setup: $(INSTALLED) ## create .venv and install perflib (editable) with every extra and the test one
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test,lab]'
+	$(PYTHON) -m pip install --quiet -e '.[all,test]'
 	touch $(INSTALLED)
 
 report: setup ## main job: weekly HTML report into reports/ (an empty database first gets demo data)

@@ -22,7 +22,7 @@ LAYERS = {
     "perflib.threads": 0,
     "perflib.comfyui.graph": 0,
     # The one definition of a job's work terms: the store computes its stored columns with it.
-    "perflib.prediction.workload": 0,
+    "perflib.prediction.workload": 0, "perflib.prediction.work_terms": 0,
     "perflib.store": 1,
     "perflib.tracking": 2,
     "perflib.prediction": 3,

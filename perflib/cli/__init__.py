@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from perflib.cli.analysis import analysis_commands, capacity_command
-from perflib.cli.common import DATABASE_FAILED, UNREACHABLE, UsageError
+from perflib.cli.common import UsageError, database_errors, missing_extra, unreachable_errors
 from perflib.cli.data import data_commands, history_commands
 from perflib.cli.prediction import prediction_commands
 from perflib.cli.services import comfyui_commands, serve_command
@@ -73,6 +73,12 @@ def _run(argv: list[str] | None) -> int:
     except UsageError as exc:
         print(f"perflib {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        needed = missing_extra(exc, args.command)
+        if needed is None:
+            raise
+        print(f"perflib {args.command}: {needed}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         raise
     except Exception as exc:
@@ -93,9 +99,9 @@ def _failure_line(exc: Exception, database_url: str | None) -> str | None:
     except (ConfigError, sa.exc.ArgumentError):
         return ("bad configuration: the database URL (--database-url or PERFLIB_DATABASE_URL) "
                 "is not a valid SQLAlchemy URL")
-    if isinstance(exc, UNREACHABLE) or _is_database_file_error(exc, url):
+    if isinstance(exc, unreachable_errors()) or _is_database_file_error(exc, url):
         return f"cannot reach the database {safe_url(url)}: {describe_error(exc, url)}"
-    if isinstance(exc, DATABASE_FAILED):
+    if isinstance(exc, database_errors()):
         return f"the database {safe_url(url)} failed: {describe_error(exc, url)}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or type(exc).__name__}: {exc.filename}"

@@ -5,18 +5,51 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import sys
 from typing import Callable
 
-import psycopg
 import sqlalchemy as sa
 
 from perflib.store import Store
 from perflib.store.errors import DATABASE_DOWN
 
-# The database cannot be reached: the service is down, the file cannot be opened, no driver.
-UNREACHABLE = (*DATABASE_DOWN, sa.exc.NoSuchModuleError, psycopg.OperationalError,
-               sqlite3.OperationalError)
-DATABASE_FAILED = (sa.exc.DBAPIError, psycopg.Error, sqlite3.Error)
+# The extra that installs a module a subcommand may need (pip install 'perflib[extra]').
+EXTRA_OF_MODULE = {
+    "psycopg": "postgres", "pandas": "predict", "numpy": "predict", "scipy": "predict",
+    "sklearn": "predict", "statsmodels": "predict", "skops": "predict", "tqdm": "predict",
+    "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+    "papermill": "report", "nbconvert": "report", "nbformat": "report", "IPython": "report",
+    "matplotlib": "report", "seaborn": "report",
+}
+
+
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What says the database cannot be reached: the service is down, the file cannot be
+    opened, no driver (psycopg's own errors where it is loaded)."""
+    psycopg = sys.modules.get("psycopg")
+    return (*DATABASE_DOWN, sa.exc.NoSuchModuleError, sqlite3.OperationalError,
+            *((psycopg.OperationalError,) if psycopg else ()))
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What a database (through SQLAlchemy or its driver) raises when it fails."""
+    psycopg = sys.modules.get("psycopg")
+    return (sa.exc.DBAPIError, sqlite3.Error, *((psycopg.Error,) if psycopg else ()))
+
+
+# Subcommands that need more than perflib[predict].
+EXTRA_OF_COMMAND = {"report": "report", "serve": "serve"}
+
+
+def missing_extra(exc: ModuleNotFoundError, command: str) -> str | None:
+    """One line naming the extra that installs the missing module (the subcommand's own extra
+    unless the module is the PostgreSQL driver); None if no extra does."""
+    extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+    if extra is None:
+        return None
+    if extra != "postgres":
+        extra = EXTRA_OF_COMMAND.get(command, extra)
+    return f"needs perflib[{extra}] ({exc.name} is not installed): pip install 'perflib[{extra}]'"
 
 
 class UsageError(Exception):

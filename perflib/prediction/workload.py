@@ -17,14 +17,12 @@ import numpy as np
 import pandas as pd
 
 from perflib.config import ModelProfile
+from perflib.prediction.work_terms import (  # STORED_TERMS, stored_terms: re-exported
+    DEFAULTS, DEFAULT_PROFILE, LARGEST_TERMS, PASS_COLUMNS, STORED_TERMS, SUMMED_TERMS,
+    pass_number, pass_terms, stored_terms)
 
 # Job rows: a DataFrame as the store returns it, or a mapping of column sequences.
 JobRows = Union[pd.DataFrame, Mapping[str, Sequence]]
-
-STORED_TERMS = ("work_units", "attention_work", "decode_work")
-DEFAULTS = {"frame_count": 1, "batch_size": 1, "steps": 20, "guidance_scale": 7.5}
-_DEFAULT_PROFILE = ModelProfile()
-_PASS_COLUMNS = ("width", "height", "frame_count", "batch_size", "steps", "guidance_scale")
 
 
 def cost_terms(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None = None
@@ -35,7 +33,7 @@ def cost_terms(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None = None
     its largest output."""
     profiles = profiles or {}
     models = text_column(jobs, "model_name")
-    base = _pass_terms({name: numeric_column(jobs, name) for name in _PASS_COLUMNS},
+    base = _pass_terms({name: numeric_column(jobs, name) for name in PASS_COLUMNS},
                        models, profiles)
     terms = dict(base)
     passes = jobs["passes"] if "passes" in jobs else None
@@ -47,21 +45,7 @@ def cost_terms(jobs: JobRows, profiles: Mapping[str, ModelProfile] | None = None
 def _pass_terms(columns: Mapping[str, np.ndarray], models: np.ndarray,
                 profiles: Mapping[str, ModelProfile]) -> dict[str, np.ndarray]:
     """Every term of one pass per row, from its width, height, frames, batch, steps, guidance."""
-    frames = np.maximum(columns["frame_count"], 1)
-    batch = np.maximum(columns["batch_size"], 1)
-    steps = np.maximum(columns["steps"], 1) * columns.get("model_calls_per_step", 1.0)
-    spatial, temporal, full_attention = _geometry(models, profiles)
-    tokens_per_frame = (columns["width"] / spatial) * (columns["height"] / spatial)
-    latent_frames = np.where(temporal > 1, 1 + (frames - 1) // temporal, frames)
-    cfg = np.where(columns["guidance_scale"] > 1, 2.0, 1.0)
-    total_tokens = tokens_per_frame * latent_frames * batch
-    work = total_tokens * steps * cfg
-    span = np.where(full_attention, tokens_per_frame * latent_frames, tokens_per_frame)
-    return {"tokens_per_frame": tokens_per_frame, "latent_frames": latent_frames,
-            "cfg_factor": cfg, "total_tokens": total_tokens, "attention_span": span,
-            "step_passes": steps * cfg, "work_units": work, "attention_work": work * span,
-            "decode_work": tokens_per_frame * frames * batch,
-            "decode_work_per_sample": tokens_per_frame * frames}
+    return pass_terms(columns, *_geometry(models, profiles), maximum=np.maximum, where=np.where)
 
 
 def _sum_over_passes(terms: dict[str, np.ndarray], passes: Sequence[Any], models: np.ndarray,
@@ -76,38 +60,21 @@ def _sum_over_passes(terms: dict[str, np.ndarray], passes: Sequence[Any], models
     if not flat:
         return
     rows = np.asarray(rows)
-    columns = {name: np.array([_number(p.get(name), DEFAULTS.get(name)) for p in flat])
-               for name in _PASS_COLUMNS}
-    columns["model_calls_per_step"] = np.array([_number(p.get("model_calls_per_step"), 1.0)
+    columns = {name: np.array([pass_number(p.get(name), DEFAULTS.get(name)) for p in flat])
+               for name in PASS_COLUMNS}
+    columns["model_calls_per_step"] = np.array([pass_number(p.get("model_calls_per_step"), 1.0)
                                                 for p in flat])
     pass_models = np.array([p.get("model_name") or models[r] for p, r in zip(flat, rows)],
                            dtype=object)
     per_pass = _pass_terms(columns, pass_models, profiles)
     listed = np.unique(rows)
-    for name in ("step_passes", "work_units", "attention_work"):
+    for name in SUMMED_TERMS:
         summed = np.bincount(rows, weights=per_pass[name], minlength=len(models))
         terms[name] = np.where(np.isin(np.arange(len(models)), listed), summed, terms[name])
-    for name in ("decode_work", "decode_work_per_sample"):
+    for name in LARGEST_TERMS:
         largest = np.full(len(models), -np.inf)
         np.maximum.at(largest, rows, per_pass[name])
         terms[name] = np.where(np.isfinite(largest), largest, terms[name])
-
-
-def stored_terms(records: Sequence[Mapping[str, Any]],
-                 profiles: Mapping[str, ModelProfile] | None = None) -> list[dict[str, float]]:
-    """The cost terms kept in the job table, for job records about to be written (None where a
-    record lacks the width, height or steps to compute them)."""
-    if not records:
-        return []
-    columns = {name: [r.get(name) for r in records]
-               for name in _PASS_COLUMNS + ("model_name", "passes")}
-    terms = cost_terms(columns, profiles)
-    known = ~(np.isnan(numeric_column(columns, "width")) | np.isnan(
-        numeric_column(columns, "height")))
-    has_passes = np.array([bool(p) for p in columns["passes"]])
-    usable = known | has_passes
-    return [{name: float(terms[name][i]) if usable[i] and np.isfinite(terms[name][i]) else None
-             for name in STORED_TERMS} for i in range(len(records))]
 
 
 def numeric_column(jobs: JobRows, column: str, default: float | None = None) -> np.ndarray:
@@ -137,16 +104,10 @@ def row_count(jobs: JobRows) -> int:
     return len(next(iter(jobs.values()), ()))
 
 
-def _number(value: Any, default: float | None) -> float:
-    if value is None:
-        return np.nan if default is None else float(default)
-    return float(value)
-
-
 def _geometry(models: np.ndarray, profiles: Mapping[str, ModelProfile]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per job: pixels per latent token side, temporal compression, full attention or not."""
-    chosen = [profiles.get(m, _DEFAULT_PROFILE) for m in models]
+    chosen = [profiles.get(m, DEFAULT_PROFILE) for m in models]
     return (np.array([p.vae_spatial_factor * p.patch_size for p in chosen], dtype=float),
             np.array([p.vae_temporal_factor for p in chosen], dtype=float),
             np.array([p.full_attention for p in chosen], dtype=bool))

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from operator import itemgetter
 from datetime import date, datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import pandas as pd
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
-from perflib.prediction.workload import stored_terms
+from perflib.prediction.work_terms import stored_terms
 from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema
 from perflib.store.engine import DatabaseFileReplaced, engine_for, sqlite_file_replaced
+
+if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with perflib[predict])
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,8 @@ class Store:
     def frame(self, query, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Run a SELECT; rows as a DataFrame (its own column names unless `columns` are given),
         every timestamp column as UTC."""
+        import pandas as pd
+
         with self.engine.connect() as conn:
             result = conn.execute(query)
             names = list(columns) if columns is not None else list(result.keys())
@@ -305,7 +309,7 @@ def parse_timestamp(value: Any) -> datetime:
     """A UTC-aware datetime from a datetime or ISO 8601 text (naive means UTC)."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    elif isinstance(value, pd.Timestamp):
+    elif "pandas" in sys.modules and isinstance(value, sys.modules["pandas"].Timestamp):
         value = value.to_pydatetime()
     elif isinstance(value, date) and not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
@@ -328,6 +332,8 @@ def _as_utc(value: datetime, aware: bool) -> datetime:
 
 
 def _utc_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    import pandas as pd
+
     for column in columns:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
@@ -369,11 +375,13 @@ def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table,
     # PostgreSQL: COPY straight into the table — new jobs are the common case. If a row is
     # already stored, roll that back and COPY into a temporary table, then INSERT ... ON CONFLICT
     # DO NOTHING.
+    from psycopg.errors import UniqueViolation  # perflib[postgres]
+
     try:
         with conn.begin_nested(), raw.cursor() as cursor:
             _copy_rows(cursor, target, column_list, rows)
         return len(rows)
-    except psycopg.errors.UniqueViolation:
+    except UniqueViolation:
         pass
     staging = f'"perflib_staging_{table.name}"'
     with raw.cursor() as cursor:

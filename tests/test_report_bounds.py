@@ -8,6 +8,7 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -104,6 +105,19 @@ def test_job_sample_agrees_with_the_whole_week(fleet):
     for pipeline, share in week.pipeline_type.value_counts(normalize=True).items():
         assert shares[pipeline] == pytest.approx(share, rel=0.1)
     assert sample.started_at.min() >= WEEK[0] and sample.started_at.max() < WEEK[1]
+
+
+@pytest.mark.postgres
+def test_job_sample_is_the_same_on_every_run_on_postgres(pg_url, tmp_path):
+    """TABLESAMPLE draws more rows than are kept; the ones kept are the same each run (they
+    were ORDER BY random(): one week's charts could render differently)."""
+    store = Store(pg_url, Settings(spool_dir=tmp_path / "spool"))
+    simulate_history(store, weeks=1, gpus=4, seed=5, end=END, jobs_per_day=1500)
+    analyzer = PerformanceAnalyzer(store)
+    first = analyzer.job_sample(7, END, limit=1000)
+    assert len(first) == 1000  # the sample held more: which rows are kept must not vary
+    for _ in range(3):
+        pd.testing.assert_frame_equal(analyzer.job_sample(7, END, limit=1000), first)
 
 
 def test_data_origin_reads_only_the_window(fleet):

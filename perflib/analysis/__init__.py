@@ -20,8 +20,8 @@ from perflib.analysis.gpus import gpu_usage
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
 from perflib.analysis.sql import (SIMULATED, frame_without_jit, hour_of, in_window,
-                                  sampled_jobs, sampled_phases, time_percentiles, window,
-                                  window_rows)
+                                  sampled_jobs, sampled_phases, spread_order, time_percentiles,
+                                  window, window_rows)
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
 from perflib.record import FINAL_STATUSES
 from perflib.store import UsesStore
@@ -171,7 +171,7 @@ class PerformanceAnalyzer(UsesStore):
         sample, _ = sampled_jobs(self.store, start, stop, window_rows(self.store, start, stop),
                                  limit)
         query = (sa.select(sample).where(sample.c.status.in_(FINAL_STATUSES))
-                 .order_by(sa.func.random()).limit(limit))
+                 .order_by(spread_order(sample.c.id)).limit(limit))
         frame = self.store.frame(query)
         return frame.sort_values("started_at").reset_index(drop=True)
 

@@ -171,6 +171,13 @@ def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int,
     return query.subquery("sampled"), 1.0 / step
 
 
+def spread_order(job_id):
+    """An order of jobs by id that is the same on every run and spreads over the whole id
+    range (a multiplicative hash): the first `n` in it are an even pick, unlike ORDER BY
+    random(), which keeps other rows each time a sample holds more than the `n` wanted."""
+    return job_id * 2654435761 % 4294967296
+
+
 def _id_range(store: Store, start: datetime, end: datetime) -> tuple[int, int]:
     """The id of the first job started at or after `start`, and the id before the first job
     started at or after `end` (ids follow writing order: jobs of the window written late land

@@ -125,7 +125,8 @@ def _readme_tracker_example() -> str:
 
 def test_a_core_install_records_the_readme_example_into_sqlite(wheel, tmp_path):
     """A real `pip install` of the wheel with no extras: none of the extras' packages arrive,
-    and the README's tracker example stores its jobs."""
+    the README's tracker example stores its jobs, `perflib --help` works and `perflib serve`
+    names its extra."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -147,3 +148,9 @@ def test_a_core_install_records_the_readme_example_into_sqlite(wheel, tmp_path):
                             "ORDER BY pipeline_type").fetchall()
     assert [(p, s) for _, p, s in rows] == [("image", "success")] * 2 + [("video", "success")]
     assert ("job-42", "video", "success") in rows
+    perflib = env_dir / "bin" / "perflib"
+    assert subprocess.run([perflib, "--help"], env=env, capture_output=True).returncode == 0
+    serve = subprocess.run([perflib, "serve"], env=env, capture_output=True, text=True)
+    assert serve.returncode == 2
+    assert serve.stderr.count("\n") == 1
+    assert serve.stderr.endswith("pip install 'perflib[serve]'\n")

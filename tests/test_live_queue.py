@@ -4,19 +4,14 @@ agree on the jobs ahead, the GPUs, each job's predicted seconds (those posted wi
 estimate priced once, alike) and what the running jobs have left."""
 from __future__ import annotations
 
-import warnings
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from perflib.queue.autoscale import desired_gpus
 from perflib.queue.fifo import queue_starts
 from perflib.serve import create_app
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's notice about httpx
-    from fastapi.testclient import TestClient
+from tests.test_autoscale import TestClient, scrape
 
 API = "/api/anime/performance"
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -52,33 +47,21 @@ def live_state() -> list[dict]:
     return [*history, *running, *queued]
 
 
-def gauges(client: TestClient) -> dict[str, dict[tuple, float]]:
-    found: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if "pipeline_type" in sample.labels and "gpu_name" in sample.labels:
-                found.setdefault(sample.name, {})[(sample.labels["pipeline_type"],
-                                                   sample.labels["gpu_name"])] = sample.value
-    return found
-
-
-@pytest.fixture
-def client(db_url, settings):
-    with TestClient(base_url="http://127.0.0.1", app=create_app(db_url, settings)) as client:
-        yield client
-
-
-def test_eta_dashboard_and_metrics_come_from_the_same_numbers(client, settings):
+def three_faces(client) -> tuple[dict, dict, dict]:
+    """The live state posted, then the dashboard, estimate-time's queue and the gauges."""
     assert client.post(f"{API}/record-metrics", json=live_state()).status_code == 200
     # A card that reports readings but ran no job lately is shown, not counted in the queue.
     beat = {"hostname": HOST, "gpu_index": 3, "gpu_name": A100, "gpu_util_pct": 0.0}
     assert client.post(f"{API}/heartbeat", json=beat).status_code == 200
-
     board = client.get(f"{API}/dashboard/live").json()
     eta = client.post(f"{API}/estimate-time", json={
         "pipeline_type": "image", "resolution": "512x512", "steps": 20}).json()["queue"]
-    metrics = gauges(client)
+    return board, eta, scrape(client)
 
+
+def test_eta_dashboard_and_metrics_come_from_the_same_numbers(db_url, settings):
+    with TestClient(base_url="http://127.0.0.1", app=create_app(db_url, settings)) as client:
+        board, eta, metrics = three_faces(client)
     running = [run for lane in board["gpus"] for run in lane["running"]]
     left = [max(0.0, run["predicted_seconds"] - run["elapsed_seconds"]) for run in running]
     queued = [queued["predicted_seconds"] for queued in board["queue"]]

@@ -42,5 +42,11 @@ def coverage(actual, low, high) -> float:
     return _mean(is_inside(actual, low, high))
 
 
+def rank(within_20: float, mape_: float) -> tuple[float, float]:
+    """How models compare, larger is better: the within-20% share, then the lower MAPE (an
+    unknown MAPE last)."""
+    return within_20, -mape_ if np.isfinite(mape_) else -np.inf
+
+
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else float("nan")

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "comfyui"
+RECORDINGS = Path(__file__).resolve().parent / "fixtures" / "data" / "comfyui"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from perflib.tracking import heartbeat, tracker
 from tools.pgserver import PostgresServer, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+REAL_DATA = REPO / "tests" / "fixtures" / "data"  # vendored from ../shared/data: tools/vendor_fixtures.py
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -69,18 +69,15 @@ def _fresh_tracker_binding():
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    if not (SHARED_DATA / "diffusion-jobs.csv").exists():
-        pytest.skip(f"shared real-job data not found in {SHARED_DATA}")
-    return SHARED_DATA
+def real_data() -> Path:
+    """The real measured jobs (tests/fixtures/data, vendored so that CI always runs them)."""
+    return REAL_DATA
 
 
 @pytest.fixture(scope="module")
 def sd15():
-    """The recorded ComfyUI server with SD 1.5 prompts (../shared/data/comfyui/sd15)."""
+    """The recorded ComfyUI server with SD 1.5 prompts (tests/fixtures/data/comfyui/sd15)."""
     from tests.comfyui_server import RECORDINGS, Recording
-    if not (RECORDINGS / "sd15" / "history.json").exists():
-        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
     return Recording.load(RECORDINGS / "sd15")
 
 

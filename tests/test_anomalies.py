@@ -17,16 +17,14 @@ from perflib.prediction.models import CostModel
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 from perflib.store.importer import import_jobs
-from tests.conftest import SHARED_DATA, row_counts
+from tests.conftest import REAL_DATA, row_counts
 
-DATA = SHARED_DATA / "diffusion-jobs.csv"
+DATA = REAL_DATA / "diffusion-jobs.csv"
 WINDOW = (datetime(2026, 11, 1, tzinfo=timezone.utc), datetime(2026, 12, 1, tzinfo=timezone.utc))
 
 
 @pytest.fixture
 def unet_store(tmp_path) -> Store:
-    if not DATA.exists():
-        pytest.skip("shared real-job data not found")
     store = Store(f"sqlite:///{tmp_path / 'perflib.db'}", Settings(spool_dir=tmp_path / "spool"))
     import_jobs(DATA, store)
     return store
@@ -155,8 +153,6 @@ def test_the_sql_screen_finds_what_reading_the_whole_window_finds(unet_store, mo
 @pytest.mark.postgres
 def test_the_sql_screen_on_postgresql(pg_url, tmp_path, monkeypatch):
     """The screen's sample is a TABLESAMPLE there: the same stragglers as reading the window."""
-    if not DATA.exists():
-        pytest.skip("shared real-job data not found")
     store = Store(pg_url, Settings(spool_dir=tmp_path / "spool"))
     import_jobs(DATA, store)
     exact = far_slower_than_expected(store, *WINDOW)

@@ -137,16 +137,14 @@ def test_normalised_scores_are_one_on_the_interval_edge():
 # -- the team's real jobs ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_predictors(tmp_path_factory):
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import REAL_DATA
 
-    if not (SHARED_DATA / "video-dit-jobs.csv").exists():
-        pytest.skip("shared real-job data not found")
     predictors = {}
     for name, profiles in (("diffusion-jobs.csv", {}), ("video-dit-jobs.csv", WAN_PROFILE)):
         folder = tmp_path_factory.mktemp("backtest")
         store = Store(f"sqlite:///{folder / 'b.db'}",
                       Settings(spool_dir=folder / "spool", model_profiles=profiles))
-        import_jobs(SHARED_DATA / name, store)
+        import_jobs(REAL_DATA / name, store)
         predictors[name] = PerformancePredictor(store)
     return predictors
 

@@ -14,6 +14,7 @@ import pytest
 from perflib.cli import main as cli_main
 from perflib.comfyui.collect import Collector, ServerPoller, job_id
 from perflib.prediction.predictor import PerformancePredictor
+from tests.clock import FakeClock
 from tests.comfyui_server import RECORDINGS, FakeComfyUI, Recording
 
 
@@ -176,7 +177,9 @@ def test_several_servers_one_down_is_retried_with_backoff_and_reported(sd15, sql
     with FakeComfyUI(sd15) as up, FakeComfyUI(sd15) as flaky:
         flaky.failing = True
         closed = "http://127.0.0.1:9"  # nothing listens on the discard port
-        collector = Collector([up.url, flaky.url, closed], sqlite_store, interval=0.5)
+        clock = FakeClock()
+        collector = Collector([up.url, flaky.url, closed], sqlite_store, interval=0.5,
+                              clock=clock)
         assert collector.poll_once() == len(sd15.history)
         statuses = {s.url: s for s in collector.statuses()}
         assert statuses[up.url].up and statuses[up.url].stored == len(sd15.history)
@@ -188,7 +191,9 @@ def test_several_servers_one_down_is_retried_with_backoff_and_reported(sd15, sql
         assert statuses[flaky.url].failures == 1
         flaky.requests.clear()
         flaky.failing = False
-        time.sleep(1.1)  # the first backoff (2 × interval) has run out
+        clock.now += 0.5  # not yet: the first backoff is 2 × interval
+        assert collector.poll_once() == 0 and not flaky.requests
+        clock.now += 0.5  # the first backoff has run out
         collector.poll_once()
         assert statuses[flaky.url].up and statuses[flaky.url].failures == 0
         assert statuses[closed].failures == 2
@@ -241,8 +246,6 @@ def test_history_recorded_bytes_are_served_as_recorded(sd15):
 
 
 def test_the_wan_video_run_is_collected_as_video_jobs_with_frames(sqlite_store):
-    if not (RECORDINGS / "wan21" / "history.json").exists():
-        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
     wan = Recording.load(RECORDINGS / "wan21")
     with FakeComfyUI(wan) as fake:
         assert Collector([fake.url], sqlite_store).poll_once() == len(wan.history)

@@ -14,7 +14,7 @@ from perflib.comfyui.graph import parse_prompt
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.serve import create_app
 from perflib.store import Store
-from tests.comfyui_server import RECORDINGS, FakeComfyUI, Recording
+from tests.comfyui_server import FakeComfyUI
 from tests.test_comfyui_graph import base_graph, hires_fix_graph, img2img_graph
 
 with warnings.catch_warnings():
@@ -37,13 +37,6 @@ def store(sqlite_url, settings) -> Store:
 def client(store):
     with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def sd15() -> Recording:
-    if not (RECORDINGS / "sd15" / "history.json").exists():
-        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
-    return Recording.load(RECORDINGS / "sd15")
 
 
 # -- the service ------------------------------------------------------------------------------

@@ -11,15 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from perflib.comfyui.graph import KNOWN, parse_prompt
+from tests.comfyui_server import RECORDINGS
 
-RECORDINGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "comfyui"
 CKPT = "tiny_sd15_random.safetensors"
 
 
 @pytest.fixture
 def recordings() -> Path:
-    if not (RECORDINGS / "sd15" / "prompts.jsonl").exists():
-        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
     return RECORDINGS
 
 

@@ -10,8 +10,8 @@ HEADER = ",".join(REQUIRED_COLUMNS)
 GOOD = "ok-{n},image,character,success,512x768,1,20,1,7.5,ddim,sd15,rtx4090,2026-11-01T10:00:0{n},2026-11-01T10:00:09,1.5"
 
 
-def test_import_shared_real_data_twice(store, shared_data, capsys):
-    path = shared_data / "diffusion-jobs.csv"
+def test_import_shared_real_data_twice(store, real_data, capsys):
+    path = real_data / "diffusion-jobs.csv"
     report = import_jobs(path, store)
     assert report.rows_read == 667 and report.inserted == 667 and not report.errors
     again = import_jobs(path, store)

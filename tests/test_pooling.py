@@ -53,11 +53,9 @@ def _coverage(estimates: pd.DataFrame) -> float:
 
 @pytest.fixture(scope="module")
 def unet_by_threads():
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import REAL_DATA
 
-    if not (SHARED_DATA / "diffusion-jobs.csv").exists():
-        pytest.skip("shared real-job data not found")
-    jobs = pd.read_csv(SHARED_DATA / "diffusion-jobs.csv")
+    jobs = pd.read_csv(REAL_DATA / "diffusion-jobs.csv")
     return jobs[jobs.gpu_name == "cpu-1t"], jobs[jobs.gpu_name == "cpu-2t"]
 
 
@@ -88,14 +86,14 @@ def test_a_gpu_without_jobs_gets_the_pooled_speed_and_an_honestly_wide_interval(
 
 
 @pytest.mark.slow
-def test_a_new_model_from_ten_jobs(tmp_path, shared_data):
+def test_a_new_model_from_ten_jobs(tmp_path, real_data):
     """A new checkpoint of a known pipeline: the video-transformer file's jobs sampled with
     UniPC are renamed a model of their own (`tiny-wan-dit-s-unipc`): another scheduler in the
     same loop changes the per-step cost, as a new checkpoint of a known architecture would,
     and the split is by a property of the job, not by its time. History: every flow-Euler
     job of the original model, on both "GPUs"; then the first 10 jobs of the new model. The
     rest of the new model's jobs: within 20% ≥ 0.85, 80% interval coverage ≥ 0.75."""
-    jobs = pd.read_csv(shared_data / "video-dit-jobs.csv")
+    jobs = pd.read_csv(real_data / "video-dit-jobs.csv")
     new = jobs.sampler == "unipc"
     jobs.loc[new, "model_name"] = "tiny-wan-dit-s-unipc"
     profiles = {"tiny-wan-dit-s": WAN, "tiny-wan-dit-s-unipc": WAN}

@@ -38,20 +38,16 @@ def _store_with(tmp_path_factory, data: str, profiles=None) -> Store:
 
 @pytest.fixture(scope="module")
 def diffusion_store(tmp_path_factory, request) -> Store:
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import REAL_DATA
 
-    if not (SHARED_DATA / "diffusion-jobs.csv").exists():
-        pytest.skip("shared real-job data not found")
-    return _store_with(tmp_path_factory, SHARED_DATA / "diffusion-jobs.csv")
+    return _store_with(tmp_path_factory, REAL_DATA / "diffusion-jobs.csv")
 
 
 @pytest.fixture(scope="module")
 def dit_store(tmp_path_factory) -> Store:
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import REAL_DATA
 
-    if not (SHARED_DATA / "video-dit-jobs.csv").exists():
-        pytest.skip("shared real-job data not found")
-    return _store_with(tmp_path_factory, SHARED_DATA / "video-dit-jobs.csv", WAN_PROFILE)
+    return _store_with(tmp_path_factory, REAL_DATA / "video-dit-jobs.csv", WAN_PROFILE)
 
 
 # -- acceptance on real data ---------------------------------------------------------------
@@ -77,11 +73,9 @@ def test_video_transformer_with_its_profile(dit_store, split, fraction):
 
 @pytest.fixture(scope="module")
 def dit_store_without_profile(tmp_path_factory) -> Store:
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import REAL_DATA
 
-    if not (SHARED_DATA / "video-dit-jobs.csv").exists():
-        pytest.skip("shared real-job data not found")
-    return _store_with(tmp_path_factory, SHARED_DATA / "video-dit-jobs.csv")
+    return _store_with(tmp_path_factory, REAL_DATA / "video-dit-jobs.csv")
 
 
 @pytest.mark.parametrize("split,fraction", [("time", 0.3), ("size", 0.2)])
@@ -224,9 +218,9 @@ def test_matrix_encoder_gives_rare_and_unseen_values_one_code():
     np.testing.assert_array_equal(indicators[:, 2:], [[1, 0], [0, 1], [0, 0]])
 
 
-def test_a_short_history_still_trains_every_family(tmp_path, shared_data):
+def test_a_short_history_still_trains_every_family(tmp_path, real_data):
     """35 jobs: categories all rare and some history columns empty in the first fits."""
-    jobs = pd.read_csv(shared_data / "video-dit-jobs.csv").head(35)
+    jobs = pd.read_csv(real_data / "video-dit-jobs.csv").head(35)
     jobs.to_csv(tmp_path / "few.csv", index=False)
     store = Store(f"sqlite:///{tmp_path / 'few.db'}", Settings(spool_dir=tmp_path))
     import_jobs(tmp_path / "few.csv", store)
@@ -283,11 +277,9 @@ def test_intervals_follow_each_groups_recent_spread():
 
 
 def test_a_gpu_that_turns_noisy_gets_wider_intervals(tmp_path_factory):
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import REAL_DATA
 
-    if not (SHARED_DATA / "diffusion-jobs.csv").exists():
-        pytest.skip("shared real-job data not found")
-    store = _store_with(tmp_path_factory, SHARED_DATA / "diffusion-jobs.csv")
+    store = _store_with(tmp_path_factory, REAL_DATA / "diffusion-jobs.csv")
     predictor = PerformancePredictor(store)
     predictor.train_model(None, "linear_regression")
     predictor.save_model_to_db(None, "linear_regression")
@@ -420,9 +412,9 @@ def test_bad_inputs_raise_errors_naming_the_field(tmp_path, bad, field):
         predictor.estimate({**VIDEO_REQUEST, **bad})
 
 
-def test_model_store_on_postgres(pg_url, shared_data, tmp_path):
+def test_model_store_on_postgres(pg_url, real_data, tmp_path):
     store = Store(pg_url, Settings(spool_dir=tmp_path))
-    import_jobs(shared_data / "diffusion-jobs.csv", store)
+    import_jobs(real_data / "diffusion-jobs.csv", store)
     predictor = PerformancePredictor(store)
     predictor.train_model("video", "gradient_boosting")
     assert predictor.save_model_to_db("video", "gradient_boosting") == 1

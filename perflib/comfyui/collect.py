@@ -64,7 +64,7 @@ class ServerStatus:
     up: bool = False
     failures: int = 0  # consecutive
     last_error: str | None = None
-    next_try: float = 0.0  # time.monotonic()
+    next_try: float = 0.0  # on the collector's clock (time.monotonic())
     stored: int = 0  # finished prompts stored by this collector
     live: int = 0  # running and pending prompts in the last poll
 
@@ -335,14 +335,17 @@ class ServerPoller:
 
 
 class Collector:
-    """Polls several ComfyUI servers into one store, each in its own thread."""
+    """Polls several ComfyUI servers into one store, each in its own thread; `clock` (seconds,
+    monotonic) times the backoffs."""
 
     def __init__(self, urls: Iterable[str], store: Store | None = None,
-                 interval: float = 2.0, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+                 interval: float = 2.0, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
         self.urls = list(urls)
         self.store = store
         self.interval = interval
         self.timeout = timeout
+        self.clock = clock
         self._pollers: list[ServerPoller] | None = None
         self._reporting = threading.Lock()
 
@@ -358,7 +361,7 @@ class Collector:
 
     def poll_once(self) -> int:
         """Poll every server whose backoff has run out, all at once; newly stored prompts."""
-        due = [p for p in self.pollers if p.status.next_try <= time.monotonic()]
+        due = [p for p in self.pollers if p.status.next_try <= self.clock()]
         if not due:
             return 0
         with ThreadPoolExecutor(max_workers=len(due), thread_name_prefix="perflib-comfyui") \
@@ -392,7 +395,7 @@ class Collector:
                 shown = poller.status.summary()
                 with self._reporting:
                     on_change(poller.status)
-            stop.wait(max(self.interval, poller.status.next_try - time.monotonic()))
+            stop.wait(max(self.interval, poller.status.next_try - self.clock()))
 
     def _poll_safely(self, poller: ServerPoller) -> int:
         """One poll of one server; any failure is logged, backed off from, and counted."""
@@ -404,7 +407,7 @@ class Collector:
             status.up = False
             status.last_error = str(exc) if isinstance(exc, ServerDown) else repr(exc)
             backoff = min(self.interval * 2 ** status.failures, MAX_BACKOFF_SECONDS)
-            status.next_try = time.monotonic() + backoff
+            status.next_try = self.clock() + backoff
             log.warning("%s: poll failed (%d in a row), retrying in %.1f s: %s", status.url,
                         status.failures, backoff, status.last_error)
             return 0

@@ -83,7 +83,9 @@ def test_background_thread_feeds_running_jobs_and_short_jobs_fall_back():
     try:
         long_job = JobResources()
         sampler.attach(long_job)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 20  # a wait, not a bound: the box is shared
+        while long_job.count < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         sampler.detach(long_job)
         short_job = JobResources()
         sampler.attach(short_job)

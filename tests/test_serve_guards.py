@@ -16,6 +16,7 @@ from perflib.serve.retrain import RetrainLimited, RetrainTasks
 from perflib.sim.simulate import default_incidents, simulate_history
 from perflib.store import Store
 from perflib.store.schema import metadata
+from tests.clock import FakeClock
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx
@@ -222,8 +223,10 @@ def test_retrains_beyond_the_rate_are_429_with_retry_after(sqlite_url, tmp_path)
 
 
 def test_the_rate_window_slides(sqlite_url):
+    clock = FakeClock()
     tasks = RetrainTasks(Store(sqlite_url), lambda: None, limit=1, window_seconds=0.5,
-                         train=lambda pipeline, family: {"model_type": family, "version": 1})
+                         train=lambda pipeline, family: {"model_type": family, "version": 1},
+                         clock=clock)
     try:
         first, created = tasks.submit("image", "auto")
         assert created
@@ -234,7 +237,10 @@ def test_the_rate_window_slides(sqlite_url):
         with pytest.raises(RetrainLimited) as refused:
             tasks.submit("image", "auto")
         assert refused.value.retry_after_seconds == 1
-        time.sleep(0.6)
+        clock.now += 0.25
+        with pytest.raises(RetrainLimited):
+            tasks.submit("image", "auto")
+        clock.now += 0.25  # the window has passed
         assert tasks.submit("image", "auto")[1]
     finally:
         tasks.shutdown()

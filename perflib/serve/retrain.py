@@ -42,15 +42,17 @@ class RetrainLimited(RuntimeError):
 
 class RetrainTasks:
     """Runs `train` (``train_model`` then ``save_model_to_db``) on a worker thread, task by
-    task."""
+    task; `clock` (seconds, monotonic) times the window of new tasks."""
 
     def __init__(self, store: Store, on_saved: Callable[[], None], limit: int = 6,
                  window_seconds: float = 3600.0,
-                 train: Callable[[str | None, str], dict] | None = None):
+                 train: Callable[[str | None, str], dict] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         self.on_saved = on_saved
         self.limit = limit
         self.window_seconds = window_seconds
+        self.clock = clock
         self.train = train or self._train_and_save
         self._tasks: OrderedDict[str, RetrainTaskView] = OrderedDict()
         self._started: deque[float] = deque()  # monotonic times of the window's new tasks
@@ -97,7 +99,7 @@ class RetrainTasks:
 
     def _admit(self) -> None:
         """Count a new task against the window, or refuse it (the lock is held)."""
-        now = time.monotonic()
+        now = self.clock()
         while self._started and now - self._started[0] >= self.window_seconds:
             self._started.popleft()
         if len(self._started) >= self.limit:

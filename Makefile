@@ -27,7 +27,7 @@ demo: setup ## record 300 real tracked CPU jobs into data/perflib.db and print a
 	$(VENV)/bin/perflib demo --jobs 300
 
 test: setup ## run the tests (SQLite and a throwaway PostgreSQL server) and the notebooks (nbval)
-	PERFLIB_DATABASE_URL=sqlite:///$$(mktemp -d)/perflib-test.db $(PYTHON) -m pytest -q \
+	PERFLIB_DATABASE_URL=sqlite:///$$(mktemp -d)/perflib-test.db $(PYTHON) -m pytest -q -rs \
 		--nbval-lax tests notebooks
 
 bench: setup ## run the benchmarks; figures as ratios, written to reports/benchmarks.json

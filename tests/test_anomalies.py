@@ -48,6 +48,7 @@ def _precision_recall(found: set[str], truth: set[str]) -> tuple[float, float]:
 
 @pytest.mark.parametrize("stored_model", [False, True], ids=["fitted-on-the-jobs",
                                                               "stored-model"])
+@pytest.mark.slow
 def test_real_stragglers_are_found_with_precision_and_recall(unet_store, stored_model):
     truth = _reference_stragglers(unet_store)
     assert len(truth) >= 5  # the file's contention episode
@@ -61,6 +62,7 @@ def test_real_stragglers_are_found_with_precision_and_recall(unet_store, stored_
     assert (slow.factor >= 3).all() and (slow.expected_seconds < slow.actual_seconds).all()
 
 
+@pytest.mark.slow
 def test_the_burst_is_one_alert_naming_the_gpu_and_the_window(unet_store):
     truth = _reference_stragglers(unet_store)
     jobs = unet_store.jobs_frame().set_index("job_id").loc[sorted(truth)]
@@ -88,6 +90,7 @@ def test_alerts_are_raised_by_analysis_runs_and_shown_by_the_report_without_writ
     assert len([a for a in analyzer.alerts() if a["alert_type"] == "slow_job_contention"]) == 1
 
 
+@pytest.mark.slow
 def test_scattered_stragglers_make_no_alert(unet_store):
     """Single slow jobs far apart are flagged but are not contention."""
     truth = sorted(_reference_stragglers(unet_store))
@@ -99,6 +102,7 @@ def test_scattered_stragglers_make_no_alert(unet_store):
     assert contention_alerts(unet_store, *WINDOW) == []
 
 
+@pytest.mark.slow
 def test_a_burst_of_slow_jobs_does_not_drag_the_drift(unet_store):
     predictor = PerformancePredictor(unet_store)
     predictor.train_model(None, "linear_regression")
@@ -134,6 +138,7 @@ def test_training_drift_skips_the_burst():
 
 @pytest.mark.parametrize("stored_model", [False, True], ids=["fitted-on-a-sample",
                                                               "stored-model"])
+@pytest.mark.slow
 def test_the_sql_screen_finds_what_reading_the_whole_window_finds(unet_store, monkeypatch,
                                                                    stored_model):
     """A fleet's window is screened in SQL (anomalies.SCAN_JOBS): same stragglers, same alert."""
@@ -151,6 +156,7 @@ def test_the_sql_screen_finds_what_reading_the_whole_window_finds(unet_store, mo
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_the_sql_screen_on_postgresql(pg_url, tmp_path, monkeypatch):
     """The screen's sample is a TABLESAMPLE there: the same stragglers as reading the window."""
     store = Store(pg_url, Settings(spool_dir=tmp_path / "spool"))

@@ -51,6 +51,7 @@ def dit_store(tmp_path_factory) -> Store:
 
 
 # -- acceptance on real data ---------------------------------------------------------------
+@pytest.mark.slow
 def test_diffusion_time_split_accuracy_and_calibrated_interval(diffusion_store):
     result = PerformancePredictor(diffusion_store).train_model(None, "auto", split="time")
     assert result["n_test"] == 200 and result["n_train"] == 467
@@ -58,6 +59,7 @@ def test_diffusion_time_split_accuracy_and_calibrated_interval(diffusion_store):
     assert 0.72 <= result["interval_coverage"] <= 0.88
 
 
+@pytest.mark.slow
 def test_diffusion_extrapolates_to_the_largest_jobs(diffusion_store):
     result = PerformancePredictor(diffusion_store).train_model(None, "auto", split="size",
                                                                test_fraction=0.2)
@@ -65,6 +67,7 @@ def test_diffusion_extrapolates_to_the_largest_jobs(diffusion_store):
 
 
 @pytest.mark.parametrize("split,fraction", [("time", 0.3), ("size", 0.2)])
+@pytest.mark.slow
 def test_video_transformer_with_its_profile(dit_store, split, fraction):
     result = PerformancePredictor(dit_store).train_model(None, "auto", split=split,
                                                          test_fraction=fraction)
@@ -79,6 +82,7 @@ def dit_store_without_profile(tmp_path_factory) -> Store:
 
 
 @pytest.mark.parametrize("split,fraction", [("time", 0.3), ("size", 0.2)])
+@pytest.mark.slow
 def test_video_transformer_without_a_profile_infers_its_geometry(dit_store_without_profile,
                                                                  split, fraction):
     predictor = PerformancePredictor(dit_store_without_profile)
@@ -92,6 +96,7 @@ def test_video_transformer_without_a_profile_infers_its_geometry(dit_store_witho
         "tiny-wan-dit-s"].full_attention
 
 
+@pytest.mark.slow
 def test_geometry_is_left_alone_where_configured_or_where_the_default_fits(diffusion_store,
                                                                             dit_store):
     assert PerformancePredictor(diffusion_store).train_model(
@@ -117,6 +122,7 @@ def test_geometry_inference_recovers_a_planted_geometry():
         assert inferred.get("planted", ModelProfile()) == truth["planted"]
 
 
+@pytest.mark.slow
 def test_auto_picks_the_best_family_and_reports_every_metric(diffusion_store):
     result = PerformancePredictor(diffusion_store).train_model("image", "auto")
     comparison = result["comparison"]
@@ -130,6 +136,7 @@ def test_auto_picks_the_best_family_and_reports_every_metric(diffusion_store):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_each_family_trains_saves_and_estimates(diffusion_store, family):
     predictor = PerformancePredictor(diffusion_store)
     result = predictor.train_model(None, family)
@@ -218,6 +225,7 @@ def test_matrix_encoder_gives_rare_and_unseen_values_one_code():
     np.testing.assert_array_equal(indicators[:, 2:], [[1, 0], [0, 1], [0, 0]])
 
 
+@pytest.mark.slow
 def test_a_short_history_still_trains_every_family(tmp_path, real_data):
     """35 jobs: categories all rare and some history columns empty in the first fits."""
     jobs = pd.read_csv(real_data / "video-dit-jobs.csv").head(35)
@@ -244,6 +252,7 @@ def test_a_correction_never_runs_away_outside_the_training_range():
     assert (corrections <= high + 1e-9).all() and (corrections >= low - 1e-9).all()
 
 
+@pytest.mark.slow
 def test_single_estimate_matches_the_batch_path(diffusion_store):
     predictor = PerformancePredictor(diffusion_store)
     predictor.train_model(None, "gradient_boosting")
@@ -276,6 +285,7 @@ def test_intervals_follow_each_groups_recent_spread():
     assert calm > 0.99 and 0.5 < noisy < 0.65  # P(|N(0, 0.25)| within ±20%) ≈ 0.58
 
 
+@pytest.mark.slow
 def test_a_gpu_that_turns_noisy_gets_wider_intervals(tmp_path_factory):
     from tests.conftest import REAL_DATA
 
@@ -329,6 +339,7 @@ def test_heuristic_learns_from_a_short_history(tmp_path):
     assert result["predicted_time_seconds"] == pytest.approx(2.5, rel=0.1)
 
 
+@pytest.mark.slow
 def test_only_three_versions_kept_and_new_versions_picked_up(diffusion_store, monkeypatch):
     monkeypatch.setattr(predictor_module, "RELOAD_CHECK_SECONDS", 0.0)
     trainer = PerformancePredictor(diffusion_store)
@@ -353,6 +364,7 @@ class Payload:
     """Anything not on the trusted list — it must never be instantiated from a blob."""
 
 
+@pytest.mark.slow
 def test_tampered_model_blob_is_refused(diffusion_store, caplog, monkeypatch):
     monkeypatch.setattr(predictor_module, "RELOAD_CHECK_SECONDS", 0.0)
     blob = skops.io.dumps({"model": Payload()})
@@ -412,6 +424,7 @@ def test_bad_inputs_raise_errors_naming_the_field(tmp_path, bad, field):
         predictor.estimate({**VIDEO_REQUEST, **bad})
 
 
+@pytest.mark.slow
 def test_model_store_on_postgres(pg_url, real_data, tmp_path):
     store = Store(pg_url, Settings(spool_dir=tmp_path))
     import_jobs(real_data / "diffusion-jobs.csv", store)
@@ -422,6 +435,7 @@ def test_model_store_on_postgres(pg_url, real_data, tmp_path):
     assert result["model_used"] == "gradient_boosting v1 (video)"
 
 
+@pytest.mark.slow
 def test_cli_train_and_estimate(diffusion_store, capsys):
     from perflib.cli import main
 

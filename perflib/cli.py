@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 from perflib.config import ConfigError, resolve_database_url, safe_url
 from perflib.store import Spool, Store
 from perflib.store.errors import DATABASE_DOWN, describe_error
+from perflib.store.versioning import SchemaBehind
 
 # The database cannot be reached: the service is down, the file cannot be opened, no driver.
 UNREACHABLE = (*DATABASE_DOWN, sa.exc.NoSuchModuleError, psycopg.OperationalError,
@@ -36,8 +37,7 @@ def _store(args) -> Store:
 
 def cmd_init_db(args) -> int:
     store = _store(args)
-    version = store.init_db()
-    print(f"schema version {version} ready in {safe_url(store.url)}")
+    print(store.init_db().describe(safe_url(store.url)))
     return 0
 
 
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_commands(commands) -> None:
     """Commands that load, write or tidy the job store."""
-    commands.add_parser("init-db", help="create or upgrade the schema").set_defaults(
+    commands.add_parser("init-db", help="create or upgrade the schema to head").set_defaults(
         handler=cmd_init_db)
 
     importer = commands.add_parser("import", help="load past jobs from a CSV or JSONL file")
@@ -718,6 +718,8 @@ def _failure_line(exc: Exception, database_url: str | None) -> str | None:
     except (ConfigError, sa.exc.ArgumentError):
         return ("bad configuration: the database URL (--database-url or PERFLIB_DATABASE_URL) "
                 "is not a valid SQLAlchemy URL")
+    if isinstance(exc, SchemaBehind):
+        return describe_error(exc, url)
     if isinstance(exc, UNREACHABLE) or _is_database_file_error(exc, url):
         return f"cannot reach the database {safe_url(url)}: {describe_error(exc, url)}"
     if isinstance(exc, DATABASE_FAILED):

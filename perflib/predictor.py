@@ -415,7 +415,7 @@ class PerformancePredictor(UsesStore):
                              f"{key[0]!r}: call train_model first")
         blob = skops.io.dumps(bundle)
         t = models_table
-        with self.store.engine.begin() as conn:
+        with self.store.writable_engine().begin() as conn:
             latest = conn.execute(sa.select(sa.func.max(t.c.version)).where(
                 t.c.pipeline_type == key[0], t.c.family == model_type)).scalar() or 0
             if activate:

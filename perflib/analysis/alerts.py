@@ -133,7 +133,7 @@ def save_alerts(store: Store, candidates: list[dict], seen_at: datetime) -> list
     """Insert new alerts; refresh the open one with the same fingerprint. Returns the stored
     alerts for these candidates."""
     table = alerts_table
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         for alert in map(_json_evidence, candidates):
             existing = conn.execute(sa.select(table.c.id).where(
                 table.c.fingerprint == alert["fingerprint"],
@@ -194,7 +194,7 @@ def list_alerts(store: Store, severity: str | None = None,
 def acknowledge(store: Store, alert_id: int) -> bool:
     """Mark an alert acknowledged; False when there is no such alert."""
     table = alerts_table
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         result = conn.execute(sa.update(table).where(table.c.id == alert_id)
                               .values(acknowledged=True))
     return result.rowcount > 0

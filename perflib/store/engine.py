@@ -16,7 +16,9 @@ import threading
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
+from sqlalchemy.schema import CreateTable
 
 from perflib.store import forkgate
 
@@ -31,6 +33,7 @@ class DatabaseFileReplaced(RuntimeError):
 
 _engines: dict[tuple[str, str], sa.Engine] = {}
 _engines_lock = threading.Lock()
+_stand_in: sa.Engine | None = None
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -117,6 +120,26 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
+def empty_stand_in(metadata: sa.MetaData) -> sa.Engine:
+    """An in-memory SQLite database with `metadata`'s tables, empty and read-only: what a
+    reader of a new database reads (reading must neither create the database nor its schema;
+    a write through it fails). One per process; each of its connections builds its own."""
+    global _stand_in
+    with _engines_lock:
+        if _stand_in is None:
+            ddl = [str(CreateTable(table).compile(dialect=sqlite.dialect()))
+                   for table in metadata.sorted_tables]
+            _stand_in = sa.create_engine("sqlite://")
+
+            @sa.event.listens_for(_stand_in, "connect")
+            def _build(dbapi_connection, _record):
+                for statement in ddl:
+                    dbapi_connection.execute(statement)
+                dbapi_connection.execute("PRAGMA query_only = ON")
+
+        return _stand_in
+
+
 def dispose_engines() -> None:
     """Close the idle pooled connections of every engine this process made (connections in use
     close when they are returned); the engines stay usable and reconnect on demand."""
@@ -128,9 +151,10 @@ def dispose_engines() -> None:
 
 def _forget_engines_in_child() -> None:
     # Connections inherited across fork must not be shared with the parent.
-    global _engines_lock
+    global _engines_lock, _stand_in
     _engines_lock = threading.Lock()
     _engines.clear()
+    _stand_in = None
 
 
 os.register_at_fork(after_in_child=_forget_engines_in_child)

@@ -10,8 +10,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from perflib.record import TEXT_LENGTHS
 
-SCHEMA_VERSION = 2
-
 metadata = sa.MetaData()
 
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
@@ -229,14 +227,6 @@ performance_alerts = sa.Table(
     sa.Column("last_seen", UtcDateTime, nullable=False),
     sa.Column("acknowledged", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_performance_alerts_open", "fingerprint", "acknowledged"),
-)
-
-schema_info = sa.Table(
-    "perflib_schema_info",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("upgraded_at", UtcDateTime, nullable=False),
 )
 
 JOB_COLUMNS = tuple(c.name for c in generation_performance.columns

@@ -203,13 +203,15 @@ def test_reading_runs_no_ddl(db_url, settings, tmp_path, cold_engines, ddl_state
     assert ddl_statements == []
 
 
-def test_reading_a_new_database_reads_it_empty_and_makes_nothing(db_url, settings,
+def test_reading_a_new_database_reads_it_empty_and_makes_nothing(db_url, settings, tmp_path,
                                                                  ddl_statements):
+    if db_url.startswith("sqlite"):
+        db_url = f"sqlite:///{tmp_path / 'data' / 'perflib.db'}"  # neither file nor folder
     reader = Store(db_url, settings)
     assert reader.count() == 0 and reader.jobs_frame().empty and reader.live_jobs().empty
     assert reader.revision() is None and ddl_statements == []
     if db_url.startswith("sqlite"):
-        assert not Path(sa.make_url(db_url).database).exists()
+        assert not Path(sa.make_url(db_url).database).parent.exists()
     else:
         with sa.create_engine(db_url).connect() as conn:
             assert settings.db_schema not in sa.inspect(conn).get_schema_names()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from operator import itemgetter
+from pathlib import Path
 from datetime import date, datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -61,11 +61,11 @@ class Store:
         database (no perflib table yet, or a SQLite file not made yet) reads as empty, through
         a read-only stand-in (:func:`.engine.empty_stand_in`); one behind head raises
         :class:`~perflib.store.versioning.SchemaBehind`."""
+        if _sqlite_file_missing(self.url):
+            return empty_stand_in(schema.metadata)
         engine = engine_for(self.url, self.config.db_schema)
         if getattr(engine, "_perflib_at_head", False):
             return engine
-        if _sqlite_file_missing(engine):
-            return empty_stand_in(schema.metadata)
         with engine.connect() as conn:
             if versioning.check(conn) == "new":
                 return empty_stand_in(schema.metadata)
@@ -122,10 +122,9 @@ class Store:
 
     def revision(self) -> str | None:
         """The database's Alembic revision (None: none recorded)."""
-        engine = engine_for(self.url, self.config.db_schema)
-        if _sqlite_file_missing(engine):
+        if _sqlite_file_missing(self.url):
             return None
-        with engine.connect() as conn:
+        with engine_for(self.url, self.config.db_schema).connect() as conn:
             return versioning.revision(conn)
 
     # -- writes -----------------------------------------------------------------------------
@@ -306,10 +305,11 @@ def _mark_at_head(engine: sa.Engine, conn: sa.Connection) -> None:
     engine._perflib_at_head = True
 
 
-def _sqlite_file_missing(engine: sa.Engine) -> bool:
-    """A SQLite database whose file is not there: a new database, which reading must not make."""
-    path = engine.url.database
-    return (engine.dialect.name == "sqlite" and bool(path) and path != ":memory:"
+def _sqlite_file_missing(url: URL) -> bool:
+    """A SQLite database whose file is not there: a new database, which reading must not make
+    (nor its folder)."""
+    path = url.database
+    return (url.get_backend_name() == "sqlite" and bool(path) and path != ":memory:"
             and not Path(path).exists())
 
 

@@ -1,7 +1,8 @@
 """Table definitions: one SQLAlchemy Core metadata shared by SQLite and PostgreSQL.
 
 Tables carry no schema name here; on PostgreSQL the engine maps them into ``PERFLIB_DB_SCHEMA``
-(``anime_api`` by default) with ``schema_translate_map``.
+(``anime_api`` by default) with ``schema_translate_map``. This is the schema at Alembic's head: a
+change here needs a new revision in ``migrations/versions`` (tests/test_migrations.py compares).
 """
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ help: ## list every target with what it does
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(INSTALLED) ## create .venv and install perflib (editable) with its test and lab extras
+setup: $(INSTALLED) ## create .venv and install perflib (editable) with every extra and the test one
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test,lab]'
+	$(PYTHON) -m pip install --quiet -e '.[all,test]'
 	touch $(INSTALLED)
 
 report: setup ## main job: weekly HTML report into reports/ (an empty database first gets demo data)
@@ -31,15 +31,15 @@ test: setup ## run the tests (SQLite and a throwaway PostgreSQL server) and the 
 		--nbval-lax tests notebooks
 
 bench: setup ## run the benchmarks; figures as ratios, written to reports/benchmarks.json
-	$(PYTHON) -m perflib.bench
+	$(PYTHON) -m tools.bench
 
 bench-scale: setup ## not in CI: 1M and 10M jobs in PostgreSQL, 1M in SQLite (SIZES=, SQLITE_SIZES=); maintain, analysis, report, 64 writers → reports/benchmarks-scale.json
-	$(PYTHON) -m perflib.bench_scale $(if $(SIZES),--sizes $(SIZES)) \
+	$(PYTHON) -m tools.bench_scale $(if $(SIZES),--sizes $(SIZES)) \
 		$(if $(SQLITE_SIZES),--sqlite-sizes $(SQLITE_SIZES))
 
 .PHONY: screenshots
 screenshots: setup ## the weekly report and the live dashboard as PNGs at 1280 px in reports/screenshots/ (needs chromium)
-	$(PYTHON) -m perflib.screenshots
+	$(PYTHON) -m tools.screenshots
 
 serve: setup ## run the HTTP service on 127.0.0.1:8328 (estimate-time, dashboard, metrics)
 	$(VENV)/bin/perflib serve

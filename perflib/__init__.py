@@ -9,7 +9,7 @@ Add two lines to a pipeline::
 
 and every call's timing, phases and resource use land in the configured database.
 """
-from perflib.tracker import configure, track_generation_job, track_performance
+from perflib.tracking.tracker import configure, track_generation_job, track_performance
 
 __version__ = "0.1.0"
 __all__ = ["configure", "track_generation_job", "track_performance", "__version__"]

@@ -4,7 +4,7 @@ The tracker, the importer, the service and the CLI all validate jobs here, so a 
 or refused the same way wherever it comes from. Validation is strict: a boolean is not a number,
 ``"１２"`` (full-width digits) is not 12, and a text longer than its store column is refused
 before it reaches the database. Errors name the field. The cost terms derived from a record live
-in :mod:`perflib.workload`.
+in :mod:`perflib.prediction.workload`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
                       StringConstraints, ValidationError, field_validator, model_validator)
 
-from perflib.comfyui.graph import shown  # the one way errors echo a value (graph.py ships alone)
+# graph.py ships alone into the ComfyUI node, so it defines these and the record takes them:
+# the one way errors echo a value, and the job type of a prompt served wholly from cache.
+from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE, shown
 
 PIPELINE_TYPES = ("image", "video")
 FINAL_STATUSES = ("success", "failed", "cancelled")
@@ -370,7 +372,7 @@ class JobRecord(JobParams):
     ram_peak_mb: Reading | None = None
     predicted_seconds: Seconds | None = None
     user_rating: _bounded_float(0, 5) | None = None
-    simulated: bool = Field(False, description="written by perflib.simulate (demo data)")
+    simulated: bool = Field(False, description="written by perflib.sim.simulate (demo data)")
     extra_params: JsonObject | None = None
     tags: Tags | None = Field(None, description="experiment tags, e.g. {\"ab\": \"dpmpp\"}")
     phases: Annotated[list[PhaseRecord], Field(max_length=10_000)] | None = None

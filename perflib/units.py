@@ -1,8 +1,12 @@
-"""How perflib writes a duration for people: one rule, shared by the report, the analyses'
-advice and the predictor's recommendations (the dashboard's JavaScript follows it too)."""
+"""How perflib writes durations and counts for people: one rule, shared by the report, the
+analyses' advice, the capacity plan and the predictor's recommendations (the dashboard's
+JavaScript follows the duration rule too)."""
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import pandas as pd
 
 MISSING = "–"
 
@@ -53,3 +57,25 @@ def _missing(value) -> bool:
         return value is None or math.isnan(float(value))
     except TypeError:
         return True
+
+
+def missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: nothing to show."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def format_percent(fraction: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage: 0.9988 → ``99.9%``; never ``-0.0%`` (a rounding residue
+    such as -1e-9 reads 0.0%)."""
+    if missing(fraction):
+        return MISSING
+    return f"{round(float(fraction) * 100, digits) + 0.0:,.{digits}f}%"  # + 0.0: -0.0 → 0.0
+
+
+def format_count(number: float | None, noun: str | None = None) -> str:
+    """A count with thousands separators: 12849.0 → ``12,849``; with a `noun`, pluralised
+    by the count: ``1 GPU``, ``3 GPUs``."""
+    if missing(number):
+        return MISSING
+    count = round(float(number))
+    return f"{count:,}" if noun is None else f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -42,10 +42,10 @@ from pathlib import Path
 import sqlalchemy as sa
 import websocket
 
-from perflib.loadtest import free_port, wait_until_serving
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
+from tools.loadtest import free_port, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = "tiny_sd15_random.safetensors"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from perflib import heartbeat, tracker
 from perflib.config import Settings
 from perflib.store import Store, schema
 from perflib.store.engine import dispose_engines
-from perflib.pgserver import PostgresServer, find_bindir
+from perflib.tracking import heartbeat, tracker
+from tools.pgserver import PostgresServer, find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -63,8 +63,7 @@ def store(db_url, settings) -> Store:
 def _fresh_tracker_binding():
     """Each test names its own database; none falls back to the user's default file."""
     yield
-    tracker._default_binding = None
-    tracker._named_bindings.clear()
+    tracker._bindings.clear()
     heartbeat.stop_all()  # each test's database gets its own heartbeat thread: end it with it
     dispose_engines()  # each test's database has its own pool: its idle connections end with it
 
@@ -74,6 +73,20 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "diffusion-jobs.csv").exists():
         pytest.skip(f"shared real-job data not found in {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    """The recorded ComfyUI server with SD 1.5 prompts (../shared/data/comfyui/sd15)."""
+    from tests.comfyui_server import RECORDINGS, Recording
+    if not (RECORDINGS / "sd15" / "history.json").exists():
+        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
+    return Recording.load(RECORDINGS / "sd15")
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url, settings) -> Store:
+    return Store(sqlite_url, settings)
 
 
 def row_counts(store: Store) -> dict[str, int]:

@@ -10,12 +10,13 @@ import pytest
 import sqlalchemy as sa
 
 from perflib.analysis import PerformanceAnalyzer, bottlenecks
-from perflib.analysis.aggregates import daily_frame, read_state, refresh_aggregates
 from perflib.analysis.daily import GROUP_KEYS, daily_stats, group_sums
+from perflib.analysis.daily_aggregates import daily_frame, read_state
 from perflib.analysis.sql import sampled_jobs
-from perflib.store.deletion import delete_jobs
-from perflib.simulate import default_incidents, generate_jobs, simulate_history
+from perflib.ops.aggregates import refresh_aggregates
+from perflib.sim.simulate import default_incidents, generate_jobs, simulate_history
 from perflib.store import Store
+from perflib.store.deletion import delete_jobs
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_daily_groups, performance_trends
 from tests.conftest import row_counts

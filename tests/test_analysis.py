@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from perflib.analysis import BottleneckType, PerformanceAnalyzer
 from perflib.config import Settings
-from perflib.simulate import Incident, default_incidents, simulate_history
+from perflib.sim.simulate import Incident, default_incidents, simulate_history
 from perflib.store import Store
 from perflib.store.schema import performance_trends
 

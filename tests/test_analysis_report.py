@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import perflib.analysis
 from perflib.analysis import BottleneckType, PerformanceAnalyzer
 from perflib.config import Settings, Thresholds, get_settings
-from perflib.simulate import default_incidents, generate_jobs, simulate_history
+from perflib.sim.simulate import default_incidents, generate_jobs, simulate_history
 from perflib.store import Store
 from perflib.store.schema import performance_alerts
 

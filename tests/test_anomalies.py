@@ -12,9 +12,9 @@ from perflib.analysis import PerformanceAnalyzer
 from perflib.analysis import anomalies
 from perflib.analysis.anomalies import contention_alerts, far_slower_than_expected
 from perflib.config import Settings
-from perflib.features import build_features, outcome_seconds
-from perflib.models import CostModel
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.features import build_features, outcome_seconds
+from perflib.prediction.models import CostModel
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 from perflib.store.importer import import_jobs
 from tests.conftest import SHARED_DATA, row_counts
@@ -120,7 +120,7 @@ def test_a_burst_of_slow_jobs_does_not_drag_the_drift(unet_store):
 
 def test_training_drift_skips_the_burst():
     """The drift a trained model stores for a group ignores its far-slower jobs."""
-    from perflib.features import far_slower_jobs, history_keys, latest_median
+    from perflib.prediction.features import far_slower_jobs, history_keys, latest_median
 
     start = datetime(2025, 1, 6, tzinfo=timezone.utc)
     finished = [start + timedelta(minutes=i) for i in range(60)]

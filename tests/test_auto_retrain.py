@@ -10,12 +10,12 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.analysis.auto_retrain import retrain_due
 from perflib.cli import main as cli_main
 from perflib.config import RetrainRule
-from perflib.predictor import PerformancePredictor
+from perflib.ops.auto_retrain import retrain_due
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.serve import create_app
-from perflib.simulate import simulate_history
+from perflib.sim.simulate import simulate_history
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_prediction_models as models
@@ -65,7 +65,7 @@ def test_a_candidate_that_loses_is_stored_inactive_and_the_active_one_stays(stor
     _history_with_model(store)
     predictor = PerformancePredictor(store)
     # Make the active model look perfect on the latest jobs: the candidate cannot beat it.
-    from perflib.analysis import auto_retrain
+    from perflib.ops import auto_retrain
 
     real = auto_retrain.held_out_estimates
     seconds = None

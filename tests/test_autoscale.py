@@ -18,10 +18,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from perflib import autoscale
-from perflib.autoscale import UNASSIGNED, desired_gpus, pool_signals
 from perflib.config import Thresholds
-from perflib.fifo import queue_starts
+from perflib.queue import autoscale
+from perflib.queue.autoscale import UNASSIGNED, desired_gpus, pool_signals
+from perflib.queue.fifo import queue_starts
 from perflib.serve import create_app
 
 with warnings.catch_warnings():

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perflib.backtest import reliability_table, run_backtest
 from perflib.cli import main
 from perflib.config import ModelProfile, Settings
-from perflib.conformal import OnlineConformal, normalised_scores
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.backtest import reliability_table, run_backtest
+from perflib.prediction.conformal import OnlineConformal, normalised_scores
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 from perflib.store.importer import import_jobs
 

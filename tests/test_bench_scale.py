@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from perflib.bench_scale import BYTES_PER_JOB, check_disk, disk_needed
+from tools.bench_scale import BYTES_PER_JOB, check_disk, disk_needed
 
 
 def test_disk_needed_is_the_largest_history_of_each_backend():

@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from perflib.analysis import PerformanceAnalyzer
 from perflib.capacity import erlang, plan_capacity
 from perflib.capacity.arrivals import arrival_pattern
-from perflib.capacity.search import smallest_gpus
-from perflib.capacity.simulation import Workload, fifo_waits, run_queue
+from perflib.capacity.simulation import Workload, run_queue
 from perflib.cli import main
-from perflib.simulate import Incident, generate_jobs, simulate_history
+from perflib.queue.fifo import fifo_waits
+from perflib.queue.search import smallest_gpus
+from perflib.sim.simulate import Incident, generate_jobs, simulate_history
 from perflib.store import Store
 from tests.conftest import row_counts
 
@@ -115,7 +116,7 @@ def test_the_simulation_agrees_with_erlang_c_on_an_m_m_c_queue():
 
 def test_the_simulation_queues_as_estimate_time_does():
     """Jobs all arriving at once start when estimate-time's queue says they would."""
-    from perflib.fifo import queue_starts
+    from perflib.queue.fifo import queue_starts
 
     services = np.random.default_rng(2).exponential(60.0, 50)
     waits = fifo_waits(np.zeros(50), services, gpus=3)
@@ -182,7 +183,7 @@ def test_planning_reads_only(busy_history):
 
 
 def test_a_stored_model_prices_the_service_times(tmp_path):
-    from perflib.predictor import PerformancePredictor
+    from perflib.prediction.predictor import PerformancePredictor
 
     store = _history(tmp_path, gpus=2, jobs_per_day=200, weeks=1)
     predictor = PerformancePredictor(store)
@@ -257,8 +258,8 @@ def test_cli_refuses_zero_gpus_naming_the_option(busy_history, capsys):
 
 
 def test_weekly_report_shows_the_capacity_of_its_period(busy_history):
-    from perflib.report_data import weekly_data
-    from perflib.report_tables import capacity_table
+    from perflib.report.data import weekly_data
+    from perflib.report.tables import capacity_table
 
     week = weekly_data(busy_history, end_date="2026-11-02")
     assert week.capacity.current_gpus == 2 and week.capacity.weeks_simulated == 1
@@ -269,8 +270,8 @@ def test_weekly_report_shows_the_capacity_of_its_period(busy_history):
 
 
 def test_weekly_report_without_jobs_has_no_capacity_plan(tmp_path):
-    from perflib.report_data import weekly_data
-    from perflib.report_tables import capacity_table
+    from perflib.report.data import weekly_data
+    from perflib.report.tables import capacity_table
 
     store = Store(f"sqlite:///{tmp_path / 'empty.db'}")
     store.init_db()

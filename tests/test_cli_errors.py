@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from perflib.cli import main
-from perflib.loadtest import free_port
+from tools.loadtest import free_port
 
 PASSWORD = "hunter2-secret"
 COMMANDS = [["init-db"], ["analyze", "--days-back", "7"], ["maintain"], ["maintain", "--dry-run"],

@@ -13,21 +13,8 @@ import pytest
 
 from perflib.cli import main as cli_main
 from perflib.comfyui.collect import Collector, ServerPoller, job_id
-from perflib.predictor import PerformancePredictor
-from perflib.store import Store
+from perflib.prediction.predictor import PerformancePredictor
 from tests.comfyui_server import RECORDINGS, FakeComfyUI, Recording
-
-
-@pytest.fixture(scope="module")
-def sd15() -> Recording:
-    if not (RECORDINGS / "sd15" / "history.json").exists():
-        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
-    return Recording.load(RECORDINGS / "sd15")
-
-
-@pytest.fixture
-def sqlite_store(sqlite_url, settings) -> Store:
-    return Store(sqlite_url, settings)
 
 
 def derived(recording: Recording) -> dict[str, dict]:

@@ -12,20 +12,7 @@ import time
 import pytest
 
 from perflib.comfyui.collect import Collector, ServerPoller, job_id
-from perflib.store import Store
-from tests.comfyui_server import RECORDINGS, DrippingServer, FakeComfyUI, Recording
-
-
-@pytest.fixture(scope="module")
-def sd15() -> Recording:
-    if not (RECORDINGS / "sd15" / "history.json").exists():
-        pytest.skip(f"ComfyUI recordings not found in {RECORDINGS}")
-    return Recording.load(RECORDINGS / "sd15")
-
-
-@pytest.fixture
-def sqlite_store(sqlite_url, settings) -> Store:
-    return Store(sqlite_url, settings)
+from tests.comfyui_server import DrippingServer, FakeComfyUI
 
 
 def _timestamp(event: str, value):

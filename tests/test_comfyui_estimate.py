@@ -11,7 +11,7 @@ import pytest
 from perflib.cli import main as cli_main
 from perflib.comfyui.collect import Collector
 from perflib.comfyui.graph import parse_prompt
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.serve import create_app
 from perflib.store import Store
 from tests.comfyui_server import RECORDINGS, FakeComfyUI, Recording

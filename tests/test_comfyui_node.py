@@ -31,11 +31,12 @@ import sqlalchemy as sa
 
 from perflib.cli import main
 from perflib.comfyui.install import PACKAGE_NAME, install_node
-from perflib.loadtest import free_port, wait_until_serving
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
+from tools.loadtest import free_port, wait_until_serving
 from tests.conftest import SHARED_DATA
+from tests.deadline import within
 from tests.fake_nvml import FakeDevice, FakeNvml
 
 SD15 = SHARED_DATA / "comfyui" / "sd15"
@@ -661,23 +662,6 @@ def odd_service():
     for httpd, handler in servers:
         handler.stopped.set()
         httpd.shutdown()
-
-
-def within(seconds, action):
-    """`action()`'s outcome (its result or its exception), failing when it takes longer than
-    `seconds` (it is left running in a daemon thread)."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["result"] = action()
-        except Exception as exc:
-            outcome["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still running after {seconds} s"
-    return outcome
 
 
 @pytest.mark.parametrize("drip", ["status", "body"])

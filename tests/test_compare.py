@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from perflib import track_generation_job, track_performance
-from perflib.ab import assign
+from perflib.analysis.ab import assign
 from perflib.analysis.arms import SelectionError, TooFewJobs
 from perflib.analysis.compare import compare_settings, report_section
 from perflib.analysis.stratified import stratified_shift, trimmed_mean_variance, van_elteren_p
 from perflib.cli import main
+from perflib.prediction.workload import stored_terms
 from perflib.serve import create_app
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store, flush_all
 from perflib.store.importer import import_jobs
-from perflib.workload import stored_terms
 from tests.conftest import row_counts
 
 with warnings.catch_warnings():

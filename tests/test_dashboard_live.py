@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from perflib.config import Settings
-from perflib.demo_live import HOSTS, QUEUED, RUNNING, gpu_name, seed_live_farm
-from perflib.screenshots import CHROMIUM, chromium, serving
 from perflib.serve import create_app
+from perflib.sim.demo_live import HOSTS, QUEUED, RUNNING, gpu_name, seed_live_farm
 from perflib.store import Store
+from tools.screenshots import CHROMIUM, chromium, serving
 from tests.conftest import IN_CI, row_counts
 
 with warnings.catch_warnings():

@@ -10,16 +10,16 @@ import sqlalchemy as sa
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.analysis.origin import EMPTY_DATABASE
-from perflib.analysis.purge import purge_simulated
 from perflib.cli import main
-from perflib.nvml import Nvml
-from perflib.predictor import PerformancePredictor
-from perflib.sampler import JobResources, ResourceSampler
+from perflib.ops.purge import purge_simulated
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.snapshot import fleet_size
 from perflib.serve import app as service_app
 from perflib.serve import create_app
-from perflib.serve.queue import fleet_size
-from perflib.simulate import generate_jobs, simulate_history
+from perflib.sim.simulate import generate_jobs, simulate_history
 from perflib.store import Store, schema
+from perflib.tracking.nvml import Nvml
+from perflib.tracking.sampler import JobResources, ResourceSampler
 from tests.conftest import row_counts
 from tests.fake_nvml import FakeDevice, FakeNvml
 

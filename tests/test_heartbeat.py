@@ -10,13 +10,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from perflib.config import ConfigError, Settings, get_settings
-from perflib.heartbeat import HeartbeatPublisher, heartbeat_for, heartbeats_of
-from perflib.nvml import Nvml
-from perflib.sampler import ResourceSampler
 from perflib.serve import create_app
 from perflib.store import Store
 from perflib.store.heartbeats import read_heartbeats, write_heartbeats
-from perflib.tracker import track_generation_job
+from perflib.tracking.heartbeat import HeartbeatPublisher, heartbeat_for, heartbeats_of
+from perflib.tracking.nvml import Nvml
+from perflib.tracking.sampler import ResourceSampler
+from perflib.tracking.tracker import track_generation_job
 from tests.fake_nvml import FakeDevice, FakeNvml
 
 with warnings.catch_warnings():

@@ -14,41 +14,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perflib.bench import hostile_graph
 from perflib.comfyui.graph import MAX_NODES, MAX_SIGMAS_TEXT, parse_prompt
 from perflib.config import Settings
 from perflib.record import MAX_NUMBER_TEXT, RecordError, estimate_params
-from perflib.screenshots import serving
 from perflib.serve import create_app
 from perflib.store import Store
+from tools.bench import hostile_graph
+from tools.screenshots import serving
 from tests.test_comfyui_graph import base_graph
+from tests.deadline import within
 
 ESTIMATE = "/api/anime/performance/estimate-time"
 DEADLINE_S = 5.0  # the fixed code takes milliseconds; the quadratic one took 10 s and more
-
-
-def within_deadline(work, *args):
-    """`work(*args)`'s result or exception, failing the test if it takes over DEADLINE_S."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = work(*args)
-        except Exception as exc:  # the caller asserts on it
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    assert not thread.is_alive(), f"{work.__name__} took over {DEADLINE_S} s"
-    return outcome
 
 
 @pytest.mark.parametrize("text", ["1" * 20_000 + "x", " " * 20_000 + "x", "1" * 20_000])
 def test_a_long_number_is_refused_at_once_naming_the_field_and_the_limit(text):
     params = {"pipeline_type": "image", "resolution": "8x8", "steps": 1,
               "guidance_scale": text}
-    error = within_deadline(estimate_params, params)["error"]
+    error = within(DEADLINE_S, lambda: estimate_params(params))["error"]
     assert isinstance(error, RecordError) and error.field == "guidance_scale"
     assert f"at most {MAX_NUMBER_TEXT} characters" in error.message
 
@@ -72,7 +56,7 @@ def manual_sigmas_graph(text: str) -> dict:
 
 
 def test_an_80_kb_sigmas_text_is_refused_at_once_naming_the_input_and_the_limit():
-    error = within_deadline(parse_prompt, manual_sigmas_graph("." * 80_000))["error"]
+    error = within(DEADLINE_S, lambda: parse_prompt(manual_sigmas_graph("." * 80_000)))["error"]
     assert isinstance(error, ValueError)
     assert "node 3 (ManualSigmas) input 'sigmas'" in str(error)
     assert f"{MAX_SIGMAS_TEXT:,}" in str(error)
@@ -86,7 +70,7 @@ def test_sigmas_are_counted_as_comfyui_counts_them(text):
 
 
 def test_thousands_of_samplers_on_a_long_chain_parse_in_linear_time():
-    parsed = within_deadline(parse_prompt, hostile_graph(4000, 3000))["value"]
+    parsed = within(DEADLINE_S, lambda: parse_prompt(hostile_graph(4000, 3000)))["result"]
     assert len(parsed.passes) == 4000
 
 

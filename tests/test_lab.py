@@ -10,7 +10,7 @@ import time
 import httpx
 import psutil
 
-from perflib.loadtest import free_port
+from tools.loadtest import free_port
 from tests.conftest import REPO
 
 START_TIMEOUT_S = 90

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perflib.backtest import run_backtest
 from perflib.config import Settings
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.backtest import run_backtest
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 
 REQUEST_FIELDS = ("pipeline_type", "job_type", "width", "height", "frame_count", "steps",

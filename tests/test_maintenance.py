@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.analysis.alerts import save_alerts
 from perflib.config import Settings
-from perflib.simulate import default_incidents, generate_jobs, simulate_history
+from perflib.ops.alerts import save_alerts
+from perflib.sim.simulate import default_incidents, generate_jobs, simulate_history
 from perflib.store import Store
 from perflib.store.schema import (generation_performance, generation_phases, performance_alerts,
                                   performance_trends, resource_samples)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from perflib.autoscale import OTHER, POOL_LABEL_CAP, PoolSignal, fold_pools
+from perflib.queue.autoscale import OTHER, POOL_LABEL_CAP, PoolSignal, fold_pools
 from perflib.serve import create_app
 
 with warnings.catch_warnings():

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from perflib import predictor as predictor_module
 from perflib.config import Settings
-from perflib.predictor import PerformancePredictor, load_model_blob
+from perflib.prediction import predictor as predictor_module
+from perflib.prediction.predictor import PerformancePredictor, load_model_blob
 from perflib.serve import create_app
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store
 from perflib.store.schema import performance_prediction_models as models_table
 
@@ -136,6 +136,35 @@ def _delete(store: Store, version: int) -> None:
 def _sound(answer: dict) -> bool:
     seconds, (low, high) = answer["predicted_time_seconds"], answer["uncertainty_range"]
     return all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in (seconds, low, high))
+
+
+# -- stored by an earlier perflib --------------------------------------------------------------
+def _named_as_before_the_move(schema: dict, _members) -> None:
+    old_names = {new: old for old, new in predictor_module.MOVED_MODULES.items()}
+
+    def rename(node):
+        if isinstance(node, dict):
+            if node.get("__module__") in old_names:
+                node["__module__"] = old_names[node["__module__"]]
+            for child in node.values():
+                rename(child)
+        elif isinstance(node, list):
+            for child in node:
+                rename(child)
+    rename(schema)
+
+
+def test_a_model_stored_before_the_package_move_still_answers(two_versions, tmp_path):
+    store = _copy(two_versions, tmp_path)
+    _corrupt(store, 2, _named_as_before_the_move)
+    with store.engine.connect() as conn:
+        blob = conn.execute(sa.select(models_table.c.blob).where(
+            models_table.c.version == 2)).scalar_one()
+    assert b"perflib.models" in zipfile.ZipFile(io.BytesIO(blob)).read("schema.json")
+    assert type(load_model_blob(blob)).__name__ == "TrainedModel"
+    answer = PerformancePredictor(store).estimate(
+        {"pipeline_type": "video", "resolution": "512x512", "frame_count": 16, "steps": 20})
+    assert answer["prediction_method"] == "ml_model" and "v2" in answer["model_used"]
 
 
 # -- refused at load ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import papermill
 import pytest
 
 from perflib.cli import main
-from perflib.simulate import simulate_history
+from perflib.sim.simulate import simulate_history
 from perflib.store import Store
 from tests.conftest import REPO, row_counts
 
@@ -95,7 +95,7 @@ def test_explore_notebook_passes_nbval_on_demo_data(demo_database):
 
 def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, monkeypatch,
                                                                       capsys):
-    from perflib import report
+    from perflib.report import render as report
 
     broken = tmp_path / "broken.ipynb"
     notebook = json.loads((REPO / report.NOTEBOOK).read_text())
@@ -116,7 +116,7 @@ def test_failed_report_exits_non_zero_and_keeps_the_executed_notebook(tmp_path, 
 def test_report_hands_the_database_to_the_kernel_through_the_environment(tmp_path,
                                                                           monkeypatch):
     """A password in the URL must not be written into the executed notebook."""
-    from perflib import report
+    from perflib.report import render as report
     from perflib.config import get_settings
 
     seen = {}

@@ -1,5 +1,5 @@
 """Day partitions of the job tables on PostgreSQL: creation, writes, retention, migration, many
-writers (perflib.store.partitions, perflib.store.migration, perflib.analysis.retention)."""
+writers (perflib.store.partitions, perflib.store.migration, perflib.ops.retention)."""
 from __future__ import annotations
 
 import threading
@@ -8,12 +8,12 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from perflib.analysis.maintenance import maintain
 from perflib.cli import main as cli_main
-from perflib.loadtest import many_writers
+from perflib.ops.maintenance import maintain
 from perflib.store import Store, partitions, schema
 from perflib.store.engine import engine_for
 from perflib.store.migration import migrate
+from tools.loadtest import many_writers
 
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)

@@ -1,5 +1,5 @@
-"""New GPUs and new models from few jobs: pooled, shrunk speed factors (perflib.pooling), the
-GPU-profile seed, and the estimate's speed_source — on the real shared jobs and on simulated
+"""New GPUs and new models from few jobs: pooled, shrunk speed factors (perflib.prediction.pooling),
+the GPU-profile seed, and the estimate's speed_source — on the real shared jobs and on simulated
 history."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from perflib.config import ConfigError, GpuProfile, ModelProfile, Settings, get_settings
-from perflib.features import build_features
-from perflib.models import CostModel
-from perflib.pooling import PooledSpeeds
-from perflib.predictor import PerformancePredictor
-from perflib.simulate import generate_jobs
+from perflib.prediction.features import build_features
+from perflib.prediction.models import CostModel
+from perflib.prediction.pooling import PooledSpeeds
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store
 from perflib.store.importer import import_jobs
 

@@ -9,13 +9,13 @@ import pytest
 import skops.io
 import sqlalchemy as sa
 
-from perflib import predictor as predictor_module
 from perflib.config import ModelProfile, Settings
-from perflib.features import (FEATURE_DESCRIPTIONS, build_features, feature_columns,
+from perflib.prediction import predictor as predictor_module
+from perflib.prediction.features import (FEATURE_DESCRIPTIONS, build_features, feature_columns,
                               past_median)
-from perflib.geometry import infer_profiles
-from perflib.models import FAMILIES, Calibration, MatrixEncoder, make_family
-from perflib.predictor import (IncompatibleModelError, PerformancePredictor,
+from perflib.prediction.geometry import infer_profiles
+from perflib.prediction.models import FAMILIES, Calibration, MatrixEncoder, make_family
+from perflib.prediction.predictor import (IncompatibleModelError, PerformancePredictor,
                                UntrustedModelError, load_model_blob)
 from perflib.store import Store
 from perflib.store.importer import import_jobs

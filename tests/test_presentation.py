@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from perflib.presentation import (describe, format_change, format_change_point, format_count,
+from perflib.report.presentation import (describe, format_change, format_change_point, format_count,
                                   format_day, format_duration, format_hours, format_percent,
                                   format_points, in_words, people_table)
 

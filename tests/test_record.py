@@ -14,15 +14,15 @@ from fastapi.testclient import TestClient
 from perflib import record as job_record_module
 from perflib.cli import main
 from perflib.config import ModelProfile, Settings
-from perflib.features import build_features
+from perflib.prediction.features import build_features
 from perflib.record import RecordError, estimate_params, job_record
 from perflib.serve import schemas
 from perflib.serve.app import create_app
 from perflib.store import Store
+from perflib.store import flush_all
 from perflib.store.importer import REQUIRED_COLUMNS, import_jobs
 from perflib.store.schema import generation_performance
-from perflib.store import flush_all
-from perflib.tracker import track_generation_job
+from perflib.tracking.tracker import track_generation_job
 
 BASE = {"pipeline_type": "image", "resolution": "512x512", "steps": 20}
 NOW = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
@@ -217,7 +217,7 @@ def test_a_tracked_job_the_record_refuses_outright_goes_to_the_dead_letter_file(
 
 def test_a_multi_pass_estimate_prices_cheaper_passes(tmp_path):
     """Advice for a hires-fix job changes every pass (its work is the sum over them)."""
-    from perflib.predictor import PerformancePredictor
+    from perflib.prediction.predictor import PerformancePredictor
 
     predictor = PerformancePredictor(Store(f"sqlite:///{tmp_path / 'e.db'}"))
     passes = [{"width": 512, "height": 512, "steps": 20, "guidance_scale": 7.0},

@@ -8,14 +8,15 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
 from perflib.analysis import PerformanceAnalyzer, anomalies, daily
 from perflib.analysis.origin import COUNT_CAP, data_origin
 from perflib.config import Settings
-from perflib.features import HISTORY_WINDOW
-from perflib.simulate import Incident, simulate_history
+from perflib.prediction.features import HISTORY_WINDOW
+from perflib.sim.simulate import Incident, simulate_history
 from perflib.store import Store
 
 END = datetime(2026, 11, 23, tzinfo=timezone.utc)
@@ -106,6 +107,19 @@ def test_job_sample_agrees_with_the_whole_week(fleet):
     assert sample.started_at.min() >= WEEK[0] and sample.started_at.max() < WEEK[1]
 
 
+@pytest.mark.postgres
+def test_job_sample_is_the_same_on_every_run_on_postgres(pg_url, tmp_path):
+    """TABLESAMPLE draws more rows than are kept; the ones kept are the same each run (they
+    were ORDER BY random(): one week's charts could render differently)."""
+    store = Store(pg_url, Settings(spool_dir=tmp_path / "spool"))
+    simulate_history(store, weeks=1, gpus=4, seed=5, end=END, jobs_per_day=1500)
+    analyzer = PerformanceAnalyzer(store)
+    first = analyzer.job_sample(7, END, limit=1000)
+    assert len(first) == 1000  # the sample held more: which rows are kept must not vary
+    for _ in range(3):
+        pd.testing.assert_frame_equal(analyzer.job_sample(7, END, limit=1000), first)
+
+
 def test_data_origin_reads_only_the_window(fleet):
     """The database's jobs are counted only when the window holds none, and then at most
     COUNT_CAP + 1 of them."""
@@ -141,7 +155,7 @@ def test_far_slower_jobs_are_screened_in_sql_on_a_large_window(fleet, monkeypatc
 
 def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
     """The report and its charts share one trend analysis (it was run twice: 4 s at 1M jobs)."""
-    from perflib.report_data import weekly_data
+    from perflib.report.data import weekly_data
 
     calls = []
     analyze = PerformanceAnalyzer.analyze_trends
@@ -156,7 +170,7 @@ def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
 def test_failure_rates_come_from_the_daily_aggregates(fleet):
     """The failure-spike baseline (four weeks) is read from the stored daily aggregates, not
     from the jobs: the same rates as counting the jobs."""
-    from perflib.analysis.aggregates import refresh_aggregates
+    from perflib.ops.aggregates import refresh_aggregates
     from perflib.analysis import alerts
 
     refresh_aggregates(fleet)  # what `perflib maintain` keeps up to date
@@ -193,12 +207,13 @@ def test_a_report_looks_up_only_its_own_stored_alerts(fleet):
     """Open alerts pile up on a fleet nobody acknowledges them on: a report reads the stored
     state of the alerts its window calls for, not every open one."""
     from perflib.analysis import alerts
+    from perflib.ops.alerts import save_alerts
 
     old = [{"alert_type": "slow_job_contention", "pipeline_type": "image", "severity": "medium",
             "message": f"contention on render-{n}", "evidence": {},
             "fingerprint": f"slow_job_contention|render-{n}|2026-10-01T00:00"}
            for n in range(500)]
-    alerts.save_alerts(fleet, old, END - timedelta(days=50))
+    save_alerts(fleet, old, END - timedelta(days=50))
     mine = {**old[0], "fingerprint": "failure_rate_spike|image", "message": "new"}
     with counted(fleet) as work:
         reported = alerts.as_reported(fleet, [old[7], mine], END)

@@ -12,12 +12,12 @@ import pytest
 from perflib.analysis import PerformanceAnalyzer
 from perflib.analysis.estimates import estimate_check
 from perflib.config import Settings
-from perflib.predictor import PerformancePredictor
-from perflib.report_data import weekly_data
-from perflib.report_summary import summary_markdown
-from perflib.report_tables import (alert_table, bottleneck_table, estimate_table, gpu_table,
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.report.data import weekly_data
+from perflib.report.summary import summary_markdown
+from perflib.report.tables import (alert_table, bottleneck_table, estimate_table, gpu_table,
                                    headline_table, pipeline_table, trend_table)
-from perflib.simulate import Incident, simulate_history
+from perflib.sim.simulate import Incident, simulate_history
 from perflib.store import Store
 from tests.conftest import row_counts
 

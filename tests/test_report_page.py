@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from perflib.config import Settings
-from perflib.report import render_report
-from perflib.simulate import Incident, simulate_history
+from perflib.report.render import render_report
+from perflib.sim.simulate import Incident, simulate_history
 from perflib.store import Store
 from tests.conftest import IN_CI
 from tests.test_report_data import END, REGRESSION, html_text

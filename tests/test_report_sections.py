@@ -16,12 +16,13 @@ import pandas as pd
 import pytest
 from nbconvert.filters import markdown2html
 
-from perflib import plots, track_generation_job
+from perflib import track_generation_job
 from perflib.config import Settings
-from perflib.presentation import MAX_CATEGORIES, OTHER, people_table, safe_text
-from perflib.report_data import busiest_gpus
-from perflib.report_summary import summary_markdown
-from perflib.report_tables import bottleneck_table, gpu_table
+from perflib.report import plots
+from perflib.report.data import busiest_gpus
+from perflib.report.presentation import MAX_CATEGORIES, OTHER, people_table, safe_text
+from perflib.report.summary import summary_markdown
+from perflib.report.tables import bottleneck_table, gpu_table
 from perflib.serve import create_app
 from perflib.store import Store, flush_all
 

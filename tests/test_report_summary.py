@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from perflib.report_summary import period_line, summary_markdown, summary_sentences
+from perflib.report.summary import period_line, summary_markdown, summary_sentences
 
 
 def _report(**changes) -> dict:

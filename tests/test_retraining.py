@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perflib.analysis.auto_retrain import _change_points, held_out_estimates, retrain
-from perflib.analysis.retraining import ModelInfo, should_retrain
 from perflib.config import ConfigError, ModelProfile, RetrainRule, Settings, get_settings
-from perflib.predictor import PerformancePredictor
-from perflib.simulate import default_incidents, simulate_history
+from perflib.ops.auto_retrain import _change_points, held_out_estimates, retrain
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.prediction.retraining_rule import ModelInfo, should_retrain
+from perflib.sim.simulate import default_incidents, simulate_history
 from perflib.store import Store
 
 T0 = datetime(2025, 1, 6, tzinfo=timezone.utc)
@@ -145,7 +145,7 @@ def _replay(store: Store, first_day: datetime, rule: RetrainRule):
 
 
 def _active(store: Store):
-    from perflib.analysis.auto_retrain import _active_model
+    from perflib.ops.auto_retrain import _active_model
     return _active_model(store, "video")
 
 

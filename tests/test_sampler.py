@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from perflib.nvml import Nvml
-from perflib.sampler import JobResources, ResourceSampler, gpu_indices_for
+from perflib.tracking.nvml import Nvml
+from perflib.tracking.sampler import JobResources, ResourceSampler, gpu_indices_for
 from tests.fake_nvml import FakeDevice, FakeNvml
 
 

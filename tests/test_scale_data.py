@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from perflib.config import Settings
-from perflib.scale_data import BuildResult, build_scale_database, new_hour_records
+from perflib.prediction.workload import STORED_TERMS, stored_terms
 from perflib.store import Store, schema
-from perflib.workload import STORED_TERMS, stored_terms
+from tools.scale_data import BuildResult, build_scale_database, new_hour_records
 
 END = datetime(2026, 11, 23, tzinfo=timezone.utc)      # a Monday, midnight
 

@@ -22,13 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.config import Settings
-from perflib.loadtest import free_port, wait_until_serving
-from perflib.predictor import RELOAD_CHECK_SECONDS, PerformancePredictor
+from perflib.prediction.predictor import RELOAD_CHECK_SECONDS, PerformancePredictor
+from perflib.queue.snapshot import expected_start
 from perflib.serve import create_app, main
 from perflib.serve.guards import MAX_BODY_BYTES, is_loopback
-from perflib.serve.queue import expected_start
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Spool, Store
+from tools.loadtest import free_port, wait_until_serving
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx
@@ -617,7 +617,7 @@ def test_concurrent_estimates_share_model_passes(tmp_path):
     answer it would have got alone, and a bad request fails alone."""
     import asyncio
 
-    from perflib.predictor import PerformancePredictor
+    from perflib.prediction.predictor import PerformancePredictor
     from perflib.serve.estimates import EstimateBatcher
 
     predictor = PerformancePredictor(Store(f"sqlite:///{tmp_path / 'b.db'}",

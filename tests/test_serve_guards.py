@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from perflib.analysis.alerts import save_alerts
 from perflib.config import Settings, get_settings
+from perflib.ops.alerts import save_alerts
 from perflib.serve import create_app
 from perflib.serve.retrain import RetrainLimited, RetrainTasks
-from perflib.simulate import default_incidents, simulate_history
+from perflib.sim.simulate import default_incidents, simulate_history
 from perflib.store import Store
 from perflib.store.schema import metadata
 

@@ -23,12 +23,12 @@ import pytest
 import uvicorn
 
 from perflib.config import Settings
-from perflib.loadtest import free_port, wait_until_serving
 from perflib.serve import create_app
 from perflib.serve.reports import (RETRY_AFTER_S, RenderFailed, ReportRenders,
                                    perflib_report_command)
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store
+from tools.loadtest import free_port, wait_until_serving
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from perflib.config import Settings
 from perflib.serve import create_app
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store
 
 # Writes the report at once: rendering for real is tested in test_serve_reports.py.

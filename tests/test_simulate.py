@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perflib.simulate import (CUDA_CONTEXT_MB, EXPECTED_BOTTLENECKS, HEAVY_MODEL, INCIDENT_KINDS,
-                              MODELS, Incident, SimulationResult, default_incidents,
-                              generate_jobs, simulate_history)
+from perflib.prediction.workload import STORED_TERMS
+from perflib.sim.simulate import (CUDA_CONTEXT_MB, EXPECTED_BOTTLENECKS, HEAVY_MODEL,
+                                  INCIDENT_KINDS, MODELS, Incident, SimulationResult,
+                                  default_incidents, generate_jobs, simulate_history)
 from perflib.store import Store, schema
-from perflib.workload import STORED_TERMS
 
 END = datetime(2025, 3, 3, tzinfo=timezone.utc)      # a Monday, midnight
 RTX_4090 = "NVIDIA GeForce RTX 4090"

@@ -1,11 +1,14 @@
 """Schema creation and batched writes behave the same on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import sqlalchemy as sa
 
 from perflib.cli import main
 from perflib.store import Store, schema, versioning
 from perflib.store.deletion import delete_jobs
+from perflib.prediction.workload import STORED_TERMS, stored_terms
 
 
 def test_schema_creation_twice_is_harmless(store, capsys):
@@ -83,3 +86,31 @@ def test_jobs_frame_filters_by_time_and_pipeline(store):
         for day in range(1, 11)])
     frame = store.jobs_frame(since="2026-11-03", until="2026-11-07", pipeline_type="video")
     assert list(frame.job_id) == ["j4", "j6"]
+
+
+def test_cost_terms_of_a_batch_match_each_record_computed_alone(store):
+    """The write computes cost terms once per job shape: a batch mixing repeated shapes, a job
+    with passes, one without a width and one with fewer keys stores what each alone would."""
+    base = {"pipeline_type": "image", "status": "success", "width": 1024, "height": 1024,
+            "steps": 30, "guidance_scale": 7.0, "model_name": "sdxl",
+            "started_at": "2026-11-01T10:00:00+02:00"}
+    records = [dict(base, job_id=f"same-{n}") for n in range(3)]
+    records += [dict(base, job_id="other", steps=20, batch_size=2,
+                     started_at=datetime(2026, 11, 1, 7, 30, tzinfo=timezone.utc)),
+                dict(base, job_id="passes", passes=[{"width": 512, "height": 512, "steps": 10},
+                                                    {"width": 1024, "height": 1024,
+                                                     "steps": 5}]),
+                dict(base, job_id="no-width", width=None),
+                {"job_id": "few-keys", "pipeline_type": "video", "status": "success",
+                 "width": 768, "height": 768, "started_at": "2026-11-01T09:00:00Z"}]
+    assert store.write_jobs(records) == len(records)
+    stored = store.jobs_frame().set_index("job_id")
+    for record in records:
+        alone = stored_terms([record], store.config.model_profiles)[0]
+        for name in STORED_TERMS:
+            value = stored.loc[record["job_id"], name]
+            assert (value != value if alone[name] is None else value == alone[name]), \
+                (record["job_id"], name)
+    assert stored.loc["few-keys", "started_at"].isoformat() == "2026-11-01T09:00:00+00:00"
+    assert stored.loc["same-0", "started_at"].isoformat() == "2026-11-01T08:00:00+00:00"
+    assert stored.loc["other", "started_at"].isoformat() == "2026-11-01T07:30:00+00:00"

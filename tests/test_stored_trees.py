@@ -15,11 +15,11 @@ import skops.io
 import sqlalchemy as sa
 
 from perflib.config import Settings
-from perflib.learner_checks import check_learner
-from perflib.predictor import InvalidModelError, PerformancePredictor, load_model_blob
+from perflib.prediction.predictor import InvalidModelError, PerformancePredictor, load_model_blob
 from perflib.serve import create_app
-from perflib.simulate import generate_jobs
+from perflib.sim.simulate import generate_jobs
 from perflib.store import Store
+from perflib.store.model_checks import check_learner
 from perflib.store.schema import performance_prediction_models as models_table
 from tests.test_model_fallback import API, VIDEO, _copy, _edit_blob, _sound
 

@@ -142,7 +142,7 @@ def test_eight_threads_of_500_jobs_all_land(store):
 
 
 def test_tracker_failure_never_reaches_the_pipeline(store, caplog, monkeypatch):
-    from perflib import tracker as tracker_module
+    from perflib.tracking import tracker as tracker_module
 
     def broken_binding(db):
         raise RuntimeError("tracker bug")

@@ -1,8 +1,8 @@
 """Analytics over recorded jobs: daily aggregates, bottlenecks, trends, alerts, opportunities,
 and the weekly report — behind the seed's ``PerformanceAnalyzer(db)`` facade.
 
-Every method takes ``end`` (default: the midnight after the newest job) and a look-back in days, so a
-report can be re-run for any past week.
+Every method takes ``end`` (default: the midnight after the newest job) and a look-back in days, so
+a report can be re-run for any past week.
 """
 from __future__ import annotations
 
@@ -13,27 +13,24 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis import alerts as alert_store
-from perflib.analysis.auto_retrain import retrain_due
 from perflib.analysis.bottlenecks import Bottleneck, BottleneckType, analyze_bottlenecks
-from perflib.analysis.aggregates import aggregate_daily, daily_frame, refresh_aggregates
 from perflib.analysis.daily import daily_stats
+from perflib.analysis.daily_aggregates import daily_frame
 from perflib.analysis.gpus import gpu_usage
-from perflib.analysis.maintenance import MaintenancePlan, maintain
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
 from perflib.analysis.sql import (SIMULATED, frame_without_jit, hour_of, in_window,
-                                  sampled_jobs, sampled_phases, time_percentiles, window,
-                                  window_rows)
+                                  sampled_jobs, sampled_phases, spread_order, time_percentiles,
+                                  window, window_rows)
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
+from perflib.record import FINAL_STATUSES
 from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
-from perflib.record import FINAL_STATUSES
 
 TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
 SAMPLE_ROWS = 20_000
 
-__all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "MaintenancePlan",
-           "PerformanceAnalyzer", "TrendResult"]
+__all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "PerformanceAnalyzer", "TrendResult"]
 
 
 class PerformanceAnalyzer(UsesStore):
@@ -51,7 +48,9 @@ class PerformanceAnalyzer(UsesStore):
         """Refresh the daily aggregates (``performance_trends``, ``performance_daily_groups``)
         and return the rows written: the days with jobs recorded since the last refresh; also
         every day of the last `days_back` before `end`; with `rebuild`, all history, with the
-        reference cost models refitted (see :mod:`perflib.analysis.aggregates`)."""
+        reference cost models refitted (see :mod:`perflib.ops.aggregates`)."""
+        from perflib.ops.aggregates import aggregate_daily, refresh_aggregates  # ops writes
+
         written = refresh_aggregates(self.store, rebuild=rebuild)
         if days_back is not None:
             written += aggregate_daily(self.store, *self.window(days_back, end))
@@ -75,7 +74,9 @@ class PerformanceAnalyzer(UsesStore):
             self.store, start, stop, self.analyze_bottlenecks(days_back, end=stop),
             self.analyze_trends(max(days_back, TREND_DAYS), end=stop),
             self.thresholds.failure_rate)
-        return alert_store.save_alerts(self.store, candidates, stop)
+        from perflib.ops.alerts import save_alerts  # ops writes
+
+        return save_alerts(self.store, candidates, stop)
 
     def alerts(self, severity: str | None = None, acknowledged: bool | None = None) -> list[dict]:
         return alert_store.list_alerts(self.store, severity, acknowledged)
@@ -88,10 +89,13 @@ class PerformanceAnalyzer(UsesStore):
         return find_opportunities(self.store, start, stop)
 
     def maintain(self, retention_days: int | None = None, dry_run: bool = False,
-                 retrain: bool = True) -> MaintenancePlan:
+                 retrain: bool = True) -> "MaintenancePlan":  # perflib.ops.maintenance
         """Retention, model pruning and fresh daily aggregates, then the last week's alerts,
         then retraining of the pipelines whose model is due (a dry run only says which; see
-        :mod:`perflib.analysis.auto_retrain`)."""
+        :mod:`perflib.ops.auto_retrain`)."""
+        from perflib.ops.auto_retrain import retrain_due  # ops writes
+        from perflib.ops.maintenance import maintain
+
         days = retention_days or self.store.config.retention_days
         plan = maintain(self.store, days, dry_run)
         if not dry_run:
@@ -154,7 +158,7 @@ class PerformanceAnalyzer(UsesStore):
 
     def daily(self, days_back: float = 7, end=None) -> pd.DataFrame:
         """Per day and pipeline aggregates of the window, from the stored daily aggregates
-        (see :func:`~perflib.analysis.aggregates.daily_frame`)."""
+        (see :func:`~perflib.analysis.daily_aggregates.daily_frame`)."""
         start, stop = self.window(days_back, end)
         return daily_frame(self.store, start, stop)
 
@@ -167,7 +171,7 @@ class PerformanceAnalyzer(UsesStore):
         sample, _ = sampled_jobs(self.store, start, stop, window_rows(self.store, start, stop),
                                  limit)
         query = (sa.select(sample).where(sample.c.status.in_(FINAL_STATUSES))
-                 .order_by(sa.func.random()).limit(limit))
+                 .order_by(spread_order(sample.c.id)).limit(limit))
         frame = self.store.frame(query)
         return frame.sort_values("started_at").reset_index(drop=True)
 

@@ -3,11 +3,13 @@
 Sources: bottlenecks (queue backlog, GPU underuse, VRAM pressure, failures, ...), trend
 change-points, failure-rate spikes against the previous weeks, jobs far slower than the
 estimate given before they ran, and bursts of jobs far slower than expected on one host or GPU
-(contention, :mod:`perflib.analysis.anomalies`). Each alert has a fingerprint; re-running updates the open alert
-with the same fingerprint (last_seen, evidence, severity) instead of adding a duplicate.
+(contention, :mod:`perflib.analysis.anomalies`). Each alert has a fingerprint; re-running updates
+the open alert with the same fingerprint (last_seen, evidence, severity) instead of adding a
+duplicate.
 
-Only :func:`save_alerts` writes (run by ``perflib maintain`` and ``detect_alerts``); a report
-shows the window's alerts through :func:`as_reported`, which reads.
+Detection and reading live here; only :func:`perflib.ops.alerts.save_alerts` writes (run by
+``perflib maintain`` and ``detect_alerts``); a report shows the window's alerts through
+:func:`as_reported`, which reads.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from perflib.analysis.aggregates import group_frame
 from perflib.analysis.anomalies import contention_alerts
 from perflib.analysis.bottlenecks import Bottleneck
+from perflib.analysis.daily_aggregates import group_frame
 from perflib.analysis.sql import in_window
 from perflib.analysis.trends import TrendResult
 from perflib.store import Store, parse_timestamp
@@ -129,26 +131,6 @@ def _slower_than_estimated(store: Store, start: datetime, end: datetime) -> list
     return found
 
 
-def save_alerts(store: Store, candidates: list[dict], seen_at: datetime) -> list[dict]:
-    """Insert new alerts; refresh the open one with the same fingerprint. Returns the stored
-    alerts for these candidates."""
-    table = alerts_table
-    with store.writable_engine().begin() as conn:
-        for alert in map(_json_evidence, candidates):
-            existing = conn.execute(sa.select(table.c.id).where(
-                table.c.fingerprint == alert["fingerprint"],
-                table.c.acknowledged.is_(False))).scalar()
-            if existing is None:
-                conn.execute(sa.insert(table).values(**alert, first_seen=seen_at,
-                                                     last_seen=seen_at, acknowledged=False))
-            else:
-                conn.execute(sa.update(table).where(table.c.id == existing).values(
-                    severity=alert["severity"], message=alert["message"],
-                    evidence=alert["evidence"], last_seen=seen_at))
-    return list_alerts(store, acknowledged=False,
-                       fingerprints=[a["fingerprint"] for a in candidates])
-
-
 def as_reported(store: Store, candidates: list[dict], seen_at: datetime) -> list[dict]:
     """The candidates as stored alerts look, without storing them: each takes the id, first
     sighting and state of the open stored alert with its fingerprint, else is new (id None,
@@ -158,11 +140,11 @@ def as_reported(store: Store, candidates: list[dict], seen_at: datetime) -> list
     seen = parse_timestamp(seen_at).isoformat()
     new = {"id": None, "first_seen": seen, "last_seen": seen, "acknowledged": False}
     reported = [{**new, **{k: v for k, v in stored.get(alert["fingerprint"], {}).items()
-                           if k in new}, **_json_evidence(alert)} for alert in candidates]
+                           if k in new}, **json_evidence(alert)} for alert in candidates]
     return sorted(reported, key=lambda a: -SEVERITIES.index(a["severity"]))
 
 
-def _json_evidence(alert: dict) -> dict:
+def json_evidence(alert: dict) -> dict:
     return {**alert, "evidence": json.loads(json.dumps(alert["evidence"], default=str))}
 
 

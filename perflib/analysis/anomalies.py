@@ -3,8 +3,8 @@
 A finished job is *far slower than expected* when its time lies far above its own estimate's
 upper bound: log(actual ÷ cost model) above its GPU and model's recent level (the median over
 the group's last 50 jobs that finished before it was submitted) by at least log 3 and beyond
-that level's 99% bound (see :func:`perflib.features.far_slower`, the same rule that keeps such
-jobs out of the predictor's drift). The cost model is the stored model's that answers for the
+that level's 99% bound (see :func:`perflib.prediction.features.far_slower`, the same rule that keeps
+such jobs out of the predictor's drift). The cost model is the stored model's that answers for the
 pipeline, else one fitted robustly on the jobs at hand. Seconds are thresholds nowhere, so a
 burst of small jobs slowed 5–100× by a neighbour is found as surely as a slow long video.
 
@@ -32,10 +32,10 @@ import sqlalchemy as sa
 from perflib.analysis.daily import expected_seconds
 from perflib.analysis.sql import (bound, frame_without_jit, in_window, sampled_jobs,
                                   window_rows)
-from perflib.features import (HISTORY_WINDOW, build_features, far_slower_jobs, history_keys,
-                              outcome_seconds)
-from perflib.models import CostModel
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.features import (HISTORY_WINDOW, build_features, far_slower_jobs,
+                                         history_keys, outcome_seconds)
+from perflib.prediction.models import CostModel
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs_table
 

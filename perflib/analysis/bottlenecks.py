@@ -1,8 +1,8 @@
 """Bottleneck detection: eight kinds, each with its evidence, severity and computed advice.
 
 Statistics come from the daily sums stored per pipeline, job type, model and GPU
-(:mod:`perflib.analysis.aggregates`, re-aggregated over the window), and what sums cannot say —
-the share of jobs above a VRAM threshold, phase times — from a bounded sample of the window's
+(:mod:`perflib.analysis.daily_aggregates`, re-aggregated over the window), and what sums cannot say
+— the share of jobs above a VRAM threshold, phase times — from a bounded sample of the window's
 jobs, so the cost does not grow with the history or the fleet. Thresholds come from configuration
 (the seed's defaults: slow image 120 s, slow video 300 s, low GPU 60%, high CPU 80%, failures
 10%, queue 30 s; and VRAM peaks at 90% of the card).
@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 import pandas as pd
 import sqlalchemy as sa
 
-from perflib.analysis.aggregates import group_frame
 from perflib.analysis.daily import GROUP_KEYS
+from perflib.analysis.daily_aggregates import group_frame
 from perflib.analysis.sql import (frame_without_jit, out_of_memory, sampled_jobs,
                                   sampled_phases)
 from perflib.config import Thresholds

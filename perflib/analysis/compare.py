@@ -3,9 +3,9 @@
 Two groups of successful jobs, chosen by job field, tag or time (:mod:`perflib.analysis.arms`),
 are compared on **normalised time**: each job's compute seconds (processing time less model
 loading, which depends on what the GPU ran before, not on the settings) ÷ the seconds the cost
-model expects for its work (:class:`perflib.models.CostModel` on :mod:`perflib.features`, fitted
-on both arms pooled). Raw means would mostly compare job mixes — an arm that happened to get
-bigger jobs looks slower.
+model expects for its work (:class:`perflib.prediction.models.CostModel` on
+:mod:`perflib.prediction.features`, fitted on both arms pooled). Raw means would mostly compare job
+mixes — an arm that happened to get bigger jobs looks slower.
 
 What the cost model leaves unexplained still varies with job size, so the arms are compared
 within strata — the same GPU and model, and a similar expected time (quantile bins) — and the
@@ -28,10 +28,10 @@ from perflib.analysis.arms import SelectionError, Selector, TooFewJobs, instant
 from perflib.analysis.sql import window
 from perflib.analysis.stratified import (ALPHA, CONFIDENCE, POWER, Shift, stratified_shift,
                                          trimmed_mean, winsorised_variance)
-from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE
 from perflib.config import ModelProfile
-from perflib.features import build_features, outcome_seconds
-from perflib.models import CostModel
+from perflib.prediction.features import build_features, outcome_seconds
+from perflib.prediction.models import CostModel
+from perflib.record import CACHE_HIT_JOB_TYPE
 from perflib.store import Store
 
 REFERENCE_CHANGE = 0.05     # the power statement's example difference

@@ -1,6 +1,7 @@
 """Per-day aggregates computed from the raw job rows in SQL: the rows of ``performance_trends``
 (per day and pipeline) and of ``performance_daily_groups`` (per day, pipeline, job type, model
-and GPU). :mod:`perflib.analysis.aggregates` stores them and reads them back."""
+and GPU). :mod:`perflib.ops.aggregates` stores them, :mod:`perflib.analysis.daily_aggregates`
+reads them back."""
 from __future__ import annotations
 
 from datetime import datetime

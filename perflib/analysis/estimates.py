@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store, parse_timestamp
 
 WITHIN = 0.2  # "within 20%": the accuracy the team tracks

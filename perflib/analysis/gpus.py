@@ -3,6 +3,7 @@ for the same work as the rest of the fleet — so one slow or idle card stands o
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Iterable
 
 import pandas as pd
 import sqlalchemy as sa
@@ -55,13 +56,28 @@ def gpu_usage(store: Store, start: datetime, end: datetime, pipeline_type: str |
 
 def gpus_seen(store: Store, start: datetime, end: datetime,
               pipeline_type: str | None = None) -> int:
-    """GPUs that started jobs in [start, end), at least 1: per host and GPU model, the distinct
-    ``gpu_index`` values (one GPU where jobs did not say which). The one rule for "the fleet":
-    estimate-time's queue and capacity planning both count with it."""
+    """GPUs that started jobs in [start, end), at least 1, counted by :func:`count_gpus`:
+    estimate-time's queue, the live dashboard and capacity planning all count the fleet so."""
     conditions = [jobs.c.gpu_name.is_not(None), in_window(store, start, end)]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)
-    per_host = (sa.select(sa.func.count(sa.distinct(jobs.c.gpu_index)))
-                .where(*conditions).group_by(jobs.c.hostname, jobs.c.gpu_name))
+    query = sa.select(jobs.c.hostname, jobs.c.gpu_name, jobs.c.gpu_index).distinct() \
+        .where(*conditions)
     with store.engine.connect() as conn:
-        return max(1, sum(max(1, indices) for indices in conn.execute(per_host).scalars()))
+        return max(1, count_gpus(conn.execute(query)))
+
+
+def count_gpus(gpus: Iterable[tuple[str | None, str | None, int | None]]) -> int:
+    """The one rule for counting GPUs from (hostname, gpu_name, gpu_index) rows: per host and
+    GPU model, the distinct ``gpu_index`` values, one GPU where no row said which."""
+    indices: dict[tuple, set] = {}
+    for hostname, gpu_name, gpu_index in gpus:
+        known = indices.setdefault((_value(hostname), _value(gpu_name)), set())
+        if _value(gpu_index) is not None:
+            known.add(int(gpu_index))
+    return sum(max(1, len(known)) for known in indices.values())
+
+
+def _value(cell):
+    """None for a null cell (pandas reads SQL NULL as None or NaN)."""
+    return None if cell is None or cell != cell else cell

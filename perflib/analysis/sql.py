@@ -10,14 +10,14 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import sqlalchemy as sa
 
+from perflib.record import FINAL_STATUSES
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases
-from perflib.record import FINAL_STATUSES
 
 FINISHED = jobs.c.status.in_(FINAL_STATUSES)
 SUCCEEDED = jobs.c.status == "success"
-# Written by perflib.simulate: flagged, or (rows from before the flag existed) a sim- job id.
+# Written by perflib.sim.simulate: flagged, or (rows from before the flag existed) a sim- job id.
 SIMULATED = sa.or_(jobs.c.simulated.is_(True),
                    sa.and_(jobs.c.simulated.is_(None), jobs.c.job_id.like("sim-%")))
 
@@ -33,7 +33,7 @@ def out_of_memory(columns=jobs.c):
 def work_units():
     """Token-steps of denoising work (summed over a job's sampling passes, following each
     model's latent geometry): the stored column the store computes at write time with
-    :mod:`perflib.workload`, so SQL and Python share one definition."""
+    :mod:`perflib.prediction.workload`, so SQL and Python share one definition."""
     return jobs.c.work_units
 
 
@@ -169,6 +169,13 @@ def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int,
     query = (sa.select(jobs).join(ids, jobs.c.id == ids.c.id)
              .where(in_window(store, start, end)))
     return query.subquery("sampled"), 1.0 / step
+
+
+def spread_order(job_id):
+    """An order of jobs by id that is the same on every run and spreads over the whole id
+    range (a multiplicative hash): the first `n` in it are an even pick, unlike ORDER BY
+    random(), which keeps other rows each time a sample holds more than the `n` wanted."""
+    return job_id * 2654435761 % 4294967296
 
 
 def _id_range(store: Store, start: datetime, end: datetime) -> tuple[int, int]:

@@ -4,7 +4,7 @@ The series is each day's *normalised* generation time: the median over the day's
 seconds ÷ what the pipeline's reference cost model expects for them, times the window's mean
 expected seconds per job — what the average job would have taken that day — so neither a shift
 in job mix nor a few stragglers is mistaken for a slowdown. The days come from the stored daily
-aggregates (:mod:`perflib.analysis.aggregates`: each day's median ratio under the reference
+aggregates (:mod:`perflib.analysis.daily_aggregates`: each day's median ratio under the reference
 model kept with them), never from a scan of the raw jobs of the window. On it:
 
 - an OLS regression on time with HAC (Newey–West) errors gives the slope, its p-value and a
@@ -23,7 +23,7 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.tsa.seasonal import STL
 
-from perflib.analysis.aggregates import daily_frame
+from perflib.analysis.daily_aggregates import daily_frame
 from perflib.store import Store
 
 MIN_DAY_JOBS = 5

@@ -13,13 +13,12 @@ from perflib.analysis.gpus import gpus_seen
 from perflib.analysis.sql import window
 from perflib.capacity import erlang
 from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pattern
-from perflib.capacity.search import smallest_gpus
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
-from perflib.predictor import PerformancePredictor
-from perflib.presentation import format_count
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.search import smallest_gpus
 from perflib.store import Store
-from perflib.units import format_duration
+from perflib.units import format_count, format_duration
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 QUANTILE = 0.95

@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from perflib.analysis.sql import sampled_jobs
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 
 SAMPLE_ROWS = 20_000

@@ -2,18 +2,18 @@
 
 Arrivals are drawn minute by minute from the observed pattern (bursts included), service times
 from the sampled jobs; jobs take the first free GPU in arrival order, as the render farm's
-scheduler does (and as ``estimate-time`` prices the live queue). The same drawn workload is
-replayed for every N (common random numbers), so a job's wait never grows with more GPUs and
-the smallest sufficient N can be found by bisection.
+scheduler does (the one FIFO loop, :func:`perflib.queue.fifo.fifo`, that also prices the live
+queue). The same drawn workload is replayed for every N (common random numbers), so a job's
+wait never grows with more GPUs and the smallest sufficient N can be found by bisection.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
 
 from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern
+from perflib.queue.fifo import fifo_waits
 
 SECONDS_IN_HOUR = 3600.0
 
@@ -60,21 +60,6 @@ def draw_workload(pattern: ArrivalPattern, service_seconds: np.ndarray, weeks: i
     arrivals.sort()
     service = rng.choice(np.asarray(service_seconds, dtype=float), size=arrivals.size)
     return Workload(arrivals, service, weeks)
-
-
-def fifo_waits(arrival_seconds: np.ndarray, service_seconds: np.ndarray, gpus: int
-               ) -> np.ndarray:
-    """Each job's wait when jobs take the first free of `gpus` GPUs in arrival order."""
-    if gpus < 1:
-        raise ValueError(f"gpus must be at least 1, got {gpus}")
-    free_at = [0.0] * gpus
-    waits = []
-    append, replace = waits.append, heapq.heapreplace
-    for arrival, service in zip(arrival_seconds.tolist(), service_seconds.tolist()):
-        start = free_at[0] if free_at[0] > arrival else arrival
-        replace(free_at, start + service)
-        append(start - arrival)
-    return np.asarray(waits, dtype=float)
 
 
 def run_queue(workload: Workload, gpus: int) -> QueueResult:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from perflib.capacity.planner import CapacityPlan
-from perflib.presentation import format_count, format_percent
-from perflib.units import format_duration
+from perflib.units import format_count, format_duration, format_percent
 
 
 def plan_text(plan: CapacityPlan, worst_hours: int = 5) -> str:

@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.config import Settings, get_settings, project_root, safe_url
-from perflib.predictor import PerformancePredictor
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.snapshot import LiveQueue
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
 from perflib.serve.estimates import QueueAwareEstimator
 from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
@@ -46,6 +47,7 @@ class Services:
     store: Store
     predictor: PerformancePredictor
     analyzer: PerformanceAnalyzer
+    live_queue: LiveQueue
     estimator: QueueAwareEstimator
     ingest: JobIngest
     retrain: RetrainTasks
@@ -59,11 +61,12 @@ def build_services(db: Any = None, settings: Settings | None = None,
     settings = settings or (db.config if isinstance(db, Store) else get_settings())
     store = db if isinstance(db, Store) else Store(db, settings)
     predictor = PerformancePredictor(store)
-    metrics = ServiceMetrics(store, predictor, settings.thresholds.queue_seconds)
-    estimator = QueueAwareEstimator(store, predictor)
+    live_queue = LiveQueue(store, predictor)
+    metrics = ServiceMetrics(live_queue, settings.thresholds.queue_seconds)
+    estimator = QueueAwareEstimator(predictor, live_queue)
     return Services(
         settings=settings, store=store, predictor=predictor,
-        analyzer=PerformanceAnalyzer(store, settings), estimator=estimator,
+        analyzer=PerformanceAnalyzer(store, settings), live_queue=live_queue, estimator=estimator,
         ingest=JobIngest(store, Spool(settings.spool_dir), metrics),
         retrain=RetrainTasks(store, on_saved=estimator.model_saved,
                              limit=settings.retrain_limit,
@@ -155,7 +158,7 @@ def _service_routes(app: FastAPI, services: Services) -> None:
     @app.get("/metrics", tags=["service"])
     def metrics() -> Response:
         """Prometheus exposition: jobs by pipeline and status, estimate latency, queue, and the
-        autoscaling signal per pool (perflib.autoscale)."""
+        autoscaling signal per pool (perflib.queue.autoscale)."""
         return Response(generate_latest(services.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 

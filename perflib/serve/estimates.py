@@ -9,7 +9,8 @@ identical request is answered from memory for a few seconds.
   every couple of seconds and caches recent drift for 30 s), so an identical request within
   ``ESTIMATE_TTL_SECONDS`` gets the same answer; a model saved by this service's own retrain
   clears that memory.
-- The live queue is read at most once per ``QUEUE_TTL_SECONDS``, and at once after this service
+- The live queue (:class:`perflib.queue.snapshot.LiveQueue`, shared with the dashboard and
+  ``/metrics``) is read at most once per ``QUEUE_TTL_SECONDS``, and at once after this service
   records jobs.
 """
 from __future__ import annotations
@@ -24,16 +25,14 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from perflib.cache import TtlCache
-from perflib.predictor import PerformancePredictor
-from perflib.serve.queue import QueueSnapshot, fleet_size, take_snapshot
+from perflib.prediction.predictor import PerformancePredictor
+from perflib.queue.snapshot import LiveQueue, LiveSnapshot
 from perflib.serve.schemas import EstimateResponse
-from perflib.store import Store
 
 MAX_BATCH = 64
 ESTIMATE_TTL_SECONDS = 10.0
 ESTIMATE_CACHE_SIZE = 4096
 QUEUE_TTL_SECONDS = 1.0
-FLEET_TTL_SECONDS = 60.0
 
 
 class EstimateBatcher:
@@ -78,18 +77,17 @@ class EstimateBatcher:
 class QueueAwareEstimator:
     """``PerformancePredictor.estimate`` plus when the job would start behind the live queue."""
 
-    def __init__(self, store: Store, predictor: PerformancePredictor):
-        self.store = store
+    def __init__(self, predictor: PerformancePredictor, live_queue: LiveQueue):
         self.predictor = predictor
+        self.live_queue = live_queue
         self._batcher = EstimateBatcher(predictor)
         self._estimates = TtlCache(ESTIMATE_TTL_SECONDS, ESTIMATE_CACHE_SIZE)
-        self._fleet = TtlCache(FLEET_TTL_SECONDS, 1)
         # The live queue is read by one thread at a time; requests meanwhile use the snapshot
         # they have, unless jobs were recorded since (a new generation), then they wait for it.
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perflib-queue")
         self._lock = threading.Lock()
         self._generation = 0
-        self._snapshot: QueueSnapshot | None = None
+        self._snapshot: LiveSnapshot | None = None
         self._reading: tuple[int, Future] | None = None
 
     async def estimate(self, params: dict[str, Any]) -> EstimateResponse:
@@ -102,11 +100,11 @@ class QueueAwareEstimator:
         return EstimateResponse(**prediction,
                                 queue=snapshot.eta(prediction["predicted_time_seconds"]))
 
-    async def _current_snapshot(self) -> QueueSnapshot:
+    async def _current_snapshot(self) -> LiveSnapshot:
         with self._lock:
             snapshot = self._snapshot
             fresh = snapshot is not None and \
-                time.monotonic() - snapshot.taken_at <= QUEUE_TTL_SECONDS
+                time.monotonic() - snapshot.read_at <= QUEUE_TTL_SECONDS
             if fresh:
                 return snapshot
             if self._reading is None or self._reading[0] != self._generation:
@@ -117,17 +115,15 @@ class QueueAwareEstimator:
             return snapshot  # a second old at most, while the next one is read
         return await asyncio.wrap_future(reading)
 
-    def _read_queue(self, generation: int) -> QueueSnapshot:
+    def _read_queue(self, generation: int) -> LiveSnapshot:
         snapshot = None
         try:
-            gpus = self._fleet.get("gpus") or fleet_size(self.store)
-            snapshot = take_snapshot(self.store, self.predictor, gpus)
+            snapshot = self.live_queue.snapshot()
             return snapshot
         finally:
             with self._lock:
                 if snapshot is not None and generation == self._generation:
                     self._snapshot = snapshot
-                    self._fleet.put("gpus", gpus)
                 if self._reading is not None and self._reading[0] == generation:
                     self._reading = None
 
@@ -136,7 +132,7 @@ class QueueAwareEstimator:
         with self._lock:
             self._generation += 1
             self._snapshot = None
-            self._fleet.clear()
+        self.live_queue.jobs_recorded()
 
     def model_saved(self) -> None:
         """A new model version was saved here: use it from the next request on."""

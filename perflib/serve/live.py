@@ -3,8 +3,10 @@ the queue with when each job should start and finish, open alerts, 14 days of no
 generation time per pipeline with its change-points, and how good the recent estimates were.
 
 Everything is read — live rows, heartbeats, stored daily aggregates and alerts — so a wall
-screen can poll it every few seconds; the only model work is pricing a live job that came
-without an estimate, once per job (remembered for a few minutes).
+screen can poll it every few seconds. The queue comes from the live queue's snapshot
+(:class:`perflib.queue.snapshot.LiveQueue`, shared with estimate-time and ``/metrics``): the
+only model work is pricing a live job that came without an estimate, once per job (remembered
+for a few minutes).
 """
 from __future__ import annotations
 
@@ -20,12 +22,10 @@ from perflib.analysis.live import (busy_seconds_today, normalised_daily_seconds,
                                    recent_estimates, within_share)
 from perflib.analysis.sql import bound
 from perflib.cache import TtlCache
-from perflib.predictor import PerformancePredictor
-from perflib.record import LIVE_STATUSES, GpuHeartbeat
-from perflib.fifo import queue_starts
-from perflib.serve.queue import FLEET_DAYS, live_predicted_seconds
+from perflib.queue.snapshot import FLEET_DAYS, LiveQueue
+from perflib.record import GpuHeartbeat
 from perflib.serve.schemas import one_or_many
-from perflib.store import Store, parse_timestamp
+from perflib.store import Store
 from perflib.store.heartbeats import read_heartbeats
 from perflib.store.schema import generation_performance as jobs
 
@@ -33,7 +33,6 @@ TREND_DAYS = 14
 RECENT_ESTIMATES = 100
 STALE_AFTER_S = 15.0  # three missed heartbeats: the reading is shown as old
 SLOW_TTL_S = 60.0  # what changes slowly is read again after 30–60 s
-PREDICTION_TTL_S = 300.0
 CHANGE_POINT = "trend_change_point"
 MAX_HEARTBEATS = 1024  # GPUs in one heartbeat post
 
@@ -149,63 +148,33 @@ class HeartbeatResult(BaseModel):
 
 
 # -- reading it ---------------------------------------------------------------------------------
-LIVE_COLUMNS = [jobs.c[name] for name in ("job_id", "pipeline_type", "job_type", "status",
-                                          "hostname", "gpu_name", "gpu_index", "submitted_at",
-                                          "started_at", "predicted_seconds")]
-
-
 class LiveDashboardReader:
-    """Builds :class:`LiveDashboard` from one store; safe to call from many threads. What
-    changes slowly is read again only after 30–60 s: the GPUs past jobs ran on, the daily
-    series and each GPU's busy time today (so idle time may lag by a minute); each live job
-    is priced once."""
+    """Builds :class:`LiveDashboard` from one live queue's store; safe to call from many
+    threads. What changes slowly is read again only after 30–60 s: the GPUs past jobs ran on,
+    the daily series and each GPU's busy time today (so idle time may lag by a minute)."""
 
-    def __init__(self, store: Store, predictor: PerformancePredictor):
-        self.store = store
-        self.predictor = predictor
+    def __init__(self, live_queue: LiveQueue):
+        self.live_queue = live_queue
+        self.store = live_queue.store
         self._slow = TtlCache(SLOW_TTL_S, 8)
-        self._predicted = TtlCache(PREDICTION_TTL_S, 100_000)
 
     def read(self, now: datetime | None = None) -> LiveDashboard:
         now = now or datetime.now(timezone.utc)
-        live = self._live_jobs()
+        snapshot = self.live_queue.snapshot(now)
+        live = snapshot.rows()
         running = [job for job in live if job["status"] == "running"]
-        queued = [job for job in live if job["status"] == "queued"]
+        queued = [job for job in live if job["status"] != "running"]
         lanes = self._lanes(running, now)
-        gpus = max(1, len(lanes), len(running))
         alerts = list_alerts(self.store)
         estimates = recent_estimates(self.store, now - timedelta(days=TREND_DAYS),
                                      RECENT_ESTIMATES)
         return LiveDashboard(
-            generated_at=now, gpus=lanes, queue=_queue(running, queued, gpus, now),
-            queue_gpus=gpus,
+            generated_at=now, gpus=lanes, queue=_queue(queued, snapshot.starts()),
+            queue_gpus=snapshot.gpus,
             alerts=[OpenAlert(**a) for a in alerts if not a["acknowledged"]],
             trends=self._sparklines(alerts, now.date()),
             estimates=EstimateAccuracy(jobs=len(estimates), within_20_pct=within_share(estimates),
                                        recent=[EstimatePair(**e) for e in estimates]))
-
-    def _live_jobs(self) -> list[dict[str, Any]]:
-        """Queued and running jobs in submission order, each with its expected ``seconds``."""
-        query = (sa.select(*LIVE_COLUMNS).where(jobs.c.status.in_(LIVE_STATUSES))
-                 .order_by(jobs.c.submitted_at, jobs.c.id))
-        with self.store.engine.connect() as conn:
-            live = [dict(row) for row in conn.execute(query).mappings()]
-        for job in live:
-            for name in ("submitted_at", "started_at"):
-                job[name] = job[name] and parse_timestamp(job[name])
-            job["seconds"] = job["predicted_seconds"] or self._predicted.get(job["job_id"])
-        if any(job["seconds"] is None for job in live):
-            self._price([job for job in live if job["seconds"] is None])
-        return live
-
-    def _price(self, unpriced: list[dict[str, Any]]) -> None:
-        """Estimate the jobs that came without one (once per job: it is remembered)."""
-        frame = self.store.live_jobs()
-        frame = frame[frame.job_id.isin([job["job_id"] for job in unpriced])]
-        seconds = dict(zip(frame.job_id, live_predicted_seconds(frame, self.predictor)))
-        for job in unpriced:
-            job["seconds"] = float(seconds.get(job["job_id"], 0.0))
-            self._predicted.put(job["job_id"], job["seconds"])
 
     def _remembered(self, name: str, compute):
         value = self._slow.get(name)
@@ -293,12 +262,8 @@ def _running(job: dict, now: datetime) -> RunningJob:
                       progress=min(1.0, elapsed / predicted) if predicted else None)
 
 
-def _queue(running: list[dict], queued: list[dict], gpus: int, now: datetime
-           ) -> list[QueuedJob]:
-    """The queued jobs in order, each with its start and finish from the FIFO simulation."""
-    left = [job["seconds"] - ((now - job["started_at"]).total_seconds() if job["started_at"]
-                              else 0.0) for job in running]
-    starts = queue_starts(left, [job["seconds"] for job in queued], gpus)
+def _queue(queued: list[dict], starts: list[float]) -> list[QueuedJob]:
+    """The queued jobs in order, each with its start and finish from the snapshot's FIFO."""
     return [QueuedJob(position=position, job_id=job["job_id"],
                       pipeline_type=job["pipeline_type"], job_type=job["job_type"],
                       submitted_at=job["submitted_at"],

@@ -1,33 +1,26 @@
 """Prometheus metrics of one service instance, in its own registry.
 
 Job counts and durations come from the store at scrape time (every writer's jobs, not only those
-posted here), and so does the autoscaling signal per pool of GPUs (:mod:`perflib.autoscale`);
+posted here), and so does the autoscaling signal per pool of GPUs (:mod:`perflib.queue.autoscale`);
 the estimate latency and the records this service took are counted as they happen.
 """
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
 
-import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
-from perflib.autoscale import (POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, pool_signals,
-                               read_live_jobs, read_unpriced_live_jobs, recent_pool_gpus)
-from perflib.cache import TtlCache
-from perflib.predictor import PerformancePredictor
+from perflib.queue.autoscale import POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, snapshot_signals
+from perflib.queue.snapshot import LiveQueue
 from perflib.record import LIVE_STATUSES
-from perflib.serve.queue import live_predicted_seconds
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
 log = logging.getLogger(__name__)
 
 ESTIMATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-PRICE_TTL_S = 300.0  # a live job the model priced is not priced again for a few minutes
 
 
 class StoreCollector:
@@ -76,57 +69,34 @@ class StoreCollector:
 
 class PoolCollector:
     """The autoscaling signal per pool (pipeline_type, gpu_name): predicted backlog seconds,
-    desired GPUs and the GPUs seen lately. A pool is reported while it has live work (then
-    its series go), at most POOL_LABEL_CAP pools by name (the rest as ``gpu_name="other"``).
-    A live job reported without an estimate is priced by the model once (remembered)."""
+    desired GPUs and the GPUs seen lately, from the live queue's snapshot (the one that
+    estimate-time and the dashboard read). A pool is reported while it has live work (then
+    its series go), at most POOL_LABEL_CAP pools by name (the rest as ``gpu_name="other"``)."""
 
-    def __init__(self, store: Store, predictor: PerformancePredictor,
-                 target_wait_seconds: float):
+    def __init__(self, live_queue: LiveQueue, target_wait_seconds: float):
         if not target_wait_seconds > 0:
             raise ValueError(f"the target queue wait (PERFLIB_THRESHOLD_QUEUE_SECONDS) must be "
                              f"positive, got {target_wait_seconds!r}")
-        self.store = store
-        self.predictor = predictor
+        self.live_queue = live_queue
         self.target_wait_seconds = target_wait_seconds
-        self._prices = TtlCache(PRICE_TTL_S, 100_000)
 
     def describe(self):
         return self._families()
 
     def collect(self):
         backlog, desired, gpus = self._families()
-        now = datetime.now(timezone.utc)
         try:
-            live = read_live_jobs(self.store)
-            recent = recent_pool_gpus(self.store, now - timedelta(seconds=RECENT_SECONDS))
-            seconds = self._predicted_seconds(live)
+            signals = fold_pools(snapshot_signals(self.live_queue, self.target_wait_seconds))
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: no autoscaling signal, database unavailable (%s)",
                         type(exc).__name__)
             return []
-        signals = fold_pools(pool_signals(live, seconds, recent, self.target_wait_seconds, now))
         for signal in signals:
             labels = [signal.pipeline_type, signal.gpu_name]
             backlog.add_metric(labels, signal.backlog_seconds)
             desired.add_metric(labels, signal.desired_gpus)
             gpus.add_metric(labels, signal.gpus)
         return [backlog, desired, gpus]
-
-    def _predicted_seconds(self, live: pd.DataFrame) -> np.ndarray:
-        """Each live job's estimate as reported, else the model's (as estimate-time's queue
-        prices it), remembered per job."""
-        seconds = live.predicted_seconds.to_numpy(dtype=float, na_value=np.nan, copy=True)
-        missing = np.isnan(seconds)
-        priced = {job_id: self._prices.get(job_id) for job_id in live.job_id[missing]}
-        if any(price is None for price in priced.values()):
-            unpriced = read_unpriced_live_jobs(self.store)
-            unpriced = unpriced[unpriced.job_id.map(priced).isna()]
-            for job_id, price in zip(unpriced.job_id,
-                                     live_predicted_seconds(unpriced, self.predictor)):
-                self._prices.put(job_id, float(price))
-                priced[job_id] = float(price)
-        seconds[missing] = [priced.get(job_id) or 0.0 for job_id in live.job_id[missing]]
-        return seconds
 
     def _families(self):
         labels = ["pipeline_type", "gpu_name"]
@@ -153,8 +123,7 @@ class PoolCollector:
 class ServiceMetrics:
     """The registry and the instruments the endpoints update."""
 
-    def __init__(self, store: Store, predictor: PerformancePredictor,
-                 target_wait_seconds: float):
+    def __init__(self, live_queue: LiveQueue, target_wait_seconds: float):
         self.registry = CollectorRegistry()
         self.estimate_seconds = Histogram(
             "perflib_estimate_seconds", "Time to answer estimate-time",
@@ -166,5 +135,5 @@ class ServiceMetrics:
             "perflib_dead_letter_records", "Job records the database refused for what they "
             "hold, kept in the spool folder's dead-letter file and never retried",
             registry=self.registry)
-        self.registry.register(StoreCollector(store))
-        self.registry.register(PoolCollector(store, predictor, target_wait_seconds))
+        self.registry.register(StoreCollector(live_queue.store))
+        self.registry.register(PoolCollector(live_queue, target_wait_seconds))

@@ -1,8 +1,8 @@
 """Weekly HTML reports for the service: each rendered once, by a child process, away from the
 event loop, so estimates and health checks stay quick while a report renders.
 
-- A report's file is named by :func:`perflib.report.report_stem`, as the renderer names it, so
-  a report rendered once is served from disk from then on.
+- A report's file is named by :func:`perflib.report.render.report_stem`, as the renderer names it,
+  so a report rendered once is served from disk from then on.
 - Requests for a report that is being rendered wait on that render (single flight). At most
   ``max_renders`` reports are rendering or waiting for one of ``slots``; a request that would
   start one more is refused with :class:`RendersBusy` (the route answers 429, Retry-After).
@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from starlette.requests import Request
 
 from perflib.config import environment_for_child
-from perflib.report import report_stem
+from perflib.report.render import report_stem
 
 MAX_RENDERS = 4  # reports rendering or waiting for a slot, at most
 RENDER_SLOTS = 1  # reports rendering at once (each keeps a core busy for 10-20 s)

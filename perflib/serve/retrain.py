@@ -4,7 +4,7 @@ A finished training saves a new active model version; estimates pick it up witho
 (the predictor reloads the active version). Training costs tens of CPU seconds, so a pipeline
 has at most one task queued or running (asking again returns it), and at most `limit` tasks
 start per `window_seconds`. On a schedule the service owns (:func:`check_periodically`), the
-retraining rule (:mod:`perflib.analysis.auto_retrain`) runs on the same worker, so a scheduled
+retraining rule (:mod:`perflib.ops.auto_retrain`) runs on the same worker, so a scheduled
 retraining and a requested one never run at once.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Callable
 
-from perflib.analysis.auto_retrain import retrain_due
-from perflib.predictor import PerformancePredictor
+from perflib.ops.auto_retrain import retrain_due
+from perflib.prediction.predictor import PerformancePredictor
 from perflib.serve.errors import describe_error
 from perflib.serve.schemas import RetrainTaskView
 from perflib.store import Store

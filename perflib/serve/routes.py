@@ -175,7 +175,7 @@ def _report_routes(router: APIRouter, services: Services) -> None:
         """The last 24 hours' headline numbers, jobs per hour, bottlenecks and opportunities."""
         return DashboardResponse(**json_ready(services.analyzer.dashboard()))
 
-    live_dashboard = LiveDashboardReader(services.store, services.predictor)
+    live_dashboard = LiveDashboardReader(services.live_queue)
 
     @router.get("/dashboard/live", response_model=LiveDashboard)
     def dashboard_live() -> LiveDashboard:

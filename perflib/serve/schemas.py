@@ -17,7 +17,8 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
 
 from perflib.analysis.alerts import SEVERITIES
 from perflib.comfyui.estimate import prompt_estimate
-from perflib.models import FAMILIES
+from perflib.prediction.models import FAMILIES
+from perflib.queue.snapshot import QueueEta
 from perflib.record import (GpuName, HostName, JobParams, JobRecord, JobType, JsonObject,
                             PipelineType, Resolution, Steps)
 
@@ -95,15 +96,6 @@ EstimateBody = Annotated[
     | Annotated[ComfyUIEstimateRequest, Tag("comfyui")],
     Discriminator(_job_or_comfyui),
 ]
-
-
-class QueueEta(BaseModel):
-    """When a job submitted now would start and finish, behind the live queue."""
-
-    jobs_ahead: int = Field(description="jobs queued or running now")
-    gpus: int = Field(description="GPUs the queue is spread over")
-    expected_start_seconds: float = Field(description="seconds from now until it starts")
-    expected_finish_seconds: float = Field(description="seconds from now until it finishes")
 
 
 class EstimateResponse(BaseModel):

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from operator import itemgetter
 from pathlib import Path
 from datetime import date, datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import pandas as pd
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
+from perflib.prediction.work_terms import stored_terms
+from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema, versioning
 from perflib.store.engine import (DatabaseFileReplaced, empty_stand_in, engine_for,
                                   sqlite_file_replaced)
-from perflib.record import LIVE_STATUSES
-from perflib.workload import stored_terms
+
+if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with perflib[predict])
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ _DATETIME_COLUMNS = {
     for table in schema.metadata.tables.values()
 }
 _TIMESTAMP_NAMES = set().union(*_DATETIME_COLUMNS.values())
+# What a job's stored cost terms depend on, besides its passes (perflib.prediction.workload).
+_SHAPE_COLUMNS = ("width", "height", "frame_count", "batch_size", "steps", "guidance_scale",
+                  "model_name")
 
 
 class Store:
@@ -172,14 +177,26 @@ class Store:
         return inserted
 
     def _with_cost_terms(self, records: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """Records with the derived cost terms (:mod:`perflib.workload`) that SQL aggregates."""
-        terms = stored_terms(records, self.config.model_profiles)
-        return [{**record, **derived} for record, derived in zip(records, terms)]
+        """Records with the derived cost terms (:mod:`perflib.prediction.workload`) that SQL aggregates,
+        computed once per distinct job shape: a batch repeats few."""
+        profiles = self.config.model_profiles
+        shapes = _job_shapes(records)
+        try:
+            one_of_each = None if shapes is None else dict(zip(shapes, records))
+        except TypeError:  # a value that cannot key a dict
+            one_of_each = None
+        if one_of_each is None:
+            terms = stored_terms(records, profiles)
+            return [{**record, **derived} for record, derived in zip(records, terms)]
+        by_shape = dict(zip(one_of_each, stored_terms(list(one_of_each.values()), profiles)))
+        return [{**record, **by_shape[shape]} for record, shape in zip(records, shapes)]
 
     # -- reads ------------------------------------------------------------------------------
     def frame(self, query, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Run a SELECT; rows as a DataFrame (its own column names unless `columns` are given),
         every timestamp column as UTC."""
+        import pandas as pd
+
         with self.engine.connect() as conn:
             result = conn.execute(query)
             names = list(columns) if columns is not None else list(result.keys())
@@ -284,7 +301,7 @@ def parse_timestamp(value: Any) -> datetime:
     """A UTC-aware datetime from a datetime or ISO 8601 text (naive means UTC)."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    elif isinstance(value, pd.Timestamp):
+    elif "pandas" in sys.modules and isinstance(value, sys.modules["pandas"].Timestamp):
         value = value.to_pydatetime()
     elif isinstance(value, date) and not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
@@ -319,10 +336,24 @@ def _as_utc(value: datetime, aware: bool) -> datetime:
 
 
 def _utc_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
+    import pandas as pd
+
     for column in columns:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
     return frame
+
+
+def _job_shapes(records: Sequence[Mapping[str, Any]]) -> list[tuple] | None:
+    """Per record, the inputs its cost terms depend on; None when a record lists its passes
+    (then each record's terms are computed on their own)."""
+    if any(record.get("passes") for record in records):
+        return None
+    take = itemgetter(*_SHAPE_COLUMNS)
+    try:
+        return list(map(take, records))
+    except KeyError:
+        return [tuple(map(record.get, _SHAPE_COLUMNS)) for record in records]
 
 
 def _qualified(table_name: str, schema_name: str | None) -> str:
@@ -348,11 +379,13 @@ def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table,
     # PostgreSQL: COPY straight into the table — new jobs are the common case. If a row is
     # already stored, roll that back and COPY into a temporary table, then INSERT ... ON CONFLICT
     # DO NOTHING.
+    from psycopg.errors import UniqueViolation  # perflib[postgres]
+
     try:
         with conn.begin_nested(), raw.cursor() as cursor:
             _copy_rows(cursor, target, column_list, rows)
         return len(rows)
-    except psycopg.errors.UniqueViolation:
+    except UniqueViolation:
         pass
     staging = f'"perflib_staging_{table.name}"'
     with raw.cursor() as cursor:
@@ -404,42 +437,51 @@ def _row_tuples(table: sa.Table, records: Sequence[Mapping[str, Any]], aware: bo
     """The table's columns present in `records`, and each record as a tuple of driver values.
 
     Timestamps become UTC (aware for PostgreSQL; SQLAlchemy's text format for SQLite), JSON
-    columns become text, so the driver's own executemany/COPY does the rest.
+    columns become text, so the driver's own executemany/COPY does the rest. Values are taken
+    and converted a whole column at a time (the write path's hot loop).
     """
     present = set().union(*(record.keys() for record in records))
     columns = [c for c in table.columns.keys() if c in present]
     datetime_columns = _DATETIME_COLUMNS[table.name]
     json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    converters = [
-        (index, (_timestamp_aware if aware else _timestamp_sqlite) if c in datetime_columns
-         else _json_text)
-        for index, c in enumerate(columns) if c in datetime_columns or c in json_columns
-    ]
     take = itemgetter(*columns) if len(columns) > 1 else (lambda record: (record[columns[0]],))
-    rows = []
-    for record in records:
-        try:
-            values = list(take(record))
-        except KeyError:
-            values = [record.get(c) for c in columns]
+    try:
+        rows = [take(record) for record in records]
+    except KeyError:  # records with different keys: the missing ones are NULL
+        rows = [tuple(record.get(c) for c in columns) for record in records]
+    converters = [(index, (_timestamps_aware if aware else _timestamps_sqlite)
+                   if c in datetime_columns else _json_texts)
+                  for index, c in enumerate(columns) if c in datetime_columns or c in json_columns]
+    if aware:  # PostgreSQL takes UTC datetimes as they are: convert only columns that need it
+        converters = [(index, convert) for index, convert in converters
+                      if convert is not _timestamps_aware
+                      or not all(map(_is_utc_datetime, map(itemgetter(index), rows)))]
+    if converters:
+        values = list(zip(*rows))
         for index, convert in converters:
-            if values[index] is not None:
-                values[index] = convert(values[index])
-        rows.append(tuple(values))
+            values[index] = convert(values[index])
+        rows = list(zip(*values))
     return columns, rows
 
 
-def _timestamp_aware(value: Any) -> datetime:
-    return parse_timestamp(value)
+def _is_utc_datetime(value: Any) -> bool:
+    """A UTC datetime within the years allowed, or None: a value the driver takes as it is."""
+    return value is None or (type(value) is datetime and value.tzinfo is timezone.utc
+                             and MIN_YEAR <= value.year <= MAX_YEAR)
 
 
-def _timestamp_sqlite(value: Any) -> str:
-    # The storage format SQLAlchemy's SQLite DateTime reads back.
-    if type(value) is datetime and value.tzinfo is timezone.utc:
-        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-    return parse_timestamp(value).replace(tzinfo=None).isoformat(sep=" ",
-                                                                 timespec="microseconds")
+def _timestamps_aware(values: Sequence[Any]) -> list[datetime | None]:
+    """UTC-aware datetimes; those that already are and lie within the years allowed pass as
+    they are (the writer's common case)."""
+    return [value if _is_utc_datetime(value) else parse_timestamp(value) for value in values]
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str)
+def _timestamps_sqlite(values: Sequence[Any]) -> list[str | None]:
+    """The storage format SQLAlchemy's SQLite DateTime reads back: naive UTC with microseconds
+    (an aware UTC datetime's ISO text less its ``+00:00``)."""
+    return [None if value is None else value.isoformat(" ", "microseconds")[:-6]
+            for value in _timestamps_aware(values)]
+
+
+def _json_texts(values: Sequence[Any]) -> list[str | None]:
+    return [None if value is None else json.dumps(value, default=str) for value in values]

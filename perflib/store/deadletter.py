@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
-import psycopg
 import sqlalchemy as sa
 
 from perflib.store.spool import append_lines, json_default
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 DEAD_LETTER_FILE = "dead-letter.jsonl"
 # What a database (or building the row for it) raises about the values of a record.
 _REFUSALS = (sa.exc.DataError, sa.exc.IntegrityError, sqlite3.DataError, sqlite3.IntegrityError,
-             psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError, KeyError)
+             ValueError, TypeError, KeyError)
 
 
 class Landed(NamedTuple):
@@ -43,7 +43,9 @@ def refuses_record(exc: BaseException) -> bool:
     unavailable (which a later retry may cure)."""
     if isinstance(exc, sa.exc.StatementError) and not isinstance(exc, sa.exc.DBAPIError):
         return True  # SQLAlchemy could not turn a value into a parameter
-    return isinstance(exc, _REFUSALS)
+    psycopg = sys.modules.get("psycopg")  # loaded where PostgreSQL is in use
+    driver_refusals = (psycopg.DataError, psycopg.IntegrityError) if psycopg else ()
+    return isinstance(exc, _REFUSALS + driver_refusals)
 
 
 class DeadLetter:

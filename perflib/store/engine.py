@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -21,6 +20,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.schema import CreateTable
 
 from perflib.store import forkgate
+from perflib.threads import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,8 @@ class DatabaseFileReplaced(RuntimeError):
     """The SQLite file was deleted or replaced while rows were written to it."""
 
 
-_engines: dict[tuple[str, str], sa.Engine] = {}
-_engines_lock = threading.Lock()
-_stand_in: sa.Engine | None = None
+_engines: PerProcess[sa.Engine] = PerProcess()
+_stand_ins: PerProcess[sa.Engine] = PerProcess()
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -83,16 +82,17 @@ def engine_for(url: URL, schema: str) -> sa.Engine:
     """The process-wide engine for `url` (created once, shared by every store on it; made
     afresh when its SQLite file was deleted or replaced)."""
     key = (url.render_as_string(hide_password=False), schema)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is not None and sqlite_file_replaced(engine):
-            log.warning("SQLite file %s was deleted or replaced; opening the one there now",
-                        url.database)
-            engine.dispose()
-            engine = None
-        if engine is None:
-            engine = _engines[key] = create_engine(url, schema)
-        return engine
+    return _engines.get(key, lambda: create_engine(url, schema), stale=_replaced)
+
+
+def _replaced(engine: sa.Engine) -> bool:
+    """Whether `engine`'s SQLite file was replaced (then it is closed, to be made afresh)."""
+    if not sqlite_file_replaced(engine):
+        return False
+    log.warning("SQLite file %s was deleted or replaced; opening the one there now",
+                engine.url.database)
+    engine.dispose()
+    return True
 
 
 def sqlite_file_replaced(engine: sa.Engine) -> bool:
@@ -124,37 +124,26 @@ def empty_stand_in(metadata: sa.MetaData) -> sa.Engine:
     """An in-memory SQLite database with `metadata`'s tables, empty and read-only: what a
     reader of a new database reads (reading must neither create the database nor its schema;
     a write through it fails). One per process; each of its connections builds its own."""
-    global _stand_in
-    with _engines_lock:
-        if _stand_in is None:
-            ddl = [str(CreateTable(table).compile(dialect=sqlite.dialect()))
-                   for table in metadata.sorted_tables]
-            _stand_in = sa.create_engine("sqlite://")
+    return _stand_ins.get(id(metadata), lambda: _read_only_copy(metadata))
 
-            @sa.event.listens_for(_stand_in, "connect")
-            def _build(dbapi_connection, _record):
-                for statement in ddl:
-                    dbapi_connection.execute(statement)
-                dbapi_connection.execute("PRAGMA query_only = ON")
 
-        return _stand_in
+def _read_only_copy(metadata: sa.MetaData) -> sa.Engine:
+    ddl = [str(CreateTable(table).compile(dialect=sqlite.dialect()))
+           for table in metadata.sorted_tables]
+    engine = sa.create_engine("sqlite://")
+
+    @sa.event.listens_for(engine, "connect")
+    def _build(dbapi_connection, _record):
+        for statement in ddl:
+            dbapi_connection.execute(statement)
+        dbapi_connection.execute("PRAGMA query_only = ON")
+
+    return engine
 
 
 def dispose_engines() -> None:
     """Close the idle pooled connections of every engine this process made (connections in use
     close when they are returned); the engines stay usable and reconnect on demand."""
-    with _engines_lock:
-        engines = list(_engines.values())
-    for engine in engines:
+    for engine in _engines.values():
         engine.dispose()
 
-
-def _forget_engines_in_child() -> None:
-    # Connections inherited across fork must not be shared with the parent.
-    global _engines_lock, _stand_in
-    _engines_lock = threading.Lock()
-    _engines.clear()
-    _stand_in = None
-
-
-os.register_at_fork(after_in_child=_forget_engines_in_child)

@@ -24,8 +24,6 @@ from datetime import date, datetime, time, timedelta, timezone
 from time import sleep
 from typing import Callable, Iterable, Mapping, Sequence
 
-import pandas as pd
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateColumn
@@ -191,7 +189,9 @@ def _with_brief_locks(engine: sa.Engine, work: Callable[[sa.Connection], int],
                 conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'"))
                 return work(conn)
         except sa.exc.OperationalError as exc:
-            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+            from psycopg.errors import LockNotAvailable  # PostgreSQL only: perflib[postgres]
+
+            if not isinstance(exc.orig, LockNotAvailable):
                 raise
             if attempt + 1 < attempts:
                 sleep(RETRY_PAUSE_S)
@@ -356,6 +356,16 @@ def estimated_rows(conn: sa.Connection, partitions: Iterable[Partition]
 def _utc(value) -> datetime:
     if type(value) is datetime and value.tzinfo is timezone.utc:  # the writer's common case
         return value
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    if type(value) is datetime:
+        return (value.replace(tzinfo=timezone.utc) if value.tzinfo is None
+                else value.astimezone(timezone.utc))
+    import pandas as pd  # another type, or text Python does not read
+
     stamp = pd.Timestamp(value)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.to_pydatetime()

@@ -64,14 +64,14 @@ generation_performance = sa.Table(
     sa.Column("predicted_seconds", sa.Float),
     sa.Column("user_rating", sa.Float),
     sa.Column("extra_params", Json),
-    sa.Column("tags", Json),  # experiment tags {key: value} (perflib.ab, perflib compare)
+    sa.Column("tags", Json),  # experiment tags {key: value} (perflib.analysis.ab, perflib compare)
     # sampling passes of a multi-pass job (hires fix, refiner): a list of pass parameters
     sa.Column("passes", Json),
     # derived cost terms, computed once at write time from the job record (perflib.record)
     sa.Column("work_units", sa.Float),
     sa.Column("attention_work", sa.Float),
     sa.Column("decode_work", sa.Float),
-    # rows written by perflib.simulate: purged with `perflib purge --simulated`
+    # rows written by perflib.sim.simulate: purged with `perflib purge --simulated`
     sa.Column("simulated", sa.Boolean),
     sa.Column("recorded_at", UtcDateTime, server_default=sa.func.now()),
     sa.Index("ix_generation_performance_started_at", "started_at"),
@@ -154,7 +154,7 @@ performance_trends = sa.Table(
     sa.Column("mean_gpu_util_pct", sa.Float),
     sa.Column("work_units", sa.Float),
     sa.Column("updated_at", UtcDateTime),
-    # sums and counts, so that any run of days can be re-aggregated (perflib.analysis.aggregates)
+    # sums and counts, so that any run of days can be re-aggregated (perflib.ops.aggregates)
     sa.Column("success_count", sa.Integer),
     sa.Column("total_seconds_sum", sa.Float),  # successful jobs
     sa.Column("queue_seconds_sum", sa.Float),
@@ -170,7 +170,7 @@ performance_trends = sa.Table(
 )
 
 # Per day, pipeline, job type, model and GPU: the sums bottleneck detection re-aggregates over
-# any window (perflib.analysis.aggregates); kept with performance_trends.
+# any window (perflib.ops.aggregates); kept with performance_trends.
 performance_daily_groups = sa.Table(
     "performance_daily_groups",
     metadata,

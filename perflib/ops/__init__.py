@@ -1,0 +1,2 @@
+"""Everything that writes on a schedule: daily aggregates, maintenance, retention, purging,
+retraining and saving alerts."""

@@ -1,0 +1,208 @@
+"""Retraining the pipelines whose model is due (the rule of
+:mod:`perflib.prediction.retraining_rule`).
+
+For each stored pipeline with an active model, the rule looks at the model's dates, its latest
+estimated jobs and the last four weeks' change-points. A due pipeline gets a candidate trained on
+all its jobs but the latest `compare_jobs`; the candidate becomes the active version only if it
+beats the active one on those jobs (more within ±20%, ties by MAPE), both priced as production
+prices them (each job with its GPU and model's drift from the jobs finished before it). Either
+way the candidate is stored, with ``retrain_reason``, ``kept`` and ``compared_on`` in its
+metrics, so ``model-status`` shows why it exists and the next check measures from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from perflib.analysis.sql import bound
+from perflib.analysis.trends import analyze_trends
+from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
+                                         outcome_seconds, past_median)
+from perflib.prediction.models import anchor, score
+from perflib.prediction.predictor import (DRIFT_JOBS, MIN_DRIFT_JOBS, PerformancePredictor,
+                               RefusedModelError, TrainedModel, load_model_blob)
+from perflib.prediction.retraining_rule import ModelInfo, RetrainDecision, should_retrain
+from perflib.store import Store, parse_timestamp
+from perflib.store.model_registry import POOLED
+from perflib.store.schema import generation_performance as jobs_table
+from perflib.store.schema import performance_prediction_models as models_table
+
+TREND_DAYS = 28
+MIN_COMPARE_JOBS = 20
+
+
+@dataclass
+class RetrainOutcome:
+    """What the rule decided for one stored pipeline, and what a retraining made of it."""
+
+    pipeline_type: str  # the stored model's: image, video, or all (pooled)
+    decision: RetrainDecision
+    version: int | None = None  # the candidate's stored version
+    family: str | None = None
+    kept: bool | None = None
+    compared_on: int = 0
+    candidate_within_20: float | None = None
+    active_within_20: float | None = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        if not self.decision:
+            return f"{self.pipeline_type}: not retrained ({self.decision.detail})"
+        head = f"{self.pipeline_type}: retrain ({self.decision.reason}: {self.decision.detail})"
+        if self.error:
+            return f"{head} failed: {self.error}"
+        if self.version is None:
+            return f"{head} — dry run"
+        verdict = "kept as the active version" if self.kept else "not kept, the active one stays"
+        return (f"{head} → {self.family} v{self.version} {verdict}"
+                + (f" (within ±20% on the latest {self.compared_on} jobs: "
+                   f"{_share(self.candidate_within_20)} against {_share(self.active_within_20)})"
+                   if self.compared_on else " (too few jobs to compare)"))
+
+    def as_dict(self) -> dict:
+        return {"pipeline_type": self.pipeline_type, "reason": self.decision.reason,
+                "detail": self.decision.detail, "live_accuracy": self.decision.live_accuracy,
+                "version": self.version, "family": self.family, "kept": self.kept,
+                "compared_on": self.compared_on, "error": self.error}
+
+
+def retrain_due(store: Store, now: datetime | None = None, model_type: str = "auto",
+                dry_run: bool = False) -> list[RetrainOutcome]:
+    """Check the rule for every stored pipeline with an active model and retrain those due
+    (with `dry_run`, only say which are)."""
+    now = parse_timestamp(now or datetime.now(timezone.utc))
+    rule = store.config.retrain_rule
+    outcomes = []
+    for pipeline, info in model_infos(store).items():
+        scope = None if pipeline == POOLED else pipeline
+        decision = should_retrain(info, estimated_jobs(store, scope, now, rule.accuracy_jobs),
+                                  _change_points(store, scope, now), now, rule)
+        outcome = RetrainOutcome(pipeline, decision)
+        if decision and not dry_run:
+            try:
+                outcome = retrain(PerformancePredictor(store), pipeline, decision, model_type,
+                                  rule.compare_jobs)
+            except ValueError as exc:  # e.g. too few usable jobs: reported, the rest go on
+                outcome.error = str(exc)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def model_infos(store: Store) -> dict[str, ModelInfo]:
+    """Per stored pipeline with an active version: its dates, and the last retraining attempt
+    (the newest version stored, kept or not)."""
+    t = models_table
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(t.c.pipeline_type, t.c.is_active, t.c.created_at,
+                                      t.c.train_end)).all()
+    infos = {}
+    for row in rows:
+        if row.is_active:
+            attempts = [parse_timestamp(r.created_at) for r in rows
+                        if r.pipeline_type == row.pipeline_type]
+            created = parse_timestamp(row.created_at)
+            infos[row.pipeline_type] = ModelInfo(
+                trained_at=created,
+                train_end=parse_timestamp(row.train_end) if row.train_end else created,
+                last_attempt_at=max(attempts))
+    return infos
+
+
+def estimated_jobs(store: Store, pipeline_type: str | None, now: datetime,
+                   limit: int) -> pd.DataFrame:
+    """The latest `limit` successful jobs finished by `now` that carry the estimate given at
+    submission."""
+    t = jobs_table
+    query = (sa.select(t.c.job_id, t.c.status, t.c.predicted_seconds, t.c.processing_seconds,
+                       t.c.total_seconds, t.c.submitted_at, t.c.started_at, t.c.finished_at)
+             .where(t.c.status == "success", t.c.predicted_seconds > 0,
+                    t.c.finished_at <= bound(store, now))
+             .order_by(t.c.finished_at.desc()).limit(limit))
+    if pipeline_type:
+        query = query.where(t.c.pipeline_type == pipeline_type)
+    return store.frame(query)
+
+
+def retrain(predictor: PerformancePredictor, pipeline: str, decision: RetrainDecision,
+            model_type: str = "auto", compare_jobs: int = 100,
+            jobs: pd.DataFrame | None = None) -> RetrainOutcome:
+    """Train a candidate for stored pipeline `pipeline` on all but its latest `compare_jobs`
+    usable jobs, compare it with the active model on those, store it (active only if it wins)
+    with the reason. `jobs`: the usable jobs, oldest first (default: the store's; a replay
+    passes the past of its clock). Raises ValueError when there are too few jobs to train."""
+    scope = None if pipeline == POOLED else pipeline
+    jobs = predictor.training_data(scope) if jobs is None else jobs.reset_index(drop=True)
+    held_out = min(compare_jobs, len(jobs) // 4)
+    held_out = held_out if held_out >= MIN_COMPARE_JOBS else 0
+    result = predictor.train_model(scope, model_type, jobs=jobs.iloc[:len(jobs) - held_out])
+    candidate = predictor.trained_model(scope, result["model_type"])
+    outcome = RetrainOutcome(pipeline, decision, family=result["model_type"],
+                             compared_on=held_out, kept=True)
+    if held_out:
+        later = np.arange(len(jobs) - held_out, len(jobs))
+        actual = outcome_seconds(jobs)[later]
+        mine = score(actual, held_out_estimates(candidate, jobs, later))
+        outcome.candidate_within_20 = mine.accuracy_within_20_percent
+        active = _active_model(predictor.store, pipeline)
+        if active is not None:
+            theirs = score(actual, held_out_estimates(active, jobs, later))
+            outcome.active_within_20 = theirs.accuracy_within_20_percent
+            outcome.kept = _rank(mine) > _rank(theirs)
+    outcome.version = predictor.save_model_to_db(scope, outcome.family, activate=outcome.kept,
+                                                 notes={
+        "retrain_reason": decision.reason, "retrain_detail": decision.detail,
+        "kept": outcome.kept, "compared_on": held_out,
+        "compared_within_20": {"candidate": outcome.candidate_within_20,
+                               "active": outcome.active_within_20}})
+    predictor.reload()
+    return outcome
+
+
+def held_out_estimates(model: TrainedModel, jobs: pd.DataFrame, rows: np.ndarray
+                       ) -> np.ndarray:
+    """What `model` estimates for jobs at positions `rows`, each with its GPU and model's drift
+    from the jobs (of `jobs`) that finished before it was submitted — as production would have
+    priced it; NaN for any job it cannot price."""
+    features = build_features(jobs, model.profiles, history=model.history)
+    ratio = np.log(outcome_seconds(jobs)) - np.log(model.cost_model.predict(features))
+    keys = history_keys(features)
+    usual = ~far_slower_jobs(jobs, keys, ratio)[0]
+    drift = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
+                        known=usual)
+    stored = np.array([model.drift.get(key, np.nan) for key in keys])
+    drift = np.where(np.isnan(drift), stored, drift)[rows]
+    try:
+        seconds = model.estimator.predict(anchor(features.iloc[rows], model.cost_model, drift))
+    except Exception:  # a damaged active model prices nothing: the candidate wins
+        return np.full(len(rows), np.nan)
+    return np.where(np.isfinite(seconds) & (seconds > 0), seconds, np.nan)
+
+
+def _active_model(store: Store, pipeline: str) -> TrainedModel | None:
+    t = models_table
+    with store.engine.connect() as conn:
+        blob = conn.execute(sa.select(t.c.blob).where(t.c.pipeline_type == pipeline,
+                                                      t.c.is_active.is_(True))).scalar()
+    try:
+        return load_model_blob(blob) if blob is not None else None
+    except RefusedModelError:
+        return None
+
+
+def _change_points(store: Store, pipeline_type: str | None, now: datetime) -> list:
+    trends = analyze_trends(store, now - timedelta(days=TREND_DAYS), now, pipeline_type)
+    return [point for trend in trends.values() for point in trend.change_points]
+
+
+def _rank(metrics) -> tuple[float, float]:
+    """Better is larger: within-20% share, then lower MAPE (an unpriced job is a miss)."""
+    return (metrics.accuracy_within_20_percent,
+            -metrics.mape if np.isfinite(metrics.mape) else -np.inf)
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"

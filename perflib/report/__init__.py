@@ -1,0 +1,1 @@
+"""The weekly report: its data, summary, tables, plots and the rendering of the notebook."""

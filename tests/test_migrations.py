@@ -23,6 +23,7 @@ from perflib.config import Settings
 from perflib.store import Store, engine as engine_module, flush_all, schema, versioning
 from perflib.store.errors import DATABASE_DOWN
 from perflib.store.versioning import SchemaBehind
+from perflib.threads import PerProcess
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DAY_PARTITION = re.compile(r"_p\d{8}$")
@@ -92,10 +93,10 @@ def another_database(url: str, request, tmp_path: Path) -> str:
 @pytest.fixture
 def cold_engines(monkeypatch):
     """Engines as a new process finds them: none made yet, nothing known about any schema."""
-    engines: dict = {}
+    engines = PerProcess()
     monkeypatch.setattr(engine_module, "_engines", engines)
     yield
-    for engine in list(engines.values()):
+    for engine in engines.clear():
         engine.dispose()
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from dotenv import dotenv_values
+import pydantic
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_SQLITE_PATH = Path("data") / "perflib.db"
@@ -115,50 +117,14 @@ class ConfigError(ValueError):
     """A configuration value perflib cannot use; the message names the variable."""
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type = float):
-    """Variable `name` as a `kind` number (`default` when unset)."""
-    raw = env.get(name)
-    if raw is None:
-        return kind(default)
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _heartbeat_seconds(env: Mapping[str, str]) -> float:
-    """``PERFLIB_HEARTBEAT_SECONDS``: 0 (off) or at least the 5 s a GPU's heartbeat row is
-    written at most once in."""
-    seconds = _number(env, "PERFLIB_HEARTBEAT_SECONDS", 5.0)
-    if seconds != 0 and not 5.0 <= seconds <= 3600.0:
-        raise ConfigError(f"PERFLIB_HEARTBEAT_SECONDS must be 0 (off) or between 5 and 3600, "
-                          f"got {seconds:g}")
-    return seconds
-
-
-def _retrain_rule(env: Mapping[str, str]) -> RetrainRule:
-    """``PERFLIB_RETRAIN_<FIELD>`` for each field of :class:`RetrainRule`."""
-    default = RetrainRule()
-    values = {name: _number(env, f"PERFLIB_RETRAIN_{name.upper()}", getattr(default, name),
-                            type(getattr(default, name)))
-              for name in default.__dataclass_fields__}
-    if not 0.0 <= values["min_accuracy"] <= 1.0:
-        raise ConfigError(f"PERFLIB_RETRAIN_MIN_ACCURACY must be between 0 and 1, got "
-                          f"{values['min_accuracy']:g}")
-    negative = [name for name, value in values.items() if value < 0]
-    if negative:
-        raise ConfigError(f"PERFLIB_RETRAIN_{negative[0].upper()} must not be negative")
-    return RetrainRule(**values)
+def _truthy(value: str | None) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _host_names(value: str | None) -> tuple[str, ...]:
     """``PERFLIB_ALLOWED_HOSTS``: comma-separated host names (``*.example.com`` for a domain's
     subdomains), lower-cased."""
     return tuple(name.strip().lower() for name in (value or "").split(",") if name.strip())
-
-
-def _truthy(value: str | None) -> bool:
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _parse_profiles(raw: str | None) -> dict[str, ModelProfile]:
@@ -184,47 +150,89 @@ def _parse_gpu_profiles(raw: str | None) -> dict[str, GpuProfile]:
             from None
 
 
-def _read_environment(env_file: str | os.PathLike | None) -> dict[str, str]:
-    values: dict[str, str] = {}
-    path = Path(env_file) if env_file else Path(".env")
-    if path.is_file():
-        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-    values.update(os.environ)  # the real environment wins over .env
-    return values
+# Each variable is named after its Settings field (PERFLIB_<FIELD>, the nested rules'
+# PERFLIB_THRESHOLD_<FIELD> and PERFLIB_RETRAIN_<FIELD>) but these; the defaults are the
+# dataclasses' own, written once.
+_RENAMED = {"keep_resource_samples": "PERFLIB_KEEP_SAMPLES",
+            "cuda_visible_devices": "CUDA_VISIBLE_DEVICES"}
+_NESTED = {"thresholds": (Thresholds, "PERFLIB_THRESHOLD_"),
+           "retrain_rule": (RetrainRule, "PERFLIB_RETRAIN_")}
+_READ_AS = (int, float, str, Path)  # other fields are read as text and parsed below
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "keep_resource_samples": _truthy, "allowed_hosts": _host_names,
+    "api_token": lambda text: text or None, "model_profiles": _parse_profiles,
+    "gpu_profiles": _parse_gpu_profiles}
+
+
+def _variables() -> dict[str, tuple[tuple[str, ...], type]]:
+    """Every variable perflib reads: its name → (its path in Settings, the type it is read
+    as)."""
+    variables = {}
+    for name, hint in typing.get_type_hints(Settings).items():
+        if name in _NESTED:
+            kind, prefix = _NESTED[name]
+            variables.update({prefix + field_name.upper(): ((name, field_name), field_hint)
+                              for field_name, field_hint in typing.get_type_hints(kind).items()})
+        else:
+            variables[_RENAMED.get(name, f"PERFLIB_{name.upper()}")] = (
+                (name,), hint if hint in _READ_AS else str)
+    return variables
+
+
+VARIABLES = _variables()
+
+# The environment and `.env` as pydantic-settings reads them (the environment wins); a
+# variable that is not set stays out, so its Settings default applies.
+class _Variables(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_file=".env")
+
+
+_Environment = pydantic.create_model(
+    "_Environment", __base__=_Variables,
+    **{variable.lower(): (typing.Optional[kind], pydantic.Field(None, validation_alias=variable))
+       for variable, (_, kind) in VARIABLES.items()})
+
+
+def _read_environment(env_file: str | os.PathLike | None) -> dict[tuple[str, ...], Any]:
+    """The variables set in the environment or `env_file` (default `.env`), by Settings
+    path; a number that is not one is a ConfigError naming its variable."""
+    try:
+        environment = _Environment(_env_file=Path(env_file) if env_file else Path(".env"))
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(f"{error['loc'][0]} must be a number, got {error['input']!r}") \
+            from None
+    return {VARIABLES[name.upper()][0]: value
+            for name, value in environment.model_dump(exclude_unset=True).items()}
+
+
+def _checked(settings: Settings) -> Settings:
+    """`settings` when its values are in range, else a ConfigError naming the variable."""
+    seconds = settings.heartbeat_seconds  # 0 (off) or at least the 5 s a row is written in
+    if seconds != 0 and not 5.0 <= seconds <= 3600.0:
+        raise ConfigError(f"PERFLIB_HEARTBEAT_SECONDS must be 0 (off) or between 5 and 3600, "
+                          f"got {seconds:g}")
+    rule = asdict(settings.retrain_rule)
+    if not 0.0 <= rule["min_accuracy"] <= 1.0:
+        raise ConfigError(f"PERFLIB_RETRAIN_MIN_ACCURACY must be between 0 and 1, got "
+                          f"{rule['min_accuracy']:g}")
+    negative = [name for name, value in rule.items() if value < 0]
+    if negative:
+        raise ConfigError(f"PERFLIB_RETRAIN_{negative[0].upper()} must not be negative")
+    return settings
 
 
 def get_settings(env_file: str | os.PathLike | None = None) -> Settings:
     """Build settings from the environment and `.env` (environment variables win)."""
-    env = _read_environment(env_file)
-    default = Thresholds()
-    thresholds = Thresholds(
-        **{
-            name: _number(env, f"PERFLIB_THRESHOLD_{name.upper()}", getattr(default, name))
-            for name in default.__dataclass_fields__
-        }
-    )
-    return Settings(
-        database_url=env.get("PERFLIB_DATABASE_URL", ""),
-        db_schema=env.get("PERFLIB_DB_SCHEMA", "anime_api"),
-        sample_interval=_number(env, "PERFLIB_SAMPLE_INTERVAL", 1.0),
-        heartbeat_seconds=_heartbeat_seconds(env),
-        spool_dir=Path(env.get("PERFLIB_SPOOL_DIR", Path("data") / "spool")),
-        spool_retry_seconds=_number(env, "PERFLIB_SPOOL_RETRY_SECONDS", 5.0),
-        keep_resource_samples=_truthy(env.get("PERFLIB_KEEP_SAMPLES")),
-        cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
-        api_token=env.get("PERFLIB_API_TOKEN") or None,
-        host=env.get("PERFLIB_HOST", "127.0.0.1"),
-        allowed_hosts=_host_names(env.get("PERFLIB_ALLOWED_HOSTS")),
-        port=_number(env, "PERFLIB_PORT", 8328, int),
-        retention_days=_number(env, "PERFLIB_RETENTION_DAYS", 90, int),
-        heuristic_refresh_seconds=_number(env, "PERFLIB_HEURISTIC_REFRESH_SECONDS", 300.0),
-        retrain_limit=_number(env, "PERFLIB_RETRAIN_LIMIT", 6, int),
-        retrain_window_seconds=_number(env, "PERFLIB_RETRAIN_WINDOW_SECONDS", 3600.0),
-        thresholds=thresholds,
-        retrain_rule=_retrain_rule(env),
-        model_profiles=_parse_profiles(env.get("PERFLIB_MODEL_PROFILES")),
-        gpu_profiles=_parse_gpu_profiles(env.get("PERFLIB_GPU_PROFILES")),
-    )
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {name: {} for name in _NESTED}
+    for path, value in _read_environment(env_file).items():
+        if len(path) == 2:
+            nested[path[0]][path[1]] = value
+        else:
+            top[path[0]] = _PARSERS.get(path[0], lambda same: same)(value)
+    nested_values = {name: _NESTED[name][0](**values) for name, values in nested.items()}
+    return _checked(Settings(**top, **nested_values))
 
 
 def resolve_database_url(db: str | URL | Mapping[str, Any] | None = None,

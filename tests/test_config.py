@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from perflib.config import get_settings, resolve_database_url, safe_url
+from perflib.config import ConfigError, get_settings, resolve_database_url, safe_url
 from perflib.store import Store
 
 
@@ -48,3 +48,18 @@ def test_model_profiles_from_environment(monkeypatch):
     monkeypatch.setenv("PERFLIB_MODEL_PROFILES", "{not json")
     with pytest.raises(ValueError, match="PERFLIB_MODEL_PROFILES"):
         get_settings()
+
+
+def test_a_bad_number_in_env_file_names_its_variable_and_overrides_keep_the_rest(
+        monkeypatch, tmp_path):
+    (tmp_path / "perflib.env").write_text("PERFLIB_RETRAIN_ACCURACY_JOBS=many\n")
+    monkeypatch.delenv("PERFLIB_RETRAIN_ACCURACY_JOBS", raising=False)
+    with pytest.raises(ConfigError, match="PERFLIB_RETRAIN_ACCURACY_JOBS must be a number, "
+                                          "got 'many'"):
+        get_settings(tmp_path / "perflib.env")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setenv("PERFLIB_KEEP_SAMPLES", "yes")
+    settings = get_settings().with_overrides(port=9000)
+    assert (settings.cuda_visible_devices, settings.keep_resource_samples, settings.port) == (
+        "2,3", True, 9000)
+    assert settings.retrain_rule.accuracy_jobs == 30  # unset: the dataclass default

@@ -7,13 +7,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -35,18 +37,31 @@ with warnings.catch_warnings():
 
 RETRY_SECONDS = 0.2
 TOO_LONG = "m" * 300  # model_name is a 200-character column
+NOBODY = pwd.getpwnam("nobody").pw_uid
 
 
 @pytest.fixture
-def fast_settings(tmp_path) -> Settings:
-    return Settings(spool_dir=tmp_path / "spool", sample_interval=0.05,
+def folder(tmp_path) -> Path:
+    """tmp_path, or as root a folder that `nobody` may enter too (pytest's is its user's alone)."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    path = Path(tempfile.mkdtemp(prefix="perflib-durability-"))
+    os.chown(path, NOBODY, -1)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def fast_settings(folder) -> Settings:
+    return Settings(spool_dir=folder / "spool", sample_interval=0.05,
                     spool_retry_seconds=RETRY_SECONDS)
 
 
 @pytest.fixture
-def sqlite_file(tmp_path, fast_settings) -> Path:
+def sqlite_file(folder, fast_settings) -> Path:
     """A SQLite database with the schema, no connection to it left open in this process."""
-    path = tmp_path / "db" / "perflib.db"
+    path = folder / "db" / "perflib.db"
     store = Store(f"sqlite:///{path}", fast_settings)
     store.init_db()
     engine_for(store.url, fast_settings.db_schema).dispose()
@@ -55,23 +70,30 @@ def sqlite_file(tmp_path, fast_settings) -> Path:
 
 @contextmanager
 def read_only(path: Path):
-    """`path` cannot be written by this process until the block ends — even as root, where
-    permission bits do not bind, through the immutable attribute."""
-    if os.geteuid() != 0:
-        mode = path.stat().st_mode
-        path.chmod(0o444)
-        undo = lambda: path.chmod(mode)  # noqa: E731
-    else:
-        if shutil.which("chattr") is None or subprocess.run(
-                ["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("running as root where chattr +i is unavailable: a file cannot be "
-                        "made read-only")
-        undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)  # noqa: E731
+    """`path` cannot be written by this process until the block ends: its write bits are off,
+    and as root, whom permission bits do not bind, the process acts as `nobody` meanwhile (the
+    folder it shares with the spool becomes nobody's, as a user's own folder would be)."""
+    mode = path.stat().st_mode
+    path.chmod(0o444)
     try:
-        assert not os.access(path, os.W_OK)
+        with _as_nobody(path.parent.parent) if os.geteuid() == 0 else nullcontext():
+            assert not os.access(path, os.W_OK)
+            yield
+    finally:
+        path.chmod(mode)
+
+
+@contextmanager
+def _as_nobody(folder: Path):
+    """The whole process (every thread) is `nobody` in `folder`, made nobody's, until the
+    block ends; its saved user stays root, so root's rights come back after."""
+    for inside in [folder, *folder.rglob("*")]:
+        os.chown(inside, NOBODY, -1)
+    os.setresuid(NOBODY, NOBODY, 0)
+    try:
         yield
     finally:
-        undo()
+        os.setresuid(0, 0, 0)
 
 
 def wait_until(condition, timeout: float = 20.0) -> bool:

@@ -83,18 +83,18 @@ def test_a_young_group_takes_its_pipelines_pooled_widening(store):
     young = _jobs(12, "2026-01-06T10:00:05Z", _calm, 2, gpu="young")
     store.write_jobs(young.to_dict("records"))
     predictor = PerformancePredictor(store)
-    version, model = next(predictor._answering("image"))
+    version, model = next(predictor.estimator.answering("image"))
     jobs = store.recent_jobs("young", "m", 200)
-    assert predictor._widening(version, model, "image", jobs, None) > 1.5
+    assert predictor.estimator.widening(version, model, "image", jobs, None) > 1.5
 
 
 def test_jobs_a_model_was_trained_on_never_narrow_its_intervals(store):
     """Right after training, every recent job is in-sample (errors smaller than the model will
     make): the intervals stay as calibrated until it has met new jobs."""
     predictor = PerformancePredictor(store)
-    version, model = next(predictor._answering("image"))
+    version, model = next(predictor.estimator.answering("image"))
     trained_on = store.recent_jobs("g", "m", 150)
-    assert predictor._widening(version, model, "image", trained_on, None) == 1.0
+    assert predictor.estimator.widening(version, model, "image", trained_on, None) == 1.0
 
 
 def test_estimates_as_of_a_moment_never_see_jobs_finished_after_it(store):

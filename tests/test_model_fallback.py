@@ -360,7 +360,7 @@ def test_recent_drift_cache_is_bounded_under_concurrent_use(two_versions, tmp_pa
     for thread in threads:
         thread.join(60)
     assert not errors
-    assert 0 < len(predictor._recent_cache) <= 16
+    assert 0 < len(predictor.estimator.recent_cache) <= 16
 
 
 def test_recent_drift_is_cached_per_stored_version(two_versions, tmp_path, monkeypatch):

@@ -27,9 +27,8 @@ from perflib.prediction.predictor import (DRIFT_JOBS, MIN_DRIFT_JOBS, Performanc
                                RefusedModelError, TrainedModel, load_model_blob)
 from perflib.prediction.retraining_rule import ModelInfo, RetrainDecision, should_retrain
 from perflib.store import Store, parse_timestamp
-from perflib.store.model_registry import POOLED
+from perflib.store.model_registry import POOLED, active_blob, version_dates
 from perflib.store.schema import generation_performance as jobs_table
-from perflib.store.schema import performance_prediction_models as models_table
 
 TREND_DAYS = 28
 MIN_COMPARE_JOBS = 20
@@ -95,10 +94,7 @@ def retrain_due(store: Store, now: datetime | None = None, model_type: str = "au
 def model_infos(store: Store) -> dict[str, ModelInfo]:
     """Per stored pipeline with an active version: its dates, and the last retraining attempt
     (the newest version stored, kept or not)."""
-    t = models_table
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(t.c.pipeline_type, t.c.is_active, t.c.created_at,
-                                      t.c.train_end)).all()
+    rows = version_dates(store)
     infos = {}
     for row in rows:
         if row.is_active:
@@ -183,10 +179,7 @@ def held_out_estimates(model: TrainedModel, jobs: pd.DataFrame, rows: np.ndarray
 
 
 def _active_model(store: Store, pipeline: str) -> TrainedModel | None:
-    t = models_table
-    with store.engine.connect() as conn:
-        blob = conn.execute(sa.select(t.c.blob).where(t.c.pipeline_type == pipeline,
-                                                      t.c.is_active.is_(True))).scalar()
+    blob = active_blob(store, pipeline)
     try:
         return load_model_blob(blob) if blob is not None else None
     except RefusedModelError:

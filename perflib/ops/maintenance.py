@@ -10,10 +10,9 @@ import sqlalchemy as sa
 from perflib.analysis.sql import bound
 from perflib.ops.aggregates import drop_days_before, refresh_aggregates
 from perflib.ops.retention import JobRetention, apply_retention, plan_retention
-from perflib.prediction.predictor import KEEP_VERSIONS
 from perflib.store import Store
+from perflib.store.model_registry import delete_versions, stale_versions
 from perflib.store.schema import performance_alerts as alerts
-from perflib.store.schema import performance_prediction_models as models
 from perflib.store.schema import performance_trends as trends
 
 
@@ -75,8 +74,9 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     retention = plan_retention(store, cutoff)
     old_alerts = alerts.c.last_seen < bound(store, cutoff)
     old_days = trends.c.day < cutoff.date()
-    stale_models = _stale_model_ids(store)
     with store.engine.connect() as conn:
+        stale_models = stale_versions(conn)
+
         def count(table, condition) -> int:
             return conn.execute(sa.select(sa.func.count()).select_from(table)
                                 .where(condition)).scalar_one()
@@ -91,16 +91,7 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     with store.writable_engine().begin() as conn:
         conn.execute(sa.delete(alerts).where(old_alerts))
         drop_days_before(conn, cutoff.date())
-        if stale_models:
-            conn.execute(sa.delete(models).where(models.c.id.in_(stale_models)))
+        delete_versions(conn, stale_models)
     plan.trend_rows = refresh_aggregates(store)
     return plan
 
-
-def _stale_model_ids(store: Store) -> list[int]:
-    rank = sa.func.row_number().over(partition_by=[models.c.pipeline_type, models.c.family],
-                                     order_by=models.c.version.desc()).label("rank")
-    ranked = sa.select(models.c.id, models.c.is_active, rank).subquery()
-    with store.engine.connect() as conn:
-        return list(conn.execute(sa.select(ranked.c.id).where(
-            ranked.c.rank > KEEP_VERSIONS, ranked.c.is_active.is_(False))).scalars())

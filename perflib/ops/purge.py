@@ -18,10 +18,10 @@ from perflib.analysis.sql import SIMULATED, bound
 from perflib.ops.aggregates import aggregate_daily
 from perflib.store import Store, parse_timestamp
 from perflib.store.deletion import delete_jobs
+from perflib.store.model_registry import delete_versions, versions_trained_between
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
 from perflib.store.schema import performance_alerts as alerts
-from perflib.store.schema import performance_prediction_models as models
 from perflib.store.schema import performance_trends as trends
 from perflib.store.schema import resource_samples as samples
 
@@ -89,7 +89,7 @@ def purge_simulated(store: Store, dry_run: bool = False) -> PurgePlan:
         return plan
     with store.writable_engine().begin() as conn:
         delete_jobs(conn, SIMULATED)
-        conn.execute(sa.delete(models).where(models.c.id.in_([row.id for row in tainted_models])))
+        delete_versions(conn, [row.id for row in tainted_models])
         conn.execute(sa.delete(trends).where(trend_days))
         conn.execute(sa.delete(alerts).where(recent_alerts))
     plan.trend_rows_recomputed = aggregate_daily(store, first, after)
@@ -100,10 +100,7 @@ def _models_trained_on(conn: sa.Connection, store: Store, first: datetime, after
                        first_recorded) -> list:
     """Model versions whose training period overlaps [first, after) and that were created after
     the first simulated job was recorded (when the store knows that)."""
-    overlaps = sa.and_(models.c.train_end >= bound(store, first),
-                       models.c.train_start < bound(store, after))
-    rows = conn.execute(sa.select(models.c.id, models.c.pipeline_type, models.c.is_active,
-                                  models.c.created_at).where(overlaps)).all()
+    rows = versions_trained_between(conn, bound(store, first), bound(store, after))
     if first_recorded is None:
         return rows
     # recorded_at has whole seconds on SQLite: a model of the same second counts as after.

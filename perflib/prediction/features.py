@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Mapping, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import pandas as pd
@@ -252,3 +252,14 @@ def _submitted_instants(jobs: JobRows) -> np.ndarray:
             if not np.isnan(seconds).all():
                 return np.where(np.isnan(seconds), now, seconds)
     return np.full(row_count(jobs), now)
+
+
+def job_columns(jobs: list[Mapping[str, Any]], submitted: datetime | None = None
+                ) -> dict[str, list]:
+    """Checked estimate requests as columns (what a model pass takes), submitted at
+    `submitted` (default: now)."""
+    names = {name for job in jobs for name in job}
+    columns = {name: [job.get(name) for job in jobs] for name in names}
+    when = pd.Timestamp.now(tz="UTC") if submitted is None else pd.Timestamp(submitted)
+    columns["submitted_at"] = [when] * len(jobs)
+    return columns

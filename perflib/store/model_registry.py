@@ -1,5 +1,6 @@
-"""Which stored model versions may answer for a pipeline type, in order of preference, each
-loaded and checked once.
+"""The model table's one registry: saving a version, the one pruning rule, the reads of
+maintenance, purge and retraining, and which stored versions may answer for a pipeline type, in
+order of preference, each loaded and checked once.
 
 A version that cannot be loaded or fails its checks is refused — logged once with its reason,
 remembered, not retried on every request — and the next one answers. A version that answers but
@@ -14,7 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import sqlalchemy as sa
@@ -25,6 +26,66 @@ from perflib.store.schema import performance_prediction_models as models_table
 log = logging.getLogger(__name__)
 
 POOLED = "all"
+KEEP_VERSIONS = 3  # per pipeline and family, the newest kept (and the active one, however old)
+
+
+def save_version(store: Store, pipeline_type: str, family: str, blob: bytes, activate: bool,
+                 **columns: Any) -> int:
+    """Store `blob` as the next version of (pipeline_type, family), the active one of its
+    pipeline if `activate`, with the other `columns` (metrics, features, train_start,
+    train_end, n_rows); prune the versions past the newest KEEP_VERSIONS. Its version number."""
+    t = models_table
+    with store.writable_engine().begin() as conn:
+        latest = conn.execute(sa.select(sa.func.max(t.c.version)).where(
+            t.c.pipeline_type == pipeline_type, t.c.family == family)).scalar() or 0
+        if activate:
+            conn.execute(sa.update(t).where(t.c.pipeline_type == pipeline_type)
+                         .values(is_active=False))
+        conn.execute(sa.insert(t).values(
+            pipeline_type=pipeline_type, family=family, version=latest + 1,
+            is_active=activate, blob=blob, created_at=datetime.now(timezone.utc), **columns))
+        delete_versions(conn, stale_versions(conn))
+    return latest + 1
+
+
+def stale_versions(conn: sa.Connection) -> list[int]:
+    """The one pruning rule: ids of the inactive versions past the newest KEEP_VERSIONS of
+    their pipeline and family."""
+    t = models_table
+    rank = sa.func.row_number().over(partition_by=[t.c.pipeline_type, t.c.family],
+                                     order_by=t.c.version.desc()).label("rank")
+    ranked = sa.select(t.c.id, t.c.is_active, rank).subquery()
+    return list(conn.execute(sa.select(ranked.c.id).where(
+        ranked.c.rank > KEEP_VERSIONS, ranked.c.is_active.is_(False))).scalars())
+
+
+def delete_versions(conn: sa.Connection, ids: list[int]) -> None:
+    if ids:
+        conn.execute(sa.delete(models_table).where(models_table.c.id.in_(ids)))
+
+
+def version_dates(store: Store) -> list:
+    """Every version's (pipeline_type, is_active, created_at, train_end)."""
+    t = models_table
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(t.c.pipeline_type, t.c.is_active, t.c.created_at,
+                                      t.c.train_end)).all()
+
+
+def active_blob(store: Store, pipeline_type: str) -> bytes | None:
+    """The stored blob of `pipeline_type`'s active version (None without one)."""
+    t = models_table
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(t.c.blob).where(t.c.pipeline_type == pipeline_type,
+                                                      t.c.is_active.is_(True))).scalar()
+
+
+def versions_trained_between(conn: sa.Connection, first, after) -> list:
+    """(id, pipeline_type, is_active, created_at) of the versions whose training period
+    overlaps [first, after) (bounds as the store compares them)."""
+    t = models_table
+    return conn.execute(sa.select(t.c.id, t.c.pipeline_type, t.c.is_active, t.c.created_at)
+                        .where(t.c.train_end >= first, t.c.train_start < after)).all()
 
 
 @dataclass(frozen=True)

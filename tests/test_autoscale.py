@@ -139,8 +139,7 @@ def test_a_pipeline_never_seen_on_a_gpu_is_the_unassigned_pool():
                          "status": ["queued"] * 3, "hostname": [None] * 3,
                          "gpu_index": [None] * 3, "started_at": [None] * 3})
     recent = pd.DataFrame(columns=["pipeline_type", "gpu_name", "hostname", "gpu_index"])
-    now = datetime.now(timezone.utc)
-    [signal] = pool_signals(live, pd.Series([20.0, 40.0, 30.0]).to_numpy(), recent, 30.0, now)
+    [signal] = pool_signals(live, pd.Series([20.0, 40.0, 30.0]).to_numpy(), recent, 30.0)
     assert (signal.pipeline_type, signal.gpu_name) == ("image", UNASSIGNED)
     # One GPU would start the third job at 60 s; two start it at 20 s.
     assert (signal.backlog_seconds, signal.desired_gpus, signal.gpus) == (90.0, 2, 0)
@@ -151,9 +150,8 @@ def test_unpinned_jobs_join_the_pipeline_pool_with_the_most_gpus():
                            "hostname": ["a", "b", "b"], "gpu_index": [0, 0, 1]})
     live = pd.DataFrame({"pipeline_type": ["image"], "gpu_name": [None], "status": ["queued"],
                          "hostname": [None], "gpu_index": [None], "started_at": [None]})
-    now = datetime.now(timezone.utc)
     signals = {s.gpu_name: s for s in pool_signals(live, pd.Series([50.0]).to_numpy(), recent,
-                                                   30.0, now)}
+                                                   30.0)}
     assert signals[A100].backlog_seconds == 50.0 and signals[A100].gpus == 2
     assert RTX not in signals  # no live work there
 

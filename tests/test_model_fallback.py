@@ -139,10 +139,13 @@ def _sound(answer: dict) -> bool:
 
 
 # -- stored by an earlier perflib --------------------------------------------------------------
-def _named_as_before_the_move(schema: dict, _members) -> None:
+def _named_as_before(trained_as: str):
+    """An edit that names a stored model's classes as an earlier perflib did: TrainedModel in
+    module `trained_as`, the others as before the package move."""
     old_names = {new: old for old, new in predictor_module.MOVED_MODULES.items()}
+    old_names["perflib.prediction.trained"] = trained_as
 
-    def rename(node):
+    def rename(node, _members=None):
         if isinstance(node, dict):
             if node.get("__module__") in old_names:
                 node["__module__"] = old_names[node["__module__"]]
@@ -151,16 +154,20 @@ def _named_as_before_the_move(schema: dict, _members) -> None:
         elif isinstance(node, list):
             for child in node:
                 rename(child)
-    rename(schema)
+    return rename
 
 
-def test_a_model_stored_before_the_package_move_still_answers(two_versions, tmp_path):
+@pytest.mark.parametrize("trained_as", ["perflib.predictor",  # before the package move
+                                        "perflib.prediction.predictor"])  # before the split
+def test_a_model_stored_before_the_package_move_still_answers(two_versions, tmp_path,
+                                                              trained_as):
     store = _copy(two_versions, tmp_path)
-    _corrupt(store, 2, _named_as_before_the_move)
+    _corrupt(store, 2, _named_as_before(trained_as))
     with store.engine.connect() as conn:
         blob = conn.execute(sa.select(models_table.c.blob).where(
             models_table.c.version == 2)).scalar_one()
-    assert b"perflib.models" in zipfile.ZipFile(io.BytesIO(blob)).read("schema.json")
+    schema = zipfile.ZipFile(io.BytesIO(blob)).read("schema.json")
+    assert b"perflib.models" in schema and f'"{trained_as}"'.encode() in schema
     assert type(load_model_blob(blob)).__name__ == "TrainedModel"
     answer = PerformancePredictor(store).estimate(
         {"pipeline_type": "video", "resolution": "512x512", "frame_count": 16, "steps": 20})

@@ -19,6 +19,7 @@ from perflib.report.tables import (alert_table, bottleneck_table, estimate_table
                                    headline_table, pipeline_table, trend_table)
 from perflib.sim.simulate import Incident, simulate_history
 from perflib.store import Store
+from perflib.units import format_count, format_percent
 from tests.conftest import row_counts
 
 END = datetime(2026, 11, 26, tzinfo=timezone.utc)
@@ -177,3 +178,19 @@ def test_a_window_without_jobs_says_so(history):
     assert week.empty
     assert week.report["data_origin"]["notice"].startswith("No jobs in this period")
     assert summary_markdown(week.report) == "Nothing to summarise: no jobs ran in this period."
+
+
+def test_summary_and_estimate_table_give_one_within_20_figure_for_a_week(history, monkeypatch):
+    """The summary's within-20% figure and the estimates table's are computed on the same jobs
+    (every estimated job of the week), even when the charts read a sample of the week."""
+    sample = PerformanceAnalyzer.job_sample
+    monkeypatch.setattr(PerformanceAnalyzer, "job_sample",
+                        lambda self, days_back=7, end=None: sample(self, days_back, end, 100))
+    week = weekly_data(history, 1, "video", END.date().isoformat())
+    accuracy = week.report["prediction_accuracy"]
+    assert accuracy["jobs_with_estimate"] > len(week.jobs)  # the table's jobs are a sample
+    summary = format_percent(accuracy["accuracy_within_20_percent"])
+    assert f"within 20% for {summary} of the" in summary_markdown(week.report)
+    row = estimate_table(week.estimates).data.iloc[0]
+    assert row["Estimates within 20%"] == summary
+    assert row["With an estimate"] == format_count(accuracy["jobs_with_estimate"])

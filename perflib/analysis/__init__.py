@@ -23,6 +23,7 @@ from perflib.analysis.sql import (SIMULATED, frame_without_jit, hour_of, in_wind
                                   sampled_jobs, sampled_phases, spread_order, time_percentiles,
                                   window, window_rows)
 from perflib.analysis.trends import ChangePoint, TrendResult, analyze_trends
+from perflib.prediction.metrics import WITHIN
 from perflib.record import FINAL_STATUSES
 from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
@@ -142,7 +143,7 @@ class PerformanceAnalyzer(UsesStore):
         pipeline = jobs.c.pipeline_type == pipeline_type if pipeline_type else sa.true()
         error = sa.func.abs(jobs.c.processing_seconds - jobs.c.predicted_seconds)
         query = (sa.select(sa.func.count().label("jobs"),
-                           sa.func.sum(sa.case((error <= 0.2 * jobs.c.processing_seconds, 1),
+                           sa.func.sum(sa.case((error <= WITHIN * jobs.c.processing_seconds, 1),
                                                else_=0)).label("within"),
                            sa.func.avg(error / jobs.c.processing_seconds).label("mape"))
                  .where(jobs.c.status == "success", jobs.c.predicted_seconds > 0,

@@ -14,10 +14,10 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from perflib.prediction.metrics import coverage, is_inside, is_within
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store, parse_timestamp
 
-WITHIN = 0.2  # "within 20%": the accuracy the team tracks
 REPLAY_ROWS = 5_000  # per pipeline, evenly spaced in time: plenty for a coverage figure
 NO_MODEL = "none: no trained model"
 
@@ -26,12 +26,15 @@ NO_MODEL = "none: no trained model"
 class EstimateCheck:
     """Per successful job: ``day``, ``pipeline_type``, ``actual_seconds``, the stored
     ``estimate_seconds`` (NaN where none was given) and the replayed model's ``replay_seconds``,
-    ``replay_low``, ``replay_high``; and per pipeline, which model was replayed and whether it
-    was trained on jobs of the window."""
+    ``replay_low``, ``replay_high``; and per pipeline, which model was replayed, whether it
+    was trained on jobs of the window, and the stored estimates' accuracy over every job of the
+    window (:meth:`PerformanceAnalyzer.prediction_accuracy`, the report summary's figure: `jobs`
+    may be a sample)."""
 
     jobs: pd.DataFrame
     models: dict[str, str] = field(default_factory=dict)
     in_sample: dict[str, bool] = field(default_factory=dict)
+    accuracy: dict[str, dict] = field(default_factory=dict)
 
     @property
     def error(self) -> pd.Series:
@@ -44,8 +47,9 @@ class EstimateCheck:
         the replayed jobs inside the model's interval."""
         jobs = self.jobs
         estimated = jobs.estimate_seconds.notna()
-        within = (jobs.actual_seconds - jobs.estimate_seconds).abs() <= WITHIN * jobs.actual_seconds
-        inside = jobs.actual_seconds.between(jobs.replay_low, jobs.replay_high)
+        within = pd.Series(is_within(jobs.actual_seconds, jobs.estimate_seconds), jobs.index)
+        inside = pd.Series(is_inside(jobs.actual_seconds, jobs.replay_low, jobs.replay_high),
+                           jobs.index)
         per_job = pd.DataFrame({
             "day": jobs.day, "estimated": estimated,
             "within": within.astype(float).where(estimated),
@@ -59,12 +63,13 @@ class EstimateCheck:
         replayed = self.jobs.dropna(subset=["replay_low", "replay_high"])
         if replayed.empty:
             return None
-        return float(replayed.actual_seconds.between(replayed.replay_low,
-                                                     replayed.replay_high).mean())
+        return coverage(replayed.actual_seconds, replayed.replay_low, replayed.replay_high)
 
 
-def estimate_check(store: Store, jobs: pd.DataFrame, start: datetime) -> EstimateCheck:
-    """Check the estimates of `jobs` (finished job rows of a window starting at `start`)."""
+def estimate_check(store: Store, jobs: pd.DataFrame, start: datetime,
+                   accuracy: dict[str, dict] | None = None) -> EstimateCheck:
+    """Check the estimates of `jobs` (finished job rows of a window starting at `start`, maybe
+    a sample of it), with the `accuracy` of the window's stored estimates per pipeline."""
     done = jobs[(jobs.status == "success") & (jobs.processing_seconds > 0)]
     frame = pd.DataFrame({
         "day": pd.to_datetime(done.started_at, utc=True).dt.date,
@@ -73,7 +78,7 @@ def estimate_check(store: Store, jobs: pd.DataFrame, start: datetime) -> Estimat
         "estimate_seconds": done.predicted_seconds.where(done.predicted_seconds > 0),
         "replay_seconds": np.nan, "replay_low": np.nan, "replay_high": np.nan},
         index=done.index)
-    check = EstimateCheck(frame)
+    check = EstimateCheck(frame, accuracy=dict(accuracy or {}))
     predictor = PerformancePredictor(store)
     for pipeline, group in done.groupby("pipeline_type"):
         model = predictor.active_model(pipeline)

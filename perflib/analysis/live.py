@@ -16,11 +16,10 @@ from datetime import date, datetime, timedelta
 import sqlalchemy as sa
 
 from perflib.analysis.sql import bound
+from perflib.prediction import metrics
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_trends
-
-WITHIN = 0.2  # an estimate within ±20% of the actual time counts as good
 
 GpuKey = tuple[str | None, int | None]  # (hostname, gpu_index)
 
@@ -72,9 +71,8 @@ def within_share(estimates: list[dict]) -> float | None:
     """Share of `estimates` whose prediction is within ±20% of the actual time."""
     if not estimates:
         return None
-    within = sum(abs(e["predicted_seconds"] - e["actual_seconds"]) <= WITHIN * e["actual_seconds"]
-                 for e in estimates)
-    return within / len(estimates)
+    return metrics.within_share([e["actual_seconds"] for e in estimates],
+                                [e["predicted_seconds"] for e in estimates])
 
 
 def busy_seconds_today(store: Store, now: datetime) -> dict[GpuKey, float]:

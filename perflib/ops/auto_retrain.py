@@ -22,6 +22,7 @@ from perflib.analysis.sql import bound
 from perflib.analysis.trends import analyze_trends
 from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
                                          outcome_seconds, past_median)
+from perflib.prediction.metrics import rank
 from perflib.prediction.models import anchor, score
 from perflib.prediction.predictor import (DRIFT_JOBS, MIN_DRIFT_JOBS, PerformancePredictor,
                                RefusedModelError, TrainedModel, load_model_blob)
@@ -147,7 +148,8 @@ def retrain(predictor: PerformancePredictor, pipeline: str, decision: RetrainDec
         if active is not None:
             theirs = score(actual, held_out_estimates(active, jobs, later))
             outcome.active_within_20 = theirs.accuracy_within_20_percent
-            outcome.kept = _rank(mine) > _rank(theirs)
+            outcome.kept = rank(mine.accuracy_within_20_percent, mine.mape) > \
+                rank(theirs.accuracy_within_20_percent, theirs.mape)
     outcome.version = predictor.save_model_to_db(scope, outcome.family, activate=outcome.kept,
                                                  notes={
         "retrain_reason": decision.reason, "retrain_detail": decision.detail,
@@ -189,12 +191,6 @@ def _active_model(store: Store, pipeline: str) -> TrainedModel | None:
 def _change_points(store: Store, pipeline_type: str | None, now: datetime) -> list:
     trends = analyze_trends(store, now - timedelta(days=TREND_DAYS), now, pipeline_type)
     return [point for trend in trends.values() for point in trend.change_points]
-
-
-def _rank(metrics) -> tuple[float, float]:
-    """Better is larger: within-20% share, then lower MAPE (an unpriced job is a miss)."""
-    return (metrics.accuracy_within_20_percent,
-            -metrics.mape if np.isfinite(metrics.mape) else -np.inf)
 
 
 def _share(value: float | None) -> str:

@@ -31,6 +31,8 @@ import pandas as pd
 from perflib.config import Settings
 from perflib.prediction.conformal import OnlineConformal, normalised_scores
 from perflib.prediction.features import build_features, outcome_seconds
+from perflib.prediction.metrics import (CLOSE, coverage, is_within, mape, relative_errors,
+                                        within_share)
 from perflib.prediction.predictor import PerformancePredictor, TrainedModel
 from perflib.prediction.retraining_rule import ModelInfo, should_retrain
 from perflib.store import Store, parse_timestamp
@@ -75,13 +77,12 @@ def backtest_metrics(estimates: pd.DataFrame) -> dict:
     """Within-10/20%, MAPE and median APE (fractions), 80%-interval coverage and mean width
     relative to the estimate, over estimated jobs."""
     actual, predicted = estimates.actual_seconds.to_numpy(), estimates.predicted_seconds.to_numpy()
-    relative = np.abs(predicted - actual) / actual
-    inside = (actual >= estimates.low_seconds) & (actual <= estimates.high_seconds)
+    relative = relative_errors(actual, predicted)
     width = (estimates.high_seconds - estimates.low_seconds) / estimates.predicted_seconds
-    return {"jobs": len(estimates), "within_10_percent": float(np.mean(relative <= 0.1)),
-            "within_20_percent": float(np.mean(relative <= 0.2)),
-            "mape": float(np.mean(relative)), "median_ape": float(np.median(relative)),
-            "interval_coverage": float(np.mean(inside)),
+    return {"jobs": len(estimates), "within_10_percent": within_share(actual, predicted, CLOSE),
+            "within_20_percent": within_share(actual, predicted),
+            "mape": mape(actual, predicted), "median_ape": float(np.median(relative)),
+            "interval_coverage": coverage(actual, estimates.low_seconds, estimates.high_seconds),
             "mean_relative_width": float(np.mean(width))}
 
 
@@ -89,10 +90,9 @@ def reliability_table(estimates: pd.DataFrame, bins: Sequence[float] = (
         0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)) -> pd.DataFrame:
     """Is ``confidence`` honest? Per bin of stated confidence: jobs, mean stated confidence,
     and the share that landed within ±20% of the estimate."""
-    relative = np.abs(estimates.predicted_seconds - estimates.actual_seconds) \
-        / estimates.actual_seconds
+    within = is_within(estimates.actual_seconds, estimates.predicted_seconds)
     frame = pd.DataFrame({"bin": pd.cut(estimates.confidence, list(bins), include_lowest=True),
-                          "confidence": estimates.confidence, "within": relative <= 0.2})
+                          "confidence": estimates.confidence, "within": within})
     table = frame.groupby("bin", observed=True).agg(
         jobs=("within", "size"), stated_confidence=("confidence", "mean"),
         observed_within_20_percent=("within", "mean"))

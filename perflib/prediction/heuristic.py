@@ -13,6 +13,7 @@ import pandas as pd
 
 from perflib.cache import TtlCache
 from perflib.prediction.features import JobRows, build_features, feature_columns, outcome_seconds
+from perflib.prediction.metrics import within_share
 from perflib.prediction.models import CostModel
 from perflib.prediction.priced import HEURISTIC, PricedJobs
 from perflib.store import Store
@@ -86,7 +87,6 @@ class Heuristic:
             features = features.assign(attention_work=0.0, decode_work=0.0, step_passes=0.0)
             seconds = outcome_seconds(jobs)
             fitted = CostModel(min_group_jobs=len(jobs) + 1).fit(features, seconds)
-            relative = np.abs(fitted.predict(features) / seconds - 1)
-            confidence = float(min(np.mean(relative <= 0.2), 0.5))
+            confidence = min(within_share(seconds, fitted.predict(features)), 0.5)
         return fitted, confidence
 

@@ -31,6 +31,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from perflib.prediction.features import (CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES,
                                          Features, history_keys)
+from perflib.prediction.metrics import CLOSE, WITHIN, coverage, mape, within_share
 from perflib.prediction.pooling import PooledSpeeds, at_speed, split_cost
 from perflib.store.model_checks import check_learner
 
@@ -360,16 +361,15 @@ class Metrics:
 
 def score(actual, predicted, low=None, high=None, n_train: int = 0) -> Metrics:
     actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
-    relative = np.abs(predicted - actual) / actual
-    coverage = None
+    covered = None
     if low is not None and high is not None:
-        coverage = float(np.mean((actual >= np.asarray(low)) & (actual <= np.asarray(high))))
+        covered = coverage(actual, low, high)
     return Metrics(
-        accuracy_within_20_percent=float(np.mean(relative <= 0.2)),
-        accuracy_within_10_percent=float(np.mean(relative <= 0.1)),
-        mape=float(np.mean(relative)),
+        accuracy_within_20_percent=within_share(actual, predicted),
+        accuracy_within_10_percent=within_share(actual, predicted, CLOSE),
+        mape=mape(actual, predicted),
         median_absolute_error_seconds=float(np.median(np.abs(predicted - actual))),
-        interval_coverage=coverage, n_train=int(n_train), n_test=len(actual))
+        interval_coverage=covered, n_train=int(n_train), n_test=len(actual))
 
 
 class Calibration(BaseEstimator):
@@ -437,8 +437,8 @@ class Calibration(BaseEstimator):
         chances = np.empty(len(predicted))
         for b in np.unique(which):
             rows, scores = which == b, self.scores_[b]
-            inside = np.searchsorted(scores, np.log(1.2) / scale[rows], side="right") - \
-                np.searchsorted(scores, np.log(0.8) / scale[rows], side="left")
+            inside = np.searchsorted(scores, np.log(1 + WITHIN) / scale[rows], side="right") - \
+                np.searchsorted(scores, np.log(1 - WITHIN) / scale[rows], side="left")
             chances[rows] = inside / len(scores)
         return chances
 

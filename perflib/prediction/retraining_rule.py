@@ -27,6 +27,7 @@ import pandas as pd
 
 from perflib.config import RetrainRule
 from perflib.prediction.features import outcome_seconds, succeeded
+from perflib.prediction.metrics import within_share
 from perflib.store import parse_timestamp
 
 REASONS = ("accuracy", "change_point", "age")
@@ -114,8 +115,7 @@ def live_accuracy(jobs: pd.DataFrame, since: datetime, now: datetime, count: int
     latest = latest[np.argsort(finished[latest], kind="stable")][-count:]
     if not len(latest):
         return float("nan"), 0
-    within = np.abs(predicted[latest] - actual[latest]) <= 0.2 * actual[latest]
-    return float(within.mean()), len(latest)
+    return within_share(actual[latest], predicted[latest]), len(latest)
 
 
 def _seconds(jobs: pd.DataFrame, *columns: str) -> np.ndarray:

@@ -16,6 +16,7 @@ from perflib.config import ModelProfile, Settings
 from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
                                          latest_median, outcome_seconds, past_median)
 from perflib.prediction.geometry import infer_profiles
+from perflib.prediction.metrics import rank
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel,
                                        anchor, make_family, score)
 from perflib.prediction.trained import DRIFT_JOBS, MIN_DRIFT_JOBS, MIN_SPREAD_JOBS, TrainedModel
@@ -101,8 +102,8 @@ def train(jobs: pd.DataFrame, pipeline_type: str | None, settings: Settings,
         bar.set_postfix_str(family)
         results[family] = _evaluate(family, on_proper, on_train, windows, coverage,
                                     random_state)
-    best = min(results, key=lambda f: (-results[f][0].accuracy_within_20_percent,
-                                       results[f][0].mape))
+    best = max(results, key=lambda f: rank(results[f][0].accuracy_within_20_percent,
+                                           results[f][0].mape))
     metrics, residuals = results[best][:2]
     model = _final_model(windows, pipeline_type or "all", best, random_state, gpus,
                          Calibration(coverage).fit(*residuals))

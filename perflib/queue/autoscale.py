@@ -26,7 +26,6 @@ import sqlalchemy as sa
 from perflib.analysis.gpus import count_gpus
 from perflib.analysis.sql import bound
 from perflib.queue.fifo import queue_starts
-from perflib.queue.live_jobs import seconds_left
 from perflib.queue.search import smallest_gpus
 from perflib.queue.snapshot import LiveQueue
 from perflib.store import Store
@@ -92,23 +91,24 @@ def recent_pool_gpus(store: Store, since: datetime) -> pd.DataFrame:
     return store.frame(query)
 
 
-def pool_signals(live: pd.DataFrame, live_seconds: np.ndarray, recent_gpus: pd.DataFrame,
-                 target_wait_seconds: float, now: datetime) -> list[PoolSignal]:
+def pool_signals(live: pd.DataFrame, seconds_left: np.ndarray, recent_gpus: pd.DataFrame,
+                 target_wait_seconds: float) -> list[PoolSignal]:
     """One signal per pool with live work; a pool whose work is done has none (its series
     leave /metrics), whatever GPUs it had.
 
     `live` holds the queued and running jobs in submission order (``pipeline_type``,
-    ``gpu_name``, ``status``, ``hostname``, ``gpu_index``, ``started_at``), `live_seconds`
-    each one's predicted duration; `recent_gpus` is :func:`recent_pool_gpus`.
+    ``gpu_name``, ``status``, ``hostname``, ``gpu_index``), `seconds_left` each one's predicted
+    seconds still to run (:meth:`perflib.queue.live_jobs.LiveJob.seconds_left`); `recent_gpus`
+    is :func:`recent_pool_gpus`.
     """
     running = (live.status == "running").to_numpy()
     gpu_rows = pd.concat([recent_gpus, live.loc[running & live.gpu_name.notna().to_numpy(),
                                                 list(recent_gpus.columns)]])
     gpus = gpus_per_pool(gpu_rows)
     pools = live.gpu_name.fillna(live.pipeline_type.map(main_pools(gpus))).fillna(UNASSIGNED)
-    left = seconds_left(live, live_seconds, now)
     work = pd.DataFrame({"pipeline_type": live.pipeline_type.to_numpy(),
-                         "gpu_name": pools.to_numpy(), "running": running, "seconds": left})
+                         "gpu_name": pools.to_numpy(), "running": running,
+                         "seconds": seconds_left})
     signals = []
     for (pipeline, gpu_name), rows in work.groupby(["pipeline_type", "gpu_name"]):
         busy = rows.running.to_numpy()
@@ -126,8 +126,8 @@ def snapshot_signals(live_queue: LiveQueue, target_wait_seconds: float) -> list[
     snapshot = live_queue.snapshot()
     recent = recent_pool_gpus(live_queue.store,
                               snapshot.taken_at - timedelta(seconds=RECENT_SECONDS))
-    return pool_signals(snapshot.jobs, snapshot.jobs.seconds.to_numpy(), recent,
-                        target_wait_seconds, snapshot.taken_at)
+    live = snapshot.frame()
+    return pool_signals(live, live.seconds_left.to_numpy(), recent, target_wait_seconds)
 
 
 def fold_pools(signals: Sequence[PoolSignal], cap: int = POOL_LABEL_CAP

@@ -11,11 +11,10 @@ scheduler does.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
@@ -23,7 +22,7 @@ from perflib.analysis.gpus import gpus_seen
 from perflib.cache import TtlCache
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.fifo import queue_starts
-from perflib.queue.live_jobs import LivePricer, read_live_jobs, seconds_left
+from perflib.queue.live_jobs import LIVE_COLUMNS, LiveJob, LivePricer, read_live_jobs
 from perflib.store import Store
 
 FLEET_DAYS = 7  # GPUs seen in this many days make up the fleet
@@ -47,18 +46,16 @@ def expected_start(running_seconds_left: Sequence[float], queued_seconds: Sequen
 
 @dataclass(frozen=True)
 class LiveSnapshot:
-    """The live jobs at `taken_at`: :func:`read_live_jobs`' columns plus ``seconds`` (the
-    predicted duration) and ``seconds_left`` (all of a queued job's, what a running job has
-    left), in submission order; and the GPUs the queue is spread over."""
+    """The live jobs at `taken_at` in submission order, each one's predicted ``seconds`` and
+    ``seconds_left`` (all of a queued job's, what a running job has left), and the GPUs the
+    queue is spread over."""
 
     taken_at: datetime
-    jobs: pd.DataFrame
+    jobs: tuple[LiveJob, ...]
+    seconds: tuple[float, ...]
+    seconds_left: tuple[float, ...]
     gpus: int  # the fleet, never fewer than the running jobs, at least 1
     read_at: float  # time.monotonic(), for the readers' freshness checks
-
-    @property
-    def running(self) -> np.ndarray:
-        return (self.jobs.status == "running").to_numpy()
 
     @property
     def jobs_ahead(self) -> int:
@@ -68,9 +65,10 @@ class LiveSnapshot:
         """Seconds from `now` until each queued job starts, and last until a job submitted
         `now` would (running jobs' time left counts down from `taken_at`)."""
         elapsed = ((now or self.taken_at) - self.taken_at).total_seconds()
-        left = self.jobs.seconds_left.to_numpy()
-        return queue_starts((left[self.running] - elapsed).tolist(),
-                            left[~self.running].tolist(), self.gpus)
+        running = [left - elapsed for job, left in zip(self.jobs, self.seconds_left)
+                   if job.running]
+        queued = [left for job, left in zip(self.jobs, self.seconds_left) if not job.running]
+        return queue_starts(running, queued, self.gpus)
 
     def eta(self, predicted_seconds: float, now: datetime | None = None) -> QueueEta:
         """Start and finish of a job predicted to take `predicted_seconds`, submitted `now`."""
@@ -79,14 +77,10 @@ class LiveSnapshot:
                         expected_start_seconds=round(start, 3),
                         expected_finish_seconds=round(start + predicted_seconds, 3))
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The jobs as dicts (nulls as None, timestamps as datetimes, GPU indices as ints)."""
-        rows = self.jobs.astype(object).where(self.jobs.notna(), None).to_dict("records")
-        for row in rows:
-            row["gpu_index"] = None if row["gpu_index"] is None else int(row["gpu_index"])
-            for name in ("submitted_at", "started_at"):
-                row[name] = row[name] and row[name].to_pydatetime()
-        return rows
+    def frame(self) -> pd.DataFrame:
+        """The jobs as a DataFrame (LIVE_COLUMNS), plus ``seconds_left``."""
+        frame = pd.DataFrame([astuple(job) for job in self.jobs], columns=list(LIVE_COLUMNS))
+        return frame.assign(seconds_left=list(self.seconds_left))
 
 
 class LiveQueue:
@@ -105,10 +99,11 @@ class LiveQueue:
         now = now or datetime.now(timezone.utc)
         live = read_live_jobs(self.store)
         seconds = self.pricer.seconds(live)
-        live = live.assign(seconds=seconds, seconds_left=seconds_left(live, seconds, now))
-        running = int((live.status == "running").sum())
-        return LiveSnapshot(taken_at=now, jobs=live, gpus=max(self.fleet_size(), running, 1),
-                            read_at=time.monotonic())
+        running = sum(job.running for job in live)
+        return LiveSnapshot(
+            taken_at=now, jobs=tuple(live), seconds=tuple(seconds),
+            seconds_left=tuple(job.seconds_left(s, now) for job, s in zip(live, seconds)),
+            gpus=max(self.fleet_size(), running, 1), read_at=time.monotonic())
 
     def fleet_size(self) -> int:
         """GPUs that started jobs in the last FLEET_DAYS, at least 1 (remembered FLEET_TTL_S)."""

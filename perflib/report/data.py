@@ -61,7 +61,9 @@ def weekly_data(db: Any = None, weeks_back: int = 1, pipeline_type: str | None =
         queue=_narrowed(analyzer.queue_by_hour(days, end), pipeline_type),
         phases=_narrowed(analyzer.phase_shares(days, end), pipeline_type),
         gpus=busiest_gpus(analyzer.gpu_usage(days, end, pipeline_type)),
-        estimates=estimate_check(analyzer.store, jobs, start),
+        estimates=estimate_check(analyzer.store, jobs, start, {
+            pipeline: analyzer.prediction_accuracy(days, end, pipeline)
+            for pipeline in jobs.pipeline_type.dropna().unique()}),
         capacity=capacity_plan(analyzer.store, days, end, pipeline_type))
 
 

@@ -13,7 +13,8 @@ from matplotlib.dates import DateFormatter
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from perflib.analysis import TrendResult
-from perflib.analysis.estimates import WITHIN, EstimateCheck
+from perflib.analysis.estimates import EstimateCheck
+from perflib.prediction.metrics import CLOSE, WITHIN, is_inside, is_within
 from perflib.report.presentation import format_change_point, safe_text, top_categories
 
 PALETTE = {"image": "#4C72B0", "video": "#DD8452"}
@@ -295,12 +296,11 @@ def comparison_chart(comparison, ax: plt.Axes) -> plt.Axes:
 def backtest_over_time(estimates: pd.DataFrame, axes, window: int = 30) -> None:
     """A backtest's estimates job by job in submission order: the rolling share within ±20%
     and ±10% (left), and the rolling 80%-interval coverage against its target (right)."""
-    relative = (estimates.predicted_seconds - estimates.actual_seconds).abs() \
-        / estimates.actual_seconds
-    inside = (estimates.actual_seconds >= estimates.low_seconds) \
-        & (estimates.actual_seconds <= estimates.high_seconds)
+    actual, predicted = estimates.actual_seconds, estimates.predicted_seconds
+    inside = is_inside(actual, estimates.low_seconds, estimates.high_seconds)
     when = pd.to_datetime(estimates.submitted, unit="s", utc=True)
-    rolling = pd.DataFrame({"within ±20%": relative <= 0.2, "within ±10%": relative <= 0.1,
+    rolling = pd.DataFrame({"within ±20%": is_within(actual, predicted),
+                            "within ±10%": is_within(actual, predicted, CLOSE),
                             "interval coverage": inside}).set_index(when).astype(float) \
         .rolling(window, min_periods=max(5, window // 3)).mean()
     rolling[["within ±20%", "within ±10%"]].plot(ax=axes[0])

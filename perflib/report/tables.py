@@ -14,6 +14,7 @@ from pandas.io.formats.style import Styler
 from perflib.analysis.alerts import severity_label
 from perflib.analysis.estimates import EstimateCheck
 from perflib.capacity import CapacityPlan
+from perflib.prediction.metrics import coverage
 from perflib.report.presentation import (MAX_CATEGORIES, describe, format_change,
                                   format_change_point, format_count, format_day,
                                   format_duration, format_hours, format_p_value, format_percent,
@@ -147,24 +148,24 @@ def gpu_table(gpus: pd.DataFrame) -> Table:
 
 
 def estimate_table(check: EstimateCheck) -> Table:
-    """Per pipeline: stored estimates within 20%, and the replayed model's interval coverage."""
+    """Per pipeline: stored estimates within 20% over the whole window (the summary's figure),
+    and the replayed model's interval coverage on the sampled jobs."""
     jobs = check.jobs
     if jobs.empty:
         return Markdown("No finished job in this period to check estimates against.")
     rows = []
     for pipeline, group in jobs.groupby("pipeline_type"):
-        given = group.dropna(subset=["estimate_seconds"])
-        within = ((given.actual_seconds - given.estimate_seconds).abs()
-                  <= 0.2 * given.actual_seconds).mean() if len(given) else None
+        accuracy = check.accuracy.get(pipeline, {})
         replayed = group.dropna(subset=["replay_low"])
-        coverage = (replayed.actual_seconds.between(replayed.replay_low, replayed.replay_high)
-                    .mean() if len(replayed) else None)
+        covered = coverage(replayed.actual_seconds, replayed.replay_low, replayed.replay_high) \
+            if len(replayed) else None
         rows.append({"Pipeline": pipeline, "Jobs": format_count(len(group)),
-                     "With an estimate": format_count(len(given)),
-                     "Estimates within 20%": format_percent(within),
+                     "With an estimate": format_count(accuracy.get("jobs_with_estimate", 0)),
+                     "Estimates within 20%": format_percent(
+                         accuracy.get("accuracy_within_20_percent")),
                      "Model replayed": check.models.get(pipeline, "–")
                      + (" (trained on these jobs)" if check.in_sample.get(pipeline) else ""),
-                     "Inside its 80% interval": format_percent(coverage)})
+                     "Inside its 80% interval": format_percent(covered)})
     return people_table(pd.DataFrame(rows))
 
 

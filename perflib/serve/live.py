@@ -22,6 +22,7 @@ from perflib.analysis.live import (busy_seconds_today, normalised_daily_seconds,
                                    recent_estimates, within_share)
 from perflib.analysis.sql import bound
 from perflib.cache import TtlCache
+from perflib.queue.live_jobs import LiveJob
 from perflib.queue.snapshot import FLEET_DAYS, LiveQueue
 from perflib.record import GpuHeartbeat
 from perflib.serve.schemas import one_or_many
@@ -161,9 +162,10 @@ class LiveDashboardReader:
     def read(self, now: datetime | None = None) -> LiveDashboard:
         now = now or datetime.now(timezone.utc)
         snapshot = self.live_queue.snapshot(now)
-        live = snapshot.rows()
-        running = [job for job in live if job["status"] == "running"]
-        queued = [job for job in live if job["status"] != "running"]
+        running = [(job, seconds) for job, seconds in zip(snapshot.jobs, snapshot.seconds)
+                   if job.running]
+        queued = [(job, seconds) for job, seconds in zip(snapshot.jobs, snapshot.seconds)
+                  if not job.running]
         lanes = self._lanes(running, now)
         alerts = list_alerts(self.store)
         estimates = recent_estimates(self.store, now - timedelta(days=TREND_DAYS),
@@ -183,7 +185,7 @@ class LiveDashboardReader:
             self._slow.put(name, value)
         return value
 
-    def _lanes(self, running: list[dict[str, Any]], now: datetime) -> list[GpuLane]:
+    def _lanes(self, running: list[tuple[LiveJob, float]], now: datetime) -> list[GpuLane]:
         lanes: dict[tuple, dict[str, Any]] = {}
         for row in read_heartbeats(self.store, now - timedelta(days=FLEET_DAYS)):
             lanes[(row["hostname"], row["gpu_index"])] = {
@@ -191,9 +193,9 @@ class LiveDashboardReader:
         for hostname, gpu_name, gpu_index in self._remembered(
                 "fleet", lambda: _fleet_gpus(self.store, now)):
             _lane(lanes, hostname, gpu_index, gpu_name)
-        for job in running:
-            lane = _lane(lanes, job["hostname"], job["gpu_index"], job["gpu_name"])
-            lane.setdefault("running", []).append(_running(job, now))
+        for job, seconds in running:
+            lane = _lane(lanes, job.hostname, job.gpu_index, job.gpu_name)
+            lane.setdefault("running", []).append(_running(job, seconds, now))
         busy = self._remembered(f"busy {now.date()}",
                                 lambda: busy_seconds_today(self.store, now))
         today = (now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds()
@@ -252,25 +254,24 @@ def _reading(row: dict, now: datetime) -> GpuReading:
                          if name in row})
 
 
-def _running(job: dict, now: datetime) -> RunningJob:
-    started = job["started_at"]
+def _running(job: LiveJob, seconds: float, now: datetime) -> RunningJob:
+    started = job.started_at
     elapsed = max(0.0, (now - started).total_seconds()) if started else 0.0
-    predicted = job["seconds"] or None
-    return RunningJob(job_id=job["job_id"], pipeline_type=job["pipeline_type"],
-                      job_type=job["job_type"], started_at=started,
+    predicted = seconds or None
+    return RunningJob(job_id=job.job_id, pipeline_type=job.pipeline_type,
+                      job_type=job.job_type, started_at=started,
                       elapsed_seconds=round(elapsed, 1), predicted_seconds=predicted,
                       progress=min(1.0, elapsed / predicted) if predicted else None)
 
 
-def _queue(queued: list[dict], starts: list[float]) -> list[QueuedJob]:
+def _queue(queued: list[tuple[LiveJob, float]], starts: list[float]) -> list[QueuedJob]:
     """The queued jobs in order, each with its start and finish from the snapshot's FIFO."""
-    return [QueuedJob(position=position, job_id=job["job_id"],
-                      pipeline_type=job["pipeline_type"], job_type=job["job_type"],
-                      submitted_at=job["submitted_at"],
-                      predicted_seconds=round(job["seconds"], 3),
+    return [QueuedJob(position=position, job_id=job.job_id, pipeline_type=job.pipeline_type,
+                      job_type=job.job_type, submitted_at=job.submitted_at,
+                      predicted_seconds=round(seconds, 3),
                       expected_start_seconds=round(start, 3),
-                      expected_finish_seconds=round(start + job["seconds"], 3))
-            for position, (job, start) in enumerate(zip(queued, starts), start=1)]
+                      expected_finish_seconds=round(start + seconds, 3))
+            for position, ((job, seconds), start) in enumerate(zip(queued, starts), start=1)]
 
 
 def _lane_order(item) -> tuple:

@@ -96,117 +96,23 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from perflib.sim.records import job_records
+from perflib.sim.spec import (A_LINEAR, BURST_SECONDS, B_ATTENTION, CUDA_CONTEXT_MB, C_DECODE,
+                              EXPECTED_BOTTLENECKS, FRAME_MIX, GPU_KINDS, GUIDANCE_SCALES,
+                              HEAVY_MODEL, HOURLY_PROFILE, IMAGE_BATCH, IMAGE_SHARE, IMAGE_STEPS,
+                              INCIDENT_KINDS, JOB_TYPES, JOB_TYPE_SHARES,
+                              LARGE_IMAGE_ANYTHING_SHARE, MODELS, PIPELINES, RANDOM_ERROR_SHARE,
+                              RESOLUTIONS, RESOLUTION_MIX, SAMPLERS, SMALL_IMAGE_ANYTHING_SHARE,
+                              STRAGGLER_SHARE, VIDEO_FRAMES, VIDEO_STEPS, WAN_SHARE,
+                              WEEKDAY_PROFILE, Jobs, categorical)
+
 if TYPE_CHECKING:
     from perflib.store import Store
 
 log = logging.getLogger(__name__)
 
-INCIDENT_KINDS = ("driver_regression", "queue_backlog", "cpu_bound_preprocessing",
-                  "vram_heavy_model")
-
-EXPECTED_BOTTLENECKS = {
-    "driver_regression": ["change_point", "slow_generation"],
-    "queue_backlog": ["high_queue_time"],
-    "cpu_bound_preprocessing": ["high_cpu_usage", "low_gpu_utilization"],
-    "vram_heavy_model": ["vram_pressure", "high_failure_rate"],
-}
-
 _DAY = 86400.0
 _HOUR = 3600.0
-
-
-# -- the domain -------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class GpuKind:
-    """One kind of card in the fleet, with the numbers the cost and resource models use."""
-
-    name: str
-    vram_total_mb: float
-    speed: float            # GPU-time divisor relative to an RTX 4090
-    idle_power_w: float
-    max_power_w: float
-    max_temp_c: float
-
-
-GPU_KINDS = (
-    GpuKind("NVIDIA GeForce RTX 4090", 24564.0, 1.0, 25.0, 450.0, 83.0),
-    GpuKind("NVIDIA A100-SXM4-80GB", 81920.0, 1.3, 60.0, 400.0, 70.0),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """What the cost and VRAM models know about one checkpoint."""
-
-    pipeline_type: str
-    speed_factor: float                     # denoiser seconds relative to SDXL at equal work
-    init_seconds: tuple[float, float]       # cold-load time range after a model switch
-    weights_mb: float
-    activation_mb_per_token: float          # VRAM per latent token (tokens × frames × batch)
-
-
-MODELS = {
-    "sdxl-base": ModelSpec("image", 1.0, (7.0, 11.0), 7000.0, 0.18),
-    "anything-v5": ModelSpec("image", 0.45, (4.0, 7.0), 2600.0, 0.12),
-    "animatediff-v3": ModelSpec("video", 0.7, (6.0, 10.0), 4300.0, 0.018),
-    "wan2.1-1.3b": ModelSpec("video", 0.9, (10.0, 15.0), 8200.0, 0.0135),
-}
-HEAVY_MODEL = ModelSpec("image", 1.6, (11.0, 15.0), 21000.0, 0.5)
-"""The spec of a ``vram_heavy_model`` incident's model (a hires refiner plus upscaler)."""
-
-CUDA_CONTEXT_MB = 700.0
-A_LINEAR = 4.8e-6           # s per work unit
-B_ATTENTION = 1.95e-10      # s per work unit per latent token of a frame
-C_DECODE = 6.1e-5           # s per decoded latent token
-BURST_SECONDS = 120.0       # a backlog batch is submitted over this long
-STRAGGLER_SHARE = 0.005
-RANDOM_ERROR_SHARE = 0.005
-PREDICTED_SHARE = 0.6
-RATED_SHARE = 0.2
-
-IMAGE_SHARE = 0.65
-JOB_TYPES = ("character", "background", "keyframe", "scene", "loop", "trailer")
-JOB_TYPE_SHARES = (0.5, 0.3, 0.2)     # of the three job types, within each pipeline
-PIPELINES = ("image", "video")
-
-IMAGE_RESOLUTIONS = ((512, 512), (768, 768), (1024, 1024), (768, 1024), (1024, 768), (512, 768))
-VIDEO_RESOLUTIONS = ((512, 512), (768, 768), (1024, 576), (576, 1024), (768, 432))
-RESOLUTIONS = IMAGE_RESOLUTIONS + VIDEO_RESOLUTIONS
-_RESOLUTION_MIX = np.array([  # per job type, over RESOLUTIONS (image ones, then video ones)
-    [0.15, 0.15, 0.25, 0.25, 0.00, 0.20] + [0] * 5,     # character: portrait
-    [0.05, 0.15, 0.25, 0.00, 0.50, 0.05] + [0] * 5,     # background: landscape
-    [0.05, 0.15, 0.40, 0.15, 0.25, 0.00] + [0] * 5,     # keyframe
-    [0] * 6 + [0.10, 0.20, 0.40, 0.10, 0.20],           # scene
-    [0] * 6 + [0.50, 0.30, 0.05, 0.05, 0.10],           # loop: small and square
-    [0] * 6 + [0.00, 0.10, 0.60, 0.20, 0.10],           # trailer: wide
-])
-VIDEO_FRAMES = (16, 24, 32, 48, 60, 72, 96, 120)
-_FRAME_MIX = np.array([
-    [0.05, 0.10, 0.15, 0.25, 0.15, 0.15, 0.10, 0.05],   # scene
-    [0.40, 0.30, 0.20, 0.10, 0.00, 0.00, 0.00, 0.00],   # loop
-    [0.00, 0.00, 0.00, 0.10, 0.15, 0.25, 0.25, 0.25],   # trailer
-])
-IMAGE_STEPS = ((20, 25, 28, 30, 35, 40), (0.2, 0.2, 0.15, 0.25, 0.1, 0.1))
-VIDEO_STEPS = ((20, 25, 30), (0.35, 0.4, 0.25))
-IMAGE_BATCH = ((1, 2, 3, 4), (0.45, 0.25, 0.1, 0.2))
-GUIDANCE_SCALES = ((1.0, 5.0, 7.0, 7.5, 9.0), (0.08, 0.2, 0.3, 0.3, 0.12))
-SAMPLERS = (("euler", "euler_a", "dpmpp_2m", "ddim"), (0.2, 0.3, 0.4, 0.1))
-SMALL_IMAGE_ANYTHING_SHARE = 0.55       # anything-v5 share of images up to 768 px
-LARGE_IMAGE_ANYTHING_SHARE = 0.15
-WAN_SHARE = 0.35                        # of videos
-
-# Hour of day (UTC) and weekday (Monday first) arrival profiles; normalised in _hourly_rates.
-HOURLY_PROFILE = np.array([0.20, 0.14, 0.11, 0.09, 0.09, 0.12, 0.25, 0.55, 1.00, 1.45, 1.70,
-                           1.75, 1.40, 1.65, 1.85, 1.80, 1.60, 1.35, 1.05, 0.80, 0.62, 0.50,
-                           0.38, 0.28])
-WEEKDAY_PROFILE = np.array([1.05, 1.10, 1.10, 1.05, 1.00, 0.45, 0.35])
-
-PHASES = (("preprocessing", "prompt encoding, conditioning and latent set-up"),
-          ("generation", "denoising loop"),
-          ("decoding", "VAE decode"))
-RANDOM_ERRORS = ("CUDA error: an illegal memory access was encountered",
-                 "CUDA error: unspecified launch failure",
-                 "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
 
 
 # -- public types -----------------------------------------------------------------------------
@@ -369,7 +275,7 @@ def generate_jobs(weeks: int = 8, gpus: int = 2, seed: int = 0, end: datetime | 
         _costs(jobs, fleet)
         _schedule(jobs, fleet)
         keep = jobs.finish <= end_ts        # still running at the end: not recorded yet
-        records = _records(jobs, fleet, keep, seed, number)
+        records = job_records(jobs, fleet, keep, seed, number)
         number += len(jobs.submit)
         yield from records
 
@@ -396,16 +302,6 @@ class _Fleet:
         return np.array([getattr(spec, attribute) for spec in self.specs], dtype=float)
 
 
-class _Jobs:
-    """One day's jobs as parallel arrays (filled in by the simulation steps)."""
-
-    def __init__(self, **arrays: np.ndarray):
-        self.__dict__.update(arrays)
-
-    def __len__(self) -> int:
-        return len(self.submit)
-
-
 def _hourly_rates(hour_starts: np.ndarray, jobs_per_day: float) -> np.ndarray:
     """Expected arrivals per hour starting at each of `hour_starts` (epoch seconds)."""
     norm = np.outer(WEEKDAY_PROFILE, HOURLY_PROFILE).mean()
@@ -427,7 +323,7 @@ def _in_window(epoch_days: np.ndarray, incident: Incident) -> np.ndarray:
 
 
 def _draw_day(seed: int, day: int, t0: float, t1: float, jobs_per_day: float,
-              incidents: Sequence[Incident], fleet: _Fleet) -> _Jobs | None:
+              incidents: Sequence[Incident], fleet: _Fleet) -> Jobs | None:
     """Arrivals in ``[t0, t1)`` with their parameters and per-job random numbers."""
     hour_starts = np.arange(t0, t1, _HOUR)
     hour_lengths = np.minimum(hour_starts + _HOUR, t1) - hour_starts
@@ -447,19 +343,12 @@ def _draw_day(seed: int, day: int, t0: float, t1: float, jobs_per_day: float,
         return None
     arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     order = np.argsort(arrays["submit"], kind="stable")
-    return _Jobs(**{name: values[order] for name, values in arrays.items()})
-
-
-def _categorical(u: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Index drawn per row of `probabilities` (one row per draw, or one shared row) from `u`."""
-    cumulative = np.cumsum(np.atleast_2d(probabilities), axis=1)
-    cumulative /= cumulative[:, -1:]
-    return (u[:, None] >= cumulative[:, :-1]).sum(axis=1)
+    return Jobs(**{name: values[order] for name, values in arrays.items()})
 
 
 def _pick(u: np.ndarray, table: tuple[tuple, tuple]) -> np.ndarray:
     values, probabilities = table
-    return np.asarray(values)[_categorical(u, np.asarray(probabilities, dtype=float))]
+    return np.asarray(values)[categorical(u, np.asarray(probabilities, dtype=float))]
 
 
 # Column of the per-job uniform matrix used for each purpose (fixed, so streams stay aligned).
@@ -497,17 +386,17 @@ def _draw_arrivals(rng: np.random.Generator, hour_starts: np.ndarray, hour_lengt
         is_video = col("pipeline") >= IMAGE_SHARE
     else:
         is_video = np.full(n, pipeline == "video")
-    within = _categorical(col("job_type"), np.array(JOB_TYPE_SHARES))
+    within = categorical(col("job_type"), np.array(JOB_TYPE_SHARES))
     job_type = within + 3 * is_video
-    resolution = _categorical(col("resolution"), _RESOLUTION_MIX[job_type])
+    resolution = categorical(col("resolution"), RESOLUTION_MIX[job_type])
     width = np.array([w for w, _ in RESOLUTIONS])[resolution]
     height = np.array([h for _, h in RESOLUTIONS])[resolution]
     frames = np.where(is_video, np.asarray(VIDEO_FRAMES)[
-        _categorical(col("frames"), _FRAME_MIX[np.where(is_video, job_type - 3, 0)])], 1)
+        categorical(col("frames"), FRAME_MIX[np.where(is_video, job_type - 3, 0)])], 1)
     steps = np.where(is_video, _pick(col("steps"), VIDEO_STEPS), _pick(col("steps"), IMAGE_STEPS))
     batch = np.where(is_video, 1, _pick(col("batch"), IMAGE_BATCH))
     guidance = _pick(col("guidance"), GUIDANCE_SCALES)
-    sampler = _categorical(col("sampler"), np.asarray(SAMPLERS[1]))
+    sampler = categorical(col("sampler"), np.asarray(SAMPLERS[1]))
     anything_share = np.where(np.maximum(width, height) <= 768, SMALL_IMAGE_ANYTHING_SHARE,
                               LARGE_IMAGE_ANYTHING_SHARE)
     names = fleet.model_names
@@ -524,7 +413,7 @@ def _draw_arrivals(rng: np.random.Generator, hour_starts: np.ndarray, hour_lengt
                 **{f"z_{name}": z[:, i] for name, i in _N.items()})
 
 
-def _matches(jobs: _Jobs, incident: Incident, epoch_days: np.ndarray) -> np.ndarray:
+def _matches(jobs: Jobs, incident: Incident, epoch_days: np.ndarray) -> np.ndarray:
     mask = _in_window(epoch_days, incident)
     if incident.pipeline_type is not None:
         mask &= jobs.pipeline == PIPELINES.index(incident.pipeline_type)
@@ -533,7 +422,7 @@ def _matches(jobs: _Jobs, incident: Incident, epoch_days: np.ndarray) -> np.ndar
     return mask
 
 
-def _apply_incidents(jobs: _Jobs, incidents: Sequence[Incident], fleet: _Fleet) -> None:
+def _apply_incidents(jobs: Jobs, incidents: Sequence[Incident], fleet: _Fleet) -> None:
     """Turn the incidents into per-job multipliers and model swaps (before costs are known)."""
     n = len(jobs)
     epoch_days = np.floor(jobs.submit / _DAY).astype(np.int64)
@@ -554,7 +443,7 @@ def _with_pipeline(incident: Incident, pipeline_type: str) -> Incident:
     return dataclasses.replace(incident, pipeline_type=pipeline_type)
 
 
-def _costs(jobs: _Jobs, fleet: _Fleet) -> None:
+def _costs(jobs: Jobs, fleet: _Fleet) -> None:
     """Clean and actual phase seconds at RTX 4090 speed, VRAM need and init times."""
     tokens = (jobs.width // 8) * (jobs.height // 8)
     cfg = np.where(jobs.guidance > 1, 2, 1)
@@ -584,7 +473,7 @@ def _costs(jobs: _Jobs, fleet: _Fleet) -> None:
     jobs.init_warm = 0.1 + 0.2 * jobs.u_warm_init
 
 
-def _schedule(jobs: _Jobs, fleet: _Fleet) -> None:
+def _schedule(jobs: Jobs, fleet: _Fleet) -> None:
     """FIFO over the fleet: start, GPU, init and finish of each job, and the queue it met."""
     kinds = np.array(fleet.kinds)
     n_kinds = len(GPU_KINDS)
@@ -634,167 +523,3 @@ def _schedule(jobs: _Jobs, fleet: _Fleet) -> None:
     jobs.failed = jobs.oom | random_error
     jobs.speed = speed[jobs.kind]
     jobs.fail_after = duration[jobs.kind, rows]        # seconds after init when it ended
-
-
-def _records(jobs: _Jobs, fleet: _Fleet, keep: np.ndarray, seed: int, first_number: int
-             ) -> list[dict[str, Any]]:
-    """Store records (with phases and resource aggregates) of the jobs in `keep`."""
-    n = len(jobs)
-    numbers = np.arange(first_number, first_number + n)[keep]
-    j = _Jobs(**{name: values[keep] for name, values in vars(jobs).items()
-                 if isinstance(values, np.ndarray) and values.shape[:1] == (n,)})
-    if not len(j):
-        return []
-    kinds = GPU_KINDS
-    vram_total = np.array([k.vram_total_mb for k in kinds])[j.kind]
-
-    # Phase seconds, cut short where the job failed.
-    pre = j.preprocessing
-    gen = j.generation / j.speed
-    dec = j.decoding / j.speed
-    elapsed = j.fail_after
-    pre_s = np.minimum(pre, elapsed)
-    gen_s = np.clip(elapsed - pre, 0, gen)
-    dec_s = np.clip(elapsed - pre - gen, 0, dec)
-    processing = j.init + pre_s + gen_s + dec_s
-
-    # Utilisation per phase, then time-weighted over the job.
-    cpu_bound = j.cpu_bound_extra > 0
-    gen_util = np.minimum(99.5, 62 + 36 * (1 - np.exp(-j.latent_tokens / 6000))
-                          + 1.5 * j.z_gen_util)
-    init_util = 20 + 20 * j.u_gpu_util_init
-    pre_util = np.where(cpu_bound, 5 + 10 * j.u_gpu_util_pre, 25 + 25 * j.u_gpu_util_pre)
-    dec_util = 75 + 20 * j.u_gpu_util_decode
-    # CPU-bound preprocessing saturates the CPU for the job's whole life (its workers keep going).
-    init_cpu = np.where(cpu_bound, 88 + 12 * j.u_cpu_init, 30 + 30 * j.u_cpu_init)
-    pre_cpu = np.where(cpu_bound, 94 + 6 * j.u_cpu_pre, 40 + 30 * j.u_cpu_pre)
-    gen_cpu = np.where(cpu_bound, 86 + 12 * j.u_cpu_gen, 12 + 18 * j.u_cpu_gen)
-    dec_cpu = np.where(cpu_bound, 86 + 12 * j.u_cpu_decode, 25 + 20 * j.u_cpu_decode)
-    weights = np.stack([j.init, pre_s, gen_s, dec_s])
-    span = np.maximum(processing, 1e-9)
-    gpu_util = (weights * np.stack([init_util, pre_util, gen_util, dec_util])).sum(0) / span
-    cpu_avg = (weights * np.stack([init_cpu, pre_cpu, gen_cpu, dec_cpu])).sum(0) / span
-    ran = weights > 0
-    gpu_max = np.minimum(100.0, np.where(ran, np.stack([init_util, pre_util, gen_util, dec_util]),
-                                         0).max(0) + 1 + 4 * j.u_gpu_peak)
-    cpu_max = np.minimum(100.0, np.where(ran, np.stack([init_cpu, pre_cpu, gen_cpu, dec_cpu]),
-                                         0).max(0) + 5 + 20 * j.u_cpu_peak)
-    vram_peak = np.where(j.oom, vram_total * (0.975 + 0.023 * j.u_vram_fill),
-                         np.minimum(j.vram_need, vram_total))
-    idle_w = np.array([k.idle_power_w for k in kinds])[j.kind]
-    max_w = np.array([k.max_power_w for k in kinds])[j.kind]
-    power = np.minimum(max_w, idle_w + (max_w - idle_w) * (gpu_util / 100) ** 1.2
-                       * (0.92 + 0.13 * j.u_power))
-    max_temp = np.array([k.max_temp_c for k in kinds])[j.kind]
-    temp = 40 + (max_temp - 40) * gpu_max / 100 * (0.6 + 0.4 * (1 - np.exp(-processing / 120)))
-    temp = np.minimum(max_temp + 3, temp + 1.5 * j.z_temp)
-    decoded_mb = j.width * j.height * 3 * 4 * j.frames * j.batch / 1e6
-    ram = 3500 + 1.1 * j.weights_mb + decoded_mb + 1500 * j.u_ram
-
-    # What an estimator would have said before the run, and what users said after it.
-    # The scheduler knows which model the assigned GPU holds, so the estimate includes the load.
-    predicted = ((j.init + j.clean_preprocessing + (j.clean_generation + j.clean_decoding)
-                  / j.speed) * np.exp(0.12 * j.z_predicted_noise))
-    has_prediction = j.u_predicted < PREDICTED_SHARE
-    queue = j.start - j.submit
-    rating = 1 + _categorical(j.u_rating, np.array([0.03, 0.07, 0.2, 0.4, 0.3]))
-    rating = np.maximum(1, rating - (queue > 120))
-    has_rating = (j.u_rated < RATED_SHARE) & ~j.failed
-
-    status = np.where(j.failed, "failed", "success").tolist()
-    error_type = [None] * len(j)
-    error_message = [None] * len(j)
-    for i in np.flatnonzero(j.failed).tolist():
-        if j.oom[i]:
-            error_type[i] = "OutOfMemoryError"
-            error_message[i] = _oom_message(j.vram_need[i], vram_total[i], vram_peak[i],
-                                            j.z_allocated[i])
-        else:
-            error_type[i] = "RuntimeError"
-            error_message[i] = RANDOM_ERRORS[int(j.u_error_kind[i] * len(RANDOM_ERRORS))]
-
-    columns = {
-        "job_id": [f"sim-{seed}-{number}" for number in numbers.tolist()],
-        "pipeline_type": np.array(PIPELINES)[j.pipeline].tolist(),
-        "job_type": np.array(JOB_TYPES)[j.job_type].tolist(),
-        "status": status,
-        "error_type": error_type,
-        "error_message": error_message,
-        "width": j.width.tolist(),
-        "height": j.height.tolist(),
-        "frame_count": j.frames.tolist(),
-        "steps": j.steps.tolist(),
-        "guidance_scale": j.guidance.tolist(),
-        "batch_size": j.batch.tolist(),
-        "sampler": np.array(SAMPLERS[0])[j.sampler].tolist(),
-        "model_name": np.array(fleet.model_names)[j.model].tolist(),
-        "hostname": np.array(fleet.hostnames)[j.gpu].tolist(),
-        "gpu_index": np.array(fleet.gpu_indices)[j.gpu].tolist(),
-        "gpu_name": np.array([k.name for k in kinds])[j.kind].tolist(),
-        "submitted_at": _datetimes(j.submit),
-        "started_at": _datetimes(j.start),
-        "finished_at": _datetimes(j.start + processing),
-        "queue_seconds": queue.tolist(),
-        "init_seconds": j.init.tolist(),
-        "processing_seconds": processing.tolist(),
-        "total_seconds": (queue + processing).tolist(),
-        "queue_depth": j.depth.tolist(),
-        "gpu_util_avg_pct": np.round(gpu_util, 1).tolist(),
-        "gpu_util_max_pct": np.round(gpu_max, 1).tolist(),
-        "vram_peak_mb": np.round(vram_peak).tolist(),
-        "vram_total_mb": vram_total.tolist(),
-        "gpu_power_avg_w": np.round(power, 1).tolist(),
-        "gpu_temp_max_c": np.round(temp).tolist(),
-        "cpu_avg_pct": np.round(cpu_avg, 1).tolist(),
-        "cpu_max_pct": np.round(cpu_max, 1).tolist(),
-        "ram_peak_mb": np.round(ram).tolist(),
-        "predicted_seconds": _where(has_prediction, np.round(predicted, 3)),
-        "user_rating": _where(has_rating, rating.astype(float)),
-    }
-    columns["queued_at"] = columns["submitted_at"]
-    columns["simulated"] = [True] * len(j)
-    phase_starts = j.start + j.init
-    columns["phases"] = _phase_lists(
-        phase_count=1 + (elapsed > pre) + (elapsed > pre + gen),
-        starts=[phase_starts, phase_starts + pre_s, phase_starts + pre_s + gen_s],
-        seconds=[pre_s, gen_s, dec_s])
-    names = list(columns)
-    return [dict(zip(names, row)) for row in zip(*columns.values())]
-
-
-def _phase_lists(phase_count: np.ndarray, starts: list[np.ndarray], seconds: list[np.ndarray]
-                 ) -> list[list[dict[str, Any]]]:
-    """Per job, its PHASES that started (a failed job stops early) as store phase rows."""
-    (pre, pre_text), (gen, gen_text), (dec, dec_text) = PHASES
-    rows = []
-    for count, a0, a1, a2, s0, s1, s2 in zip(phase_count.tolist(), *map(_datetimes, starts),
-                                             *(values.tolist() for values in seconds)):
-        phases = [{"seq": 0, "name": pre, "description": pre_text, "started_at": a0,
-                   "seconds": s0},
-                  {"seq": 1, "name": gen, "description": gen_text, "started_at": a1,
-                   "seconds": s1},
-                  {"seq": 2, "name": dec, "description": dec_text, "started_at": a2,
-                   "seconds": s2}]
-        rows.append(phases if count == 3 else phases[:count])
-    return rows
-
-
-def _oom_message(need_mb: float, total_mb: float, peak_mb: float, z: float) -> str:
-    gib = 1024.0
-    allocated = peak_mb * (0.9 + 0.02 * z) / gib
-    free = max(0.01, (total_mb - peak_mb) / gib)
-    tried = max(free + 0.02, (need_mb - peak_mb) / gib * 0.5 + free)
-    return (f"CUDA out of memory. Tried to allocate {tried:.2f} GiB (GPU 0; "
-            f"{total_mb / gib:.2f} GiB total capacity; {allocated:.2f} GiB already allocated; "
-            f"{free:.2f} GiB free; {peak_mb / gib:.2f} GiB reserved in total by PyTorch) If "
-            "reserved memory is >> allocated memory try setting max_split_size_mb to avoid "
-            "fragmentation.  See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF")
-
-
-def _datetimes(epoch_seconds: np.ndarray) -> list[datetime]:
-    from_timestamp, utc = datetime.fromtimestamp, timezone.utc
-    return [from_timestamp(value, utc) for value in epoch_seconds.tolist()]
-
-
-def _where(mask: np.ndarray, values: np.ndarray) -> list:
-    return [value if present else None for value, present in zip(values.tolist(), mask.tolist())]

@@ -20,6 +20,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 report: setup ## main job: weekly HTML report into reports/ (an empty database first gets demo data)
+	$(VENV)/bin/perflib init-db
 	$(VENV)/bin/perflib simulate --if-empty
 	$(VENV)/bin/perflib report --weeks-back 1
 

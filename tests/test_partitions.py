@@ -44,11 +44,13 @@ def day_partitions(store: Store, table: str = "generation_performance") -> set[d
 
 
 def old_schema_store(url: str) -> Store:
-    """A store whose tables were made the way perflib made them before partitioning."""
+    """A store whose tables were made the way perflib made them before partitioning, brought
+    to head by perflib init-db (which leaves them unpartitioned)."""
     store = Store(url)
     with engine_for(store.url, store.config.db_schema).begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{store.config.db_schema}"'))
         schema.metadata.create_all(conn)
+    store.init_db()
     return store
 
 

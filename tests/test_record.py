@@ -189,12 +189,16 @@ def test_sql_analyses_read_the_stored_work_units(tmp_path):
 
 
 def test_an_old_database_gets_its_cost_terms_on_upgrade(tmp_path):
+    """A database perflib made at schema 1, before Alembic and the stored cost terms."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = Store(url)
     store.write_jobs([job_record(finished("old"))])
     with store.engine.begin() as conn:
         conn.execute(sa.update(generation_performance).values(work_units=None))
-        conn.execute(sa.text("UPDATE perflib_schema_info SET version = 1"))
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+        conn.execute(sa.text("CREATE TABLE perflib_schema_info (id INTEGER PRIMARY KEY, "
+                             "version INTEGER NOT NULL, upgraded_at DATETIME NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO perflib_schema_info VALUES (1, 1, '2026-01-01')"))
     Store(url).init_db()
     assert Store(url).jobs_frame().work_units.iloc[0] == 64 * 64 * 20 * 2
 

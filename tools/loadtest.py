@@ -277,7 +277,7 @@ def _writer_process(database_url: str, host: int, gpu: int, index: int, seconds:
     store = TimedStore(database_url, Settings(spool_dir=folder, heartbeat_seconds=0))
     params = {"hostname": f"sim-host-{host:02d}", "width": 768, "height": 768, "steps": 25,
               "model_name": "sd15", "gpu_index": gpu}
-    store.init_db()  # start-up (connecting, checking the schema) is not a batch's latency
+    store.writable_engine()  # start-up (connecting, checking the schema) is not a batch's latency
     tracked, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
         with track_generation_job(f"load-{index}-{tracked}", "image", params, db=store) as job:

@@ -176,7 +176,7 @@ def list_alerts(store: Store, severity: str | None = None,
 def acknowledge(store: Store, alert_id: int) -> bool:
     """Mark an alert acknowledged; False when there is no such alert."""
     table = alerts_table
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         result = conn.execute(sa.update(table).where(table.c.id == alert_id)
                               .values(acknowledged=True))
     return result.rowcount > 0

@@ -17,6 +17,7 @@ from perflib.cli.prediction import prediction_commands
 from perflib.cli.services import comfyui_commands, serve_command
 from perflib.config import ConfigError, resolve_database_url, safe_url
 from perflib.store.errors import describe_error
+from perflib.store.versioning import SchemaBehind
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,6 +100,8 @@ def _failure_line(exc: Exception, database_url: str | None) -> str | None:
     except (ConfigError, sa.exc.ArgumentError):
         return ("bad configuration: the database URL (--database-url or PERFLIB_DATABASE_URL) "
                 "is not a valid SQLAlchemy URL")
+    if isinstance(exc, SchemaBehind):
+        return describe_error(exc, url)
     if isinstance(exc, unreachable_errors()) or _is_database_file_error(exc, url):
         return f"cannot reach the database {safe_url(url)}: {describe_error(exc, url)}"
     if isinstance(exc, database_errors()):

@@ -11,8 +11,7 @@ from perflib.store import Spool
 
 def cmd_init_db(args) -> int:
     store = open_store(args)
-    version = store.init_db()
-    print(f"schema version {version} ready in {safe_url(store.url)}")
+    print(store.init_db().describe(safe_url(store.url)))
     return 0
 
 
@@ -134,7 +133,7 @@ def cmd_migrate_partitions(args) -> int:
 
 def data_commands(commands) -> None:
     """Commands that load, write or tidy the job store."""
-    commands.add_parser("init-db", help="create or upgrade the schema").set_defaults(
+    commands.add_parser("init-db", help="create or upgrade the schema to head").set_defaults(
         handler=cmd_init_db)
 
     importer = commands.add_parser("import", help="load past jobs from a CSV or JSONL file")

@@ -322,7 +322,7 @@ class ServerPoller:
 
     def _forget_live(self, ids: list[str]) -> int:
         """Delete live rows of these jobs (finished rows are never touched)."""
-        with self.store.engine.begin() as conn:
+        with self.store.writable_engine().begin() as conn:
             return delete_jobs(conn, sa.and_(jobs_table.c.job_id.in_(ids),
                                              jobs_table.c.status.in_(LIVE_STATUSES)))
 

@@ -54,7 +54,7 @@ def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = 
     _fit_missing_models(store, state, day_ranges(days), {pipeline for _, pipeline in new})
     if rebuild:  # readers compute every day from the jobs until the rebuild is done
         _save_state(store, AggregateState(cost_models=state.cost_models))
-        with store.engine.begin() as conn:
+        with store.writable_engine().begin() as conn:
             conn.execute(sa.delete(trends))
             conn.execute(sa.delete(groups))
     written = recompute_days(store, days, state, fitted=True)
@@ -83,7 +83,7 @@ def recompute_days(store: Store, days: list[date], state: AggregateState | None 
                             models=state.cost_models)
         by_group = group_sums(store, ranges)
         now = datetime.now(timezone.utc)
-        with store.engine.begin() as conn:
+        with store.writable_engine().begin() as conn:
             conn.execute(sa.delete(trends).where(trends.c.day.in_(chunk)))
             conn.execute(sa.delete(groups).where(groups.c.day.in_(chunk)))
             if len(daily):
@@ -131,7 +131,7 @@ def _save_state(store: Store, state: AggregateState) -> None:
     values = {"high_water_id": state.high_water_id, "seen_id": state.seen_id,
               "cost_models": state.cost_models,
               "refreshed_at": datetime.now(timezone.utc)}
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         updated = conn.execute(sa.update(aggregate_state).where(aggregate_state.c.id == 1)
                                .values(**values)).rowcount
         if not updated:

@@ -15,7 +15,7 @@ def save_alerts(store: Store, candidates: list[dict], seen_at: datetime) -> list
     """Insert new alerts; refresh the open one with the same fingerprint. Returns the stored
     alerts for these candidates."""
     table = alerts_table
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         for alert in map(json_evidence, candidates):
             existing = conn.execute(sa.select(table.c.id).where(
                 table.c.fingerprint == alert["fingerprint"],

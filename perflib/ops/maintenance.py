@@ -88,7 +88,7 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     if dry_run:
         return plan
     apply_retention(store, retention, cutoff, now)
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         conn.execute(sa.delete(alerts).where(old_alerts))
         drop_days_before(conn, cutoff.date())
         delete_versions(conn, stale_models)

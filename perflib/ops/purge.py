@@ -87,7 +87,7 @@ def purge_simulated(store: Store, dry_run: bool = False) -> PurgePlan:
             dry_run=dry_run)
     if dry_run:
         return plan
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         delete_jobs(conn, SIMULATED)
         delete_versions(conn, [row.id for row in tainted_models])
         conn.execute(sa.delete(trends).where(trend_days))

@@ -62,11 +62,11 @@ def apply_retention(store: Store, retention: JobRetention, cutoff: datetime,
     ``partitions.AHEAD_DAYS`` days' partitions (counted in `retention`, with the partitions
     that stayed locked: left for the next run)."""
     if not store.is_partitioned:
-        with store.engine.begin() as conn:
+        with store.writable_engine().begin() as conn:
             delete_jobs(conn, old_jobs(store, cutoff))
         return
     _dropped, retention.partitions_left = partitions.drop_before(store.engine, cutoff)
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         partitions.delete_strays_before(conn, _day_start(cutoff))
         delete_jobs(conn, *_left_by_partitions(store, cutoff))
         strays = partitions.stray_days(conn)  # days a write could not create: made now

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from operator import itemgetter
+from pathlib import Path
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -19,8 +20,9 @@ from sqlalchemy.engine import URL
 from perflib.config import Settings, get_settings, resolve_database_url, safe_url
 from perflib.prediction.work_terms import stored_terms
 from perflib.record import LIVE_STATUSES
-from perflib.store import partitions, schema
-from perflib.store.engine import DatabaseFileReplaced, engine_for, sqlite_file_replaced
+from perflib.store import partitions, schema, versioning
+from perflib.store.engine import (DatabaseFileReplaced, empty_stand_in, engine_for,
+                                  sqlite_file_replaced)
 
 if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with perflib[predict])
     import pandas as pd
@@ -60,15 +62,36 @@ class Store:
 
     @property
     def engine(self) -> sa.Engine:
-        """The shared engine; the schema is created on first use."""
+        """The shared engine of a database at head. Reading never changes the schema: a new
+        database (no perflib table yet, or a SQLite file not made yet) reads as empty, through
+        a read-only stand-in (:func:`.engine.empty_stand_in`); one behind head raises
+        :class:`~perflib.store.versioning.SchemaBehind`."""
+        if _sqlite_file_missing(self.url):
+            return empty_stand_in(schema.metadata)
         engine = engine_for(self.url, self.config.db_schema)
-        if not getattr(engine, "_perflib_ready", False):
-            self.init_db(engine)
+        if getattr(engine, "_perflib_at_head", False):
+            return engine
+        with engine.connect() as conn:
+            if versioning.check(conn) == "new":
+                return empty_stand_in(schema.metadata)
+            _mark_at_head(engine, conn)
+        return engine
+
+    def writable_engine(self) -> sa.Engine:
+        """The engine writes go through: a new database gets the schema at head first (one
+        creator at a time); one behind head raises
+        :class:`~perflib.store.versioning.SchemaBehind` (``perflib init-db`` upgrades it)."""
+        engine = engine_for(self.url, self.config.db_schema)
+        if not getattr(engine, "_perflib_at_head", False):
+            with engine.begin() as conn:
+                versioning.create_if_new(conn)
+                _mark_at_head(engine, conn)
         return engine
 
     @property
     def is_postgres(self) -> bool:
-        return self.url.get_backend_name() == "postgresql"
+        """Whether reads run on PostgreSQL (a new database's empty stand-in is SQLite)."""
+        return self.engine.dialect.name == "postgresql"
 
     @property
     def is_partitioned(self) -> bool:
@@ -79,48 +102,14 @@ class Store:
         return f"Store({safe_url(self.url)!r})"
 
     # -- schema -----------------------------------------------------------------------------
-    def init_db(self, engine: sa.Engine | None = None) -> int:
-        """Create or upgrade the schema idempotently; return the recorded schema version."""
-        engine = engine or engine_for(self.url, self.config.db_schema)
+    def init_db(self) -> versioning.Upgrade:
+        """Bring the database to head (``perflib init-db``): create a new one's schema, upgrade
+        any earlier perflib's (including one made before Alembic); say from where to where."""
+        engine = engine_for(self.url, self.config.db_schema)
         with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Concurrent first-time creators wait here instead of racing on CREATE SCHEMA
-                # and CREATE TABLE (IF NOT EXISTS does not stop two at once).
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7346251)"))
-                conn.execute(sa.text(
-                    f'CREATE SCHEMA IF NOT EXISTS "{self.config.db_schema}"'))
-                if partitions.table_kind(conn) is None:  # a new database: partitioned by day
-                    partitions.create_tables(conn)
-            schema.metadata.create_all(conn, checkfirst=True)
-            self._add_missing_columns(conn)
-            current = conn.execute(sa.select(schema.schema_info.c.version)
-                                   .where(schema.schema_info.c.id == 1)).scalar()
-            if current is not None and current < 2:
-                self._backfill_cost_terms(conn)
-            if current is None:
-                conn.execute(sa.insert(schema.schema_info).values(
-                    id=1, version=schema.SCHEMA_VERSION, upgraded_at=_utcnow()))
-            elif current < schema.SCHEMA_VERSION:
-                conn.execute(sa.update(schema.schema_info).where(schema.schema_info.c.id == 1)
-                             .values(version=schema.SCHEMA_VERSION, upgraded_at=_utcnow()))
-            engine._perflib_partitioned = (conn.dialect.name == "postgresql"
-                                           and partitions.table_kind(conn) == "partitioned")
-        engine._perflib_ready = True
-        return schema.SCHEMA_VERSION
-
-    @staticmethod
-    def _add_missing_columns(conn: sa.Connection) -> None:
-        """Upgrade older tables in place: add nullable columns that a newer schema defines."""
-        inspector = sa.inspect(conn)
-        schema_name = conn.get_execution_options().get("schema_translate_map", {}).get(None)
-        for table in schema.metadata.sorted_tables:
-            existing = {c["name"] for c in inspector.get_columns(table.name, schema=schema_name)}
-            for column in table.columns:
-                if column.name not in existing and column.nullable:
-                    column_type = column.type.compile(dialect=conn.dialect)
-                    conn.execute(sa.text(
-                        f'ALTER TABLE {_qualified(table.name, schema_name)} '
-                        f'ADD COLUMN "{column.name}" {column_type}'))
+            done = versioning.upgrade(conn, self._backfill_cost_terms)
+            _mark_at_head(engine, conn)
+        return done
 
     def _backfill_cost_terms(self, conn: sa.Connection) -> None:
         """Schema 1 → 2: compute the stored cost terms of jobs written before they existed."""
@@ -136,9 +125,12 @@ class Store:
                          [{"row_id": row["id"], **derived} for row, derived in zip(chunk, terms)])
         log.info("computed the cost terms of %d stored jobs", len(rows))
 
-    def schema_version(self) -> int | None:
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(schema.schema_info.c.version)).scalar()
+    def revision(self) -> str | None:
+        """The database's Alembic revision (None: none recorded)."""
+        if _sqlite_file_missing(self.url):
+            return None
+        with engine_for(self.url, self.config.db_schema).connect() as conn:
+            return versioning.revision(conn)
 
     # -- writes -----------------------------------------------------------------------------
     def write_jobs(self, records: Sequence[Mapping[str, Any]], replace_live: bool = False) -> int:
@@ -159,7 +151,7 @@ class Store:
         samples = [{**s, "job_id": r["job_id"], "job_started_at": r.get("started_at")}
                    for r in records for s in r.get("samples") or ()]
         for _attempt in range(2):
-            engine = self.engine
+            engine = self.writable_engine()
             inserted = self._insert_jobs(engine, records, phases, samples, replace_live)
             if not sqlite_file_replaced(engine):
                 return inserted
@@ -322,8 +314,20 @@ def parse_timestamp(value: Any) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+def _mark_at_head(engine: sa.Engine, conn: sa.Connection) -> None:
+    """Remember that `engine`'s database is at head, and whether its job tables are
+    partitioned, for the rest of this process (no further check)."""
+    engine._perflib_partitioned = (conn.dialect.name == "postgresql"
+                                   and partitions.table_kind(conn) == "partitioned")
+    engine._perflib_at_head = True
+
+
+def _sqlite_file_missing(url: URL) -> bool:
+    """A SQLite database whose file is not there: a new database, which reading must not make
+    (nor its folder)."""
+    path = url.database
+    return (url.get_backend_name() == "sqlite" and bool(path) and path != ":memory:"
+            and not Path(path).exists())
 
 
 def _as_utc(value: datetime, aware: bool) -> datetime:

@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
+from sqlalchemy.schema import CreateTable
 
 from perflib.store import forkgate
 from perflib.threads import PerProcess
@@ -30,6 +32,7 @@ class DatabaseFileReplaced(RuntimeError):
 
 
 _engines: PerProcess[sa.Engine] = PerProcess()
+_stand_ins: PerProcess[sa.Engine] = PerProcess()
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -115,6 +118,27 @@ def _file_identity(path: str | None) -> tuple[int, int] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return status.st_dev, status.st_ino
+
+
+def empty_stand_in(metadata: sa.MetaData) -> sa.Engine:
+    """An in-memory SQLite database with `metadata`'s tables, empty and read-only: what a
+    reader of a new database reads (reading must neither create the database nor its schema;
+    a write through it fails). One per process; each of its connections builds its own."""
+    return _stand_ins.get(id(metadata), lambda: _read_only_copy(metadata))
+
+
+def _read_only_copy(metadata: sa.MetaData) -> sa.Engine:
+    ddl = [str(CreateTable(table).compile(dialect=sqlite.dialect()))
+           for table in metadata.sorted_tables]
+    engine = sa.create_engine("sqlite://")
+
+    @sa.event.listens_for(engine, "connect")
+    def _build(dbapi_connection, _record):
+        for statement in ddl:
+            dbapi_connection.execute(statement)
+        dbapi_connection.execute("PRAGMA query_only = ON")
+
+    return engine
 
 
 def dispose_engines() -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-# The database cannot be reached, or is too busy to answer.
-DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+from perflib.store.versioning import SchemaBehind
+
+# The database cannot be reached, is too busy to answer, or needs perflib init-db first.
+DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError,
+                 SchemaBehind)
 
 
 def describe_error(exc: BaseException, url: URL) -> str:

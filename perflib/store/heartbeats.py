@@ -36,7 +36,7 @@ def write_heartbeats(store: Store, heartbeats: Sequence[Mapping[str, Any]],
         key = (heartbeat["hostname"], NO_GPU if index is None else int(index))
         rows[key] = {**{name: heartbeat.get(name) for name in READING_COLUMNS},
                      "hostname": key[0], "gpu_index": key[1], "reported_at": reported_at}
-    engine = store.engine
+    engine = store.writable_engine()
     insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(
         gpu_heartbeats)
     stale_before = _as_utc(reported_at - timedelta(seconds=min_interval_s),

@@ -35,7 +35,7 @@ def save_version(store: Store, pipeline_type: str, family: str, blob: bytes, act
     pipeline if `activate`, with the other `columns` (metrics, features, train_start,
     train_end, n_rows); prune the versions past the newest KEEP_VERSIONS. Its version number."""
     t = models_table
-    with store.engine.begin() as conn:
+    with store.writable_engine().begin() as conn:
         latest = conn.execute(sa.select(sa.func.max(t.c.version)).where(
             t.c.pipeline_type == pipeline_type, t.c.family == family)).scalar() or 0
         if activate:

@@ -111,10 +111,11 @@ def list_partitions(conn: sa.Connection, parent: str) -> list[Partition]:
 
 
 # -- creation ---------------------------------------------------------------------------------
-def create_tables(conn: sa.Connection, suffix: str = "") -> None:
+def create_tables(conn: sa.Connection, suffix: str = "",
+                  tables: Mapping[str, sa.Table] = TABLES) -> None:
     """Create the three job tables partitioned by day (named with `suffix`, for a migration),
-    each with its DEFAULT partition."""
-    for name, table in TABLES.items():
+    each with its DEFAULT partition; `tables` gives their columns (a revision's own)."""
+    for name, table in tables.items():
         parent = qualified(conn, name + suffix)
         key = PARTITION_KEYS[name]
         columns = [str(CreateColumn(c).compile(dialect=postgresql.dialect()))

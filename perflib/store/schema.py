@@ -1,7 +1,8 @@
 """Table definitions: one SQLAlchemy Core metadata shared by SQLite and PostgreSQL.
 
 Tables carry no schema name here; on PostgreSQL the engine maps them into ``PERFLIB_DB_SCHEMA``
-(``anime_api`` by default) with ``schema_translate_map``.
+(``anime_api`` by default) with ``schema_translate_map``. This is the schema at Alembic's head: a
+change here needs a new revision in ``migrations/versions`` (tests/test_migrations.py compares).
 """
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from perflib.record import TEXT_LENGTHS
-
-SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -229,14 +228,6 @@ performance_alerts = sa.Table(
     sa.Column("last_seen", UtcDateTime, nullable=False),
     sa.Column("acknowledged", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_performance_alerts_open", "fingerprint", "acknowledged"),
-)
-
-schema_info = sa.Table(
-    "perflib_schema_info",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("upgraded_at", UtcDateTime, nullable=False),
 )
 
 JOB_COLUMNS = tuple(c.name for c in generation_performance.columns

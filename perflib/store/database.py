@@ -323,11 +323,17 @@ def _mark_at_head(engine: sa.Engine, conn: sa.Connection) -> None:
 
 
 def _sqlite_file_missing(url: URL) -> bool:
-    """A SQLite database whose file is not there: a new database, which reading must not make
-    (nor its folder)."""
+    """A SQLite database whose file is not there but could be made: a new database, which
+    reading must not make (nor its folder). A path under a plain file is no database at all,
+    and opening it fails as it always did."""
     path = url.database
-    return (url.get_backend_name() == "sqlite" and bool(path) and path != ":memory:"
-            and not Path(path).exists())
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return False
+    missing = Path(path).absolute()
+    if missing.exists():
+        return False
+    ancestor = next(folder for folder in missing.parents if folder.exists())
+    return ancestor.is_dir()
 
 
 def _as_utc(value: datetime, aware: bool) -> datetime:

@@ -141,8 +141,12 @@ def _analysis_routes(router: APIRouter, services: Services, needs_token: list) -
     @router.post("/alerts/{alert_id}/acknowledge", response_model=Acknowledged,
                  dependencies=needs_token)
     def acknowledge(alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Acknowledged:
+        """Acknowledge an alert; one delivered to Alertmanager is resolved there at once
+        (else at the next check)."""
         if not services.analyzer.acknowledge_alert(alert_id):
             raise HTTPException(404, f"no alert {alert_id}")
+        if services.settings.alertmanager_url:
+            services.alert_checks.deliver()
         return Acknowledged(id=alert_id, acknowledged=True)
 
 

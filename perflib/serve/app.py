@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.config import Settings, get_settings, project_root, safe_url
+from perflib.ops.alert_delivery import shown_url
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.snapshot import LiveQueue
 from perflib.serve.alert_checks import AlertChecks, check_alerts_periodically
@@ -65,7 +66,8 @@ def build_services(db: Any = None, settings: Settings | None = None,
     predictor = PerformancePredictor(store)
     live_queue = LiveQueue(store, predictor)
     metrics = ServiceMetrics(live_queue, settings.thresholds.queue_seconds,
-                             settings.retrain_rule.accuracy_jobs)
+                             settings.retrain_rule.accuracy_jobs,
+                             tuple(map(shown_url, settings.alertmanager_url)))
     analyzer = PerformanceAnalyzer(store, settings)
     estimator = QueueAwareEstimator(predictor, live_queue)
     return Services(

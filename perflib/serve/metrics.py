@@ -208,7 +208,7 @@ class ServiceMetrics:
     """The registry and the instruments the endpoints update."""
 
     def __init__(self, live_queue: LiveQueue, target_wait_seconds: float,
-                 accuracy_jobs: int = 30):
+                 accuracy_jobs: int = 30, alertmanagers: tuple[str, ...] = ()):
         self.registry = CollectorRegistry()
         self.estimate_seconds = Histogram(
             "perflib_estimate_seconds", "Time to answer estimate-time",
@@ -224,6 +224,9 @@ class ServiceMetrics:
             "perflib_alert_deliveries", "Deliveries of alerts to each Alertmanager by this "
             "service, by outcome (delivered, failed: after its retries)",
             ["alertmanager", "outcome"], registry=self.registry)
+        for alertmanager in alertmanagers:  # at 0 from the start, so a rate() sees the first
+            for outcome in ("delivered", "failed"):
+                self.alert_deliveries.labels(alertmanager, outcome)
         self.registry.register(StoreCollector(live_queue.store))
         self.registry.register(PoolCollector(live_queue, target_wait_seconds))
         self.registry.register(AlertCollector(live_queue.store))

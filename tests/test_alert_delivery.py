@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from perflib.analysis import PerformanceAnalyzer
+from perflib.cli import main
 from perflib.config import ConfigError, Settings, get_settings
 from perflib.ops import alert_delivery
 from perflib.ops.alert_delivery import (alert_labels, alertname, deliver_alerts,
@@ -53,9 +54,11 @@ def alertmanager():
 
 @pytest.fixture(scope="module")
 def history_db(tmp_path_factory) -> Path:
-    """Three simulated weeks with the default incidents, ending now (copied per use)."""
+    """Three simulated weeks with the default incidents, ending at 23:00 yesterday (UTC), so
+    the last week's alerts are the same whatever the hour (copied per use)."""
     path = tmp_path_factory.mktemp("history") / "perflib.db"
-    end = datetime.now(timezone.utc)
+    end = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) \
+        - timedelta(hours=1)
     Store(f"sqlite:///{path}").write_jobs(list(generate_jobs(
         weeks=3, gpus=2, seed=0, end=end, incidents=default_incidents(end.date(), 3))))
     return path
@@ -180,6 +183,15 @@ def test_credentials_come_from_the_environment_and_are_never_logged(tmp_path, ca
     monkeypatch.setenv("PERFLIB_ALERTMANAGER_USER", "perflib")
     with pytest.raises(ConfigError, match="exclude each other"):
         get_settings()
+    monkeypatch.delenv("PERFLIB_ALERTMANAGER_TOKEN")
+    with pytest.raises(ConfigError, match="PERFLIB_ALERTMANAGER_PASSWORD go together"):
+        get_settings()
+    monkeypatch.setenv("PERFLIB_ALERTMANAGER_PASSWORD", "pw")
+    basic = alert_delivery._auth_headers(get_settings())["Authorization"]
+    assert basic == "Basic cGVyZmxpYjpwdw=="  # perflib:pw
+    monkeypatch.setenv("PERFLIB_ALERT_RESOLVE_SECONDS", "0")
+    with pytest.raises(ConfigError, match="PERFLIB_ALERT_RESOLVE_SECONDS"):
+        get_settings()
 
 
 # -- a real Alertmanager -----------------------------------------------------------------------
@@ -208,7 +220,7 @@ def test_maintain_delivers_once_and_acknowledging_resolves(alertmanager, history
     again = by_id(alertmanager.alerts())
     assert {k: a["fingerprint"] for k, a in again.items()} == \
         {k: a["fingerprint"] for k, a in held.items()}  # same alerts, none added
-    assert all(again[k]["endsAt"] >= ends[k] for k in ends)  # endsAt refreshed
+    assert all(again[k]["endsAt"] > ends[k] for k in ends)  # endsAt refreshed
 
     acknowledged = next(iter(open_alerts))
     with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)) as client:
@@ -220,25 +232,32 @@ def test_maintain_delivers_once_and_acknowledging_resolves(alertmanager, history
     assert by_id(alertmanager.alerts()).keys() == open_alerts.keys() - {acknowledged}
 
 
-def test_alertmanager_down_neither_fails_maintenance_nor_loses_alerts(alertmanager, history_db,
-                                                                     tmp_path):
+def test_alertmanager_down_neither_fails_maintenance_nor_loses_alerts(
+        alertmanager, history_db, tmp_path, monkeypatch, capsys):
     settings = delivering(tmp_path, alertmanager.url, alertmanager_deadline_seconds=1.0)
     store = history_store(history_db, tmp_path, settings)
     alertmanager.stop()
-    plan = PerformanceAnalyzer(store, settings).maintain(retrain=False)
-    assert not plan.delivery.delivered and plan.raised_alerts >= 3
-    assert "they go again at the next check" in plan.describe()
-    assert alertmanager.url.removeprefix("http://") in plan.describe()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERFLIB_ALERTMANAGER_URL", alertmanager.url)
+    monkeypatch.setenv("PERFLIB_ALERTMANAGER_DEADLINE_SECONDS", "1")
+    monkeypatch.setenv("PERFLIB_ALERTMANAGER_TOKEN", TOKEN)
+    assert main(["--database-url", str(store.url), "maintain", "--no-retrain"]) == 0
+    printed = capsys.readouterr()
+    assert "they go again at the next check" in printed.out
+    assert f"{alertmanager.url}: URLError" in printed.out or "Connection refused" in printed.out
+    assert TOKEN not in printed.out + printed.err
+    raised = len(PerformanceAnalyzer(store, settings).alerts(acknowledged=False))
+    assert raised >= 3, printed.out
     with TestClient(base_url="http://127.0.0.1", app=create_app(store, settings)) as client:
-        assert sample(client, "perflib_alerts_undelivered") == plan.raised_alerts
+        assert sample(client, "perflib_alerts_undelivered") == raised
         client.app.state.services.alert_checks.check().result(60)  # the service's own check
         assert sample(client, "perflib_alert_deliveries_total", outcome="failed",
                       alertmanager=alertmanager.url) == 1.0
 
         alertmanager.start()  # up again, empty: the next check sends what waits
         outcome = deliver_alerts(store, settings, raised=[])
-        assert outcome.delivered and outcome.firing == plan.raised_alerts
-        assert len(by_id(alertmanager.alerts())) == plan.raised_alerts
+        assert outcome.delivered and outcome.firing == raised
+        assert len(by_id(alertmanager.alerts())) == raised
         assert sample(client, "perflib_alerts_undelivered") == 0.0
 
 

@@ -7,8 +7,9 @@ estimate given before they ran, and bursts of jobs far slower than expected on o
 the open alert with the same fingerprint (last_seen, evidence, severity) instead of adding a
 duplicate.
 
-Detection and reading live here; only :func:`perflib.ops.alerts.save_alerts` writes (run by
-``perflib maintain`` and ``detect_alerts``); a report shows the window's alerts through
+Detection and reading live here; only :mod:`perflib.ops.alerts` writes (``save_alerts``, run by
+``perflib maintain``, the service's alert check and ``detect_alerts``; the delivery state kept
+for Alertmanager, :mod:`perflib.ops.alert_delivery`); a report shows the window's alerts through
 :func:`as_reported`, which reads.
 """
 from __future__ import annotations

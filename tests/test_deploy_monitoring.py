@@ -60,23 +60,28 @@ def test_the_operator_rule_holds_the_same_groups():
 
 # -- every metric and label a query names is on /metrics ---------------------------------------
 @pytest.fixture(scope="module")
-def exposed(tmp_path_factory) -> dict[str, set[str]]:
-    """Each sample name on /metrics with the labels it carries, after the service has taken
-    finished jobs with estimates, a queued and a running job, and answered an estimate."""
+def metrics_text(tmp_path_factory) -> str:
+    """/metrics after the service has taken finished jobs with estimates (15 of 25 within
+    ±20%), a queued and a running job, and answered an estimate."""
     folder = tmp_path_factory.mktemp("metrics")
     settings = Settings(spool_dir=folder / "spool", alertmanager_url=("http://127.0.0.1:9",),
                         alert_check_seconds=0)
-    records = [job(f"done-{n}", seconds=100.0 + n, predicted_seconds=100.0, minutes_ago=90 + n)
-               for n in range(25)]
+    records = [job(f"done-{n}", seconds=100.0 + n if n < 15 else 200.0, predicted_seconds=100.0,
+                   minutes_ago=90 + n) for n in range(25)]
     records += [job("waiting", "queued", minutes_ago=1, predicted_seconds=100.0),
                 job("busy", "running", minutes_ago=1, predicted_seconds=100.0)]
     app = create_app(f"sqlite:///{folder / 'perflib.db'}", settings)
     with TestClient(base_url="http://127.0.0.1", app=app) as client:
         assert client.post(f"{API}/record-metrics", json=records).status_code == 200
         assert client.post(f"{API}/estimate-time", json=ESTIMATE).status_code == 200
-        text = client.get("/metrics").text
+        return client.get("/metrics").text
+
+
+@pytest.fixture(scope="module")
+def exposed(metrics_text) -> dict[str, set[str]]:
+    """Each sample name on /metrics with the labels it carries."""
     found: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
             found.setdefault(sample.name, set()).update(sample.labels)
     return found
@@ -134,3 +139,13 @@ def test_every_rule_uses_metrics_and_labels_on_metrics(exposed):
         for rule in group["rules"]:
             legend = rule["annotations"]["summary"].replace("$labels.", "")
             assert unknown_names(rule["expr"], exposed, legend) == [], rule["alert"]
+
+
+def test_live_accuracy_is_the_share_of_the_latest_estimated_jobs_within_20_percent(
+        metrics_text):
+    values = {(s.name, s.labels.get("pipeline_type")): s.value
+              for family in text_string_to_metric_families(metrics_text)
+              for s in family.samples}
+    assert values[("perflib_estimate_accuracy", "video")] == pytest.approx(15 / 25)
+    assert values[("perflib_estimate_accuracy_jobs", "video")] == 25
+    assert ("perflib_estimate_accuracy", "image") not in values  # no estimated image jobs

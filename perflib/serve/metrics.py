@@ -9,22 +9,25 @@ happen.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
 from perflib.analysis.alerts import SEVERITIES
+from perflib.analysis.sql import bound
 from perflib.prediction.metrics import WITHIN, within_share
 from perflib.queue.autoscale import POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, snapshot_signals
 from perflib.queue.snapshot import LiveQueue
-from perflib.record import LIVE_STATUSES
+from perflib.record import LIVE_STATUSES, PIPELINE_TYPES
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_alerts as alerts
 
 log = logging.getLogger(__name__)
 
+ACCURACY_DAYS = 7  # the live accuracy gauge reads the jobs started in this many days
 ESTIMATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -165,7 +168,8 @@ class AlertCollector:
 
 class AccuracyCollector:
     """Live accuracy per pipeline: the share of its latest `jobs` successful estimated jobs
-    that finished within ±20% of their estimate (the retraining rule's measure)."""
+    (started in the last ACCURACY_DAYS) that finished within ±20% of their estimate (the
+    retraining rule's measure); no series for a pipeline without such jobs."""
 
     def __init__(self, store: Store, jobs: int):
         self.store = store
@@ -177,11 +181,12 @@ class AccuracyCollector:
     def collect(self):
         accuracy, counted = self._families()
         outcome = sa.func.coalesce(jobs.c.processing_seconds, jobs.c.total_seconds)
-        estimated = (jobs.c.status == "success") & (jobs.c.predicted_seconds > 0) & (outcome > 0)
+        since = datetime.now(timezone.utc) - timedelta(days=ACCURACY_DAYS)
+        estimated = (jobs.c.status == "success") & (jobs.c.predicted_seconds > 0) \
+            & (outcome > 0) & (jobs.c.started_at >= bound(self.store, since))
         try:
             with self.store.engine.connect() as conn:
-                pipelines = conn.execute(sa.select(jobs.c.pipeline_type).distinct()).scalars()
-                for pipeline in sorted(pipelines):
+                for pipeline in PIPELINE_TYPES:  # an index range each, never a scan
                     rows = conn.execute(sa.select(outcome, jobs.c.predicted_seconds).where(
                         estimated, jobs.c.pipeline_type == pipeline).order_by(
                         jobs.c.started_at.desc()).limit(self.jobs)).all()
@@ -197,7 +202,7 @@ class AccuracyCollector:
     def _families(self):
         return (GaugeMetricFamily("perflib_estimate_accuracy",
                                   f"Share of the pipeline's latest {self.jobs} successful "
-                                  f"estimated jobs that finished within ±{WITHIN:.0%} of their "
+                                  f"estimated jobs of the last {ACCURACY_DAYS} days that finished within ±{WITHIN:.0%} of their "
                                   "estimate", labels=["pipeline_type"]),
                 GaugeMetricFamily("perflib_estimate_accuracy_jobs",
                                   "Jobs perflib_estimate_accuracy is measured over",

@@ -182,9 +182,9 @@ class AccuracyCollector:
         accuracy, counted = self._families()
         outcome = sa.func.coalesce(jobs.c.processing_seconds, jobs.c.total_seconds)
         since = datetime.now(timezone.utc) - timedelta(days=ACCURACY_DAYS)
-        estimated = (jobs.c.status == "success") & (jobs.c.predicted_seconds > 0) \
-            & (outcome > 0) & (jobs.c.started_at >= bound(self.store, since))
         try:
+            estimated = (jobs.c.status == "success") & (jobs.c.predicted_seconds > 0) \
+                & (outcome > 0) & (jobs.c.started_at >= bound(self.store, since))
             with self.store.engine.connect() as conn:
                 for pipeline in PIPELINE_TYPES:  # an index range each, never a scan
                     rows = conn.execute(sa.select(outcome, jobs.c.predicted_seconds).where(

@@ -92,7 +92,8 @@ class PerformanceAnalyzer(UsesStore):
     def maintain(self, retention_days: int | None = None, dry_run: bool = False,
                  retrain: bool = True) -> "MaintenancePlan":  # perflib.ops.maintenance
         """Retention, model pruning and fresh daily aggregates, then the last week's alerts
-        (delivered to Alertmanager when ``PERFLIB_ALERTMANAGER_URL`` is set), then retraining of the pipelines whose model is due (a dry run only says which; see
+        (delivered to Alertmanager when ``PERFLIB_ALERTMANAGER_URL`` is set), then retraining
+        of the pipelines whose model is due (a dry run only says which; see
         :mod:`perflib.ops.auto_retrain`)."""
         from perflib.ops.auto_retrain import retrain_due  # ops writes
         from perflib.ops.maintenance import maintain

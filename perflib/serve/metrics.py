@@ -202,7 +202,8 @@ class AccuracyCollector:
     def _families(self):
         return (GaugeMetricFamily("perflib_estimate_accuracy",
                                   f"Share of the pipeline's latest {self.jobs} successful "
-                                  f"estimated jobs of the last {ACCURACY_DAYS} days that finished within ±{WITHIN:.0%} of their "
+                                  f"estimated jobs of the last {ACCURACY_DAYS} days that "
+                                  f"finished within ±{WITHIN:.0%} of their "
                                   "estimate", labels=["pipeline_type"]),
                 GaugeMetricFamily("perflib_estimate_accuracy_jobs",
                                   "Jobs perflib_estimate_accuracy is measured over",

@@ -21,7 +21,7 @@ from perflib.config import Settings, get_settings, project_root, safe_url
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.snapshot import LiveQueue
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
-from perflib.serve.estimates import QueueAwareEstimator
+from perflib.serve.estimator import QueueAwareEstimator
 from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
                                   KnownHostsOnly)
 from perflib.serve.ingest import JobIngest

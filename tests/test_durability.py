@@ -27,7 +27,7 @@ from perflib.config import Settings
 from perflib.serve import create_app
 from perflib.store import Spool, Store, flush_all
 from perflib.store.deadletter import DEAD_LETTER_FILE, refuses_record
-from perflib.store.engine import engine_for
+from perflib.store.engine import DatabaseFileReplaced, engine_for
 from perflib.store.spool import HOST, append_lines
 from tests.test_serve import API, job
 
@@ -244,6 +244,39 @@ def test_tracker_never_loses_a_record_written_after_the_file_was_deleted(tmp_pat
     flush_all()
     assert stored_ids(path) == {"after-0", "after-1", "after-2"}
     assert spooled(fast_settings) == 0
+
+
+def test_an_engine_whose_file_was_deleted_never_opens_the_new_file(tmp_path, fast_settings):
+    """A thread still holding the old engine (the heartbeat's) cannot write into the new file
+    with the old one's assumptions: it gets no connection there."""
+    path = tmp_path / "perflib.db"
+    store = Store(f"sqlite:///{path}", fast_settings)
+    store.write_jobs([job("before")])
+    old = engine_for(store.url, fast_settings.db_schema)
+    path.unlink()
+    assert store.write_jobs([job("after")]) == 1
+    with pytest.raises(DatabaseFileReplaced):
+        old.connect()
+    assert stored_ids(path) == {"after"}
+
+
+def test_a_new_file_shares_no_wal_index_with_connections_open_on_the_deleted_one(
+        tmp_path, fast_settings):
+    """Connections still open on a deleted file keep its -wal and -shm; the new file at the
+    path gets its own (sharing them, it lost what it committed under load)."""
+    path = tmp_path / "perflib.db"
+    store = Store(f"sqlite:///{path}", fast_settings)
+    store.write_jobs([job("before")])
+    held = engine_for(store.url, fast_settings.db_schema).connect()
+    held.execute(sa.text("SELECT count(*) FROM generation_performance")).all()
+    old_index = os.stat(f"{path}-shm").st_ino
+    path.unlink()
+    try:
+        assert store.write_jobs([job("after")]) == 1
+        assert os.stat(f"{path}-shm").st_ino != old_index
+    finally:
+        held.close()
+    assert stored_ids(path) == {"after"}
 
 
 def test_a_file_deleted_during_a_write_gets_the_rows_written_again(tmp_path, fast_settings):

@@ -95,8 +95,9 @@ class PerformanceAnalyzer(UsesStore):
 
     def maintain(self, retention_days: int | None = None, dry_run: bool = False,
                  retrain: bool = True) -> MaintenancePlan:
-        """Retention, model pruning and fresh daily aggregates, then the last week's alerts,
-        then retraining of the pipelines whose model is due (a dry run only says which; see
+        """Retention, model pruning and fresh daily aggregates, then the last week's alerts
+        (delivered to Alertmanager when ``PERFLIB_ALERTMANAGER_URL`` is set), then retraining
+        of the pipelines whose model is due (a dry run only says which; see
         :mod:`perflib.ops.auto_retrain`)."""
         from perflib.ops.auto_retrain import retrain_due  # ops writes
         from perflib.ops.maintenance import maintain
@@ -104,7 +105,12 @@ class PerformanceAnalyzer(UsesStore):
         days = retention_days or self.store.config.retention_days
         plan = maintain(self.store, days, dry_run)
         if not dry_run:
-            plan.raised_alerts = len(self.detect_alerts())
+            raised = self.detect_alerts()
+            plan.raised_alerts = len(raised)
+            if self.config.alertmanager_url:
+                from perflib.ops.alert_delivery import deliver_alerts  # ops sends
+
+                plan.delivery = deliver_alerts(self.store, self.config, raised)
         if retrain:
             plan.retrained = retrain_due(self.store, dry_run=dry_run)
         return plan

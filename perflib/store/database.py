@@ -151,10 +151,7 @@ class Store:
                    for r in records for s in r.get("samples") or ()]
         for _attempt in range(2):
             engine = self.writable_engine()
-            try:
-                inserted = self._insert_jobs(engine, records, phases, samples, replace_live)
-            except DatabaseFileReplaced:  # replaced before the write began: nothing written
-                continue
+            inserted = self._insert_jobs(engine, records, phases, samples, replace_live)
             if not sqlite_file_replaced(engine):
                 return inserted
         raise DatabaseFileReplaced(f"SQLite file {self.url.database} was deleted or replaced "

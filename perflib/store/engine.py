@@ -4,15 +4,12 @@ SQLite gets WAL journaling, a long busy timeout and ``BEGIN IMMEDIATE`` transact
 processes can write one file without "database is locked" escaping. An SQLite engine remembers
 which file (device and inode) it opened: if the file at its path is deleted or replaced, the
 engine is dropped and the next one opens (or recreates) the file that is there now, instead of
-writing on into a file nobody can read any more; the old engine opens no connection again (a
-thread may still hold it), and the new file gets none of the deleted one's ``-wal``/``-shm``, which
-connections still open on that file keep using. PostgreSQL tables live in the configured schema
+writing on into a file nobody can read any more. PostgreSQL tables live in the configured schema
 through ``schema_translate_map``. Every engine's connections are counted in the fork gate
 (:mod:`perflib.store.forkgate`), so a process forks only while none is in use.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -29,6 +26,7 @@ from perflib.threads import PerProcess
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
+REPLACED_CLOSE_WAIT_S = 10  # how long a replaced file's connections may take to close
 
 
 class DatabaseFileReplaced(RuntimeError):
@@ -37,14 +35,10 @@ class DatabaseFileReplaced(RuntimeError):
 
 _engines: PerProcess[sa.Engine] = PerProcess()
 _stand_ins: PerProcess[sa.Engine] = PerProcess()
-_new_file_locks: PerProcess[threading.Lock] = PerProcess()  # held while a SQLite file is made
+_connections_closed = threading.Condition()  # an SQLite connection of some engine closed
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
-    @sa.event.listens_for(engine, "do_connect")
-    def _on_do_connect(dialect, _record, cargs, cparams):
-        return _open_sqlite(engine, dialect, cargs, cparams)
-
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, record):
         dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
@@ -56,6 +50,20 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         record.info["read_only"] = not _writable(engine.url.database)
         if not hasattr(engine, "_perflib_sqlite_file"):
             engine._perflib_sqlite_file = _file_identity(engine.url.database)
+        with _connections_closed:
+            engine._perflib_open = getattr(engine, "_perflib_open", 0) + 1
+
+    @sa.event.listens_for(engine, "close")
+    def _on_close(_dbapi_connection, _record):
+        with _connections_closed:
+            engine._perflib_open = getattr(engine, "_perflib_open", 1) - 1
+            _connections_closed.notify_all()
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection, record):
+        # A connection to a replaced file closes as soon as it is returned (see _replaced).
+        if dbapi_connection is not None and getattr(engine, "_perflib_replaced", False):
+            record.invalidate()
 
     @sa.event.listens_for(engine, "checkout")
     def _on_checkout(_dbapi_connection, record, _proxy):
@@ -63,34 +71,12 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         # after the file is writable again: replace it then (the pool opens a new one).
         if record.info.get("read_only") and _writable(engine.url.database):
             raise sa.exc.DisconnectionError("the SQLite file is writable again")
-        # A connection to a file deleted or replaced since is closed, never used: the pool
-        # then asks for a new one, which _open_sqlite refuses.
-        if _superseded(engine):
-            raise sa.exc.DisconnectionError("the SQLite file was deleted or replaced")
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection):
         # Take the write lock up front: a deferred transaction that upgrades later can fail with
         # SQLITE_BUSY without waiting for the busy timeout.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _open_sqlite(engine: sa.Engine, dialect, cargs, cparams):
-    """A new connection of `engine`. An engine whose file was deleted or replaced opens none
-    (its successor from :func:`engine_for` does). A new file gets no ``-wal`` or ``-shm`` left by
-    a deleted one: connections still open on that file keep using them, and a new file sharing
-    its WAL index with them loses what it commits."""
-    path = engine.url.database
-    if _superseded(engine):
-        raise DatabaseFileReplaced(f"SQLite file {path} was deleted or replaced")
-    if not path or path == ":memory:" or os.path.exists(path):
-        return dialect.connect(*cargs, **cparams)
-    with _new_file_locks.get(path, threading.Lock):  # one thread at a time clears and creates
-        if not os.path.exists(path):
-            for leftover in (f"{path}-wal", f"{path}-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
-        return dialect.connect(*cargs, **cparams)
 
 
 def create_engine(url: URL, schema: str) -> sa.Engine:
@@ -117,20 +103,23 @@ def engine_for(url: URL, schema: str) -> sa.Engine:
 
 
 def _replaced(engine: sa.Engine) -> bool:
-    """Whether `engine`'s SQLite file was replaced (then it is closed, to be made afresh)."""
+    """Whether `engine`'s SQLite file was replaced: then every connection to the old file is
+    closed before the file there now is opened. SQLite finds a database's WAL and shared-memory
+    files by its path; a connection still open on the old file shares them with the new file's
+    and, closing last, deletes the new file's WAL (its committed rows with it)."""
     if not sqlite_file_replaced(engine):
         return False
-    log.warning("SQLite file %s was deleted or replaced; opening the one there now",
-                engine.url.database)
-    engine._perflib_superseded = True
-    engine.dispose()
+    if not getattr(engine, "_perflib_replaced", False):
+        log.warning("SQLite file %s was deleted or replaced; opening the one there now",
+                    engine.url.database)
+    engine._perflib_replaced = True
+    engine.dispose()  # idle connections close now, those in use when they are returned
+    with _connections_closed:
+        if not _connections_closed.wait_for(lambda: engine._perflib_open <= 0,
+                                            REPLACED_CLOSE_WAIT_S):
+            log.warning("%d connection(s) to the replaced SQLite file %s are still in use",
+                        engine._perflib_open, engine.url.database)
     return True
-
-
-def _superseded(engine: sa.Engine) -> bool:
-    """Whether `engine` must open no connection: its file was replaced, or it was, by the
-    engine made for the file there now (which may even have the old file's inode number)."""
-    return getattr(engine, "_perflib_superseded", False) or sqlite_file_replaced(engine)
 
 
 def sqlite_file_replaced(engine: sa.Engine) -> bool:

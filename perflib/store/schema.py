@@ -227,6 +227,12 @@ performance_alerts = sa.Table(
     sa.Column("first_seen", UtcDateTime(), nullable=False),
     sa.Column("last_seen", UtcDateTime(), nullable=False),
     sa.Column("acknowledged", sa.Boolean, nullable=False, default=False),
+    # Delivery to Alertmanager (perflib.ops.alert_delivery; revision 0003): "pending" after a
+    # failed try (re-sent at the next check), "firing" once delivered, "resolved" once its
+    # resolution was; the severity it was delivered with and when (wall clock).
+    sa.Column("delivery", sa.String(16)),
+    sa.Column("delivered_severity", sa.String(16)),
+    sa.Column("delivered_at", UtcDateTime()),
     sa.Index("ix_performance_alerts_open", "fingerprint", "acknowledged"),
 )
 

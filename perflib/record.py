@@ -19,7 +19,10 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 # graph.py ships alone into the ComfyUI node, so it defines these and the record takes them:
 # the one way errors echo a value, and the job type of a prompt served wholly from cache.
-from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE, shown
+from perflib.comfyui import graph as _graph
+from perflib.comfyui.graph import shown
+
+CACHE_HIT_JOB_TYPE = _graph.CACHE_HIT_JOB_TYPE
 
 PIPELINE_TYPES = ("image", "video")
 FINAL_STATUSES = ("success", "failed", "cancelled")

@@ -172,8 +172,8 @@ def list_alerts(store: Store, severity: str | None = None,
     with store.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings().all()]
     for row in rows:
-        row["first_seen"] = parse_timestamp(row["first_seen"]).isoformat()
-        row["last_seen"] = parse_timestamp(row["last_seen"]).isoformat()
+        row["first_seen"] = row["first_seen"].isoformat()
+        row["last_seen"] = row["last_seen"].isoformat()
     return rows
 
 

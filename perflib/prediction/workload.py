@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 
 from perflib.config import ModelProfile
-from perflib.prediction.work_terms import (  # STORED_TERMS, stored_terms: re-exported
-    DEFAULTS, DEFAULT_PROFILE, LARGEST_TERMS, PASS_COLUMNS, STORED_TERMS, SUMMED_TERMS,
-    pass_number, pass_terms, stored_terms)
+from perflib.prediction.work_terms import (DEFAULTS, DEFAULT_PROFILE, LARGEST_TERMS,
+                                           PASS_COLUMNS, SUMMED_TERMS, pass_number, pass_terms)
 
 # Job rows: a DataFrame as the store returns it, or a mapping of column sequences.
 JobRows = Union[pd.DataFrame, Mapping[str, Sequence]]

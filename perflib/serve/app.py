@@ -23,7 +23,7 @@ from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.snapshot import LiveQueue
 from perflib.serve.alert_checks import AlertChecks, check_alerts_periodically
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
-from perflib.serve.estimates import QueueAwareEstimator
+from perflib.serve.estimator import QueueAwareEstimator
 from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
                                   KnownHostsOnly)
 from perflib.serve.ingest import JobIngest

@@ -13,7 +13,7 @@ from perflib.analysis.alerts import SEVERITIES
 from perflib.analysis.arms import SelectionError
 from perflib.analysis.compare import DEFAULT_DAYS, compare_settings
 from perflib.serve.guards import require_token
-from perflib.serve.live import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
+from perflib.serve.dashboard import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
 from perflib.serve.retrain import RetrainLimited
 from perflib.serve.reports import (REPORT_HEADERS, RETRY_AFTER_S, RenderFailed, RendersBusy,
                                    unless_disconnected)

@@ -16,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
                       Tag, TypeAdapter, ValidationError, model_validator)
 
 from perflib.analysis.alerts import SEVERITIES
-from perflib.comfyui.estimate import prompt_estimate
+from perflib.comfyui.prompt_estimate import prompt_estimate
 from perflib.prediction.models import FAMILIES
 from perflib.queue.snapshot import QueueEta
 from perflib.record import (GpuName, HostName, JobParams, JobRecord, JobType, JsonObject,

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from .client import ServiceClient, ServiceRejected, ServiceUnavailable
-from .estimates import EstimateBoard
+from .estimate_board import EstimateBoard
 from .gpu import GpuMonitor
 from .recorder import END_EVENTS, PromptRun, RunContext, job_record, salvaged
 from .settings import Settings

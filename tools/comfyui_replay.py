@@ -113,11 +113,27 @@ def service_estimates(prompts: list[RecordedPrompt]) -> dict[str, float | None]:
 
 
 def node_estimates(prompts: list[RecordedPrompt]) -> dict[str, float | None]:
-    """The per-node estimate of each executed prompt, learned from the prompts finished before
-    it and aware of the cache the previous prompt left."""
-    from perflib.comfyui.replayed import replayed_node_estimates
+    """The per-node estimate of each executed prompt: node costs learned from the prompts that
+    succeeded before it started, ComfyUI's cache as the prompt run just before it left it."""
+    from perflib.comfyui.cache_keys import cached_nodes
+    from perflib.comfyui.graph import parse_prompt
+    from perflib.comfyui.node_costs import NodeCosts, observations
 
-    return replayed_node_estimates(prompts, GPU_NAME)
+    parsed = {p.prompt_id: parse_prompt(p.graph, [str(o) for o in p.outputs]) for p in prompts}
+    answers: dict[str, float | None] = {}
+    for position, prompt in enumerate(prompts):
+        if prompt.status != "success":
+            continue
+        seen = [one for other in finished_before(prompts, prompt) if other.status == "success"
+                for one in observations(other.graph, parsed[other.prompt_id],
+                                        other.node_seconds)]
+        previous = prompts[position - 1].graph if position else None
+        mine = parsed[prompt.prompt_id]
+        prices = NodeCosts().fit(seen).price(
+            prompt.graph, mine, cached_nodes(prompt.graph, previous, mine.needed_nodes))
+        unknown = any(price.seconds is None for price in prices)
+        answers[prompt.prompt_id] = None if unknown else sum(p.seconds for p in prices)
+    return answers
 
 
 def summary(prompts: list[RecordedPrompt], answers: dict[str, float | None]) -> dict[str, Any]:

@@ -62,3 +62,15 @@ def test_an_upscaled_video_latent_keeps_its_geometry():
     graph["8"]["inputs"]["samples"] = ["11", 0]
     passes = parse_prompt(graph).job_params()["passes"]
     assert [p["vae_temporal_factor"] for p in passes] == [8, 8]
+
+
+def test_a_video_graph_with_its_geometry_is_estimated_and_recorded():
+    """The geometry fields are part of a pass as the service takes it (estimate and record)."""
+    from perflib.comfyui.estimate import prompt_estimate
+    from perflib.record import JobRecord
+
+    params, job = prompt_estimate(video_graph("EmptyLTXVLatentVideo"))
+    assert params["passes"][0]["vae_temporal_factor"] == 8
+    record = JobRecord(job_id="v", status="queued", **{k: v for k, v in job.items()
+                                                       if v is not None})
+    assert record.passes[0].latent_channels == 128

@@ -247,6 +247,11 @@ class SamplingPass(BaseModel):
     model_calls_per_step: _bounded_int(1, 8) = 1
     source: _text(64) | None = Field(None, description="where its latent comes from: empty, "
                                                        "upscale, encode, ...")
+    vae_temporal_factor: _bounded_int(1, 32) | None = Field(
+        None, description="frames per latent frame, as the pass's latent node builds it")
+    vae_spatial_factor: _bounded_int(1, 64) | None = Field(
+        None, description="pixels per latent cell side, as the pass's latent node builds it")
+    latent_channels: _bounded_int(1, 1024) | None = None
 
 
 class JobParams(BaseModel):

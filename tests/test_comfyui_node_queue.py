@@ -10,7 +10,7 @@ from tests.test_comfyui_node import comfyui_dir, load_package, package  # noqa: 
 
 def board_with(package, estimates: dict[str, float | None], clock):
     """An EstimateBoard whose service answers `estimates` by graph name (None: refuses)."""
-    board_module = importlib.import_module(f"{package.__name__}.estimates")
+    board_module = importlib.import_module(f"{package.__name__}.estimate_board")
     queue: tuple[list, list] = ([], [])
 
     def ask(graph):

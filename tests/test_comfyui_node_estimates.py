@@ -94,3 +94,44 @@ def test_records_that_arrive_refit_the_node_costs(client, recorded):
 def test_another_gpus_node_times_do_not_price_this_one(client, recorded):
     client.post(RECORD, json=posted(recorded[:10], gpu_name="NVIDIA H100"))
     assert estimate(client, recorded[40].graph)["total_from"] == "job_model"
+
+
+def test_an_identical_resubmit_is_estimated_under_a_second(client, recorded):
+    client.post(RECORD, json=posted(recorded[:30]))
+    graph = recorded[40].graph
+    fresh = estimate(client, graph)
+    again = estimate(client, graph, previous_prompt=graph)
+    assert fresh["predicted_time_seconds"] > 1.0
+    assert again["predicted_time_seconds"] < 1.0
+    assert all(n["cached"] and n["seconds"] == 0 for n in again["nodes"])
+    assert again["uncertainty_range"][1] < 1.0
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_a_loaded_checkpoint_costs_nothing_and_only_what_changed_runs(client, recorded,
+                                                                      learned):
+    """With and without learned node costs (then the job estimate is shared out)."""
+    if learned:
+        client.post(RECORD, json=posted(recorded[:30]))
+    before = base_graph(width=256, height=256, steps=10)
+    graph = base_graph(width=256, height=256, steps=10)
+    graph["6"]["inputs"]["text"] = "a dog"
+    cold, warm = estimate(client, graph), estimate(client, graph, previous_prompt=before)
+    cached = {n["id"] for n in warm["nodes"] if n["cached"]}
+    assert cached == {"4", "5", "7"}  # the checkpoint loader among them
+    assert next(n for n in warm["nodes"] if n["id"] == "4")["seconds"] == 0
+    assert warm["predicted_time_seconds"] <= cold["predicted_time_seconds"]
+    assert sum(n["seconds"] for n in warm["nodes"]) == pytest.approx(
+        warm["predicted_time_seconds"], abs=1e-3)
+
+
+@pytest.mark.parametrize("previous, words", [
+    ({str(i): {"class_type": "Note", "inputs": {}} for i in range(10_001)}, "at most 10000"),
+    ({"1": "not a node"}, "JSON object"),
+    ([1, 2], "dictionary")])
+def test_a_previous_prompt_is_bounded_like_the_prompt(client, previous, words):
+    response = client.post(ESTIMATE, json={"comfyui_prompt": base_graph(),
+                                           "previous_prompt": previous})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert any("previous_prompt" in error["loc"] and words in error["msg"] for error in detail)

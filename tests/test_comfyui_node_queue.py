@@ -13,7 +13,7 @@ def board_with(package, estimates: dict[str, float | None], clock):
     board_module = importlib.import_module(f"{package.__name__}.estimate_board")
     queue: tuple[list, list] = ([], [])
 
-    def ask(graph):
+    def ask(graph, previous=None):
         seconds = estimates[graph["name"]]
         if seconds is None:
             raise ValueError("the service refused it")

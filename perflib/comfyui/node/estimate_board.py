@@ -38,6 +38,7 @@ class Submission:
     graph: dict
     client_id: str | None
     submitted: float
+    previous: dict | None = None  # the prompt submitted just before: it runs just before
     prompt_id: str | None = None
     number: float | None = None
     estimate: dict | None = None
@@ -47,15 +48,17 @@ class Submission:
 
 
 class EstimateBoard:
-    def __init__(self, ask: Callable[[dict], dict], send: Callable[[str, dict, Any], None],
+    def __init__(self, ask: Callable[[dict, dict | None], dict], send: Callable[[str, dict, Any], None],
                  read_queue: Callable[[], QueueItems], start_wait_s: float,
                  clock: Callable[[], float] = time.time):
-        self.ask = ask  # graph → the service's estimate; raises when it cannot answer
+        # (graph, the graph queued before it) → the service's estimate; raises when it cannot
+        self.ask = ask
         self.send = send  # the server's own send_sync
         self.read_queue = read_queue
         self.start_wait_s = start_wait_s
         self.clock = clock
         self._unmatched: list[Submission] = []
+        self._last_graph: dict | None = None
         self._by_id: OrderedDict[str, Submission] = OrderedDict()
         # Lock order: ComfyUI's queue lock may be held when this one is taken, never the reverse.
         self._lock = threading.Lock()
@@ -71,6 +74,7 @@ class EstimateBoard:
         submission = Submission(graph, client_id if isinstance(client_id, str) else None,
                                 self.clock())
         with self._lock:
+            submission.previous, self._last_graph = self._last_graph, graph
             if json_data.get("prompt_id") is not None:
                 self._remember(str(json_data["prompt_id"]), submission)
             else:
@@ -124,7 +128,7 @@ class EstimateBoard:
     # -- inside -------------------------------------------------------------------------------
     def _estimate(self, submission: Submission) -> None:
         try:
-            submission.estimate = _usable(self.ask(submission.graph))
+            submission.estimate = _usable(self.ask(submission.graph, submission.previous))
         except Exception as exc:
             logger.info("perflib: no estimate for a prompt: %s", exc)
         finally:
@@ -145,7 +149,7 @@ class EstimateBoard:
     def _payload(self, submission: Submission, queue: QueueItems) -> dict[str, Any]:
         estimate = submission.estimate or {}
         names = ("predicted_time_seconds", "uncertainty_range", "confidence",
-                 "prediction_method", "model_used", "parsed_job")
+                 "prediction_method", "model_used", "parsed_job", "nodes", "total_from")
         return {"prompt_id": submission.prompt_id, "number": submission.number,
                 **{name: estimate.get(name) for name in names},
                 "queue": self._queue_eta(submission, queue, self.clock()),

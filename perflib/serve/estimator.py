@@ -102,8 +102,8 @@ class QueueAwareEstimator:
         if refine is not None:
             prediction = await run_in_threadpool(refine, prediction)
         snapshot = await self._current_snapshot()
-        return EstimateResponse(**prediction,
-                                queue=snapshot.eta(prediction["predicted_time_seconds"]))
+        return EstimateResponse(**prediction, queue=snapshot.eta(
+            prediction["predicted_time_seconds"], pipeline_type=params.get("pipeline_type")))
 
     async def _current_snapshot(self) -> LiveSnapshot:
         with self._lock:

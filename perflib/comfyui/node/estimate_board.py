@@ -11,7 +11,8 @@ estimate request's own timeout (and not at all while the service is known to be 
 Queue ETA: ComfyUI runs one prompt at a time, so a prompt starts when the prompts ahead of it in
 this server's queue have finished: the running one's remaining estimate plus each pending one's
 estimate; a prompt ahead that has no estimate (the service refused or was down) counts as the
-median estimate of this server's other prompts, not as 0 s. The service's fleet-wide queue is passed on as ``fleet_queue``.
+service's price of an unestimated job (the median of the pipeline's recent jobs, which its answers
+carry), else the median estimate of this server's other prompts, not as 0 s. The service's fleet-wide queue is passed on as ``fleet_queue``.
 """
 from __future__ import annotations
 
@@ -179,12 +180,20 @@ class EstimateBoard:
                 "expected_finish_seconds": round(start + own, 3)}
 
     def fallback_seconds(self) -> float:
-        """What a prompt without an estimate counts in the queue ETA: the median estimate of
-        this server's other prompts (the typical prompt here), 0 before any was estimated."""
+        """What a prompt without an estimate counts in the queue ETA: the service's one price
+        of an unestimated job (``queue.unestimated_seconds_each`` of its latest answer: the
+        median of the pipeline's recent jobs); before the service said one, the median estimate
+        of this server's other prompts; 0 before any was estimated."""
         with self._lock:
-            known = [s.estimate["predicted_time_seconds"] for s in self._by_id.values()
-                     if s.estimate is not None]
-        return float(statistics.median(known)) if known else 0.0
+            known = [s.estimate for s in self._by_id.values() if s.estimate is not None]
+        for estimate in reversed(known):
+            queue = estimate.get("queue")
+            price = queue.get("unestimated_seconds_each") if isinstance(queue, dict) else None
+            if isinstance(price, (int, float)) and not isinstance(price, bool) \
+                    and math.isfinite(price) and price > 0:
+                return float(price)
+        seconds = [estimate["predicted_time_seconds"] for estimate in known]
+        return float(statistics.median(seconds)) if seconds else 0.0
 
     def _left(self, prompt_id: str, predicted: float | None, now: float,
               fallback: float = 0.0) -> float:

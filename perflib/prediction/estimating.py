@@ -90,6 +90,7 @@ class Estimator:
         positive — and with them every row of the same `groups` entry) go to the next stored
         model, and what is left to the heuristic."""
         count = row_count(rows)
+        rows = _submitted_at(rows, as_of)
         groups = np.arange(count) if groups is None else groups
         estimates = PricedJobs.unpriced(count)
         labels = np.full(count, HEURISTIC, dtype=object)
@@ -197,6 +198,16 @@ def moment(as_of: Any) -> datetime | None:
         return parse_timestamp(as_of)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"as_of: {exc}") from None
+
+
+def _submitted_at(rows: JobRows, as_of: datetime | None) -> JobRows:
+    """Rows without a submission (or start) time, asked about as of `as_of`, are priced as
+    submitted then rather than at the clock time of asking."""
+    if as_of is None or "submitted_at" in rows or "started_at" in rows:
+        return rows
+    if isinstance(rows, pd.DataFrame):
+        return rows.assign(submitted_at=pd.Timestamp(as_of))
+    return {**rows, "submitted_at": [as_of] * row_count(rows)}
 
 
 def _take(rows: JobRows, positions: np.ndarray, count: int) -> JobRows:

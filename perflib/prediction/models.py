@@ -29,8 +29,8 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from perflib.prediction.features import (CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES,
-                                         Features, history_keys)
+from perflib.prediction.features import (CATEGORICAL_FEATURES, COST_TERMS, CYCLIC_FEATURES,
+                                         NUMERIC_FEATURES, Features, history_keys)
 from perflib.prediction.metrics import CLOSE, WITHIN, coverage, mape, within_share
 from perflib.prediction.pooling import PooledSpeeds, at_speed, split_cost
 from perflib.store.model_checks import check_learner
@@ -165,6 +165,10 @@ ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
 MODEL_COLUMNS = NUMERIC_FEATURES + ANCHOR_FEATURES + CATEGORICAL_FEATURES
 _NUMERIC_POSITIONS = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
 _CATEGORICAL_POSITIONS = list(range(len(_NUMERIC_POSITIONS), len(MODEL_COLUMNS)))
+_CYCLIC_POSITIONS = {MODEL_COLUMNS.index(name): period for name, period in CYCLIC_FEATURES.items()}
+# A cyclic feature (hour of day, day of week) is used only once training saw this share of its
+# cycle's values.
+MIN_CYCLE_SHARE = 0.75
 
 
 class AnchoredRegressor(RegressorMixin, BaseEstimator):
@@ -228,22 +232,34 @@ class MatrixEncoder(TransformerMixin, BaseEstimator):
     """The model matrix as numbers: numeric columns as floats, each categorical column as the
     code of its value (``one_hot=False``, for trees) or as indicator columns (``one_hot=True``).
     Values seen fewer than `min_frequency` times in training, and unseen ones, share one
-    "rare" code, or get all-zero indicators. A numeric column with no value at all in training
-    (a short history) carries nothing and becomes 0.
+    "rare" code, or get all-zero indicators.
+
+    A numeric feature seen over too narrow a range cannot swing an estimate: a column with no
+    value or a single one in training (a short history) carries nothing and becomes 0, as does
+    a `cyclic` one (``{position: period}``: the hour of day, the day of week) whose training
+    values cover less than :data:`MIN_CYCLE_SHARE` of its cycle — learnt from jobs that all ran
+    within an hour, it would make an estimate depend on the clock time it is asked at. Every
+    other numeric value is clamped to its training range.
 
     sklearn's OrdinalEncoder and OneHotEncoder, behind a ColumnTransformer, cost 0.6–1 ms a
     call however few the rows; a single estimate has a 2 ms budget in all, so this is a lookup.
     """
 
-    def __init__(self, categorical=(), one_hot: bool = False, min_frequency: int = 5):
+    def __init__(self, categorical=(), one_hot: bool = False, min_frequency: int = 5,
+                 cyclic=None):
         self.categorical = categorical
         self.one_hot = one_hot
         self.min_frequency = min_frequency
+        self.cyclic = cyclic
 
     def fit(self, X, y=None) -> "MatrixEncoder":
         X = np.asarray(X, dtype=object)
         self.numeric_ = [i for i in range(X.shape[1]) if i not in set(self.categorical)]
-        self.empty_ = np.isnan(X[:, self.numeric_].astype(float)).all(axis=0)
+        numeric = X[:, self.numeric_].astype(float)
+        self.empty_ = np.isnan(numeric).all(axis=0) | self._narrow(numeric)
+        with warnings.catch_warnings():  # an all-NaN column has no range: it is empty
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.low_, self.high_ = np.nanmin(numeric, axis=0), np.nanmax(numeric, axis=0)
         self.codes_ = []
         for position in self.categorical:
             values, counts = np.unique(X[:, position].astype(str), return_counts=True)
@@ -251,9 +267,22 @@ class MatrixEncoder(TransformerMixin, BaseEstimator):
             self.codes_.append({value: code for code, value in enumerate(kept)})
         return self
 
+    def _narrow(self, numeric: np.ndarray) -> np.ndarray:
+        """Per numeric column: at most one distinct value, or a cyclic one covering too little
+        of its cycle."""
+        narrow = np.zeros(numeric.shape[1], dtype=bool)
+        for column, position in enumerate(self.numeric_):
+            values = np.unique(numeric[:, column][~np.isnan(numeric[:, column])])
+            period = (self.cyclic or {}).get(position)
+            seen = len(np.unique(np.floor(values) % period)) / period if period else 1.0
+            narrow[column] = len(values) <= 1 or seen < MIN_CYCLE_SHARE
+        return narrow
+
     def transform(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=object)
         numeric = X[:, self.numeric_].astype(float)
+        if hasattr(self, "low_"):  # encoders stored before clamping have no range
+            numeric = np.clip(numeric, self.low_, self.high_)
         numeric[:, self.empty_] = 0.0
         blocks = [numeric]
         for position, codes in zip(self.categorical, self.codes_):
@@ -324,7 +353,8 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
 
 
 def _encoder(one_hot: bool = False) -> MatrixEncoder:
-    return MatrixEncoder(categorical=_CATEGORICAL_POSITIONS, one_hot=one_hot)
+    return MatrixEncoder(categorical=_CATEGORICAL_POSITIONS, one_hot=one_hot,
+                         cyclic=_CYCLIC_POSITIONS)
 
 
 def _signed_log1p(values):

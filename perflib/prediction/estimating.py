@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from perflib.cache import TtlCache
 from perflib.prediction.conformal import MIN_GROUP_JOBS as MIN_WIDEN_JOBS
 from perflib.prediction.conformal import POOLED as POOLED_GROUP
-from perflib.prediction.conformal import OnlineConformal
+from perflib.prediction.conformal import Adjustment, OnlineConformal
 from perflib.prediction.features import JobRows, job_columns, row_count
 from perflib.prediction.heuristic import Heuristic, History
 from perflib.prediction.priced import HEURISTIC, PricedJobs
@@ -138,7 +138,7 @@ class Estimator:
 
     def _fresh_behaviour(self, version: StoredVersion, model: TrainedModel,
                          pipeline_type: str, gpu: str | None, name: str | None,
-                         as_of: datetime | None) -> tuple[str, tuple[float, float, float]]:
+                         as_of: datetime | None) -> tuple[str, tuple[float, float, Adjustment]]:
         """How much slower than the cost model a GPU and model ran in their latest jobs, how
         scattered those were, and how much their intervals widen (online conformal, replayed
         over those jobs) — ("gpu|model", (drift, spread, widen)), from the store as of `as_of`
@@ -154,23 +154,23 @@ class Estimator:
         return key, behaviour
 
     def widening(self, version: StoredVersion, model: TrainedModel, pipeline_type: str,
-                  jobs: pd.DataFrame, as_of: datetime | None) -> float:
-        """A group's interval widening: adaptive conformal inference replayed over its latest
-        WIDEN_JOBS finished `jobs` (each re-priced by `model` as it would have been at its
-        submission, see :meth:`TrainedModel.replay_scores`), started afresh at 1 — a sliding
-        window, as no state survives between estimates; a group with fewer than MIN_WIDEN_JOBS
-        of them takes its pipeline's pooled widening."""
+                  jobs: pd.DataFrame, as_of: datetime | None) -> Adjustment:
+        """A group's online adjustment of interval tails and confidence: adaptive conformal
+        inference replayed over its latest WIDEN_JOBS finished `jobs` (each re-priced by `model`
+        as it would have been at its submission, see :meth:`TrainedModel.replay_scores`), started
+        afresh — a sliding window, as no state survives between estimates; a group with fewer
+        than MIN_WIDEN_JOBS of them takes its pipeline's pooled adjustment."""
         coverage = model.calibration.coverage
-        groups, scores = model.replay_scores(jobs, WIDEN_JOBS) if len(jobs) >= MIN_WIDEN_JOBS \
-            else ((), ())
-        if len(scores) >= MIN_WIDEN_JOBS:
+        replay = model.replay_scores(jobs, WIDEN_JOBS) if len(jobs) >= MIN_WIDEN_JOBS \
+            else ((),) * 4
+        if len(replay[1]) >= MIN_WIDEN_JOBS:
             # One group's jobs only: the pooled tracker is the group's own.
-            return OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)
+            return OnlineConformal.replayed(*replay, coverage=coverage).adjustment(POOLED_GROUP)
         pooled = self.recent_cache.get((version.id, pipeline_type, POOLED_GROUP, as_of))
         if pooled is None:
             latest = self.store().latest_jobs(pipeline_type, POOLED_WIDEN_JOBS, as_of)
-            groups, scores = model.replay_scores(latest, POOLED_WIDEN_JOBS)
-            pooled = OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)
+            pooled = OnlineConformal.replayed(*model.replay_scores(latest, POOLED_WIDEN_JOBS),
+                                              coverage=coverage).adjustment(POOLED_GROUP)
             self.recent_cache.put((version.id, pipeline_type, POOLED_GROUP, as_of), pooled)
         return pooled
 

@@ -29,6 +29,7 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
+from perflib.prediction.conformal import Adjustment, adjusted_confidence
 from perflib.prediction.features import (CATEGORICAL_FEATURES, COST_TERMS, CYCLIC_FEATURES,
                                          NUMERIC_FEATURES, Features, history_keys)
 from perflib.prediction.metrics import CLOSE, WITHIN, coverage, mape, within_share
@@ -361,6 +362,12 @@ def _signed_log1p(values):
     return np.sign(values) * np.log1p(np.abs(values))
 
 
+def _factors(adjustment: Adjustment | None) -> tuple:
+    """An adjustment's (lower, upper) widening factors; (1, 1) for none."""
+    return (1.0, 1.0) if adjustment is None else (np.asarray(adjustment.low, float),
+                                                   np.asarray(adjustment.high, float))
+
+
 def _spread_out(rows: np.ndarray) -> np.ndarray:
     """At most REFERENCE_FIT_JOBS of `rows`, evenly spaced: plenty for a reference cost's six
     coefficients, and training on a large history stays quick."""
@@ -409,8 +416,10 @@ class Calibration(BaseEstimator):
     Each job comes with how scattered its GPU and model have run lately (the robust spread of
     log(actual / cost model) over their last jobs, see :func:`perflib.prediction.features.spread`).
     Residuals about their median, divided by that spread, are the conformity scores; the
-    interval is ``prediction × exp(±q · spread)`` with q their conformal quantile, so it widens
-    as soon as a GPU's recent jobs turn noisier and narrows when they calm down. Scores are
+    interval is ``prediction × exp(−q_low · spread)`` to ``prediction × exp(q_high · spread)``,
+    each tail's q its own conformal quantile (of an 80% interval: a tenth of the jobs below, a
+    tenth above), so it widens as soon as a GPU's recent jobs turn noisier and narrows when they
+    calm down. Scores are
     kept per size bin of the prediction when there are enough calibration jobs (Mondrian). A
     job without a known spread gets the calibration window's typical one; spreads are floored
     at a quarter of it, so a short quiet spell cannot make an interval vanish.
@@ -434,43 +443,62 @@ class Calibration(BaseEstimator):
         bins = int(max(1, min(self.max_bins, len(actual) // self.min_bin)))
         self.edges_ = np.unique(np.quantile(log_pred, np.linspace(0, 1, bins + 1)[1:-1]))
         which = np.searchsorted(self.edges_, log_pred)
-        self.half_width_, self.scores_ = [], []
+        self.half_width_, self.tail_widths_, self.scores_ = [], [], []
         for b in range(len(self.edges_) + 1):
             members = which == b
             if members.sum() < self.min_bin // 2:  # too few to stand alone: every job's
                 members = np.ones(len(actual), dtype=bool)
             r, sigma = residual[members], scale[members]
-            # Split conformal with the finite-sample correction. A calibration window's own bias
-            # is drift that the anchor tracks, so it widens nothing.
+            # Split conformal with the finite-sample correction, each tail apart (a shared
+            # machine's errors are skewed). A calibration window's own bias is drift that the
+            # anchor tracks, so it widens nothing.
             scores = (r - np.median(r)) / sigma
             level = min(1.0, np.ceil((len(r) + 1) * self.coverage) / len(r))
+            tail = min(1.0, np.ceil((len(r) + 1) * (1 + self.coverage) / 2) / len(r))
             self.half_width_.append(float(np.quantile(np.abs(scores), level)))
+            self.tail_widths_.append((float(max(-np.quantile(scores, 1 - tail), 0.0)),
+                                      float(max(np.quantile(scores, tail), 0.0))))
             if len(scores) > self.kept_scores:
                 scores = np.quantile(scores, np.linspace(0, 1, self.kept_scores))
             self.scores_.append(np.sort(scores))
         return self
 
-    def interval(self, predicted, spread=None, widen=1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Low and high seconds; `widen` multiplies each half-width in log (the online
-        conformal correction of :mod:`perflib.prediction.conformal`; 1: as calibrated)."""
+    def interval(self, predicted, spread=None, adjustment=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Low and high seconds; `adjustment` (:class:`perflib.prediction.conformal.Adjustment`,
+        of scalars or per-row arrays) multiplies each tail's half-width in log (the online
+        conformal correction; None: as calibrated)."""
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        half = np.take(self.half_width_, which) * self._scale(spread, len(predicted)) * widen
-        return predicted * np.exp(-half), predicted * np.exp(half)
+        scale = self._scale(spread, len(predicted))
+        lower, upper = self._tails(which)
+        low, high = _factors(adjustment)
+        return (predicted * np.exp(-lower * scale * low),
+                predicted * np.exp(upper * scale * high))
 
-    def confidence(self, predicted, spread=None, widen=1.0) -> np.ndarray:
-        """Share of calibration jobs that, scaled to each job's spread (times `widen`), land
-        within ±20%."""
+    def _tails(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the lower and upper calibrated half-widths of its bin (a model stored before
+        the tails were apart has one, symmetric)."""
+        tails = getattr(self, "tail_widths_", None) or [(h, h) for h in self.half_width_]
+        tails = np.asarray(tails, float)[which]
+        return tails[:, 0], tails[:, 1]
+
+    def confidence(self, predicted, spread=None, adjustment=None) -> np.ndarray:
+        """Share of calibration jobs that, scaled to each job's spread, land within ±20%; its
+        log-odds shifted by the `adjustment`'s (recalibrated online on the same replay as the
+        tails, :mod:`perflib.prediction.conformal`)."""
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        scale = self._scale(spread, len(predicted)) * widen
+        scale = self._scale(spread, len(predicted))
         chances = np.empty(len(predicted))
         for b in np.unique(which):
             rows, scores = which == b, self.scores_[b]
             inside = np.searchsorted(scores, np.log(1 + WITHIN) / scale[rows], side="right") - \
                 np.searchsorted(scores, np.log(1 - WITHIN) / scale[rows], side="left")
             chances[rows] = inside / len(scores)
-        return chances
+        if adjustment is None:
+            return chances
+        return adjusted_confidence(chances, adjustment.log_odds)
 
     def _scale(self, spread, rows: int) -> np.ndarray:
         if spread is None:
@@ -490,8 +518,13 @@ class Calibration(BaseEstimator):
             if not isinstance(values, list) or len(values) != len(edges) + 1:
                 raise ValueError(f"{name}.{part} is not a list of one entry per bin "
                                  f"({len(edges) + 1})")
+        tails = getattr(self, "tail_widths_", None)
+        if tails is not None and (not isinstance(tails, list) or len(tails) != len(edges) + 1):
+            raise ValueError(f"{name}.tail_widths_ is not a list of one entry per bin")
         for b, (half, scores) in enumerate(zip(self.half_width_, self.scores_)):
             check_number(half, f"{name}.half_width_[{b}]")
+            for side, width in zip(("low", "high"), tails[b] if tails is not None else ()):
+                check_number(width, f"{name}.tail_widths_[{b}] {side}")
             check_array(scores, f"{name}.scores_[{b}]", ndim=1)
             if not len(scores):
                 raise ValueError(f"{name}.scores_[{b}] is empty")

@@ -18,7 +18,7 @@ from typing import Callable
 
 from perflib.config import Settings
 from perflib.store import Store, flush_all, schema
-from perflib.prediction.workload import stored_terms
+from perflib.prediction.work_terms import stored_terms
 from perflib.tracking.tracker import configure, track_generation_job
 
 REPORT_PATH = Path("reports") / "benchmarks.json"

@@ -33,7 +33,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.daily import expected_seconds
-from perflib.analysis.sql import (bound, frame_without_jit, in_window, sampled_jobs,
+from perflib.analysis.sql import (frame_without_jit, in_window, sampled_jobs,
                                   window_rows)
 from perflib.prediction.features import (HISTORY_WINDOW, build_features, far_slower_jobs,
                                          history_keys, outcome_seconds)
@@ -140,7 +140,7 @@ def _priceable(store: Store, since: datetime, until: datetime) -> list:
     t = jobs_table
     return [t.c.status == "success", t.c.width.is_not(None), t.c.height.is_not(None),
             t.c.steps.is_not(None), t.c.finished_at.is_not(None),
-            t.c.started_at >= bound(store, since), t.c.started_at < bound(store, until)]
+            t.c.started_at >= since, t.c.started_at < until]
 
 
 def _finished_jobs(store: Store, since: datetime, until: datetime) -> pd.DataFrame:
@@ -204,7 +204,7 @@ def _history_ids(store: Store, candidates: pd.DataFrame, since: datetime) -> set
                      .where(*_priceable(store, since, submitted),
                             _same(t.c.gpu_name, job.gpu_name),
                             _same(t.c.model_name, job.model_name),
-                            t.c.finished_at < bound(store, submitted))
+                            t.c.finished_at < submitted)
                      .order_by(t.c.finished_at.desc()).limit(HISTORY_WINDOW).subquery())
     ids = set()
     with store.engine.connect() as conn:

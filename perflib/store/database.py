@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from operator import itemgetter
 from pathlib import Path
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -21,6 +20,7 @@ from perflib.config import Settings, get_settings, resolve_database_url, safe_ur
 from perflib.prediction.work_terms import stored_terms
 from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema, versioning
+from perflib.store.timestamps import MAX_YEAR, MIN_YEAR, UtcDateTime, parse_timestamp
 from perflib.store.engine import (DatabaseFileReplaced, empty_stand_in, engine_for,
                                   sqlite_file_replaced)
 
@@ -29,9 +29,8 @@ if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with p
 
 log = logging.getLogger(__name__)
 
-MIN_YEAR, MAX_YEAR = 1970, 2200
 _DATETIME_COLUMNS = {
-    table.name: {c.name for c in table.columns if isinstance(c.type, sa.DateTime)}
+    table.name: {c.name for c in table.columns if isinstance(c.type, (UtcDateTime, sa.DateTime))}
     for table in schema.metadata.tables.values()
 }
 _TIMESTAMP_NAMES = set().union(*_DATETIME_COLUMNS.values())
@@ -210,9 +209,9 @@ class Store:
         time_column = sa.func.coalesce(table.c.started_at, table.c.submitted_at)
         query = sa.select(table).order_by(time_column, table.c.id)
         if since is not None:
-            query = query.where(time_column >= _as_utc(since, self.is_postgres))
+            query = query.where(time_column >= since)
         if until is not None:
-            query = query.where(time_column < _as_utc(until, self.is_postgres))
+            query = query.where(time_column < until)
         if pipeline_type:
             query = query.where(table.c.pipeline_type == pipeline_type)
         if limit:
@@ -243,7 +242,7 @@ class Store:
         table = schema.generation_performance
         query = query.where(table.c.status == "success")
         if finished_before is not None:
-            query = query.where(table.c.finished_at < _as_utc(finished_before, self.is_postgres))
+            query = query.where(table.c.finished_at < finished_before)
         return self.frame(query.order_by(table.c.finished_at.desc()).limit(limit))
 
     def live_jobs(self) -> pd.DataFrame:
@@ -297,23 +296,6 @@ class UsesStore:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def parse_timestamp(value: Any) -> datetime:
-    """A UTC-aware datetime from a datetime or ISO 8601 text (naive means UTC)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    elif "pandas" in sys.modules and isinstance(value, sys.modules["pandas"].Timestamp):
-        value = value.to_pydatetime()
-    elif isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if not isinstance(value, datetime):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if not MIN_YEAR <= value.year <= MAX_YEAR:  # pandas cannot hold dates far outside this
-        raise ValueError(f"timestamp {value.isoformat()} is outside {MIN_YEAR}–{MAX_YEAR}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
 def _mark_at_head(engine: sa.Engine, conn: sa.Connection) -> None:
     """Remember that `engine`'s database is at head, and whether its job tables are
     partitioned, for the rest of this process (no further check)."""
@@ -334,11 +316,6 @@ def _sqlite_file_missing(url: URL) -> bool:
         return False
     ancestor = next(folder for folder in missing.parents if folder.exists())
     return ancestor.is_dir()
-
-
-def _as_utc(value: datetime, aware: bool) -> datetime:
-    value = parse_timestamp(value)
-    return value if aware else value.replace(tzinfo=None)
 
 
 def _utc_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:

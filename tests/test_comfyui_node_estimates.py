@@ -55,10 +55,10 @@ def estimate(client, graph, **beside) -> dict:
     return response.json()
 
 
-def test_without_node_times_the_job_estimate_is_shared_out_over_the_nodes(client):
+def test_without_node_times_the_physics_prior_prices_each_node(client):
     graph = base_graph()
     answer = estimate(client, graph)
-    assert answer["total_from"] == "job_model"
+    assert answer["total_from"] == "prior"
     assert [n["id"] for n in answer["nodes"]] == ["3", "4", "5", "6", "7", "8", "9"]
     assert sum(n["seconds"] for n in answer["nodes"]) == pytest.approx(
         answer["predicted_time_seconds"], abs=1e-3)
@@ -86,14 +86,14 @@ def test_stored_node_times_price_each_node_and_the_nodes_sum_to_the_total(client
 
 def test_records_that_arrive_refit_the_node_costs(client, recorded):
     graph = recorded[40].graph
-    assert estimate(client, graph)["total_from"] == "job_model"
+    assert estimate(client, graph)["total_from"] == "prior"
     client.post(RECORD, json=posted(recorded[:10]))
     assert estimate(client, graph)["total_from"] == "node_sum"
 
 
 def test_another_gpus_node_times_do_not_price_this_one(client, recorded):
     client.post(RECORD, json=posted(recorded[:10], gpu_name="NVIDIA H100"))
-    assert estimate(client, recorded[40].graph)["total_from"] == "job_model"
+    assert estimate(client, recorded[40].graph)["total_from"] == "prior"
 
 
 def test_an_identical_resubmit_is_estimated_under_a_second(client, recorded):
@@ -110,7 +110,7 @@ def test_an_identical_resubmit_is_estimated_under_a_second(client, recorded):
 @pytest.mark.parametrize("learned", [True, False])
 def test_a_loaded_checkpoint_costs_nothing_and_only_what_changed_runs(client, recorded,
                                                                       learned):
-    """With and without learned node costs (then the job estimate is shared out)."""
+    """With and without learned node costs (then the physics prior prices the nodes)."""
     if learned:
         client.post(RECORD, json=posted(recorded[:30]))
     before = base_graph(width=256, height=256, steps=10)
@@ -135,3 +135,18 @@ def test_a_previous_prompt_is_bounded_like_the_prompt(client, previous, words):
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert any("previous_prompt" in error["loc"] and words in error["msg"] for error in detail)
+
+
+def test_a_new_servers_loaded_checkpoint_saves_its_prior_load_time(client):
+    """No node times yet: the prior is spread over the nodes, so the resubmit that finds the
+    checkpoint loaded (and the text encoded) is cheaper by exactly those nodes."""
+    first = base_graph()
+    second = json.loads(json.dumps(first))
+    second["3"]["inputs"]["seed"] += 1
+    cold, warm = estimate(client, second), estimate(client, second, previous_prompt=first)
+    loader = next(n for n in cold["nodes"] if n["class_type"] == "CheckpointLoaderSimple")
+    cached = {n["id"] for n in warm["nodes"] if n["cached"]}
+    assert loader["id"] in cached and loader["seconds"] >= 1.0
+    saved = sum(n["seconds"] for n in cold["nodes"] if n["id"] in cached)
+    assert warm["predicted_time_seconds"] == pytest.approx(
+        cold["predicted_time_seconds"] - saved, abs=2e-3)

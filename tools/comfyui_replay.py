@@ -3,7 +3,7 @@ executed prompt is estimated, at its start, with only what finished before it st
 estimate is compared with its measured execution time (history's ``execution_start`` → end).
 
     python -m tools.comfyui_replay [--data ../shared/data/comfyui] [--runs sd15 wan21]
-        [--method job|service|nodes|all]
+        [--method job|service|nodes|all] [--first N]
 
 ``job``: the service's job-level estimate (``prompt_estimate`` → ``PerformancePredictor``
 ``.estimate(as_of=start)``, no stored model: the heuristic fitted on the jobs finished before);
@@ -175,19 +175,27 @@ def node_estimates(prompts: list[RecordedPrompt]) -> dict[str, float | None]:
 
 
 def summary(prompts: list[RecordedPrompt], answers: dict[str, float | None]) -> dict[str, Any]:
-    """Within-20% shares: of the computed prompts (refusals as misses), of those estimated,
-    and the fully cached prompts' largest estimate."""
+    """Within-20% shares: of the computed prompts (refusals as misses), of those estimated;
+    their mean absolute percentage error; and the fully cached prompts' largest estimate."""
     computed = [p for p in prompts if p.status == "success" and not p.fully_cached]
     estimated = [p for p in computed if answers.get(p.prompt_id) is not None]
     hits = [bool(is_within(p.seconds, answers[p.prompt_id])) for p in estimated]
+    errors = [abs(answers[p.prompt_id] - p.seconds) / p.seconds for p in estimated]
     cached = [answers.get(p.prompt_id) for p in prompts if p.status == "success"
               and p.fully_cached]
     return {"computed": len(computed), "estimated": len(estimated),
             "within_20_of_computed": round(sum(hits) / len(computed), 3),
             "within_20_of_estimated": round(sum(hits) / max(len(estimated), 1), 3),
+            "mape_of_estimated": round(sum(errors) / max(len(errors), 1), 3),
             "fully_cached": len(cached),
             "largest_cached_estimate_s": max((c for c in cached if c is not None),
                                              default=None)}
+
+
+def first_computed(prompts: list[RecordedPrompt], count: int) -> list[RecordedPrompt]:
+    """The prompts that ran up to the `count`-th one computed (not failed, not fully cached)."""
+    computed = [i for i, p in enumerate(prompts) if p.status == "success" and not p.fully_cached]
+    return prompts[:computed[count - 1] + 1] if len(computed) >= count else prompts
 
 
 METHODS: dict[str, Callable] = {"job": job_model_estimates, "service": service_estimates,
@@ -199,12 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", nargs="+", default=["sd15", "wan21"])
     parser.add_argument("--method", choices=[*METHODS, "all"], default="all")
+    parser.add_argument("--first", type=int, default=None,
+                        help="score only the first N prompts that ran (a new server's start)")
     options = parser.parse_args(argv)
     methods = list(METHODS) if options.method == "all" else [options.method]
     for run in options.runs:
         prompts = load_recording(options.data / run)
         for method in methods:
-            print(run, method, json.dumps(summary(prompts, METHODS[method](prompts))))
+            answers = METHODS[method](prompts)
+            scored = first_computed(prompts, options.first) if options.first else prompts
+            print(run, method, json.dumps(summary(scored, answers)))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 (``"<node id>:<class>"``) of the prompts a server or GPU ran teach each node class's cost
 (:mod:`perflib.comfyui.node_costs`), and the job-level estimate is refined with it.
 
-How the two combine (measured with ``tools/comfyui_replay.py``, README "ComfyUI"): once
+How they combine (measured with ``tools/comfyui_replay.py``, README "ComfyUI"): once
 :data:`MIN_JOBS` stored prompts have node times and every node that will run has a learned
-cost, the total is the sum over the nodes (``total_from: "node_sum"``); otherwise it is the
-job-level estimate (``"job_model"``), shared out over the nodes (learned costs where known, the
-rest by sampler work) and less the nodes ComfyUI will serve from its cache. Either way the
+cost, the total is the sum over the nodes (``total_from: "node_sum"``); before that (a new
+server) each node is priced by the physics prior (:mod:`perflib.comfyui.node_prior`) refitted
+on the node times there are (``"prior"``); after it, a prompt with a node class not learned yet
+gets the job-level estimate (``"job_model"``), shared out over the nodes (learned costs where
+known, the rest by sampler work). The nodes ComfyUI will serve from its cache cost 0, and the
 ``nodes`` sum to the total.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 
 from perflib.comfyui.graph import ParsedPrompt
 from perflib.comfyui.node_costs import NodeCosts, NodeObservation, NodePrice, job_node_features
+from perflib.comfyui.node_prior import NodePrior
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs_table
 from perflib.store.schema import generation_phases as phases_table
@@ -34,6 +37,7 @@ class LearnedNodes:
 
     costs: NodeCosts
     jobs: int
+    prior: NodePrior = NodePrior()
 
 
 def stored_observations(store: Store, gpu_name: str | None, hostname: str | None = None,
@@ -77,7 +81,8 @@ def learn_nodes(store: Store, gpu_name: str | None, hostname: str | None = None,
     seen, jobs = stored_observations(store, gpu_name, hostname, as_of)
     if hostname is not None and jobs < MIN_JOBS:
         seen, jobs = stored_observations(store, gpu_name, None, as_of)
-    return LearnedNodes(NodeCosts().fit(seen), jobs)
+    prior = NodePrior(store.config.gpu_profiles.get(gpu_name or "")).fit(seen)
+    return LearnedNodes(NodeCosts().fit(seen), jobs, prior)
 
 
 def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[str, Any],
@@ -90,6 +95,8 @@ def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[
     unknown = [p for p in priced if p.seconds is None and not p.cached]
     if learned.jobs >= MIN_JOBS and not unknown:
         nodes, total_from = priced, "node_sum"
+    elif learned.jobs < MIN_JOBS:
+        nodes, total_from = _with_prior(priced, learned, parsed), "prior"
     else:
         nodes, total_from = _shared_out(job_seconds, learned, graph, parsed, cached), "job_model"
     total = sum(p.seconds or 0.0 for p in nodes)
@@ -98,6 +105,15 @@ def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[
     return {**prediction, "predicted_time_seconds": round(total, 3),
             "uncertainty_range": (round(low * ratio, 3), round(high * ratio, 3)),
             "nodes": [p.as_dict() for p in nodes], "total_from": total_from}
+
+
+def _with_prior(priced: list[NodePrice], learned: LearnedNodes, parsed: ParsedPrompt
+                ) -> list[NodePrice]:
+    """A new server's nodes priced by the physics prior, refitted on its first node times."""
+    features = job_node_features(parsed.job_params())
+    return [p if p.cached else NodePrice(
+        p.node_id, p.class_type, learned.prior.seconds(p.class_type, features.get(p.node_id, ())),
+        False) for p in priced]
 
 
 def _shared_out(job_seconds: float, learned: LearnedNodes, graph: Mapping[str, Any],

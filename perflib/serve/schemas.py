@@ -167,10 +167,11 @@ class EstimateResponse(BaseModel):
         None, description="for a comfyui_prompt: every node it needs, in id order, with its "
                           "predicted seconds (cached: served from ComfyUI's cache, 0 s); they "
                           "sum to predicted_time_seconds")
-    total_from: Literal["node_sum", "job_model"] | None = Field(
+    total_from: Literal["node_sum", "prior", "job_model"] | None = Field(
         None, description="for a comfyui_prompt: the total is the sum of node costs learned "
-                          "from this GPU's recorded node times, or the job-level estimate "
-                          "shared out over the nodes (too few node times yet)")
+                          "from this GPU's recorded node times, the physics prior of each node "
+                          "refitted on the first few (a new server), or the job-level estimate "
+                          "shared out over the nodes (a node class not learned yet)")
 
 
 def one_or_many(model: type[BaseModel], max_items: int, one: str, many: str):

@@ -5,7 +5,9 @@
   calls per step × conditioning batches (cfg > 1 adds the negative; every extra conditioning
   that ConditioningCombine joins adds another UNet batch per step) and latent work is the
   latent cells those calls process;
-- a decode, encode, scale or save node: ``a + b·pixels`` (its ``node_pixels``);
+- a decode, encode, scale or save node: ``a + b·pixels`` (its ``node_pixels``); a video VAE
+  decodes and encodes latent frame by latent frame, so its pixels are a frame's times the
+  latent frames (``(frames - 1) // 4 + 1`` for Wan: 13 frames are 4 latent frames);
 - any other node (loaders, text encoders): its median time.
 
 Fits are least squares with non-negative coefficients (scikit-learn), so a cost never falls as
@@ -22,6 +24,7 @@ import numpy as np
 from perflib.comfyui.graph import LATENT_FACTOR, ParsedPrompt
 
 MIN_FIT = 3  # observations with different sizes before a linear fit
+VIDEO_VAE = ("VAEDecode", "VAEEncode")  # work per latent frame in a video
 
 
 @dataclass(frozen=True)
@@ -57,31 +60,50 @@ def pass_features(one: Mapping[str, Any], batches: int) -> tuple[float, float]:
     return float(calls), float(calls * cells)
 
 
-def job_node_features(job: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+def job_node_features(job: Mapping[str, Any], classes: Mapping[str, str] | None = None
+                      ) -> dict[str, tuple[float, ...]]:
     """Per node id, the work features a job record (or ``ParsedPrompt.job_params()``) states:
-    a sampler's (calls, work), a pixel node's (pixels,). A record made before
+    a sampler's (calls, work), a pixel node's (pixels,), a video VAE node's pixels per latent
+    frame when `classes` (node id: class) say which nodes those are. A record made before
     ``sampler_batches`` was kept counts one batch, two when cfg > 1."""
     comfy = (job.get("extra_params") or {}).get("comfyui") or {}
     batches = comfy.get("sampler_batches") or {}
+    per_latent = _latent_frame_share((job.get("passes") or [{}])[0])
     features: dict[str, tuple[float, ...]] = {
-        str(node_id): (float(pixels),) for node_id, pixels in
-        (comfy.get("node_pixels") or {}).items() if isinstance(pixels, (int, float))}
+        str(node_id): (float(pixels) * (per_latent if str((classes or {}).get(str(node_id), ""))
+                                        .startswith(VIDEO_VAE) else 1.0),)
+        for node_id, pixels in (comfy.get("node_pixels") or {}).items()
+        if isinstance(pixels, (int, float))}
     for node_id, one in zip(comfy.get("sampler_nodes") or (), job.get("passes") or ()):
         guided = 2 if (one.get("guidance_scale") or 0) > 1 else 1
         features[str(node_id)] = pass_features(one, int(batches.get(str(node_id), guided)))
     return features
 
 
+def _latent_frame_share(one: Mapping[str, Any]) -> float:
+    """Latent frames per frame of a sampling pass (1 for an image)."""
+    frames, temporal = one.get("frame_count") or 1, one.get("vae_temporal_factor") or 1
+    return (1 + (frames - 1) // temporal) / frames if frames > 1 and temporal > 1 else 1.0
+
+
+def graph_features(graph: Mapping[str, Any], parsed: ParsedPrompt
+                   ) -> dict[str, tuple[float, ...]]:
+    """Per node id, the work features of a parsed prompt's nodes."""
+    return job_node_features(parsed.job_params(), {
+        str(node_id): str((node or {}).get("class_type")) for node_id, node in graph.items()
+        if isinstance(node, Mapping)})
+
+
 def node_features(graph: Mapping[str, Any], parsed: ParsedPrompt, node_id: str
                   ) -> tuple[float, ...]:
     """The work features of one node of a parsed prompt."""
-    return job_node_features(parsed.job_params()).get(node_id, ())
+    return graph_features(graph, parsed).get(node_id, ())
 
 
 def observations(graph: Mapping[str, Any], parsed: ParsedPrompt,
                  node_seconds: Mapping[str, float]) -> list[NodeObservation]:
     """What one executed prompt teaches: each node it ran, with its features and seconds."""
-    features = job_node_features(parsed.job_params())
+    features = graph_features(graph, parsed)
     return [NodeObservation(str((graph.get(node_id) or {}).get("class_type")),
                             features.get(node_id, ()), float(seconds))
             for node_id, seconds in node_seconds.items() if node_id in graph]
@@ -108,7 +130,7 @@ class NodeCosts:
               ) -> list[NodePrice]:
         """Every node the prompt needs, in id order: 0 s when cached, else its class's cost."""
         prices = []
-        features = job_node_features(parsed.job_params())
+        features = graph_features(graph, parsed)
         for node_id in sorted(parsed.needed_nodes, key=_order):
             class_type = str((graph.get(node_id) or {}).get("class_type"))
             seconds = 0.0 if node_id in cached else self.seconds(

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import sqlalchemy as sa
 
 from perflib.comfyui.graph import ParsedPrompt
-from perflib.comfyui.node_costs import NodeCosts, NodeObservation, NodePrice, job_node_features
+from perflib.comfyui.node_costs import (NodeCosts, NodeObservation, NodePrice, graph_features,
+                                       job_node_features)
 from perflib.comfyui.node_prior import NodePrior
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs_table
@@ -61,8 +62,13 @@ def stored_observations(store: Store, gpu_name: str | None, hostname: str | None
                                         phases_table.c.seconds)
                               .where(phases_table.c.job_id.in_(list(jobs)))).all() \
             if jobs else []
+    classes: dict[str, dict[str, str]] = {}
+    for job_id, name, _ in phases:
+        node_id, _, class_type = str(name).partition(":")
+        classes.setdefault(job_id, {})[node_id] = class_type
     features = {job_id: job_node_features({"passes": row.passes or [],
-                                           "extra_params": row.extra_params or {}})
+                                           "extra_params": row.extra_params or {}},
+                                          classes.get(job_id))
                 for job_id, row in jobs.items()}
     seen, taught = [], set()
     for job_id, name, seconds in phases:
@@ -96,7 +102,7 @@ def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[
     if learned.jobs >= MIN_JOBS and not unknown:
         nodes, total_from = priced, "node_sum"
     elif learned.jobs < MIN_JOBS:
-        nodes, total_from = _with_prior(priced, learned, parsed), "prior"
+        nodes, total_from = _with_prior(priced, learned, graph, parsed), "prior"
     else:
         nodes, total_from = _shared_out(job_seconds, learned, graph, parsed, cached), "job_model"
     total = sum(p.seconds or 0.0 for p in nodes)
@@ -107,10 +113,10 @@ def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[
             "nodes": [p.as_dict() for p in nodes], "total_from": total_from}
 
 
-def _with_prior(priced: list[NodePrice], learned: LearnedNodes, parsed: ParsedPrompt
-                ) -> list[NodePrice]:
+def _with_prior(priced: list[NodePrice], learned: LearnedNodes, graph: Mapping[str, Any],
+                parsed: ParsedPrompt) -> list[NodePrice]:
     """A new server's nodes priced by the physics prior, refitted on its first node times."""
-    features = job_node_features(parsed.job_params())
+    features = graph_features(graph, parsed)
     return [p if p.cached else NodePrice(
         p.node_id, p.class_type, learned.prior.seconds(p.class_type, features.get(p.node_id, ())),
         False) for p in priced]
@@ -123,7 +129,7 @@ def _shared_out(job_seconds: float, learned: LearnedNodes, graph: Mapping[str, A
     none is a sampler); then the cached ones cost 0."""
     whole = learned.costs.price(graph, parsed, set())
     known = sum(p.seconds for p in whole if p.seconds is not None)
-    features = job_node_features(parsed.job_params())
+    features = graph_features(graph, parsed)
     unknown = [p for p in whole if p.seconds is None]
     weights = {p.node_id: features[p.node_id][1] if len(features.get(p.node_id, ())) == 2
                else 0.0 for p in unknown}  # a sampler's latent work

@@ -56,10 +56,14 @@ def test_estimate_time_takes_a_comfyui_prompt_and_says_what_it_understood(client
 
 
 def test_every_pass_counts_in_the_estimate(client):
-    """A hires fix adds its second pass's work: it must cost more than the base pass alone."""
+    """A hires fix adds its second pass's work: its sampling must cost more than the base
+    pass alone (the rest, a checkpoint load among it, is the same)."""
     base = client.post(ESTIMATE, json={"comfyui_prompt": base_graph()}).json()
     hires = client.post(ESTIMATE, json={"comfyui_prompt": hires_fix_graph(HIRES)}).json()
-    assert hires["predicted_time_seconds"] > 1.5 * base["predicted_time_seconds"]
+    sampling = [sum(n["seconds"] for n in answer["nodes"] if n["class_type"] == "KSampler")
+                for answer in (base, hires)]
+    assert sampling[1] > 1.5 * sampling[0]
+    assert hires["predicted_time_seconds"] > base["predicted_time_seconds"] + sampling[0] / 2
 
 
 def test_identical_comfyui_estimates_are_answered_again(client):

@@ -4,10 +4,10 @@
 
 How they combine (measured with ``tools/comfyui_replay.py``, README "ComfyUI"): once
 :data:`MIN_JOBS` stored prompts have node times and every node that will run has a learned
-cost, the total is the sum over the nodes (``total_from: "node_sum"``); before that (a new
-server) each node is priced by the physics prior (:mod:`perflib.comfyui.node_prior`) refitted
-on the node times there are (``"prior"``); after it, a prompt with a node class not learned yet
-gets the job-level estimate (``"job_model"``), shared out over the nodes (learned costs where
+cost, the total is the sum over the nodes (``total_from: "node_sum"``); on a new server (fewer
+stored prompts than that, and no trained model) each node is priced by the physics prior
+(:mod:`perflib.comfyui.node_prior`) refitted on the node times there are (``"prior"``);
+otherwise a prompt with a node class not learned yet gets the job-level estimate (``"job_model"``), shared out over the nodes (learned costs where
 known, the rest by sampler work). The nodes ComfyUI will serve from its cache cost 0, and the
 ``nodes`` sum to the total.
 """
@@ -39,12 +39,14 @@ class LearnedNodes:
     costs: NodeCosts
     jobs: int
     prior: NodePrior = NodePrior()
+    stored: int = 0  # stored prompts, with node times or not (the collector records none)
 
 
 def stored_observations(store: Store, gpu_name: str | None, hostname: str | None = None,
                         as_of: datetime | None = None, limit: int = MAX_JOBS
-                        ) -> tuple[list[NodeObservation], int]:
-    """(each recorded node run, how many prompts they came from) of the latest `limit`
+                        ) -> tuple[list[NodeObservation], int, int]:
+    """(each recorded node run, how many prompts they came from, how many prompts) of the
+    latest `limit`
     successful ComfyUI prompts on `gpu_name` (and `hostname`, when given) that finished before
     `as_of`. Reads only."""
     query = sa.select(jobs_table.c.job_id, jobs_table.c.passes, jobs_table.c.extra_params) \
@@ -77,18 +79,18 @@ def stored_observations(store: Store, gpu_name: str | None, hostname: str | None
             seen.append(NodeObservation(class_type, features[job_id].get(node_id, ()),
                                         float(seconds)))
             taught.add(job_id)
-    return seen, len(taught)
+    return seen, len(taught), len(jobs)
 
 
 def learn_nodes(store: Store, gpu_name: str | None, hostname: str | None = None,
                 as_of: datetime | None = None) -> LearnedNodes:
     """Node costs for a prompt on this server, or on any server with this GPU while the
     server itself has too few prompts with node times."""
-    seen, jobs = stored_observations(store, gpu_name, hostname, as_of)
+    seen, jobs, stored = stored_observations(store, gpu_name, hostname, as_of)
     if hostname is not None and jobs < MIN_JOBS:
-        seen, jobs = stored_observations(store, gpu_name, None, as_of)
+        seen, jobs, stored = stored_observations(store, gpu_name, None, as_of)
     prior = NodePrior(store.config.gpu_profiles.get(gpu_name or "")).fit(seen)
-    return LearnedNodes(NodeCosts().fit(seen), jobs, prior)
+    return LearnedNodes(NodeCosts().fit(seen), jobs, prior, stored)
 
 
 def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[str, Any],
@@ -101,7 +103,7 @@ def refine(prediction: Mapping[str, Any], learned: LearnedNodes, graph: Mapping[
     unknown = [p for p in priced if p.seconds is None and not p.cached]
     if learned.jobs >= MIN_JOBS and not unknown:
         nodes, total_from = priced, "node_sum"
-    elif learned.jobs < MIN_JOBS:
+    elif learned.stored < MIN_JOBS and prediction.get("prediction_method") == "heuristic":
         nodes, total_from = _with_prior(priced, learned, graph, parsed), "prior"
     else:
         nodes, total_from = _shared_out(job_seconds, learned, graph, parsed, cached), "job_model"

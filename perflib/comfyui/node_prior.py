@@ -2,7 +2,8 @@
 refitted on the first node times the server records.
 
 - a sampler: a fixed cost per model call plus FLOPs per latent cell per model call (its work);
-- a VAE decode or encode: FLOPs per pixel; a save or scale node: a little per pixel;
+- a VAE decode or encode: FLOPs per pixel (a tiled one :data:`TILED` times as many); a save or
+  scale node: a little per pixel;
 - a model loader: reading the weights from disk; anything else: next to nothing.
 
 FLOPs become seconds at the GPU's ``peak_tflops`` (``PERFLIB_GPU_PROFILES``) at
@@ -27,6 +28,7 @@ FLOPS = {"sampler": 2.0e8, "decode": 4.7e6, "encode": 2.3e6, "pixels": 2.0e4}  #
 CALL_SECONDS = 0.005  # launching one model call (kernels, scheduler step)
 LOAD_SECONDS = 2.0  # a checkpoint (2-7 GB) from a local disk
 SMALL_SECONDS = 0.01  # text encoding, latent creation, conditioning plumbing
+TILED = 3.3  # a tiled VAE decode's time over an untiled one's (measured: issue 19)
 
 
 def node_kind(class_type: str, features: tuple[float, ...]) -> str:
@@ -60,7 +62,8 @@ class NodePrior:
             calls, work = features
             return calls * CALL_SECONDS + work * FLOPS["sampler"] / self.flops_per_second
         if kind in FLOPS:
-            return features[0] * FLOPS[kind] / self.flops_per_second
+            tiled = TILED if "Tiled" in class_type else 1.0
+            return tiled * features[0] * FLOPS[kind] / self.flops_per_second
         return LOAD_SECONDS if kind == "load" else SMALL_SECONDS
 
     def seconds(self, class_type: str, features: tuple[float, ...]) -> float:

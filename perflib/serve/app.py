@@ -60,6 +60,16 @@ class Services:
     node_costs: NodeCostBook
 
 
+def job_estimate(predictor: PerformancePredictor):
+    """One job's prediction as the batched estimates give it (raises what it raised)."""
+    def estimate(params: dict[str, Any]) -> dict[str, Any]:
+        answer = predictor.estimate_many([params])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    return estimate
+
+
 def build_services(db: Any = None, settings: Settings | None = None,
                    render_command: RenderCommand = perflib_report_command) -> Services:
     """One store and everything built on it; nothing connects yet."""
@@ -83,7 +93,8 @@ def build_services(db: Any = None, settings: Settings | None = None,
         # The renderer connects with the password; it is never shown.
         reports=ReportRenders(project_root() / SERVED_REPORTS,
                               store.url.render_as_string(hide_password=False), render_command),
-        alert_checks=AlertChecks(analyzer, metrics), node_costs=NodeCostBook(store))
+        alert_checks=AlertChecks(analyzer, metrics),
+        node_costs=NodeCostBook(store, job_estimate(predictor)))
 
 
 def create_app(db: Any = None, settings: Settings | None = None,

@@ -1,15 +1,16 @@
 """Per-node estimates of ComfyUI prompts in the service: node costs learned per GPU and server
 from the stored node phases (:mod:`perflib.comfyui.node_estimate`), kept like the service's other
 models — reused until jobs are recorded or ``FIT_TTL_SECONDS`` pass — and fitted in a worker
-thread, never on the event loop."""
+thread, never on the event loop; and the edits that would make a prompt faster, each estimated
+the same way (:mod:`perflib.comfyui.recommend`)."""
 from __future__ import annotations
 
 import threading
 from typing import Any, Callable
 
 from perflib.cache import TtlCache
-from perflib.comfyui.cache_keys import cached_nodes
-from perflib.comfyui.node_estimate import LearnedNodes, learn_nodes, refine
+from perflib.comfyui.node_estimate import LearnedNodes, learn_nodes
+from perflib.comfyui.recommend import GraphEstimator, JobEstimate
 from perflib.store import Store
 
 FIT_TTL_SECONDS = 60.0
@@ -19,8 +20,9 @@ FITS_KEPT = 64  # GPU and server pairs
 class NodeCostBook:
     """Learned node costs per (gpu_name, hostname); refitted after jobs were recorded."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, job_estimate: JobEstimate):
         self.store = store
+        self.job_estimate = job_estimate  # params -> the job-level prediction (blocking)
         self._fits = TtlCache(FIT_TTL_SECONDS, FITS_KEPT)
         self._generation = 0
         self._lock = threading.Lock()
@@ -45,11 +47,16 @@ class NodeCostBook:
         self._generation += 1
 
     def refiner(self, graph: dict[str, Any], parsed: Any, previous: dict[str, Any] | None,
-                gpu_name: str | None, hostname: str | None
+                inputs: dict[str, Any] | None = None, **given: Any
                 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        """What turns the job-level prediction of this prompt into its per-node answer (run
-        it in a worker thread)."""
+        """What turns the job-level prediction of this prompt into its per-node answer with
+        its ``recommendations`` (run it in a worker thread). `given`: gpu_name, hostname and
+        job_type as the request gave them."""
         def refined(prediction: dict[str, Any]) -> dict[str, Any]:
-            cached = cached_nodes(graph, previous, parsed.needed_nodes)
-            return refine(prediction, self.learned(gpu_name, hostname), graph, parsed, cached)
+            learned = self.learned(given.get("gpu_name"), given.get("hostname"))
+            estimator = GraphEstimator(self.job_estimate, learned, previous, inputs, **given)
+            answer = estimator.refined(prediction, graph, parsed)
+            answer["recommendations"] = estimator.recommendations(
+                graph, parsed, answer["predicted_time_seconds"])
+            return answer
         return refined

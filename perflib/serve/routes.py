@@ -53,12 +53,14 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
         """How long a job will take, how sure that is, cheaper settings, and when it would
         start and finish behind the live queue. A ComfyUI prompt (``comfyui_prompt``) is
         estimated from its graph, node by node (``nodes``; those ComfyUI will serve from its
-        cache after ``previous_prompt`` cost 0), and the answer says what was understood
+        cache after ``previous_prompt`` cost 0), its ``recommendations`` are edits of the
+        graph with the seconds each saves, and the answer says what was understood
         (``parsed_job``)."""
         comfyui = isinstance(job, ComfyUIEstimateRequest)
         refine = services.node_costs.refiner(
-            job.comfyui_prompt, job.parsed_prompt, job.previous_prompt, job.gpu_name,
-            job.hostname) if comfyui else None
+            job.comfyui_prompt, job.parsed_prompt, job.previous_prompt, job.input_sizes(),
+            gpu_name=job.gpu_name, hostname=job.hostname, job_type=job.job_type) \
+            if comfyui else None
         with services.metrics.estimate_seconds.time():
             answer = await services.estimator.estimate(job.params(), refine)
         if comfyui:

@@ -148,13 +148,28 @@ EstimateBody = Annotated[
 ]
 
 
+class GraphEditSaving(BaseModel):
+    """An edit of a ComfyUI prompt's graph and the seconds the estimate says it saves."""
+
+    node_id: str
+    class_type: str
+    input: str = Field(description="the input to set; class_type: the node's class")
+    old_value: Any
+    new_value: Any
+    seconds_saved: float = Field(description="estimate of the prompt − estimate of the "
+                                             "edited prompt")
+    description: str
+
+
 class EstimateResponse(BaseModel):
     predicted_time_seconds: float
     confidence: float
     prediction_method: Literal["ml_model", "heuristic"]
     model_used: str
     uncertainty_range: tuple[float, float]
-    recommendations: list[str]
+    recommendations: list[str] | list[GraphEditSaving] = Field(
+        description="cheaper settings; for a comfyui_prompt, edits of its graph that save "
+                    "time, the largest saving first")
     speed_source: Literal["observed", "pooled", "gpu_profile", "heuristic"] | None = Field(
         None, description="where the GPU and model's speed came from: their own jobs, the "
                           "pooled fit of other GPUs and models (a wider interval), the GPU's "

@@ -7,8 +7,9 @@ How they combine (measured with ``tools/comfyui_replay.py``, README "ComfyUI"): 
 cost, the total is the sum over the nodes (``total_from: "node_sum"``); on a new server (fewer
 stored prompts than that, and no trained model) each node is priced by the physics prior
 (:mod:`perflib.comfyui.node_prior`) refitted on the node times there are (``"prior"``);
-otherwise a prompt with a node class not learned yet gets the job-level estimate (``"job_model"``), shared out over the nodes (learned costs where
-known, the rest by sampler work). The nodes ComfyUI will serve from its cache cost 0, and the
+otherwise a prompt with a node class not learned yet gets the job-level estimate
+(``"job_model"``), shared out over the nodes (learned costs where known, the rest by sampler
+work). The nodes ComfyUI will serve from its cache cost 0, and the
 ``nodes`` sum to the total.
 """
 from __future__ import annotations

@@ -30,6 +30,8 @@ logger = logging.getLogger("perflib_estimate")
 
 EVENT = "perflib.estimate"
 KEEP = 1000  # estimates kept for the route and for the queue ETA of later prompts
+SLOWEST = 3  # nodes the panel shows on hover or expand
+TOP_EDITS = 2  # recommendations the panel lists
 UNMATCHED_TTL_S = 60.0  # a submission never queued (refused by validation) is forgotten
 QueueItems = tuple[list, list]  # (running, pending) items of ComfyUI's prompt queue
 
@@ -152,7 +154,7 @@ class EstimateBoard:
         names = ("predicted_time_seconds", "uncertainty_range", "confidence",
                  "prediction_method", "model_used", "parsed_job", "nodes", "total_from")
         return {"prompt_id": submission.prompt_id, "number": submission.number,
-                **{name: estimate.get(name) for name in names},
+                **{name: estimate.get(name) for name in names}, **panel_fields(estimate),
                 "queue": self._queue_eta(submission, queue, self.clock()),
                 "fleet_queue": estimate.get("queue"), "estimated_at": self.clock()}
 
@@ -222,6 +224,22 @@ class EstimateBoard:
         self._by_id.move_to_end(prompt_id)
         while len(self._by_id) > KEEP:
             self._by_id.popitem(last=False)
+
+
+def panel_fields(estimate: dict) -> dict[str, list]:
+    """What the panel shows beside the total: the slowest nodes that will run (from ``nodes``)
+    and the top recommendations (edits of the graph with the seconds each saves)."""
+    nodes = [n for n in estimate.get("nodes") or () if isinstance(n, dict)
+             and not n.get("cached") and _seconds(n.get("seconds")) is not None]
+    edits = [r for r in estimate.get("recommendations") or () if isinstance(r, dict)
+             and _seconds(r.get("seconds_saved")) is not None]
+    return {"slowest_nodes": sorted(nodes, key=lambda n: -n["seconds"])[:SLOWEST],
+            "recommendations": sorted(edits, key=lambda r: -r["seconds_saved"])[:TOP_EDITS]}
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
 
 
 def _usable(answer: Any) -> dict:

@@ -1,6 +1,8 @@
 // perflib for ComfyUI: a small floating panel listing this browser's queued prompts with their
-// estimate, e.g. "≈ 42 s (35–50 s), starts in ~2 min". Fed by the server's "perflib.estimate"
-// websocket message; queued entries are refreshed from GET /perflib/estimate/{prompt_id}.
+// estimate, e.g. "≈ 42 s (35–50 s), starts in ~2 min", and the top two edits that would make
+// each faster; hovering a line shows its slowest nodes, clicking it lists them under it. Fed by
+// the server's "perflib.estimate" websocket message; queued entries are refreshed from
+// GET /perflib/estimate/{prompt_id}.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -33,6 +35,20 @@ export function describe(estimate, elapsedSeconds) {
   return text;
 }
 
+function formatPart(seconds) {  // a node's share: tenths under 10 s
+  return seconds < 10 ? `${seconds.toFixed(1)} s` : formatSeconds(seconds);
+}
+
+export function slowestNodes(estimate) {
+  return (estimate.slowest_nodes || []).map(
+    (node) => `${node.class_type} ${node.id}: ${formatPart(node.seconds)}`);
+}
+
+export function recommendationLines(estimate) {
+  return (estimate.recommendations || []).map(
+    (edit) => `save ${formatPart(edit.seconds_saved)}: ${edit.description}`);
+}
+
 function ensurePanel() {
   if (panel) return panel;
   panel = document.createElement("div");
@@ -40,7 +56,7 @@ function ensurePanel() {
   Object.assign(panel.style, {
     position: "fixed", right: "12px", bottom: "12px", zIndex: 1000, maxWidth: "360px",
     padding: "6px 10px", borderRadius: "6px", font: "12px sans-serif",
-    background: "rgba(20, 20, 20, 0.85)", color: "#eee", pointerEvents: "none",
+    background: "rgba(20, 20, 20, 0.85)", color: "#eee", pointerEvents: "auto",
     display: "none",
   });
   document.body.appendChild(panel);
@@ -63,7 +79,19 @@ function render() {
     if (entry.doneAt) text += entry.tookSeconds != null
       ? ` — took ${formatSeconds(entry.tookSeconds)}` : ` — ${entry.state}`;
     line.textContent = `perflib ${label}: ${text}`;
+    const slowest = slowestNodes(entry.estimate);
+    line.title = slowest.length ? `slowest nodes:\n${slowest.join("\n")}` : "";
+    line.style.cursor = slowest.length ? "pointer" : "default";
+    line.onclick = () => { entry.expanded = !entry.expanded; render(); };
     box.appendChild(line);
+    const extra = [...(entry.expanded ? slowest : []), ...recommendationLines(entry.estimate)];
+    for (const more of extra) {
+      const sub = document.createElement("div");
+      sub.textContent = `  ${more}`;
+      sub.style.paddingLeft = "12px";
+      sub.style.opacity = "0.8";
+      box.appendChild(sub);
+    }
   }
   box.style.display = prompts.size ? "block" : "none";
 }

@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 
+import tests.test_comfyui_node as node_tests
 from perflib.comfyui.install import PACKAGE_NAME, install_node
 from tests.clock import FakeClock
-from tests.test_comfyui_node import comfyui_dir, load_package, package  # noqa: F401 (fixtures)
 from tests.test_comfyui_node_queue import board_with
+
+comfyui_dir, package = node_tests.comfyui_dir, node_tests.package  # fixtures
 
 NODES = [{"id": "3", "class_type": "KSampler", "seconds": 9.0, "cached": False},
          {"id": "4", "class_type": "CheckpointLoaderSimple", "seconds": 0.0, "cached": True},

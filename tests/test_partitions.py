@@ -229,6 +229,20 @@ def test_an_unpartitioned_database_keeps_working_and_is_told_of_the_migration(pg
     assert "already partitioned" in capsys.readouterr().out
 
 
+@pytest.mark.postgres
+def test_a_copy_that_meets_a_stored_job_is_written_again_without_it(pg_url):
+    """Unpartitioned tables take the batch by COPY; a stored job makes the COPY fail, and the
+    whole batch is written again through a staging table: the new job lands with its phase and
+    sample, the stored one keeps its own, none twice."""
+    store = old_schema_store(pg_url)
+    assert store.write_jobs([job("a", NOW)]) == 1
+    assert store.write_jobs([job("a", NOW, total_seconds=9.0), job("b", NOW)]) == 1
+    assert sorted(store.jobs_frame().job_id) == ["a", "b"]
+    assert store.jobs_frame().set_index("job_id").total_seconds["a"] == 3.0
+    assert store.count(schema.generation_phases) == 2
+    assert store.count(schema.resource_samples) == 2
+
+
 def test_sqlite_has_nothing_to_migrate(sqlite_url, capsys):
     assert cli_main(["--database-url", sqlite_url, "migrate-partitions"]) == 0
     assert "nothing to migrate" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import pydantic
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -99,6 +100,15 @@ class Settings:
     heuristic_refresh_seconds: float = 300.0  # how long a fitted heuristic is used
     retrain_limit: int = 6  # retrainings the service starts per window, at most
     retrain_window_seconds: float = 3600.0
+    # Delivery of alerts to Alertmanager (perflib.ops.alert_delivery): none without a URL.
+    alertmanager_url: tuple[str, ...] = ()
+    alertmanager_token: SecretStr | None = None  # bearer token, or user and password below
+    alertmanager_user: str | None = None
+    alertmanager_password: SecretStr | None = None
+    alertmanager_deadline_seconds: float = 10.0  # one delivery, every try and retry included
+    alert_resolve_seconds: float = 3600.0  # an alert no check raises again resolves after this
+    alert_check_seconds: float = 900.0  # the service raises and delivers alerts this often
+    external_url: str = ""  # where people reach the service (links in alerts)
     thresholds: Thresholds = field(default_factory=Thresholds)
     retrain_rule: RetrainRule = field(default_factory=RetrainRule)
     model_profiles: Mapping[str, ModelProfile] = field(default_factory=dict)
@@ -125,6 +135,23 @@ def _host_names(value: str | None) -> tuple[str, ...]:
     """``PERFLIB_ALLOWED_HOSTS``: comma-separated host names (``*.example.com`` for a domain's
     subdomains), lower-cased."""
     return tuple(name.strip().lower() for name in (value or "").split(",") if name.strip())
+
+
+def _urls(value: str | None) -> tuple[str, ...]:
+    """``PERFLIB_ALERTMANAGER_URL``: comma-separated http(s) URLs, without trailing slashes."""
+    urls = tuple(url.strip().rstrip("/") for url in (value or "").split(",") if url.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError("PERFLIB_ALERTMANAGER_URL must hold http:// or https:// URLs, "
+                              "comma-separated")
+        if "@" in url.split("/")[2]:  # never shown: the value may hold a password
+            raise ConfigError("PERFLIB_ALERTMANAGER_URL must not hold a user or password: "
+                              "set PERFLIB_ALERTMANAGER_USER and _PASSWORD (or _TOKEN)")
+    return urls
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return SecretStr(value) if value else None
 
 
 def _parse_profiles(raw: str | None) -> dict[str, ModelProfile]:
@@ -161,7 +188,9 @@ _READ_AS = (int, float, str, Path)  # other fields are read as text and parsed b
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "keep_resource_samples": _truthy, "allowed_hosts": _host_names,
     "api_token": lambda text: text or None, "model_profiles": _parse_profiles,
-    "gpu_profiles": _parse_gpu_profiles}
+    "gpu_profiles": _parse_gpu_profiles, "alertmanager_url": _urls,
+    "alertmanager_token": _secret, "alertmanager_password": _secret,
+    "alertmanager_user": lambda text: text or None}
 
 
 def _variables() -> dict[str, tuple[tuple[str, ...], type]]:
@@ -212,6 +241,7 @@ def _checked(settings: Settings) -> Settings:
     if seconds != 0 and not 5.0 <= seconds <= 3600.0:
         raise ConfigError(f"PERFLIB_HEARTBEAT_SECONDS must be 0 (off) or between 5 and 3600, "
                           f"got {seconds:g}")
+    _check_alerting(settings)
     rule = asdict(settings.retrain_rule)
     if not 0.0 <= rule["min_accuracy"] <= 1.0:
         raise ConfigError(f"PERFLIB_RETRAIN_MIN_ACCURACY must be between 0 and 1, got "
@@ -220,6 +250,23 @@ def _checked(settings: Settings) -> Settings:
     if negative:
         raise ConfigError(f"PERFLIB_RETRAIN_{negative[0].upper()} must not be negative")
     return settings
+
+
+def _check_alerting(settings: Settings) -> None:
+    """Alert delivery settings in range; a token and a password do not go together."""
+    for name in ("alertmanager_deadline_seconds", "alert_resolve_seconds"):
+        if not 0 < getattr(settings, name) <= 86400 * 7:
+            raise ConfigError(f"PERFLIB_{name.upper()} must be above 0 and at most a week, "
+                              f"got {getattr(settings, name):g}")
+    if settings.alert_check_seconds < 0:
+        raise ConfigError("PERFLIB_ALERT_CHECK_SECONDS must not be negative (0: never)")
+    if settings.alertmanager_token and (settings.alertmanager_user
+                                        or settings.alertmanager_password):
+        raise ConfigError("PERFLIB_ALERTMANAGER_TOKEN and PERFLIB_ALERTMANAGER_USER/_PASSWORD "
+                          "exclude each other: set one way of signing in")
+    if bool(settings.alertmanager_user) != bool(settings.alertmanager_password):
+        raise ConfigError("PERFLIB_ALERTMANAGER_USER and PERFLIB_ALERTMANAGER_PASSWORD go "
+                          "together")
 
 
 def get_settings(env_file: str | os.PathLike | None = None) -> Settings:

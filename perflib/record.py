@@ -19,7 +19,10 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 # graph.py ships alone into the ComfyUI node, so it defines these and the record takes them:
 # the one way errors echo a value, and the job type of a prompt served wholly from cache.
-from perflib.comfyui.graph import CACHE_HIT_JOB_TYPE, shown
+from perflib.comfyui import graph as _graph
+from perflib.comfyui.graph import shown
+
+CACHE_HIT_JOB_TYPE = _graph.CACHE_HIT_JOB_TYPE
 
 PIPELINE_TYPES = ("image", "video")
 FINAL_STATUSES = ("success", "failed", "cancelled")
@@ -244,6 +247,11 @@ class SamplingPass(BaseModel):
     model_calls_per_step: _bounded_int(1, 8) = 1
     source: _text(64) | None = Field(None, description="where its latent comes from: empty, "
                                                        "upscale, encode, ...")
+    vae_temporal_factor: _bounded_int(1, 32) | None = Field(
+        None, description="frames per latent frame, as the pass's latent node builds it")
+    vae_spatial_factor: _bounded_int(1, 64) | None = Field(
+        None, description="pixels per latent cell side, as the pass's latent node builds it")
+    latent_channels: _bounded_int(1, 1024) | None = None
 
 
 class JobParams(BaseModel):

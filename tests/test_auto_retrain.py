@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
-import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 

@@ -687,7 +687,7 @@ def test_an_answer_that_is_not_a_json_object_never_loses_the_record(
     [1, 2, 3], None, {}, {"predicted_time_seconds": "soon"},
     {"predicted_time_seconds": True}, {"predicted_time_seconds": float("nan")}])
 def test_an_answer_that_is_not_an_estimate_is_no_estimate(answer, package):
-    estimates = importlib.import_module(f"{package.__name__}.estimates")
+    estimates = importlib.import_module(f"{package.__name__}.estimate_board")
     server = FakePromptServer()
     board = estimates.EstimateBoard(lambda graph: answer, server.send_sync,
                                     server.prompt_queue.get_current_queue_volatile, 5.0)

@@ -17,7 +17,7 @@ from perflib.analysis.arms import SelectionError, TooFewJobs
 from perflib.analysis.compare import compare_settings, report_section
 from perflib.analysis.stratified import stratified_shift, trimmed_mean_variance, van_elteren_p
 from perflib.cli import main
-from perflib.prediction.workload import stored_terms
+from perflib.prediction.work_terms import stored_terms
 from perflib.serve import create_app
 from perflib.sim.simulate import generate_jobs
 from perflib.store import Store, flush_all

@@ -246,6 +246,28 @@ def test_tracker_never_loses_a_record_written_after_the_file_was_deleted(tmp_pat
     assert spooled(fast_settings) == 0
 
 
+def test_a_connection_left_on_a_deleted_file_never_takes_the_new_files_rows(tmp_path,
+                                                                           fast_settings):
+    """Another thread (the heartbeat) is inside a transaction on the file when it is deleted:
+    SQLite finds WAL files by path, so that connection must be closed before the new file opens."""
+    path = tmp_path / "perflib.db"
+    store = Store(f"sqlite:///{path}", fast_settings)
+    assert store.write_jobs([job("before")]) == 1
+    in_use = engine_for(store.url, fast_settings.db_schema).connect()
+    in_use.execute(sa.text("DELETE FROM generation_performance"))  # a write, not committed yet
+    path.unlink()
+
+    def commit_then_return():
+        in_use.commit()
+        in_use.close()
+    returned = threading.Timer(0.5, commit_then_return)
+    returned.start()
+    assert store.write_jobs([job("after-1"), job("after-2")]) == 2
+    returned.join()
+    assert store.write_jobs([job("after-3")]) == 1
+    assert stored_ids(path) == {"after-1", "after-2", "after-3"}
+
+
 def test_a_file_deleted_during_a_write_gets_the_rows_written_again(tmp_path, fast_settings):
     path = tmp_path / "perflib.db"
     store = Store(f"sqlite:///{path}", fast_settings)

@@ -45,6 +45,8 @@ EXCEPTIONS = {
         "PerformanceAnalyzer.detect_alerts, documented in the README, saves the alerts",
     ("perflib.analysis", "perflib.ops.maintenance"):
         "PerformanceAnalyzer.maintain runs maintenance (perflib maintain, the service)",
+    ("perflib.analysis", "perflib.ops.alert_delivery"):
+        "PerformanceAnalyzer.maintain delivers the alerts it raised to Alertmanager",
     ("perflib.analysis", "perflib.ops.auto_retrain"):
         "PerformanceAnalyzer.maintain retrains the pipelines that are due",
 }

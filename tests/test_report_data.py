@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.analysis.estimates import estimate_check
+from perflib.analysis.estimate_accuracy import estimate_check
 from perflib.config import Settings
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.report.data import weekly_data
@@ -113,7 +113,7 @@ def test_estimate_check_replays_the_model_and_marks_it_in_sample(history, tmp_pa
 def test_the_replayed_jobs_span_the_whole_period(history, tmp_path, monkeypatch):
     """At most REPLAY_ROWS jobs a pipeline are replayed, spread over every day of the period
     (the first REPLAY_ROWS of the time-ordered sample covered only its first days)."""
-    from perflib.analysis import estimates
+    from perflib.analysis import estimate_accuracy
 
     analyzer = PerformanceAnalyzer(history)
     start, _ = analyzer.window(7, END)
@@ -122,7 +122,7 @@ def test_the_replayed_jobs_span_the_whole_period(history, tmp_path, monkeypatch)
     predictor = PerformancePredictor(copy)
     predictor.train_model("video", "linear_regression", progress=False)
     predictor.save_model_to_db("video", "linear_regression")
-    monkeypatch.setattr(estimates, "REPLAY_ROWS", 30)
+    monkeypatch.setattr(estimate_accuracy, "REPLAY_ROWS", 30)
     check = estimate_check(copy, jobs, start)
     replayed = check.jobs[check.jobs.replay_low.notna()]
     assert 20 <= len(replayed) <= 30

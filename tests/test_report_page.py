@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from datetime import timedelta
 from html import unescape
 from pathlib import Path
 

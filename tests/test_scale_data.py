@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from perflib.config import Settings
-from perflib.prediction.workload import STORED_TERMS, stored_terms
+from perflib.prediction.work_terms import STORED_TERMS, stored_terms
 from perflib.store import Store, schema
 from tools.scale_data import BuildResult, build_scale_database, new_hour_records
 

@@ -618,7 +618,7 @@ def test_concurrent_estimates_share_model_passes(tmp_path):
     import asyncio
 
     from perflib.prediction.predictor import PerformancePredictor
-    from perflib.serve.estimates import EstimateBatcher
+    from perflib.serve.estimator import EstimateBatcher
 
     predictor = PerformancePredictor(Store(f"sqlite:///{tmp_path / 'b.db'}",
                                            Settings(spool_dir=tmp_path)))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perflib.prediction.workload import STORED_TERMS
+from perflib.prediction.work_terms import STORED_TERMS
 from perflib.sim.simulate import (CUDA_CONTEXT_MB, EXPECTED_BOTTLENECKS, HEAVY_MODEL,
                                   INCIDENT_KINDS, MODELS, Incident, SimulationResult,
                                   default_incidents, generate_jobs, simulate_history)

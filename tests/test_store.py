@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from perflib.cli import main
 from perflib.store import Store, schema, versioning
 from perflib.store.deletion import delete_jobs
-from perflib.prediction.workload import STORED_TERMS, stored_terms
+from perflib.prediction.work_terms import STORED_TERMS, stored_terms
 
 
 def test_schema_creation_twice_is_harmless(store, capsys):

@@ -20,7 +20,7 @@ from perflib.config import Settings
 from perflib.store import Store, flush_all, schema
 from perflib.store.partitions import DUPLICATE_WINDOW
 from perflib.store.writer import MAX_BATCH
-from perflib.prediction.workload import stored_terms
+from perflib.prediction.work_terms import stored_terms
 from perflib.tracking.tracker import configure, track_generation_job
 
 REPORT_PATH = Path("reports") / "benchmarks.json"

@@ -5,7 +5,7 @@ the default incidents) is tiled: each copy is the same history on another slice 
 fleet (its own hosts and GPUs), each job moved by up to half an hour, with fresh job ids
 (``scale-<seed>-<copy>-<n>``, marked ``simulated``). So the hour-of-week arrival shape and the
 planted incidents stay where they were, at any density. The derived cost terms are computed once
-per template job (:func:`perflib.prediction.workload.stored_terms`). On PostgreSQL the template goes
+per template job (:func:`perflib.prediction.work_terms.stored_terms`). On PostgreSQL the template goes
 in once (``COPY`` into temporary tables) and each copy is an ``INSERT ... SELECT`` per job table, so
 rows never travel twice (about twice as fast as a ``COPY`` of every row); SQLite gets
 ``executemany`` in one transaction per copy with ``synchronous=OFF``. The job tables' secondary
@@ -26,7 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.config import Settings
-from perflib.prediction.workload import stored_terms
+from perflib.prediction.work_terms import stored_terms
 from perflib.sim.simulate import default_incidents, generate_jobs, history_window
 from perflib.store import Store, partitions, schema
 

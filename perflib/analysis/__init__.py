@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import sqlalchemy as sa
@@ -27,6 +28,9 @@ from perflib.prediction.metrics import WITHIN
 from perflib.record import FINAL_STATUSES
 from perflib.store import UsesStore
 from perflib.store.schema import generation_performance as jobs
+
+if TYPE_CHECKING:  # ops writes: imported where maintain() runs it
+    from perflib.ops.maintenance import MaintenancePlan
 
 TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
 SAMPLE_ROWS = 20_000
@@ -90,9 +94,10 @@ class PerformanceAnalyzer(UsesStore):
         return find_opportunities(self.store, start, stop)
 
     def maintain(self, retention_days: int | None = None, dry_run: bool = False,
-                 retrain: bool = True) -> "MaintenancePlan":  # perflib.ops.maintenance
-        """Retention, model pruning and fresh daily aggregates, then the last week's alerts,
-        then retraining of the pipelines whose model is due (a dry run only says which; see
+                 retrain: bool = True) -> MaintenancePlan:
+        """Retention, model pruning and fresh daily aggregates, then the last week's alerts
+        (delivered to Alertmanager when ``PERFLIB_ALERTMANAGER_URL`` is set), then retraining
+        of the pipelines whose model is due (a dry run only says which; see
         :mod:`perflib.ops.auto_retrain`)."""
         from perflib.ops.auto_retrain import retrain_due  # ops writes
         from perflib.ops.maintenance import maintain
@@ -100,7 +105,12 @@ class PerformanceAnalyzer(UsesStore):
         days = retention_days or self.store.config.retention_days
         plan = maintain(self.store, days, dry_run)
         if not dry_run:
-            plan.raised_alerts = len(self.detect_alerts())
+            raised = self.detect_alerts()
+            plan.raised_alerts = len(raised)
+            if self.config.alertmanager_url:
+                from perflib.ops.alert_delivery import deliver_alerts  # ops sends
+
+                plan.delivery = deliver_alerts(self.store, self.config, raised)
         if retrain:
             plan.retrained = retrain_due(self.store, dry_run=dry_run)
         return plan

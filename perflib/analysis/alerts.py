@@ -2,13 +2,14 @@
 
 Sources: bottlenecks (queue backlog, GPU underuse, VRAM pressure, failures, ...), trend
 change-points, failure-rate spikes against the previous weeks, jobs far slower than the
-estimate given before they ran, and bursts of jobs far slower than expected on one host or GPU
-(contention, :mod:`perflib.analysis.anomalies`). Each alert has a fingerprint; re-running updates
-the open alert with the same fingerprint (last_seen, evidence, severity) instead of adding a
-duplicate.
+estimate given before they ran, and jobs far slower than expected
+(:mod:`perflib.analysis.anomalies`): each on its own, or a burst of them on one host or GPU as
+one contention alert. Each alert has a fingerprint; re-running updates the open alert with the
+same fingerprint (last_seen, evidence, severity) instead of adding a duplicate.
 
-Detection and reading live here; only :func:`perflib.ops.alerts.save_alerts` writes (run by
-``perflib maintain`` and ``detect_alerts``); a report shows the window's alerts through
+Detection and reading live here; only :mod:`perflib.ops.alerts` writes (``save_alerts``, run by
+``perflib maintain``, the service's alert check and ``detect_alerts``; the delivery state kept
+for Alertmanager, :mod:`perflib.ops.alert_delivery`); a report shows the window's alerts through
 :func:`as_reported`, which reads.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from perflib.analysis.anomalies import contention_alerts
+from perflib.analysis.anomalies import straggler_alerts
 from perflib.analysis.bottlenecks import Bottleneck
 from perflib.analysis.daily_aggregates import group_frame
 from perflib.analysis.sql import in_window
@@ -28,6 +29,8 @@ from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import performance_alerts as alerts_table
 
 SEVERITIES = ("low", "medium", "high", "critical")
+# Kept for the delivery to Alertmanager (perflib.ops.alert_delivery), not part of an alert.
+DELIVERY_COLUMNS = ("delivery", "delivered_severity", "delivered_at")
 SLOW_VS_ESTIMATE = 2.0  # actual over predicted that counts as "far slower than estimated"
 SLOW_SHARE = 0.05
 SPIKE_FACTOR = 3.0
@@ -59,7 +62,7 @@ def alert_candidates(store: Store, start: datetime, end: datetime,
                 "fingerprint": f"trend_change_point|{pipeline}|{point.day.isoformat()}"})
     found += _failure_spikes(store, start, end, failure_threshold)
     found += _slower_than_estimated(store, start, end)
-    found += contention_alerts(store, start, end)
+    found += straggler_alerts(store, start, end)
     return found
 
 
@@ -158,7 +161,8 @@ def list_alerts(store: Store, severity: str | None = None,
     table = alerts_table
     most_severe_first = sa.case({name: rank for rank, name in enumerate(reversed(SEVERITIES))},
                                 value=table.c.severity)
-    query = sa.select(table).order_by(most_severe_first, table.c.last_seen.desc(), table.c.id)
+    shown = [column for column in table.c if column.name not in DELIVERY_COLUMNS]
+    query = sa.select(*shown).order_by(most_severe_first, table.c.last_seen.desc(), table.c.id)
     if severity is not None:
         query = query.where(table.c.severity == severity)
     if acknowledged is not None:
@@ -168,8 +172,8 @@ def list_alerts(store: Store, severity: str | None = None,
     with store.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query).mappings().all()]
     for row in rows:
-        row["first_seen"] = parse_timestamp(row["first_seen"]).isoformat()
-        row["last_seen"] = parse_timestamp(row["last_seen"]).isoformat()
+        row["first_seen"] = row["first_seen"].isoformat()
+        row["last_seen"] = row["last_seen"].isoformat()
     return rows
 
 

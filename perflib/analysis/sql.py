@@ -61,10 +61,11 @@ def hour_of(column, dialect: str):
     return sa.cast(sa.func.substr(column, 12, 2), sa.Integer)
 
 
-def bound(store: Store, value: datetime):
-    """A timestamp as the store compares it (naive UTC on SQLite, aware on PostgreSQL)."""
-    value = parse_timestamp(value)
-    return value if store.is_postgres else value.replace(tzinfo=None)
+def bound(store: Store, value: datetime | str) -> datetime:
+    """A timestamp (datetime or ISO text) as UTC, to compare with a timestamp column. The
+    column's type (:class:`~perflib.store.timestamps.UtcDateTime`) stores it as each database
+    compares it, so a datetime needs no call of this."""
+    return parse_timestamp(value)
 
 
 def window(store: Store, days_back: float, end: datetime | str | None = None
@@ -74,7 +75,7 @@ def window(store: Store, days_back: float, end: datetime | str | None = None
     if end is None:
         with store.engine.connect() as conn:
             newest = conn.execute(sa.select(sa.func.max(jobs.c.started_at))).scalar()
-        newest = parse_timestamp(newest) if newest is not None else datetime.now(timezone.utc)
+        newest = newest or datetime.now(timezone.utc)
         end = datetime.combine(newest.date() + timedelta(days=1), datetime.min.time(),
                                timezone.utc)
     end = parse_timestamp(end)
@@ -82,7 +83,7 @@ def window(store: Store, days_back: float, end: datetime | str | None = None
 
 
 def in_window(store: Store, start: datetime, end: datetime):
-    return sa.and_(jobs.c.started_at >= bound(store, start), jobs.c.started_at < bound(store, end))
+    return sa.and_(jobs.c.started_at >= start, jobs.c.started_at < end)
 
 
 def window_rows(store: Store, start: datetime, end: datetime) -> int:
@@ -159,8 +160,8 @@ def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int,
         # REPEATABLE (seed 0): the same window gives the same sample
         sample = sa.tablesample(jobs, sa.func.system(100.0 * fraction), name="sampled_rows",
                                 seed=sa.literal(0))
-        return (sa.select(sample).where(sample.c.started_at >= bound(store, start),
-                                        sample.c.started_at < bound(store, end))
+        return (sa.select(sample).where(sample.c.started_at >= start,
+                                        sample.c.started_at < end)
                 .subquery("sampled"), fraction)
     low, high = _id_range(store, start, end)
     step = max(1, -(-(high - low + 1) // size))  # ceiling: at most `size` ids
@@ -183,7 +184,7 @@ def _id_range(store: Store, start: datetime, end: datetime) -> tuple[int, int]:
     started at or after `end` (ids follow writing order: jobs of the window written late land
     just above it)."""
     def first_id_from(moment):
-        return (sa.select(jobs.c.id).where(jobs.c.started_at >= bound(store, moment))
+        return (sa.select(jobs.c.id).where(jobs.c.started_at >= moment)
                 .order_by(jobs.c.started_at).limit(1))
 
     with store.engine.connect() as conn:

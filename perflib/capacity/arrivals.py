@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 import numpy as np
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
@@ -94,8 +93,8 @@ def arrival_pattern(store: Store, start: datetime, end: datetime,
     hours = (int(end.timestamp()) - int(start.timestamp())) // 3600
     dialect = store.engine.dialect.name
     minute = _floor_int(arrival_seconds(dialect) / 60.0, dialect).label("minute")
-    conditions = [jobs.c.started_at >= bound(store, start - _LATE_START),
-                  jobs.c.started_at < bound(store, end + _LATE_START)]
+    conditions = [jobs.c.started_at >= start - _LATE_START,
+                  jobs.c.started_at < end + _LATE_START]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)
     per_minute = (sa.select(minute, sa.func.count().label("jobs")).where(*conditions)

@@ -77,7 +77,7 @@ def _estimate_request(args, params: dict) -> tuple[dict, dict | None]:
             raise ValueError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
                              "required (or give --comfyui-prompt)")
         return params, None
-    from perflib.comfyui.estimate import prompt_estimate, read_prompt_file
+    from perflib.comfyui.prompt_estimate import prompt_estimate, read_prompt_file
 
     beside = {name: params.pop(name) for name in ("gpu_name", "job_type") if name in params}
     if params:

@@ -53,6 +53,18 @@ VIDEO_LATENTS = {"EmptyHunyuanLatentVideo", "EmptyHunyuanVideo15Latent", "EmptyM
                  "Wan22ImageToVideoLatent", "HunyuanImageToVideo", "HunyuanVideo15ImageToVideo",
                  "CosmosImageToVideoLatent", "CosmosPredict2ImageToVideoLatent",
                  "LTXVImgToVideo"}
+# Latent geometry per video latent class: (frames per latent frame, pixels per latent cell,
+# channels), as the class's own node builds its latent in ComfyUI v0.8.0 (comfy_extras/
+# nodes_hunyuan.py, nodes_lt.py, nodes_mochi.py, nodes_cosmos.py, nodes_wan.py): e.g.
+# EmptyLTXVLatentVideo is zeros([batch, 128, (length-1)//8+1, height//32, width//32]).
+VIDEO_GEOMETRY = {"EmptyHunyuanLatentVideo": (4, 8, 16), "EmptyHunyuanVideo15Latent": (4, 16, 32),
+                  "EmptyMochiLatentVideo": (6, 8, 12), "EmptyLTXVLatentVideo": (8, 32, 128),
+                  "LTXVImgToVideo": (8, 32, 128), "EmptyCosmosLatentVideo": (8, 8, 16),
+                  "CosmosImageToVideoLatent": (8, 8, 16),
+                  "CosmosPredict2ImageToVideoLatent": (4, 8, 16),
+                  "Wan22ImageToVideoLatent": (4, 16, 48), "HunyuanVideo15ImageToVideo": (4, 16, 32)}
+DEFAULT_VIDEO_GEOMETRY = (4, 8, 16)  # the Wan 2.1 and HunyuanVideo latents (the other classes)
+PIXEL_SIZED = ("VAEDecode", "VAEEncode", "ImageScale", "LatentUpscale", "Save", "Preview")
 ENCODERS = {"VAEEncode", "VAEEncodeTiled", "VAEEncodeForInpaint", "InpaintModelConditioning"}
 CACHE_HIT_JOB_TYPE = "comfyui-cache-hit"  # a prompt ComfyUI served wholly from its cache
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name",
@@ -126,6 +138,14 @@ class Size:
     frame_count: int | None = 1
     batch_size: int | None = None
     source: str = "unknown"
+    geometry: tuple[int, int, int] | None = None  # a video latent's (temporal, spatial, channels)
+
+    @property
+    def pixels(self) -> int | None:
+        """Pixels over every frame and sample, None where the graph does not say."""
+        if not (self.width and self.height):
+            return None
+        return self.width * self.height * (self.frame_count or 1) * (self.batch_size or 1)
 
 
 @dataclass
@@ -146,6 +166,7 @@ class SamplingPass:
     model_name: str | None
     model_calls_per_step: int
     source: str
+    geometry: tuple[int, int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The pass as perflib's job record lists it (what the graph does not say is left
@@ -155,6 +176,9 @@ class SamplingPass:
                   "guidance_scale": self.guidance_scale, "sampler": self.sampler,
                   "scheduler": self.scheduler, "model_name": self.model_name,
                   "model_calls_per_step": self.model_calls_per_step, "source": self.source}
+        if self.geometry:
+            values.update(zip(("vae_temporal_factor", "vae_spatial_factor", "latent_channels"),
+                              self.geometry))
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -169,6 +193,7 @@ class ParsedPrompt:
     unknown_nodes: list[str] = field(default_factory=list)
     unknown_sizes: list[str] = field(default_factory=list)  # node ids whose size is unknown
     needed_nodes: set[str] = field(default_factory=set)  # what runs for the outputs
+    node_pixels: dict[str, int] = field(default_factory=dict)  # decode, encode, scale, save
 
     @property
     def pipeline_type(self) -> str:
@@ -204,16 +229,19 @@ class ParsedPrompt:
             "extra_params": {"comfyui": {
                 "unknown_nodes": self.unknown_nodes, "loras": self.loras,
                 "decoders": self.decoders, "unknown_sizes": self.unknown_sizes,
+                "node_pixels": self.node_pixels,
                 "sampler_nodes": [p.node_id for p in self.passes]}},
         }
 
 
-def parse_prompt(prompt: Any, outputs: list[str] | None = None) -> ParsedPrompt:
+def parse_prompt(prompt: Any, outputs: list[str] | None = None,
+                 input_sizes: dict[str, tuple[int, int]] | None = None) -> ParsedPrompt:
     """Parse an API-format prompt, from `outputs` (ComfyUI's ``outputs_to_execute``) or, when
-    not given, from every output node (nodes nothing consumes, known intermediates aside)."""
+    not given, from every output node (nodes nothing consumes, known intermediates aside).
+    `input_sizes`: (width, height) of input files by the name the graph gives them."""
     nodes = _checked(prompt)
     try:
-        return _Parser(nodes).parse(outputs)
+        return _Parser(nodes, input_sizes or {}).parse(outputs)
     except RecursionError:
         raise ValueError("prompt: its links are chained too deeply to follow") from None
     except OverflowError:
@@ -272,8 +300,9 @@ def _remembered(method):
 class _Parser:
     """One parse: follows links with memory, collects what it meets."""
 
-    def __init__(self, nodes: dict[str, dict]):
+    def __init__(self, nodes: dict[str, dict], input_sizes: dict[str, tuple[int, int]]):
         self.nodes = nodes
+        self.input_sizes = input_sizes
         self.result = ParsedPrompt()
         self._latents: dict[str, Size] = {}
         self._passes: dict[str, SamplingPass] = {}
@@ -302,7 +331,22 @@ class _Parser:
                                                          key=lambda n: (depth[n], _node_order(n)))]
         models = [p.model_name for p in result.passes if p.model_name]
         result.model_name = models[0] if models else self._any_model(needed)
+        result.node_pixels = {node_id: pixels for node_id in needed
+                              if (pixels := self._node_pixels(node_id))}
         return result
+
+    def _node_pixels(self, node_id: str) -> int | None:
+        """Pixels a decode, encode, scale or save node works on (its output, or its input
+        image), None where the graph does not say."""
+        class_type, links = self._class(node_id), self._links(node_id)
+        if not class_type.startswith(PIXEL_SIZED) or class_type not in KNOWN:
+            return None
+        if class_type.startswith(("VAEDecode", "ImageScale")):
+            return self._image(node_id).pixels
+        if class_type.startswith("LatentUpscale"):
+            return self._latent(node_id).pixels
+        source = links.get("pixels") or links.get("images")
+        return self._image(source).pixels if source else None
 
     # -- the graph ------------------------------------------------------------------------------
     def _class(self, node_id: str) -> str:
@@ -418,7 +462,7 @@ class _Parser:
                             height=size.height, frame_count=size.frame_count,
                             batch_size=size.batch_size, model_name=model_name,
                             model_calls_per_step=MODEL_CALLS_PER_STEP.get(sampler or "", 1),
-                            source=size.source, **settings)
+                            source=size.source, geometry=size.geometry, **settings)
         self._passes[node_id] = made
         return made
 
@@ -537,7 +581,8 @@ class _Parser:
     def _latent(self, node_id: str) -> Size:
         if self._is_sampler(node_id):  # a pass guards itself
             made = self._pass(node_id)
-            return Size(made.width, made.height, made.frame_count, made.batch_size, "latent")
+            return Size(made.width, made.height, made.frame_count, made.batch_size, "latent",
+                        made.geometry)
         if node_id not in self._latents:
             with self._visit(node_id):
                 self._latents[node_id] = self._latent_of(node_id)
@@ -546,9 +591,11 @@ class _Parser:
     def _latent_of(self, node_id: str) -> Size:
         class_type = self._class(node_id)
         if class_type in IMAGE_LATENTS or class_type in VIDEO_LATENTS:
-            frames = self._number(node_id, "length", 1) if class_type in VIDEO_LATENTS else 1
+            video = class_type in VIDEO_LATENTS
+            frames = self._number(node_id, "length", 1) if video else 1
             return Size(self._pixels(node_id, "width"), self._pixels(node_id, "height"),
-                        int(frames), self._int(node_id, "batch_size", 1), "empty")
+                        int(frames), self._int(node_id, "batch_size", 1), "empty",
+                        VIDEO_GEOMETRY.get(class_type, DEFAULT_VIDEO_GEOMETRY) if video else None)
         links = self._links(node_id)
         if class_type in ENCODERS:
             image = self._image(links["pixels"]) if "pixels" in links else Size()
@@ -578,7 +625,7 @@ class _Parser:
         else:
             width, height = _upscaled(width, height, self._int(node_id, "width", 0),
                                       self._int(node_id, "height", 0))
-        return Size(width, height, size.frame_count, size.batch_size, "upscale")
+        return Size(width, height, size.frame_count, size.batch_size, "upscale", size.geometry)
 
     def _rebatched(self, node_id: str, class_type: str, links: dict, size_of) -> Size:
         first = links.get("samples") or links.get("samples1") or links.get("image1")
@@ -592,7 +639,7 @@ class _Parser:
             second = links.get("samples2") or links.get("image2")
             other = size_of(second).batch_size if second else None
             batch = None if batch is None or other is None else batch + other
-        return Size(size.width, size.height, size.frame_count, batch, size.source)
+        return Size(size.width, size.height, size.frame_count, batch, size.source, size.geometry)
 
     @_remembered
     def _image(self, node_id: str) -> Size:
@@ -611,6 +658,9 @@ class _Parser:
             return self._scaled_image(node_id, class_type, links)
         if class_type == "ImageBatch":
             return self._rebatched(node_id, class_type, links, self._image)
+        if class_type in IMAGE_LOADERS and self._name(node_id, "image") in self.input_sizes:
+            width, height = self.input_sizes[self._name(node_id, "image")]
+            return Size(width, height, 1, 1, "input")
         following = None if class_type in IMAGE_LOADERS else self._follow(
             node_id, PASS_THROUGH.get(class_type))
         if following is None:

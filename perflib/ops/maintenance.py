@@ -32,6 +32,7 @@ class MaintenancePlan:
     dry_run: bool = True
     retrained: list = field(default_factory=list)  # RetrainOutcome per stored pipeline
     retention: JobRetention | None = None  # how the jobs went (partitions, estimates)
+    delivery: object | None = None  # DeliveryOutcome of the alerts sent to Alertmanager
 
     def describe(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
@@ -43,6 +44,8 @@ class MaintenancePlan:
         if not self.dry_run:
             text += (f"; refreshed {self.trend_rows} daily aggregates and raised or refreshed "
                      f"{self.raised_alerts} alerts")
+        if self.delivery is not None:
+            text += f"\n{self.delivery.describe()}"
         return "\n".join([text, *self._retention_lines()]
                          + [outcome.describe() for outcome in self.retrained])
 

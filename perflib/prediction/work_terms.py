@@ -6,6 +6,7 @@ arrays for the models.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -80,13 +81,22 @@ def _sum_over_passes(terms: dict[str, float], passes: Sequence[Mapping[str, Any]
     for one in passes:
         columns = {name: pass_number(one.get(name), DEFAULTS.get(name)) for name in PASS_COLUMNS}
         columns["model_calls_per_step"] = pass_number(one.get("model_calls_per_step"), 1.0)
-        per_pass.append(_terms_for(columns, one.get("model_name") or model, profiles))
+        profile = profiles.get(one.get("model_name") or model, DEFAULT_PROFILE)
+        per_pass.append(pass_terms(columns, *geometry(pass_profile(one, profile))))
     for name in SUMMED_TERMS:
         terms[name] = sum(one[name] for one in per_pass)
     for name in LARGEST_TERMS:
         values = [one[name] for one in per_pass]
         if all(math.isfinite(value) for value in values):
             terms[name] = max(values)
+
+
+def pass_profile(one: Mapping[str, Any], profile: ModelProfile) -> ModelProfile:
+    """`profile` with the VAE compression a pass's own latent states (a ComfyUI video latent
+    node: ``vae_temporal_factor``, ``vae_spatial_factor``), its patching and attention kept."""
+    stated = {name: int(one[name]) for name in ("vae_temporal_factor", "vae_spatial_factor")
+              if isinstance(one.get(name), int) and one[name] >= 1}
+    return dataclasses.replace(profile, **stated) if stated else profile
 
 
 def pass_number(value: Any, default: float | None) -> float:

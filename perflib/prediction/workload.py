@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from perflib.config import ModelProfile
-from perflib.prediction.work_terms import (  # STORED_TERMS, stored_terms: re-exported
-    DEFAULTS, DEFAULT_PROFILE, LARGEST_TERMS, PASS_COLUMNS, STORED_TERMS, SUMMED_TERMS,
-    pass_number, pass_terms, stored_terms)
+from perflib.prediction.work_terms import (DEFAULTS, DEFAULT_PROFILE, LARGEST_TERMS,
+                                           PASS_COLUMNS, SUMMED_TERMS, pass_number,
+                                           pass_profile, pass_terms)
 
 # Job rows: a DataFrame as the store returns it, or a mapping of column sequences.
 JobRows = Union[pd.DataFrame, Mapping[str, Sequence]]
@@ -64,9 +64,9 @@ def _sum_over_passes(terms: dict[str, np.ndarray], passes: Sequence[Any], models
                for name in PASS_COLUMNS}
     columns["model_calls_per_step"] = np.array([pass_number(p.get("model_calls_per_step"), 1.0)
                                                 for p in flat])
-    pass_models = np.array([p.get("model_name") or models[r] for p, r in zip(flat, rows)],
-                           dtype=object)
-    per_pass = _pass_terms(columns, pass_models, profiles)
+    chosen = [pass_profile(p, profiles.get(p.get("model_name") or models[r], DEFAULT_PROFILE))
+              for p, r in zip(flat, rows)]
+    per_pass = pass_terms(columns, *_profile_arrays(chosen), maximum=np.maximum, where=np.where)
     listed = np.unique(rows)
     for name in SUMMED_TERMS:
         summed = np.bincount(rows, weights=per_pass[name], minlength=len(models))
@@ -107,7 +107,11 @@ def row_count(jobs: JobRows) -> int:
 def _geometry(models: np.ndarray, profiles: Mapping[str, ModelProfile]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per job: pixels per latent token side, temporal compression, full attention or not."""
-    chosen = [profiles.get(m, DEFAULT_PROFILE) for m in models]
+    return _profile_arrays([profiles.get(m, DEFAULT_PROFILE) for m in models])
+
+
+def _profile_arrays(chosen: Sequence[ModelProfile]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.array([p.vae_spatial_factor * p.patch_size for p in chosen], dtype=float),
             np.array([p.vae_temporal_factor for p in chosen], dtype=float),
             np.array([p.full_attention for p in chosen], dtype=bool))

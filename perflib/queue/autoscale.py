@@ -24,7 +24,6 @@ import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.gpus import count_gpus
-from perflib.analysis.sql import bound
 from perflib.queue.fifo import queue_starts
 from perflib.queue.search import smallest_gpus
 from perflib.queue.snapshot import LiveQueue
@@ -87,7 +86,7 @@ def recent_pool_gpus(store: Store, since: datetime) -> pd.DataFrame:
     the history's size)."""
     query = (sa.select(jobs.c.pipeline_type, jobs.c.gpu_name, jobs.c.hostname,
                        jobs.c.gpu_index).distinct()
-             .where(jobs.c.started_at >= bound(store, since), jobs.c.gpu_name.is_not(None)))
+             .where(jobs.c.started_at >= since, jobs.c.gpu_name.is_not(None)))
     return store.frame(query)
 
 

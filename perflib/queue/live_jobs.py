@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from perflib.cache import TtlCache
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.record import LIVE_STATUSES
-from perflib.store import Store, parse_timestamp
+from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
 
 LIVE_COLUMNS = ("job_id", "pipeline_type", "job_type", "status", "hostname", "gpu_name",
@@ -63,9 +63,7 @@ def read_live_jobs(store: Store) -> list[LiveJob]:
              .order_by(jobs.c.submitted_at, jobs.c.id))
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
-    return [LiveJob(*row[:7], submitted_at=row.submitted_at and parse_timestamp(row.submitted_at),
-                    started_at=row.started_at and parse_timestamp(row.started_at),
-                    predicted_seconds=row.predicted_seconds) for row in rows]
+    return [LiveJob(*row) for row in rows]
 
 
 def read_unpriced_live_jobs(store: Store, job_ids: Iterable[str]) -> pd.DataFrame:

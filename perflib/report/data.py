@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from perflib.analysis import TREND_DAYS, PerformanceAnalyzer, TrendResult
-from perflib.analysis.estimates import EstimateCheck, estimate_check
+from perflib.analysis.estimate_accuracy import EstimateCheck, estimate_check
 from perflib.capacity import CapacityPlan, plan_capacity
 from perflib.report.presentation import MAX_CATEGORIES, OTHER
 from perflib.store import Store, parse_timestamp

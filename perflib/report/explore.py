@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
 from perflib.store import Store, UsesStore, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
 from perflib.store.schema import generation_phases as phases
@@ -42,9 +41,9 @@ class JobSelection:
         if self.model_name:
             found.append(jobs.c.model_name == self.model_name)
         if self.since:
-            found.append(jobs.c.started_at >= bound(store, parse_timestamp(self.since)))
+            found.append(jobs.c.started_at >= parse_timestamp(self.since))
         if self.until:
-            found.append(jobs.c.started_at < bound(store, parse_timestamp(self.until)))
+            found.append(jobs.c.started_at < parse_timestamp(self.until))
         return found
 
 

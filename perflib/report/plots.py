@@ -13,7 +13,7 @@ from matplotlib.dates import DateFormatter
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from perflib.analysis import TrendResult
-from perflib.analysis.estimates import EstimateCheck
+from perflib.analysis.estimate_accuracy import EstimateCheck
 from perflib.prediction.metrics import CLOSE, WITHIN, is_inside, is_within
 from perflib.report.presentation import format_change_point, safe_text, top_categories
 

@@ -12,7 +12,7 @@ from IPython.display import Markdown
 from pandas.io.formats.style import Styler
 
 from perflib.analysis.alerts import severity_label
-from perflib.analysis.estimates import EstimateCheck
+from perflib.analysis.estimate_accuracy import EstimateCheck
 from perflib.capacity import CapacityPlan
 from perflib.prediction.metrics import coverage
 from perflib.report.presentation import (MAX_CATEGORIES, describe, format_change,

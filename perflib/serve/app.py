@@ -18,10 +18,12 @@ from starlette.responses import Response
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.config import Settings, get_settings, project_root, safe_url
+from perflib.ops.alert_delivery import shown_url
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.snapshot import LiveQueue
+from perflib.serve.alert_checks import AlertChecks, check_alerts_periodically
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
-from perflib.serve.estimates import QueueAwareEstimator
+from perflib.serve.estimator import QueueAwareEstimator
 from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
                                   KnownHostsOnly)
 from perflib.serve.ingest import JobIngest
@@ -53,6 +55,7 @@ class Services:
     retrain: RetrainTasks
     metrics: ServiceMetrics
     reports: ReportRenders
+    alert_checks: AlertChecks
 
 
 def build_services(db: Any = None, settings: Settings | None = None,
@@ -62,11 +65,14 @@ def build_services(db: Any = None, settings: Settings | None = None,
     store = db if isinstance(db, Store) else Store(db, settings)
     predictor = PerformancePredictor(store)
     live_queue = LiveQueue(store, predictor)
-    metrics = ServiceMetrics(live_queue, settings.thresholds.queue_seconds)
+    metrics = ServiceMetrics(live_queue, settings.thresholds.queue_seconds,
+                             settings.retrain_rule.accuracy_jobs,
+                             tuple(map(shown_url, settings.alertmanager_url)))
+    analyzer = PerformanceAnalyzer(store, settings)
     estimator = QueueAwareEstimator(predictor, live_queue)
     return Services(
         settings=settings, store=store, predictor=predictor,
-        analyzer=PerformanceAnalyzer(store, settings), live_queue=live_queue, estimator=estimator,
+        analyzer=analyzer, live_queue=live_queue, estimator=estimator,
         ingest=JobIngest(store, Spool(settings.spool_dir), metrics),
         retrain=RetrainTasks(store, on_saved=estimator.model_saved,
                              limit=settings.retrain_limit,
@@ -74,7 +80,8 @@ def build_services(db: Any = None, settings: Settings | None = None,
         metrics=metrics,
         # The renderer connects with the password; it is never shown.
         reports=ReportRenders(project_root() / SERVED_REPORTS,
-                              store.url.render_as_string(hide_password=False), render_command))
+                              store.url.render_as_string(hide_password=False), render_command),
+        alert_checks=AlertChecks(analyzer, metrics))
 
 
 def create_app(db: Any = None, settings: Settings | None = None,
@@ -88,11 +95,16 @@ def create_app(db: Any = None, settings: Settings | None = None,
     async def lifespan(_app: FastAPI):
         services.ingest.drain.start()  # records an earlier run left in the spool
         check_seconds = services.settings.retrain_rule.check_seconds
-        checks = asyncio.create_task(check_periodically(services.retrain, check_seconds)) \
-            if check_seconds > 0 else None
+        checks = [asyncio.create_task(check_periodically(services.retrain, check_seconds))] \
+            if check_seconds > 0 else []
+        alert_seconds = services.settings.alert_check_seconds
+        if alert_seconds > 0:
+            checks.append(asyncio.create_task(check_alerts_periodically(services.alert_checks,
+                                                                        alert_seconds)))
         yield
-        if checks is not None:
-            checks.cancel()
+        for check in checks:
+            check.cancel()
+        services.alert_checks.shutdown()
         services.ingest.drain.close()
         await services.reports.close()
         services.retrain.shutdown()

@@ -1,25 +1,33 @@
 """Prometheus metrics of one service instance, in its own registry.
 
 Job counts and durations come from the store at scrape time (every writer's jobs, not only those
-posted here), and so does the autoscaling signal per pool of GPUs (:mod:`perflib.queue.autoscale`);
-the estimate latency and the records this service took are counted as they happen.
+posted here), and so do the autoscaling signal per pool of GPUs (:mod:`perflib.queue.autoscale`),
+live estimate accuracy, open alerts and those waiting for delivery to Alertmanager; the estimate
+latency, the records this service took and its own deliveries of alerts are counted as they
+happen.
 """
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
+from perflib.analysis.alerts import SEVERITIES
+from perflib.analysis.sql import bound
+from perflib.prediction.metrics import WITHIN, within_share
 from perflib.queue.autoscale import POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, snapshot_signals
 from perflib.queue.snapshot import LiveQueue
-from perflib.record import LIVE_STATUSES
+from perflib.record import LIVE_STATUSES, PIPELINE_TYPES
 from perflib.store import Store
 from perflib.store.schema import generation_performance as jobs
+from perflib.store.schema import performance_alerts as alerts
 
 log = logging.getLogger(__name__)
 
+ACCURACY_DAYS = 7  # the live accuracy gauge reads the jobs started in this many days
 ESTIMATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -120,10 +128,93 @@ class PoolCollector:
         )
 
 
+class AlertCollector:
+    """Open (unacknowledged) alerts by severity, and those a delivery to Alertmanager left
+    pending, from the table: every process's deliveries (``perflib maintain`` too), not only
+    this service's."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def describe(self):
+        return self._families()
+
+    def collect(self):
+        open_, pending = self._families()
+        query = (sa.select(alerts.c.severity, sa.func.count().label("alerts"),
+                           sa.func.sum(sa.case((alerts.c.delivery == "pending", 1),
+                                               else_=0)).label("pending"))
+                 .where(alerts.c.acknowledged.is_(False)).group_by(alerts.c.severity))
+        try:
+            with self.store.engine.connect() as conn:
+                rows = {row.severity: row for row in conn.execute(query)}
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics: no alert counts, database unavailable (%s)",
+                        type(exc).__name__)
+            return []
+        for severity in SEVERITIES:
+            open_.add_metric([severity], rows[severity].alerts if severity in rows else 0)
+        pending.add_metric([], sum(int(row.pending or 0) for row in rows.values()))
+        return [open_, pending]
+
+    @staticmethod
+    def _families():
+        return (GaugeMetricFamily("perflib_alerts_open", "Alerts not acknowledged, by severity",
+                                  labels=["severity"]),
+                GaugeMetricFamily("perflib_alerts_undelivered",
+                                  "Open alerts a delivery to Alertmanager could not send (by "
+                                  "any perflib process); they go again at the next check"))
+
+
+class AccuracyCollector:
+    """Live accuracy per pipeline: the share of its latest `jobs` successful estimated jobs
+    (started in the last ACCURACY_DAYS) that finished within ±20% of their estimate (the
+    retraining rule's measure); no series for a pipeline without such jobs."""
+
+    def __init__(self, store: Store, jobs: int):
+        self.store = store
+        self.jobs = jobs
+
+    def describe(self):
+        return self._families()
+
+    def collect(self):
+        accuracy, counted = self._families()
+        outcome = sa.func.coalesce(jobs.c.processing_seconds, jobs.c.total_seconds)
+        since = datetime.now(timezone.utc) - timedelta(days=ACCURACY_DAYS)
+        try:
+            estimated = (jobs.c.status == "success") & (jobs.c.predicted_seconds > 0) \
+                & (outcome > 0) & (jobs.c.started_at >= bound(self.store, since))
+            with self.store.engine.connect() as conn:
+                for pipeline in PIPELINE_TYPES:  # an index range each, never a scan
+                    rows = conn.execute(sa.select(outcome, jobs.c.predicted_seconds).where(
+                        estimated, jobs.c.pipeline_type == pipeline).order_by(
+                        jobs.c.started_at.desc()).limit(self.jobs)).all()
+                    if rows:
+                        actual, predicted = zip(*rows)
+                        accuracy.add_metric([pipeline], within_share(actual, predicted))
+                        counted.add_metric([pipeline], len(rows))
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics: no accuracy, database unavailable (%s)", type(exc).__name__)
+            return []
+        return [accuracy, counted]
+
+    def _families(self):
+        return (GaugeMetricFamily("perflib_estimate_accuracy",
+                                  f"Share of the pipeline's latest {self.jobs} successful "
+                                  f"estimated jobs of the last {ACCURACY_DAYS} days that "
+                                  f"finished within ±{WITHIN:.0%} of their "
+                                  "estimate", labels=["pipeline_type"]),
+                GaugeMetricFamily("perflib_estimate_accuracy_jobs",
+                                  "Jobs perflib_estimate_accuracy is measured over",
+                                  labels=["pipeline_type"]))
+
+
 class ServiceMetrics:
     """The registry and the instruments the endpoints update."""
 
-    def __init__(self, live_queue: LiveQueue, target_wait_seconds: float):
+    def __init__(self, live_queue: LiveQueue, target_wait_seconds: float,
+                 accuracy_jobs: int = 30, alertmanagers: tuple[str, ...] = ()):
         self.registry = CollectorRegistry()
         self.estimate_seconds = Histogram(
             "perflib_estimate_seconds", "Time to answer estimate-time",
@@ -135,5 +226,17 @@ class ServiceMetrics:
             "perflib_dead_letter_records", "Job records the database refused for what they "
             "hold, kept in the spool folder's dead-letter file and never retried",
             registry=self.registry)
+        self.alert_deliveries = Counter(
+            "perflib_alert_deliveries", "Deliveries of alerts to each Alertmanager by this "
+            "service, by outcome (delivered, failed: after its retries)",
+            ["alertmanager", "outcome"], registry=self.registry)
+        for alertmanager in alertmanagers:  # at 0 from the start, so a rate() sees the first
+            for outcome in ("delivered", "failed"):
+                self.alert_deliveries.labels(alertmanager, outcome)
         self.registry.register(StoreCollector(live_queue.store))
         self.registry.register(PoolCollector(live_queue, target_wait_seconds))
+        self.registry.register(AlertCollector(live_queue.store))
+        self.registry.register(AccuracyCollector(live_queue.store, accuracy_jobs))
+
+    def count_delivery(self, alertmanager: str, delivered: bool) -> None:
+        self.alert_deliveries.labels(alertmanager, "delivered" if delivered else "failed").inc()

@@ -13,7 +13,7 @@ from perflib.analysis.alerts import SEVERITIES
 from perflib.analysis.arms import SelectionError
 from perflib.analysis.compare import DEFAULT_DAYS, compare_settings
 from perflib.serve.guards import require_token
-from perflib.serve.live import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
+from perflib.serve.dashboard import HeartbeatBody, HeartbeatResult, LiveDashboard, LiveDashboardReader
 from perflib.serve.retrain import RetrainLimited
 from perflib.serve.reports import (REPORT_HEADERS, RETRY_AFTER_S, RenderFailed, RendersBusy,
                                    unless_disconnected)
@@ -39,6 +39,7 @@ def api_router(services: Services) -> APIRouter:
     needs_token = [Depends(require_token(services.settings.api_token))]
     _job_routes(router, services, needs_token)
     _analysis_routes(router, services, needs_token)
+    _alert_routes(router, services, needs_token)
     _report_routes(router, services)
     _model_routes(router, services, needs_token)
     return router
@@ -86,7 +87,7 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
 
 
 def _analysis_routes(router: APIRouter, services: Services, needs_token: list) -> None:
-    """Trends, comparisons, alerts (and acknowledging them)."""
+    """Trends and comparisons."""
     @router.get("/trends", response_model=TrendsResponse)
     def trends(days_back: DaysBack = 7, pipeline_type: PipelineType | None = None
                ) -> TrendsResponse:
@@ -131,18 +132,24 @@ def _analysis_routes(router: APIRouter, services: Services, needs_token: list) -
                                        "type": "value_error"}]) from None
         return ComparisonResponse(**json_ready(comparison.as_dict()))
 
+
+def _alert_routes(router: APIRouter, services: Services, needs_token: list) -> None:
+    """Alerts, and acknowledging them."""
     @router.get("/alerts", response_model=AlertsResponse)
     def alerts(severity: Literal[SEVERITIES] | None = None,
                acknowledged: bool | None = None) -> AlertsResponse:
-        """Stored alerts, most severe first (raised by ``perflib maintain``; this only reads)."""
+        """Stored alerts, most severe first (raised by ``perflib maintain`` and the service's
+        alert check; this only reads)."""
         return AlertsResponse(alerts=json_ready(services.analyzer.alerts(severity,
                                                                          acknowledged)))
 
     @router.post("/alerts/{alert_id}/acknowledge", response_model=Acknowledged,
                  dependencies=needs_token)
     def acknowledge(alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)]) -> Acknowledged:
+        """Acknowledge an alert; one delivered to Alertmanager is resolved there at once."""
         if not services.analyzer.acknowledge_alert(alert_id):
             raise HTTPException(404, f"no alert {alert_id}")
+        services.alert_checks.deliver()  # when one is configured
         return Acknowledged(id=alert_id, acknowledged=True)
 
 

@@ -13,14 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, SkipValidation,
-                      Tag, TypeAdapter, ValidationError, model_validator)
+                      StringConstraints, Tag, TypeAdapter, ValidationError, model_validator)
 
 from perflib.analysis.alerts import SEVERITIES
-from perflib.comfyui.estimate import prompt_estimate
+from perflib.comfyui.inputs import MAX_INPUTS, MAX_NAME_LENGTH
+from perflib.comfyui.prompt_estimate import prompt_estimate
 from perflib.prediction.models import FAMILIES
 from perflib.queue.snapshot import QueueEta
 from perflib.record import (GpuName, HostName, JobParams, JobRecord, JobType, JsonObject,
-                            PipelineType, Resolution, Steps)
+                            PipelineType, Resolution, Side, Steps)
 
 MAX_RECORDS = 10_000  # job records in one record-metrics call
 
@@ -39,6 +40,17 @@ class EstimateRequest(JobParams):
     def params(self) -> dict[str, Any]:
         """The parameters as :meth:`PerformancePredictor.estimate` takes them."""
         return self.model_dump(exclude_none=True, exclude={"resolution"})
+
+
+class InputSize(BaseModel):
+    """The pixel size of one input file of a ComfyUI graph."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: Side
+    height: Side
+
+
+InputName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
 class ComfyUIEstimateRequest(BaseModel):
@@ -63,6 +75,11 @@ class ComfyUIEstimateRequest(BaseModel):
         "gpu_name": "NVIDIA GeForce RTX 4090"}]})
 
     comfyui_prompt: JsonObject = Field(description="API-format ComfyUI prompt graph")
+    comfyui_inputs: Annotated[dict[InputName, InputSize], Field(max_length=MAX_INPUTS)] | None \
+        = Field(None, description="sizes of the graph's input files (LoadImage, "
+                                  "LoadImageMask) by the name the graph gives them, e.g. "
+                                  '{"photo.png": {"width": 768, "height": 512}}; a file not '
+                                  "listed is assumed 512×512 (parsed_job says so)")
     gpu_name: GpuName | None = None
     hostname: HostName | None = None
     job_type: JobType | None = None
@@ -72,9 +89,12 @@ class ComfyUIEstimateRequest(BaseModel):
     @model_validator(mode="after")
     def _parse(self) -> "ComfyUIEstimateRequest":
         self._params, self._parsed_job = prompt_estimate(
-            self.comfyui_prompt, gpu_name=self.gpu_name, hostname=self.hostname,
+            self.comfyui_prompt, self.input_sizes(), gpu_name=self.gpu_name, hostname=self.hostname,
             job_type=self.job_type)
         return self
+
+    def input_sizes(self) -> dict[str, dict[str, int]]:
+        return {name: size.model_dump() for name, size in (self.comfyui_inputs or {}).items()}
 
     def params(self) -> dict[str, Any]:
         """The graph's job as :meth:`PerformancePredictor.estimate` takes it."""

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from statistics import median
 
 from perflib.analysis import PerformanceAnalyzer
-from perflib.analysis.live import normalised_daily_seconds
+from perflib.analysis.recent_activity import normalised_daily_seconds
 from perflib.ops.alerts import save_alerts
 from perflib.record import job_record
 from perflib.sim.simulate import GPU_KINDS, Incident, generate_jobs

@@ -20,7 +20,7 @@ from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema, versioning
 from perflib.store.inserts import insert_batch
 from perflib.store.rows import Batch
-from perflib.store.timestamps import parse_timestamp
+from perflib.store.timestamps import UtcDateTime
 from perflib.store.engine import (DatabaseFileReplaced, empty_stand_in, engine_for,
                                   sqlite_file_replaced)
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with p
 log = logging.getLogger(__name__)
 
 _DATETIME_COLUMNS = {
-    table.name: {c.name for c in table.columns if isinstance(c.type, sa.DateTime)}
+    table.name: {c.name for c in table.columns if isinstance(c.type, (UtcDateTime, sa.DateTime))}
     for table in schema.metadata.tables.values()
 }
 _TIMESTAMP_NAMES = set().union(*_DATETIME_COLUMNS.values())
@@ -171,9 +171,9 @@ class Store:
         time_column = sa.func.coalesce(table.c.started_at, table.c.submitted_at)
         query = sa.select(table).order_by(time_column, table.c.id)
         if since is not None:
-            query = query.where(time_column >= _as_utc(since, self.is_postgres))
+            query = query.where(time_column >= since)
         if until is not None:
-            query = query.where(time_column < _as_utc(until, self.is_postgres))
+            query = query.where(time_column < until)
         if pipeline_type:
             query = query.where(table.c.pipeline_type == pipeline_type)
         if limit:
@@ -204,7 +204,7 @@ class Store:
         table = schema.generation_performance
         query = query.where(table.c.status == "success")
         if finished_before is not None:
-            query = query.where(table.c.finished_at < _as_utc(finished_before, self.is_postgres))
+            query = query.where(table.c.finished_at < finished_before)
         return self.frame(query.order_by(table.c.finished_at.desc()).limit(limit))
 
     def live_jobs(self) -> pd.DataFrame:
@@ -278,11 +278,6 @@ def _sqlite_file_missing(url: URL) -> bool:
         return False
     ancestor = next(folder for folder in missing.parents if folder.exists())
     return ancestor.is_dir()
-
-
-def _as_utc(value: datetime, aware: bool) -> datetime:
-    value = parse_timestamp(value)
-    return value if aware else value.replace(tzinfo=None)
 
 
 def _utc_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:

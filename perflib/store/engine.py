@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from perflib.threads import PerProcess
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
+REPLACED_CLOSE_WAIT_S = 10  # how long a replaced file's connections may take to close
 
 
 class DatabaseFileReplaced(RuntimeError):
@@ -33,6 +35,7 @@ class DatabaseFileReplaced(RuntimeError):
 
 _engines: PerProcess[sa.Engine] = PerProcess()
 _stand_ins: PerProcess[sa.Engine] = PerProcess()
+_connections_closed = threading.Condition()  # an SQLite connection of some engine closed
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:
@@ -47,6 +50,20 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         record.info["read_only"] = not _writable(engine.url.database)
         if not hasattr(engine, "_perflib_sqlite_file"):
             engine._perflib_sqlite_file = _file_identity(engine.url.database)
+        with _connections_closed:
+            engine._perflib_open = getattr(engine, "_perflib_open", 0) + 1
+
+    @sa.event.listens_for(engine, "close")
+    def _on_close(_dbapi_connection, _record):
+        with _connections_closed:
+            engine._perflib_open = getattr(engine, "_perflib_open", 1) - 1
+            _connections_closed.notify_all()
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection, record):
+        # A connection to a replaced file closes as soon as it is returned (see _replaced).
+        if dbapi_connection is not None and getattr(engine, "_perflib_replaced", False):
+            record.invalidate()
 
     @sa.event.listens_for(engine, "checkout")
     def _on_checkout(_dbapi_connection, record, _proxy):
@@ -86,12 +103,22 @@ def engine_for(url: URL, schema: str) -> sa.Engine:
 
 
 def _replaced(engine: sa.Engine) -> bool:
-    """Whether `engine`'s SQLite file was replaced (then it is closed, to be made afresh)."""
+    """Whether `engine`'s SQLite file was replaced: then every connection to the old file is
+    closed before the file there now is opened. SQLite finds a database's WAL and shared-memory
+    files by its path; a connection still open on the old file shares them with the new file's
+    and, closing last, deletes the new file's WAL (its committed rows with it)."""
     if not sqlite_file_replaced(engine):
         return False
-    log.warning("SQLite file %s was deleted or replaced; opening the one there now",
-                engine.url.database)
-    engine.dispose()
+    if not getattr(engine, "_perflib_replaced", False):
+        log.warning("SQLite file %s was deleted or replaced; opening the one there now",
+                    engine.url.database)
+    engine._perflib_replaced = True
+    engine.dispose()  # idle connections close now, those in use when they are returned
+    with _connections_closed:
+        if not _connections_closed.wait_for(lambda: engine._perflib_open <= 0,
+                                            REPLACED_CLOSE_WAIT_S):
+            log.warning("%d connection(s) to the replaced SQLite file %s are still in use",
+                        engine._perflib_open, engine.url.database)
     return True
 
 

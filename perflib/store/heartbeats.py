@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from perflib.store.database import Store, _as_utc, parse_timestamp
+from perflib.store.database import Store
 from perflib.store.schema import gpu_heartbeats
 
 MIN_INTERVAL_S = 5.0
@@ -29,7 +29,6 @@ def write_heartbeats(store: Store, heartbeats: Sequence[Mapping[str, Any]],
     Returns how many rows were written."""
     if not heartbeats:
         return 0
-    reported_at = parse_timestamp(reported_at)
     rows = {}
     for heartbeat in heartbeats:  # one row per GPU: the last one given wins
         index = heartbeat.get("gpu_index")
@@ -39,8 +38,7 @@ def write_heartbeats(store: Store, heartbeats: Sequence[Mapping[str, Any]],
     engine = store.writable_engine()
     insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(
         gpu_heartbeats)
-    stale_before = _as_utc(reported_at - timedelta(seconds=min_interval_s),
-                           store.is_postgres)
+    stale_before = reported_at - timedelta(seconds=min_interval_s)
     upsert = insert.on_conflict_do_update(
         index_elements=["hostname", "gpu_index"],
         set_={name: insert.excluded[name] for name in READING_COLUMNS + ["reported_at"]},
@@ -53,12 +51,11 @@ def read_heartbeats(store: Store, since: datetime) -> list[dict[str, Any]]:
     """Heartbeats reported since `since`, ordered by host and GPU index (``gpu_index`` None
     for a host without a GPU; ``reported_at`` in UTC)."""
     table = gpu_heartbeats
-    query = (sa.select(table).where(table.c.reported_at >= _as_utc(since, store.is_postgres))
+    query = (sa.select(table).where(table.c.reported_at >= since)
              .order_by(table.c.hostname, table.c.gpu_index))
     with store.engine.connect() as conn:
         rows = [dict(row) for row in conn.execute(query).mappings()]
     for row in rows:
-        row["reported_at"] = parse_timestamp(row["reported_at"])
         if row["gpu_index"] == NO_GPU:
             row["gpu_index"] = None
     return rows

@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from perflib.record import TEXT_LENGTHS
+from perflib.store.timestamps import UtcDateTime
 
 metadata = sa.MetaData()
 
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
-UtcDateTime = sa.DateTime(timezone=True)
 
 generation_performance = sa.Table(
     "generation_performance",
@@ -41,10 +41,10 @@ generation_performance = sa.Table(
     sa.Column("gpu_name", sa.String(TEXT_LENGTHS["gpu_name"])),
     sa.Column("gpu_index", sa.Integer),
     # timeline
-    sa.Column("submitted_at", UtcDateTime),
-    sa.Column("queued_at", UtcDateTime),
-    sa.Column("started_at", UtcDateTime),
-    sa.Column("finished_at", UtcDateTime),
+    sa.Column("submitted_at", UtcDateTime()),
+    sa.Column("queued_at", UtcDateTime()),
+    sa.Column("started_at", UtcDateTime()),
+    sa.Column("finished_at", UtcDateTime()),
     sa.Column("queue_seconds", sa.Float),
     sa.Column("init_seconds", sa.Float),
     sa.Column("processing_seconds", sa.Float),
@@ -73,7 +73,7 @@ generation_performance = sa.Table(
     sa.Column("decode_work", sa.Float),
     # rows written by perflib.sim.simulate: purged with `perflib purge --simulated`
     sa.Column("simulated", sa.Boolean),
-    sa.Column("recorded_at", UtcDateTime, server_default=sa.func.now()),
+    sa.Column("recorded_at", UtcDateTime(), server_default=sa.func.now()),
     sa.Index("ix_generation_performance_started_at", "started_at"),
     sa.Index("ix_generation_performance_pipeline_started", "pipeline_type", "started_at"),
     sa.Index("ix_generation_performance_status_started", "status", "started_at"),
@@ -91,10 +91,10 @@ generation_phases = sa.Table(
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("name", sa.String(TEXT_LENGTHS["phase_name"]), nullable=False),
     sa.Column("description", sa.Text),
-    sa.Column("started_at", UtcDateTime),
+    sa.Column("started_at", UtcDateTime()),
     sa.Column("seconds", sa.Float),
     # the job's started_at, copied at write time: the partition key on PostgreSQL
-    sa.Column("job_started_at", UtcDateTime),
+    sa.Column("job_started_at", UtcDateTime()),
     sa.UniqueConstraint("job_id", "seq", name="uq_generation_phases_job_seq"),
 )
 
@@ -106,7 +106,7 @@ resource_samples = sa.Table(
     sa.Column("job_id", sa.String(TEXT_LENGTHS["job_id"]),
               sa.ForeignKey("generation_performance.job_id", ondelete="CASCADE"), nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("sampled_at", UtcDateTime, nullable=False),
+    sa.Column("sampled_at", UtcDateTime(), nullable=False),
     sa.Column("gpu_util_pct", sa.Float),
     sa.Column("vram_used_mb", sa.Float),
     sa.Column("vram_total_mb", sa.Float),
@@ -117,7 +117,7 @@ resource_samples = sa.Table(
     sa.Column("process_cpu_pct", sa.Float),
     sa.Column("ram_used_mb", sa.Float),
     sa.Column("process_rss_mb", sa.Float),
-    sa.Column("job_started_at", UtcDateTime),  # as in generation_phases
+    sa.Column("job_started_at", UtcDateTime()),  # as in generation_phases
     sa.UniqueConstraint("job_id", "seq", name="uq_resource_samples_job_seq"),
 )
 
@@ -131,11 +131,11 @@ performance_prediction_models = sa.Table(
     sa.Column("is_active", sa.Boolean, nullable=False, default=False),
     sa.Column("metrics", Json),
     sa.Column("features", Json),
-    sa.Column("train_start", UtcDateTime),
-    sa.Column("train_end", UtcDateTime),
+    sa.Column("train_start", UtcDateTime()),
+    sa.Column("train_end", UtcDateTime()),
     sa.Column("n_rows", sa.Integer),
     sa.Column("blob", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.UniqueConstraint("pipeline_type", "family", "version", name="uq_models_version"),
 )
 
@@ -153,7 +153,7 @@ performance_trends = sa.Table(
     sa.Column("mean_queue_seconds", sa.Float),
     sa.Column("mean_gpu_util_pct", sa.Float),
     sa.Column("work_units", sa.Float),
-    sa.Column("updated_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime()),
     # sums and counts, so that any run of days can be re-aggregated (perflib.ops.aggregates)
     sa.Column("success_count", sa.Integer),
     sa.Column("total_seconds_sum", sa.Float),  # successful jobs
@@ -197,7 +197,7 @@ performance_daily_groups = sa.Table(
     sa.Column("init_total", sa.Float),
     sa.Column("timed_seconds", sa.Float),  # processing of successful jobs with work units
     sa.Column("work", sa.Float),
-    sa.Column("updated_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime()),
     sa.Index("ix_performance_daily_groups_day", "day"),
 )
 
@@ -211,7 +211,7 @@ aggregate_state = sa.Table(
     sa.Column("high_water_id", sa.BigInteger, nullable=False),
     sa.Column("seen_id", sa.BigInteger),  # the highest job id the last refresh read
     sa.Column("cost_models", Json),  # {pipeline: [a, b, c]} seconds, per work, per attention
-    sa.Column("refreshed_at", UtcDateTime),
+    sa.Column("refreshed_at", UtcDateTime()),
 )
 
 performance_alerts = sa.Table(
@@ -224,9 +224,15 @@ performance_alerts = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("evidence", Json),
     sa.Column("fingerprint", sa.String(200), nullable=False),
-    sa.Column("first_seen", UtcDateTime, nullable=False),
-    sa.Column("last_seen", UtcDateTime, nullable=False),
+    sa.Column("first_seen", UtcDateTime(), nullable=False),
+    sa.Column("last_seen", UtcDateTime(), nullable=False),
     sa.Column("acknowledged", sa.Boolean, nullable=False, default=False),
+    # Delivery to Alertmanager (perflib.ops.alert_delivery; revision 0003): "pending" after a
+    # failed try (re-sent at the next check), "firing" once delivered, "resolved" once its
+    # resolution was; the severity it was delivered with and when (wall clock).
+    sa.Column("delivery", sa.String(16)),
+    sa.Column("delivered_severity", sa.String(16)),
+    sa.Column("delivered_at", UtcDateTime()),
     sa.Index("ix_performance_alerts_open", "fingerprint", "acknowledged"),
 )
 
@@ -241,7 +247,7 @@ gpu_heartbeats = sa.Table(
     sa.Column("hostname", sa.String(TEXT_LENGTHS["hostname"]), primary_key=True),
     sa.Column("gpu_index", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("gpu_name", sa.String(TEXT_LENGTHS["gpu_name"])),
-    sa.Column("reported_at", UtcDateTime, nullable=False),
+    sa.Column("reported_at", UtcDateTime(), nullable=False),
     sa.Column("gpu_util_pct", sa.Float),
     sa.Column("vram_used_mb", sa.Float),
     sa.Column("vram_total_mb", sa.Float),

@@ -1,9 +1,18 @@
-"""Timestamps: the one conversion to UTC of a value written to a timestamp column."""
+"""Timestamps: the one conversion to UTC, and the column type that applies it on the way in and out.
+
+Every timestamp column is a :class:`UtcDateTime`: it takes an aware datetime (or ISO text, or a
+naive one meaning UTC) and stores it as UTC, and reads back an aware UTC datetime on SQLite
+(which keeps no zone) as on PostgreSQL (which answers in the session's zone). Code reading
+through SQLAlchemy needs no conversion of its own; text from elsewhere (JSON, raw SQL on SQLite,
+a model's metadata) goes through :func:`parse_timestamp`.
+"""
 from __future__ import annotations
 
 import sys
 from datetime import date, datetime, timezone
 from typing import Any
+
+import sqlalchemy as sa
 
 MIN_YEAR, MAX_YEAR = 1970, 2200
 
@@ -23,3 +32,24 @@ def parse_timestamp(value: Any) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+class UtcDateTime(sa.TypeDecorator):
+    """``TIMESTAMP WITH TIME ZONE`` (the same DDL as ``DateTime(timezone=True)``) that stores
+    UTC and reads back aware UTC datetimes on every database."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = parse_timestamp(value)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 from multiprocessing import util as multiprocessing_util
 from queue import Empty, SimpleQueue
@@ -24,6 +23,7 @@ from perflib.record import RecordError
 from perflib.store.deadletter import DeadLetter, write_or_dead_letter
 from perflib.store.drain import SpoolDrain
 from perflib.store.spool import Spool
+from perflib.threads import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,7 @@ class BatchWriter:
             self.spool.append(records)
 
 
-_writers: dict[tuple, BatchWriter] = {}
-_writers_lock = threading.Lock()
+_writers: PerProcess[BatchWriter] = PerProcess()
 
 
 def writer_for(store: Store) -> BatchWriter:
@@ -163,34 +162,19 @@ def writer_for(store: Store) -> BatchWriter:
     settings = store.config
     key = (store.url.render_as_string(hide_password=False), settings.db_schema,
            str(settings.spool_dir))
-    writer = _writers.get(key)
-    if writer is None:
-        with _writers_lock:
-            writer = _writers.get(key)
-            if writer is None:
-                writer = _writers[key] = BatchWriter(store, Spool(settings.spool_dir))
-    return writer
+    return _writers.get(key, lambda: BatchWriter(store, Spool(settings.spool_dir)))
 
 
 def flush_all(timeout: float | None = None) -> None:
     """Wait for every writer in this process to write what it was given."""
-    for writer in list(_writers.values()):
+    for writer in _writers.values():
         writer.flush(timeout)
 
 
 @atexit.register
 def _close_all() -> None:
-    for writer in list(_writers.values()):
+    for writer in _writers.values():
         writer.close()
-
-
-def _reset_in_child() -> None:
-    global _writers_lock
-    _writers_lock = threading.Lock()
-    _writers.clear()
-
-
-os.register_at_fork(after_in_child=_reset_in_child)
 
 
 class _MultiprocessingChild:

@@ -17,7 +17,7 @@ BYTES_PER_MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class GpuReading:
+class NvmlReading:
     """One GPU at one instant; a field is None where the device does not report it."""
 
     index: int
@@ -71,7 +71,7 @@ class Nvml:
     def name(self, index: int) -> str | None:
         return self._names.get(index)
 
-    def read(self, index: int) -> GpuReading | None:
+    def read(self, index: int) -> NvmlReading | None:
         """Read one GPU; None when it is unknown or has been lost."""
         handle = self._handles.get(index)
         if handle is None or index in self._lost:
@@ -87,7 +87,7 @@ class Nvml:
                               index=index)
         if index in self._lost:
             return None
-        return GpuReading(
+        return NvmlReading(
             index=index,
             name=self._names.get(index),
             gpu_util_pct=float(utilization.gpu) if utilization is not None else None,
@@ -98,7 +98,7 @@ class Nvml:
             sm_clock_mhz=float(sm_clock) if sm_clock is not None else None,
         )
 
-    def read_all(self) -> dict[int, GpuReading]:
+    def read_all(self) -> dict[int, NvmlReading]:
         readings = {i: self.read(i) for i in self.device_indices}
         return {i: r for i, r in readings.items() if r is not None}
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import psutil
 
 from perflib.threads import PerProcess, PeriodicThread
-from perflib.tracking.nvml import GpuReading, Nvml
+from perflib.tracking.nvml import Nvml, NvmlReading
 
 BYTES_PER_MB = 1024 * 1024
 
@@ -26,7 +26,7 @@ class ResourceSample:
     """One reading of the machine: every GPU plus system and process CPU/RAM."""
 
     sampled_at: float  # seconds since the epoch
-    gpus: Mapping[int, GpuReading]
+    gpus: Mapping[int, NvmlReading]
     cpu_pct: float
     process_cpu_pct: float
     ram_used_mb: float

@@ -41,9 +41,11 @@ class ServiceClient:
         self._lock = threading.Lock()
 
     def estimate(self, graph: dict, gpu_name: str | None, hostname: str | None,
-                 timeout: float) -> dict[str, Any]:
-        """The service's estimate of a ComfyUI prompt graph (time, interval, fleet queue)."""
-        body = {"comfyui_prompt": graph, "gpu_name": gpu_name, "hostname": hostname}
+                 timeout: float, inputs: dict | None = None) -> dict[str, Any]:
+        """The service's estimate of a ComfyUI prompt graph (time, interval, fleet queue), its
+        input files sized by `inputs`."""
+        body = {"comfyui_prompt": graph, "gpu_name": gpu_name, "hostname": hostname,
+                "comfyui_inputs": inputs}
         return self.post(f"{API}/estimate-time", {k: v for k, v in body.items() if v}, timeout)
 
     def record(self, records: list[dict], timeout: float) -> dict[str, Any]:

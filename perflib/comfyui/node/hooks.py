@@ -25,8 +25,9 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from .client import ServiceClient, ServiceRejected, ServiceUnavailable
-from .estimates import EstimateBoard
+from .estimate_board import EstimateBoard
 from .gpu import GpuMonitor
+from .input_files import input_sizes
 from .recorder import END_EVENTS, PromptRun, RunContext, job_record, salvaged
 from .settings import Settings
 from .spool import RecordSpool
@@ -201,7 +202,7 @@ class Integration:
 
     def _ask(self, graph: dict) -> dict:
         return self.client.estimate(graph, self._gpu_name(), self._hostname(),
-                                    self.settings.estimate_timeout_s)
+                                    self.settings.estimate_timeout_s, input_sizes(graph))
 
     def _read_queue(self) -> tuple[list, list]:
         running, pending = self.server.prompt_queue.get_current_queue_volatile()

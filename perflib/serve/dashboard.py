@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from perflib.analysis.alerts import list_alerts
-from perflib.analysis.live import (busy_seconds_today, normalised_daily_seconds,
+from perflib.analysis.recent_activity import (busy_seconds_today, normalised_daily_seconds,
                                    recent_estimates, within_share)
 from perflib.analysis.sql import bound
 from perflib.cache import TtlCache

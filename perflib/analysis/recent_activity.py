@@ -15,7 +15,6 @@ from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
 from perflib.prediction import metrics
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import generation_performance as jobs
@@ -60,7 +59,7 @@ def recent_estimates(store: Store, since: datetime, limit: int = 100) -> list[di
     time, what the estimate is of), newest first."""
     query = (sa.select(jobs.c.job_id, jobs.c.pipeline_type, jobs.c.predicted_seconds,
                        jobs.c.processing_seconds.label("actual_seconds"))
-             .where(jobs.c.started_at >= bound(store, since), jobs.c.status == "success",
+             .where(jobs.c.started_at >= since, jobs.c.status == "success",
                     jobs.c.predicted_seconds > 0, jobs.c.processing_seconds > 0)
              .order_by(jobs.c.started_at.desc()).limit(limit))
     with store.engine.connect() as conn:
@@ -82,16 +81,15 @@ def busy_seconds_today(store: Store, now: datetime) -> dict[GpuKey, float]:
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     query = (sa.select(jobs.c.hostname, jobs.c.gpu_index, jobs.c.status, jobs.c.started_at,
                        jobs.c.finished_at)
-             .where(jobs.c.started_at >= bound(store, midnight - timedelta(days=1)),
-                    jobs.c.started_at < bound(store, now), jobs.c.status != "queued"))
+             .where(jobs.c.started_at >= midnight - timedelta(days=1),
+                    jobs.c.started_at < now, jobs.c.status != "queued"))
     runs: dict[GpuKey, list[tuple[datetime, datetime]]] = defaultdict(list)
     with store.engine.connect() as conn:
         for row in conn.execute(query):
             end = now if row.status == "running" else row.finished_at
             if end is None:
                 continue
-            start = max(parse_timestamp(row.started_at), midnight)
-            end = min(parse_timestamp(end), now)
+            start, end = max(row.started_at, midnight), min(end, now)
             if end > start:
                 runs[(row.hostname, row.gpu_index)].append((start, end))
     return {key: _union_seconds(intervals) for key, intervals in runs.items()}

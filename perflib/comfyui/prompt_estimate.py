@@ -4,9 +4,9 @@ both use this."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
-from perflib.comfyui.graph import parse_prompt
+from perflib.comfyui.inputs import parse_with_inputs
 from perflib.record import RecordError, estimate_params
 
 FIELD = "comfyui_prompt"
@@ -14,18 +14,23 @@ GIVEN_BESIDE = ("gpu_name", "hostname", "job_type")  # what the graph cannot say
 PASS_NEEDS = ("width", "height", "steps")
 
 
-def prompt_estimate(prompt: Any, **given: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(estimate parameters, the parsed job) of an API-format prompt. `given` may hold
-    gpu_name, hostname and job_type. Raises RecordError naming ``comfyui_prompt`` when the graph
-    is malformed or does not say enough to estimate it (no sampler, or an image size that only
-    the input file knows)."""
+def prompt_estimate(prompt: Any, inputs: Mapping[str, Mapping[str, int]] | None = None,
+                    **given: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(estimate parameters, the parsed job) of an API-format prompt. `inputs`: the sizes of
+    its input files (``{name: {"width", "height"}}``; the others are assumed and listed as
+    ``assumed_input_sizes``). `given` may hold gpu_name, hostname and job_type. Raises
+    RecordError naming ``comfyui_prompt`` when the graph is malformed or does not say enough to
+    estimate it (no sampler, or a latent size nothing in it states)."""
     unexpected = sorted(set(given) - set(GIVEN_BESIDE))
     if unexpected:
         raise RecordError(unexpected[0], f"cannot be given with {FIELD}: the graph says it")
     try:
-        job = parse_prompt(prompt).job_params()
+        parsed, assumed = parse_with_inputs(prompt, inputs)
     except ValueError as exc:
         raise RecordError(FIELD, str(exc)) from None
+    job = parsed.job_params()
+    if assumed:
+        job["extra_params"]["comfyui"]["assumed_input_sizes"] = assumed
     passes = [p for p in job["passes"] if all(p.get(name) for name in PASS_NEEDS)]
     if not job["passes"]:
         raise RecordError(FIELD, "no sampling pass (KSampler, SamplerCustom, ...) reaches an "
@@ -33,8 +38,8 @@ def prompt_estimate(prompt: Any, **given: Any) -> tuple[dict[str, Any], dict[str
     if passes[:1] != job["passes"][:1]:
         unknown = job["extra_params"]["comfyui"]["unknown_sizes"]
         raise RecordError(FIELD, "the first sampling pass's size or steps are not in the graph"
-                          + (f" (the size comes from node {', '.join(unknown)}, an input file: "
-                             "scale it to a size in the graph)" if unknown else ""))
+                          + (f" (the size comes from node {', '.join(unknown)}, which says "
+                             "nothing of it)" if unknown else ""))
     params = {name: value for name, value in job.items()
               if name != "extra_params" and value is not None}
     params.update(passes=passes, **{name: value for name, value in given.items()

@@ -10,12 +10,14 @@ estimate request's own timeout (and not at all while the service is known to be 
 
 Queue ETA: ComfyUI runs one prompt at a time, so a prompt starts when the prompts ahead of it in
 this server's queue have finished: the running one's remaining estimate plus each pending one's
-estimate. The service's fleet-wide queue is passed on as ``fleet_queue``.
+estimate; a prompt ahead that has no estimate (the service refused or was down) counts as the
+median estimate of this server's other prompts, not as 0 s. The service's fleet-wide queue is passed on as ``fleet_queue``.
 """
 from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -161,19 +163,33 @@ class EstimateBoard:
                     "expected_start_seconds": 0.0, "expected_finish_seconds": 0.0}
         ahead = [item for item in pending if item[1] != submission.prompt_id
                  and (submission.number is None or item[0] < submission.number)]
-        seconds = [self._left(item[1], None, now) for item in running]
-        seconds += [self.prediction(item[1]) for item in ahead]
-        start = sum(s for s in seconds if s is not None)
+        fallback = self.fallback_seconds()
+        unestimated = sum(self.prediction(item[1]) is None for item in running + ahead)
+        seconds = [self._left(item[1], None, now, fallback) for item in running]
+        seconds += [self.prediction(item[1]) or fallback for item in ahead]
+        start = sum(seconds)
         return {"state": "queued", "jobs_ahead": len(seconds),
-                "unestimated_ahead": sum(s is None for s in seconds),
+                "unestimated_ahead": unestimated,
+                "unestimated_seconds_each": round(fallback, 3),
                 "expected_start_seconds": round(start, 3),
                 "expected_finish_seconds": round(start + own, 3)}
 
-    def _left(self, prompt_id: str, predicted: float | None, now: float) -> float | None:
-        """Seconds a running prompt still needs, by its estimate (0 once it overruns)."""
+    def fallback_seconds(self) -> float:
+        """What a prompt without an estimate counts in the queue ETA: the median estimate of
+        this server's other prompts (the typical prompt here), 0 before any was estimated."""
+        with self._lock:
+            known = [s.estimate["predicted_time_seconds"] for s in self._by_id.values()
+                     if s.estimate is not None]
+        return float(statistics.median(known)) if known else 0.0
+
+    def _left(self, prompt_id: str, predicted: float | None, now: float,
+              fallback: float = 0.0) -> float:
+        """Seconds a running prompt still needs, by its estimate, else `fallback` (0 once it
+        overruns)."""
         predicted = predicted if predicted is not None else self.prediction(prompt_id)
+        predicted = fallback if predicted is None else predicted
         submission = self._by_id.get(prompt_id)
-        if predicted is None or submission is None:
+        if submission is None:
             return predicted
         return max(0.0, predicted - (now - (submission.started or now)))
 

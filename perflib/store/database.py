@@ -19,8 +19,7 @@ from perflib.prediction.work_terms import stored_terms
 from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema, versioning
 from perflib.store.inserts import insert_batch
-from perflib.store.rows import Batch
-from perflib.store.timestamps import UtcDateTime
+from perflib.store.rows import DATETIME_COLUMNS, Batch
 from perflib.store.engine import (DatabaseFileReplaced, empty_stand_in, engine_for,
                                   sqlite_file_replaced)
 
@@ -29,11 +28,7 @@ if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with p
 
 log = logging.getLogger(__name__)
 
-_DATETIME_COLUMNS = {
-    table.name: {c.name for c in table.columns if isinstance(c.type, (UtcDateTime, sa.DateTime))}
-    for table in schema.metadata.tables.values()
-}
-_TIMESTAMP_NAMES = set().union(*_DATETIME_COLUMNS.values())
+_TIMESTAMP_NAMES = set().union(*DATETIME_COLUMNS.values())
 
 
 class Store:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from perflib.config import ModelProfile
 from perflib.prediction.work_terms import STORED_TERMS, stored_terms
 from perflib.store import schema
-from perflib.store.timestamps import MAX_YEAR, MIN_YEAR, parse_timestamp
+from perflib.store.timestamps import MAX_YEAR, MIN_YEAR, UtcDateTime, parse_timestamp
 
 # What a job's stored cost terms depend on, besides its passes (perflib.prediction.workload).
 _SHAPE_COLUMNS = ("width", "height", "frame_count", "batch_size", "steps", "guidance_scale",
@@ -28,8 +28,9 @@ _TERMS_OF = itemgetter(*STORED_TERMS)
 _PASSES = methodcaller("get", "passes")
 _GIVEN = partial(is_not, None)
 _TZINFO = attrgetter("tzinfo")
-_DATETIME_COLUMNS = {table.name: {c.name for c in table.columns if c.type.python_type is datetime}
-                     for table in schema.metadata.tables.values()}
+DATETIME_COLUMNS = {table.name: {c.name for c in table.columns
+                                 if isinstance(c.type, (UtcDateTime, sa.DateTime))}
+                    for table in schema.metadata.tables.values()}
 _JSON_COLUMNS = {table.name: {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
                  for table in schema.metadata.tables.values()}
 
@@ -144,9 +145,9 @@ def _converted(table: str, columns: list[str], rows: list[tuple], aware: bool) -
     """`rows` with their timestamp and JSON columns in driver form, converted a column at a
     time; PostgreSQL takes UTC datetimes as they are, so a column of them is left alone."""
     converters = [(index, (_timestamps_aware if aware else _timestamps_sqlite)
-                   if name in _DATETIME_COLUMNS[table] else _json_texts)
+                   if name in DATETIME_COLUMNS[table] else _json_texts)
                   for index, name in enumerate(columns)
-                  if name in _DATETIME_COLUMNS[table] or name in _JSON_COLUMNS[table]]
+                  if name in DATETIME_COLUMNS[table] or name in _JSON_COLUMNS[table]]
     if aware:
         converters = [(index, convert) for index, convert in converters
                       if convert is not _timestamps_aware

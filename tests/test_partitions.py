@@ -13,6 +13,7 @@ from perflib.ops.maintenance import maintain
 from perflib.store import Store, partitions, schema
 from perflib.store.engine import engine_for
 from perflib.store.migration import migrate
+from perflib.store.migrations import baseline
 from tools.loadtest import many_writers
 
 
@@ -44,12 +45,14 @@ def day_partitions(store: Store, table: str = "generation_performance") -> set[d
 
 
 def old_schema_store(url: str) -> Store:
-    """A store whose tables were made the way perflib made them before partitioning, brought
-    to head by perflib init-db (which leaves them unpartitioned)."""
+    """A store whose tables were made the way perflib made them before partitioning (the
+    schema Alembic took over, revision 0001's), brought to head by perflib init-db (which
+    leaves them unpartitioned)."""
     store = Store(url)
     with engine_for(store.url, store.config.db_schema).begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{store.config.db_schema}"'))
-        schema.metadata.create_all(conn)
+        baseline.metadata.create_all(conn, tables=[
+            table for table in baseline.metadata.sorted_tables if table is not baseline.schema_info])
     store.init_db()
     return store
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from perflib.cli import main
 from perflib.store import Store, schema, versioning
 from perflib.store.deletion import delete_jobs
 from perflib.prediction.work_terms import STORED_TERMS, stored_terms
+from tests.old_schema import make_pre_alembic
 
 
 def test_schema_creation_twice_is_harmless(store, capsys):
@@ -71,8 +73,8 @@ def test_upgrade_adds_missing_columns(sqlite_url, settings):
     store = Store(sqlite_url, settings)
     store.init_db()
     with store.engine.begin() as conn:
+        make_pre_alembic(conn)
         conn.exec_driver_sql("ALTER TABLE generation_performance DROP COLUMN user_rating")
-        conn.exec_driver_sql("DROP TABLE alembic_version")
     store.init_db()
     with store.engine.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("generation_performance")}
@@ -114,3 +116,14 @@ def test_cost_terms_of_a_batch_match_each_record_computed_alone(store):
     assert stored.loc["few-keys", "started_at"].isoformat() == "2026-11-01T09:00:00+00:00"
     assert stored.loc["same-0", "started_at"].isoformat() == "2026-11-01T08:00:00+00:00"
     assert stored.loc["other", "started_at"].isoformat() == "2026-11-01T07:30:00+00:00"
+
+
+def test_a_timestamp_outside_the_years_allowed_is_refused_before_the_database(store):
+    """A UTC datetime the driver would take as it is, but outside 1970–2200, is refused with
+    its reason and nothing of the batch is written (the writer dead-letters it alone)."""
+    good = {"job_id": "ok", "pipeline_type": "image", "status": "success",
+            "started_at": datetime(2026, 11, 1, tzinfo=timezone.utc)}
+    with pytest.raises(ValueError, match="outside 1970"):
+        store.write_jobs([good, dict(good, job_id="old",
+                                     finished_at=datetime(1900, 1, 1, tzinfo=timezone.utc))])
+    assert store.count() == 0

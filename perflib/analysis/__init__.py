@@ -128,7 +128,7 @@ class PerformanceAnalyzer(UsesStore):
                                    speed=False, times=ranked)
         if not ranked:
             per_pipeline = per_pipeline.merge(
-                self.store.frame(time_percentiles(self.store, start, stop, pipeline_type)),
+                self.store.frame(time_percentiles(start, stop, pipeline_type)),
                 on="pipeline_type", how="left")
         result = {"per_pipeline": {}}
         total_jobs = int(per_pipeline.job_count.sum()) if len(per_pipeline) else 0
@@ -161,7 +161,7 @@ class PerformanceAnalyzer(UsesStore):
                            sa.func.avg(error / jobs.c.processing_seconds).label("mape"))
                  .where(jobs.c.status == "success", jobs.c.predicted_seconds > 0,
                         jobs.c.processing_seconds > 0, pipeline,
-                        in_window(self.store, start, stop)))
+                        in_window(start, stop)))
         with self.store.engine.connect() as conn:
             row = conn.execute(query).one()
         if not row.jobs:
@@ -194,7 +194,7 @@ class PerformanceAnalyzer(UsesStore):
         hour = hour_of(jobs.c.submitted_at, self.store.engine.dialect.name).label("hour")
         query = (sa.select(hour, jobs.c.pipeline_type, sa.func.count().label("jobs"),
                            sa.func.avg(jobs.c.queue_seconds).label("mean_queue_seconds"))
-                 .where(in_window(self.store, start, stop)).group_by(hour, jobs.c.pipeline_type)
+                 .where(in_window(start, stop)).group_by(hour, jobs.c.pipeline_type)
                  .order_by(hour))
         return self.store.frame(query)
 
@@ -286,7 +286,7 @@ class PerformanceAnalyzer(UsesStore):
         hour = hour_of(jobs.c.started_at, self.store.engine.dialect.name).label("hour")
         with self.store.engine.connect() as conn:
             per_hour = conn.execute(sa.select(hour, sa.func.count().label("jobs"))
-                                    .where(in_window(self.store, start, now)).group_by(hour)
+                                    .where(in_window(start, now)).group_by(hour)
                                     ).all()
         return {
             "system_status": {

@@ -10,7 +10,7 @@ import pytest
 
 from perflib.analysis import PerformanceAnalyzer
 from perflib.analysis import anomalies
-from perflib.analysis.anomalies import contention_alerts, far_slower_than_expected
+from perflib.analysis.anomalies import far_slower_than_expected, straggler_alerts
 from perflib.config import Settings
 from perflib.prediction.features import build_features, outcome_seconds
 from perflib.prediction.models import CostModel
@@ -66,7 +66,7 @@ def test_real_stragglers_are_found_with_precision_and_recall(unet_store, stored_
 def test_the_burst_is_one_alert_naming_the_gpu_and_the_window(unet_store):
     truth = _reference_stragglers(unet_store)
     jobs = unet_store.jobs_frame().set_index("job_id").loc[sorted(truth)]
-    (alert,) = contention_alerts(unet_store, *WINDOW)
+    (alert,) = straggler_alerts(unet_store, *WINDOW)  # a burst: no slow_job alert too
     first, last = jobs.started_at.min(), jobs.finished_at.max()
     assert alert["alert_type"] == "slow_job_contention"
     assert alert["message"].startswith(f"contention on cpu-2t: {len(truth)} jobs ")
@@ -91,15 +91,32 @@ def test_alerts_are_raised_by_analysis_runs_and_shown_by_the_report_without_writ
 
 
 @pytest.mark.slow
-def test_scattered_stragglers_make_no_alert(unet_store):
-    """Single slow jobs far apart are flagged but are not contention."""
+def test_scattered_stragglers_are_alerted_each_on_its_own(unet_store):
+    """Single slow jobs far apart are not contention: each is a slow_job alert with its job id,
+    factor, expected and actual seconds, its severity by the factor."""
     truth = sorted(_reference_stragglers(unet_store))
     keep = {truth[0], truth[-1]}
     with unet_store.engine.begin() as conn:
         from perflib.store.schema import generation_performance as jobs
         conn.execute(jobs.delete().where(jobs.c.job_id.in_(set(truth) - keep)))
-    assert set(far_slower_than_expected(unet_store, *WINDOW).job_id) == keep
-    assert contention_alerts(unet_store, *WINDOW) == []
+    slow = far_slower_than_expected(unet_store, *WINDOW).set_index("job_id")
+    assert set(slow.index) == keep
+    alerts = straggler_alerts(unet_store, *WINDOW)
+    assert {a["alert_type"] for a in alerts} == {"slow_job"}
+    assert {a["evidence"]["job_id"] for a in alerts} == keep
+    for alert in alerts:
+        job = slow.loc[alert["evidence"]["job_id"]]
+        assert alert["evidence"]["factor"] == pytest.approx(job.factor, abs=0.01)
+        assert alert["evidence"]["expected_seconds"] == pytest.approx(job.expected_seconds,
+                                                                      abs=1e-3)
+        assert alert["evidence"]["actual_seconds"] == pytest.approx(job.actual_seconds, abs=1e-3)
+        assert alert["severity"] == anomalies.slow_job_severity(job.factor)
+        assert alert["fingerprint"] == f"slow_job|{job.name}"
+
+
+def test_a_slow_jobs_severity_grows_with_its_factor():
+    labels = [anomalies.slow_job_severity(f) for f in (3.0, 9.9, 10.0, 29.0, 50.0, 150.0)]
+    assert labels == ["low", "low", "medium", "medium", "high", "critical"]
 
 
 @pytest.mark.slow
@@ -147,12 +164,12 @@ def test_the_sql_screen_finds_what_reading_the_whole_window_finds(unet_store, mo
         predictor.train_model(None, "linear_regression")
         predictor.save_model_to_db(None, "linear_regression")
     exact = far_slower_than_expected(unet_store, *WINDOW)
-    (alert,) = contention_alerts(unet_store, *WINDOW)
+    (alert,) = straggler_alerts(unet_store, *WINDOW)
     monkeypatch.setattr(anomalies, "SCAN_JOBS", 0)
     screened = far_slower_than_expected(unet_store, *WINDOW)
     assert set(screened.job_id) == set(exact.job_id)
     assert screened.factor.to_numpy() == pytest.approx(exact.factor.to_numpy(), rel=0.05)
-    assert contention_alerts(unet_store, *WINDOW) == [alert]
+    assert straggler_alerts(unet_store, *WINDOW) == [alert]
 
 
 @pytest.mark.postgres

@@ -10,7 +10,8 @@ import pytest
 from perflib.cli import main
 from perflib.config import ModelProfile, Settings
 from perflib.prediction.backtest import reliability_table, run_backtest
-from perflib.prediction.conformal import OnlineConformal, normalised_scores
+from perflib.prediction.conformal import (OnlineConformal, adjusted_confidence,
+                                          normalised_scores)
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 from perflib.store.importer import import_jobs
@@ -108,30 +109,62 @@ def test_online_conformal_follows_a_machine_that_turns_noisy():
     half = 1.2816 * 0.05  # the calm spell's 80% half-width
     conformal, inside = OnlineConformal(0.8), []
     for error in log_error:
-        inside.append(abs(error) <= half * conformal.widen("g|m"))
-        conformal.update("g|m", abs(error) / half)
+        state = conformal.adjustment("g|m")
+        inside.append(-half * state.low <= error <= half * state.high)
+        conformal.update("g|m", error / half)
     noisy = np.array(inside[1700:])
     assert 0.75 <= noisy.mean() <= 0.85  # a fixed interval would cover about 0.25
     assert np.mean(np.abs(log_error[1700:]) <= half) < 0.3
 
 
+def test_each_tail_is_calibrated_apart():
+    """Errors skewed as a shared machine skews them (rarely faster, often much slower): a
+    symmetric interval misses 6.6% below and 13.4% above; each tail widened apart misses about 10%
+    on each side."""
+    rng = np.random.default_rng(2)
+    log_error = rng.gamma(2.0, 0.05, 4000) - 0.1
+    half = np.quantile(np.abs(log_error), 0.8)
+    assert np.mean(log_error < -half) < 0.07 and np.mean(log_error > half) > 0.13
+    conformal, below, above = OnlineConformal(0.8), [], []
+    for error in log_error:
+        state = conformal.adjustment("g|m")
+        below.append(error < -half * state.low)
+        above.append(error > half * state.high)
+        conformal.update("g|m", error / half)
+    assert 0.08 <= np.mean(below[500:]) <= 0.12 and 0.08 <= np.mean(above[500:]) <= 0.12
+
+
+def test_stated_confidence_is_recalibrated_on_the_replay():
+    """A confidence that states 0.9 where 0.98 land within ±20% is shifted up until they agree;
+    one that states 0.9 where 0.7 do, down."""
+    for observed in (0.98, 0.7):
+        rng = np.random.default_rng(3)
+        conformal, stated = OnlineConformal(0.8), []
+        for hit in rng.random(3000) < observed:
+            stated.append(adjusted_confidence(0.9, conformal.adjustment("g|m").log_odds))
+            conformal.update("g|m", 0.0, 0.9, bool(hit))
+        assert np.mean(stated[500:]) == pytest.approx(observed, abs=0.02)
+
+
 def test_a_new_group_uses_the_pooled_widening_until_it_has_its_own():
     conformal = OnlineConformal(0.8, min_group_jobs=30)
     for _ in range(40):
-        conformal.update("a|m", 3.0)  # every job far outside: widen
-    assert conformal.widen("new|m") == conformal.widen("a|m") > 1
+        conformal.update("a|m", 3.0)  # every job far above: the upper tail widens
+    assert conformal.adjustment("new|m") == conformal.adjustment("a|m")
+    assert conformal.adjustment("a|m").high > 1 > conformal.adjustment("a|m").low
     for _ in range(29):
         conformal.update("new|m", 0.0)
     conformal.update("a|m", 3.0)
-    assert conformal.widen("new|m") == conformal.widen("*")  # 29 of its own: still pooled
+    assert conformal.adjustment("new|m") == conformal.adjustment("*")  # 29: still pooled
     conformal.update("new|m", 0.0)
     conformal.update("a|m", 3.0)
-    assert conformal.widen("new|m") < conformal.widen("*")  # its own, calmer, from 30 on
+    assert conformal.adjustment("new|m").high < conformal.adjustment("*").high  # its own
     conformal.update("a|m", float("nan"))  # ignored, not a crash
 
 
-def test_normalised_scores_are_one_on_the_interval_edge():
-    assert normalised_scores([12.0, 10.0], [10.0, 10.0], [12.0, 12.0]) == pytest.approx([1, 0])
+def test_normalised_scores_are_one_on_each_edge_of_the_interval():
+    assert normalised_scores([12.0, 10.0, 5.0], [10.0] * 3, [5.0] * 3, [12.0] * 3) == \
+        pytest.approx([1, 0, -1])
 
 
 # -- the team's real jobs ------------------------------------------------------------------
@@ -150,11 +183,13 @@ def real_predictors(tmp_path_factory):
 
 
 # (file, protocol, retrain, family): within-20% and within-10% at least. The UNet's anchor
-# alone is enough; the video transformer's small jobs need the boosted correction for 10%.
+# alone is enough; the video transformer's small jobs need the boosted correction for 10%
+# (0.832; 0.857 while the correction could split on the hour of day, which here only told the
+# file's two clock hours apart — issue 20, item 6).
 REAL_SPLITS = [("diffusion-jobs.csv", "time", "never", "linear_regression", 0.97, 0.85),
                ("diffusion-jobs.csv", "online", "auto", "linear_regression", 0.97, 0.85),
                ("diffusion-jobs.csv", "size", "never", "linear_regression", 0.95, 0.85),
-               ("video-dit-jobs.csv", "time", "never", "gradient_boosting", 0.95, 0.85),
+               ("video-dit-jobs.csv", "time", "never", "gradient_boosting", 0.95, 0.80),
                ("video-dit-jobs.csv", "size", "never", "gradient_boosting", 0.95, 0.75)]
 
 
@@ -180,3 +215,21 @@ def test_real_confidence_is_honest(real_predictors):
     stated = well_filled.stated_confidence
     noise = 2.5 * np.sqrt(stated * (1 - stated) / well_filled.jobs) + 0.03
     assert (abs(stated - well_filled.observed_within_20_percent) <= noise).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["diffusion-jobs.csv", "video-dit-jobs.csv"])
+def test_real_backtest_misses_each_tail_about_equally(data):
+    """`perflib backtest` of each shared file: coverage 0.75–0.85 with each tail's misses 7–13%
+    (before the tails were apart: 7.0% / 13.0% on the UNet, 2.9% / 19.8% on the video
+    transformer); the stated confidence within 0.02 of the share within ±20%."""
+    from perflib.prediction.backtest import backtest_file
+    from tests.conftest import REAL_DATA
+
+    estimates = backtest_file(REAL_DATA / data, Settings()).estimates
+    below = np.mean(estimates.actual_seconds < estimates.low_seconds)
+    above = np.mean(estimates.actual_seconds > estimates.high_seconds)
+    assert 0.75 <= 1 - below - above <= 0.85
+    assert 0.07 <= below <= 0.13 and 0.07 <= above <= 0.13, (below, above)
+    within = np.mean(np.abs(estimates.predicted_seconds / estimates.actual_seconds - 1) <= 0.2)
+    assert estimates.confidence.mean() == pytest.approx(within, abs=0.02)

@@ -10,6 +10,7 @@ import pytest
 
 from perflib.config import Settings
 from perflib.prediction.backtest import run_backtest
+from perflib.prediction.conformal import UNADJUSTED
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store
 
@@ -85,7 +86,7 @@ def test_a_young_group_takes_its_pipelines_pooled_widening(store):
     predictor = PerformancePredictor(store)
     version, model = next(predictor.estimator.answering("image"))
     jobs = store.recent_jobs("young", "m", 200)
-    assert predictor.estimator.widening(version, model, "image", jobs, None) > 1.5
+    assert predictor.estimator.widening(version, model, "image", jobs, None).high > 1.5
 
 
 def test_jobs_a_model_was_trained_on_never_narrow_its_intervals(store):
@@ -94,7 +95,8 @@ def test_jobs_a_model_was_trained_on_never_narrow_its_intervals(store):
     predictor = PerformancePredictor(store)
     version, model = next(predictor.estimator.answering("image"))
     trained_on = store.recent_jobs("g", "m", 150)
-    assert predictor.estimator.widening(version, model, "image", trained_on, None) == 1.0
+    assert predictor.estimator.widening(version, model, "image", trained_on, None) == \
+        UNADJUSTED
 
 
 def test_estimates_as_of_a_moment_never_see_jobs_finished_after_it(store):

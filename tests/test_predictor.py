@@ -218,7 +218,7 @@ def test_matrix_encoder_gives_rare_and_unseen_values_one_code():
     encoder = MatrixEncoder(categorical=[2], min_frequency=5).fit(X)
     out = encoder.transform(np.array([[4.0, 1.0, "b"], [5.0, np.nan, "rare"],
                                       [6.0, 2.0, "new"], [7.0, np.nan, None]], dtype=object))
-    np.testing.assert_array_equal(out[:, 0], [4.0, 5.0, 6.0, 7.0])
+    np.testing.assert_array_equal(out[:, 0], [3.0, 3.0, 3.0, 3.0])  # clamped to 1–3
     np.testing.assert_array_equal(out[:, 1], 0.0)  # empty in training: carries nothing
     np.testing.assert_array_equal(out[:, 2], [1.0, 2.0, 2.0, 2.0])
     indicators = MatrixEncoder(categorical=[2], one_hot=True).fit(X).transform(X[[0, 6, 11]])

@@ -2,10 +2,10 @@
 
 Sources: bottlenecks (queue backlog, GPU underuse, VRAM pressure, failures, ...), trend
 change-points, failure-rate spikes against the previous weeks, jobs far slower than the
-estimate given before they ran, and bursts of jobs far slower than expected on one host or GPU
-(contention, :mod:`perflib.analysis.anomalies`). Each alert has a fingerprint; re-running updates
-the open alert with the same fingerprint (last_seen, evidence, severity) instead of adding a
-duplicate.
+estimate given before they ran, and jobs far slower than expected
+(:mod:`perflib.analysis.anomalies`): each on its own, or a burst of them on one host or GPU as
+one contention alert. Each alert has a fingerprint; re-running updates the open alert with the
+same fingerprint (last_seen, evidence, severity) instead of adding a duplicate.
 
 Detection and reading live here; only :mod:`perflib.ops.alerts` writes (``save_alerts``, run by
 ``perflib maintain``, the service's alert check and ``detect_alerts``; the delivery state kept
@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from perflib.analysis.anomalies import contention_alerts
+from perflib.analysis.anomalies import straggler_alerts
 from perflib.analysis.bottlenecks import Bottleneck
 from perflib.analysis.daily_aggregates import group_frame
 from perflib.analysis.sql import in_window
@@ -62,7 +62,7 @@ def alert_candidates(store: Store, start: datetime, end: datetime,
                 "fingerprint": f"trend_change_point|{pipeline}|{point.day.isoformat()}"})
     found += _failure_spikes(store, start, end, failure_threshold)
     found += _slower_than_estimated(store, start, end)
-    found += contention_alerts(store, start, end)
+    found += straggler_alerts(store, start, end)
     return found
 
 

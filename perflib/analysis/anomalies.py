@@ -10,7 +10,10 @@ burst of small jobs slowed 5–100× by a neighbour is found as surely as a slow
 
 Several such jobs on one host (or one GPU, where jobs name no host) with less than
 :data:`EPISODE_GAP` between them make one ``slow_job_contention`` alert: "contention on
-cpu-2t: 8 jobs 9–166× slower than expected between 2026-11-25 19:37 and 19:47 UTC".
+cpu-2t: 8 jobs 9–166× slower than expected between 2026-11-25 19:37 and 19:47 UTC". Any other
+far-slower job is alerted on its own, a ``slow_job`` alert naming it, its factor and its
+expected and actual seconds, its severity by the factor (:data:`SLOW_JOB_SEVERITY`): "job dj-7-3
+on cpu-2t took 41.0 s, 12× the 3.4 s expected".
 
 A window of up to :data:`SCAN_JOBS` jobs is read whole. A larger one (a fleet's week) is screened
 in SQL first, so the rows read stay bounded whatever the fleet's size: only the jobs at least
@@ -50,6 +53,8 @@ SAMPLE_JOBS = 20_000  # the sample that gives the screen its group levels and th
 EPISODE_GAP = timedelta(minutes=30)
 MIN_EPISODE_JOBS = 3
 SHOWN_JOBS = 20  # job ids an alert's evidence lists
+# An isolated far-slower job's severity: the first label whose factor it stays below.
+SLOW_JOB_SEVERITY = ((10.0, "low"), (30.0, "medium"), (100.0, "high"), (np.inf, "critical"))
 JOB_COLUMNS = ["job_id", "pipeline_type", "job_type", "status", "width", "height",
                "frame_count", "batch_size", "steps", "guidance_scale", "sampler", "model_name",
                "gpu_name", "hostname", "passes", "submitted_at", "started_at", "finished_at",
@@ -76,8 +81,9 @@ def far_slower_than_expected(store: Store, start: datetime, end: datetime) -> pd
     return found.sort_values("started_at", kind="stable").reset_index(drop=True)
 
 
-def contention_alerts(store: Store, start: datetime, end: datetime) -> list[dict]:
-    """One alert per burst of far-slower jobs on one host or GPU (see the module doc)."""
+def straggler_alerts(store: Store, start: datetime, end: datetime) -> list[dict]:
+    """One ``slow_job_contention`` alert per burst of far-slower jobs on one host or GPU, and
+    one ``slow_job`` alert for each far-slower job outside a burst (see the module doc)."""
     slow = far_slower_than_expected(store, start, end)
     place = slow.hostname.where(slow.hostname.notna() & (slow.hostname != ""), slow.gpu_name)
     alerts = []
@@ -86,7 +92,28 @@ def contention_alerts(store: Store, start: datetime, end: datetime) -> list[dict
         for _, episode in jobs.groupby(gaps.cumsum()):
             if len(episode) >= MIN_EPISODE_JOBS:
                 alerts.append(_alert(str(where), episode))
+            else:
+                alerts += [_slow_job_alert(str(where), job) for job in episode.itertuples()]
     return alerts
+
+
+def slow_job_severity(factor: float) -> str:
+    """An isolated far-slower job's severity: by how many times slower than expected it ran."""
+    return next(label for bound, label in SLOW_JOB_SEVERITY if factor < bound)
+
+
+def _slow_job_alert(where: str, job) -> dict:
+    return {
+        "alert_type": "slow_job", "pipeline_type": job.pipeline_type,
+        "severity": slow_job_severity(job.factor),
+        "message": f"job {job.job_id} on {where} took {job.actual_seconds:.1f} s, "
+                   f"{job.factor:.0f}× the {job.expected_seconds:.1f} s expected",
+        "evidence": {"job_id": job.job_id, "place": where, "gpu_name": job.gpu_name,
+                     "factor": round(float(job.factor), 2),
+                     "expected_seconds": round(float(job.expected_seconds), 3),
+                     "actual_seconds": round(float(job.actual_seconds), 3),
+                     "started_at": job.started_at.isoformat()},
+        "fingerprint": f"slow_job|{job.job_id}"}
 
 
 def _alert(where: str, episode: pd.DataFrame) -> dict:

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from perflib.config import Settings
-from perflib.prediction.conformal import OnlineConformal, normalised_scores
+from perflib.prediction.conformal import (OnlineConformal, adjusted_confidence,
+                                          normalised_scores)
 from perflib.prediction.features import build_features, outcome_seconds
 from perflib.prediction.metrics import (CLOSE, coverage, is_within, mape, relative_errors,
                                         within_share)
@@ -231,12 +232,14 @@ class _Replay:
         jobs = self.jobs
         keys, drift, spread = model.replayed_history(jobs, self.known)
         rows = jobs.iloc[positions]
-        seconds, _, high, _ = model.replay_predict(rows, drift[positions], spread[positions])
+        seconds, low, high, confidence = model.replay_predict(rows, drift[positions],
+                                                              spread[positions])
         return pd.DataFrame({
             "job_id": rows.job_id.to_numpy(), **{c: rows[c].to_numpy() for c in GROUP_COLUMNS},
             "submitted": rows.submitted.to_numpy(), "finished": rows.finished.to_numpy(),
             "actual_seconds": rows.actual_seconds.to_numpy(), "predicted_seconds": seconds,
-            "calibrated_high_seconds": high, "spread": spread[positions],
+            "calibrated_low_seconds": low, "calibrated_high_seconds": high,
+            "calibrated_confidence": confidence, "spread": spread[positions],
             "group": keys[positions]})
 
     def _next_retraining(self, priced: pd.DataFrame, trained_at: float, schedule,
@@ -271,38 +274,42 @@ class _Replay:
         return len(priced), None
 
     def intervals(self, estimates: pd.DataFrame, adaptive: bool) -> pd.DataFrame:
-        """Each job's interval and confidence: as calibrated, or widened by the online
-        conformal state as of its submission (outcomes seen in the order jobs finished)."""
-        widen = np.ones(len(estimates))
+        """Each job's interval and confidence: as calibrated, or adjusted by the online
+        conformal state as of its submission (outcomes seen in the order jobs finished): each
+        tail widened apart, the confidence's log-odds shifted."""
+        low, high, log_odds = (np.ones(len(estimates)), np.ones(len(estimates)),
+                               np.zeros(len(estimates)))
         if adaptive:
-            widen = _online_widening(estimates, self.coverage)
+            low, high, log_odds = _online_adjustment(estimates, self.coverage)
         predicted = estimates.predicted_seconds.to_numpy()
-        half = np.log(estimates.calibrated_high_seconds.to_numpy() / predicted) * widen
-        confidence = np.empty(len(estimates))
-        for version, rows in estimates.groupby("model_version").indices.items():
-            calibration = self.models[version - 1].calibration
-            confidence[rows] = calibration.confidence(predicted[rows],
-                                                      estimates.spread.to_numpy()[rows],
-                                                      widen[rows])
-        return estimates.assign(low_seconds=predicted * np.exp(-half),
-                                high_seconds=predicted * np.exp(half), widen=widen,
-                                confidence=confidence)
+        lower = np.log(predicted / estimates.calibrated_low_seconds.to_numpy()) * low
+        upper = np.log(estimates.calibrated_high_seconds.to_numpy() / predicted) * high
+        return estimates.assign(
+            low_seconds=predicted * np.exp(-lower), high_seconds=predicted * np.exp(upper),
+            widen_low=low, widen=high,
+            confidence=adjusted_confidence(estimates.calibrated_confidence, log_odds))
 
 
-def _online_widening(estimates: pd.DataFrame, coverage: float) -> np.ndarray:
-    """Each job's widening factor at its submission, from the outcomes of the replayed jobs
-    that finished before it (fed to :class:`OnlineConformal` in the order they finished)."""
+def _online_adjustment(estimates: pd.DataFrame, coverage: float
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each job's lower and upper widening factors and confidence log-odds shift at its
+    submission, from the outcomes of the replayed jobs that finished before it (fed to
+    :class:`OnlineConformal` in the order they finished)."""
     conformal = OnlineConformal(coverage)
     scores = normalised_scores(estimates.actual_seconds, estimates.predicted_seconds,
+                               estimates.calibrated_low_seconds,
                                estimates.calibrated_high_seconds)
+    within = is_within(estimates.actual_seconds, estimates.predicted_seconds)
+    stated = estimates.calibrated_confidence.to_numpy()
     finish_order = np.argsort(estimates.finished.to_numpy(), kind="stable")
     finished = estimates.finished.to_numpy()[finish_order]
     groups = estimates.group.to_numpy()
-    widen, seen = np.ones(len(estimates)), 0
+    adjusted, seen = np.empty((len(estimates), 3)), 0
     for position, submitted in enumerate(estimates.submitted.to_numpy()):
         while seen < len(finish_order) and finished[seen] < submitted:
             done = finish_order[seen]
-            conformal.update(groups[done], float(scores[done]))
+            conformal.update(groups[done], float(scores[done]), stated[done], within[done])
             seen += 1
-        widen[position] = conformal.widen(groups[position])
-    return widen
+        state = conformal.adjustment(groups[position])
+        adjusted[position] = state.low, state.high, state.log_odds
+    return adjusted[:, 0], adjusted[:, 1], adjusted[:, 2]

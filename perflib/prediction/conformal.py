@@ -1,19 +1,25 @@
-"""Intervals that hold online: adaptive conformal inference on top of the calibrated interval.
+"""Intervals and confidence that hold online: adaptive conformal inference on top of the
+calibrated interval, each tail apart, and the stated confidence recalibrated on the same replay.
 
 A split-conformal interval calibrated once cannot follow a machine that turns calm or noisy, nor
 a model that meets jobs unlike its training window. Adaptive conformal inference (Gibbs &
 Candès 2021) targets the long-run coverage directly: after each finished job, the interval
 widens a little if the job fell outside it and narrows a little if it fell inside, in the
-proportion that makes misses happen at the target rate. Here the tracked quantity is a
-widening factor `k` of the calibrated half-width (in log seconds, which already scales with the
-GPU and model's recent spread): ``log k += step · (miss − (1 − coverage))`` — online gradient
-descent on the pinball loss of the normalised score, so over T jobs the miss rate is within
-about ``(|log k| + step) / (step · T)`` of its target whatever the data do.
+proportion that makes misses happen at the target rate. Misses are rarely even: a shared machine
+makes jobs slower far more often than faster, and a model that lags a step change errs on one
+side. So each tail has its own widening factor of its calibrated half-width (in log seconds,
+already scaled by the GPU and model's recent spread), each targeting half the misses:
+``log k_high += step · (above − (1 − coverage) / 2)``, and the same below — online gradient
+descent on the pinball loss of each tail's normalised score, so over T jobs each tail's miss
+rate is within about ``(|log k| + step) / (step · T)`` of its target whatever the data do.
 
-Each (GPU, model) group has its own `k` once it has seen `min_group_jobs` outcomes; until then
-it uses the pooled `k`, updated by every group's jobs (and it starts from the pooled value).
-The same `k` scales the spread behind ``confidence``, so the chance of landing within ±20%
-follows the same correction.
+The stated ``confidence`` (the calibrated chance of landing within ±20%) is recalibrated on the
+same replay: a shift of its log-odds follows, by online logistic regression, whether the
+finished jobs did land within ±20% (``log_odds += rate · (within − stated)``), so what is
+stated matches what is observed.
+
+Each (GPU, model) group has its own state once it has seen `min_group_jobs` outcomes; until then
+it uses the pooled state, updated by every group's jobs (and it starts from the pooled value).
 """
 from __future__ import annotations
 
@@ -24,28 +30,55 @@ from dataclasses import dataclass
 import numpy as np
 
 POOLED = "*"
-STEP = 0.1  # log-widening per job: a run of misses doubles the interval in ~9 jobs
+STEP = 0.2  # log-widening per job: a run of misses doubles a tail in ~5 jobs
+CONFIDENCE_RATE = 0.3  # log-odds per unit of surprise (within minus the stated chance)
+MAX_LOG_ODDS = 4.0  # the confidence shift stays within ±4 in log-odds
 MIN_GROUP_JOBS = 30
 MAX_LOG_WIDEN = math.log(20.0)  # an interval never widens or narrows beyond 20×
 
 
-def normalised_scores(actual, predicted, high) -> np.ndarray:
-    """How far each outcome lies from its estimate, in units of the calibrated (unwidened)
-    log half-width ``log(high / predicted)``: above 1, outside the calibrated interval."""
-    actual, predicted, high = (np.asarray(v, float) for v in (actual, predicted, high))
-    half = np.maximum(np.log(high / predicted), 1e-9)
-    return np.abs(np.log(actual / predicted)) / half
+@dataclass(frozen=True)
+class Adjustment:
+    """How an estimate's calibrated interval and confidence are corrected online: the factor on
+    the lower and on the upper half-width, and the shift of the confidence's log-odds."""
+
+    low: float = 1.0
+    high: float = 1.0
+    log_odds: float = 0.0
+
+
+UNADJUSTED = Adjustment()
+
+
+def normalised_scores(actual, predicted, low, high) -> np.ndarray:
+    """How far each outcome lies from its estimate, signed, in units of the calibrated
+    (unadjusted) log half-width on its side: above 1, above the calibrated interval; below −1,
+    under it."""
+    actual, predicted, low, high = (np.asarray(v, float) for v in (actual, predicted, low, high))
+    error = np.log(actual / predicted)
+    upper = np.maximum(np.log(high / predicted), 1e-9)
+    lower = np.maximum(np.log(predicted / low), 1e-9)
+    return np.where(error >= 0, error / upper, error / lower)
+
+
+def adjusted_confidence(confidence, log_odds) -> np.ndarray:
+    """The stated chance of landing within ±20%, its log-odds shifted by `log_odds`."""
+    chance = np.clip(np.asarray(confidence, float), 1e-4, 1 - 1e-4)
+    return 1 / (1 + np.exp(-(np.log(chance / (1 - chance)) + np.asarray(log_odds, float))))
 
 
 @dataclass
 class _Tracker:
-    log_widen: float = 0.0
+    log_low: float = 0.0
+    log_high: float = 0.0
+    log_odds: float = 0.0
     jobs: int = 0
 
 
 class OnlineConformal:
-    """Adaptive conformal widening per group with pooling; thread-safe (one lock guards the
-    trackers, an update is a few float operations)."""
+    """Adaptive conformal widening of each tail, and the confidence's recalibration, per group
+    with pooling; thread-safe (one lock guards the trackers, an update is a few float
+    operations)."""
 
     def __init__(self, coverage: float = 0.8, step: float = STEP,
                  min_group_jobs: int = MIN_GROUP_JOBS):
@@ -56,35 +89,56 @@ class OnlineConformal:
         self._lock = threading.Lock()
 
     @classmethod
-    def replayed(cls, groups, scores, coverage: float = 0.8) -> "OnlineConformal":
-        """A fresh state fed these outcomes in order: each job's group and normalised score
-        (how an estimate rebuilds the state from the latest finished jobs)."""
+    def replayed(cls, groups, scores, confidence=None, within=None, coverage: float = 0.8
+                 ) -> "OnlineConformal":
+        """A fresh state fed these outcomes in order: each job's group, signed normalised score,
+        and optionally its unadjusted stated confidence and whether it landed within ±20% (how
+        an estimate rebuilds the state from the latest finished jobs)."""
         conformal = cls(coverage)
-        for group, score in zip(groups, scores):
-            conformal.update(str(group), float(score))
+        stated = [None] * len(scores) if confidence is None else confidence
+        landed = [None] * len(scores) if within is None else within
+        for group, score, chance, hit in zip(groups, scores, stated, landed):
+            conformal.update(str(group), float(score), chance, hit)
         return conformal
 
-    def widen(self, group: str) -> float:
-        """The factor by which `group`'s next interval widens its calibrated half-width."""
+    def adjustment(self, group: str) -> Adjustment:
+        """How `group`'s next interval and confidence are corrected."""
         with self._lock:
-            return math.exp(self._current(group).log_widen)
+            tracker = self._current(group)
+            return Adjustment(math.exp(tracker.log_low), math.exp(tracker.log_high),
+                              tracker.log_odds)
 
-    def update(self, group: str, score: float) -> None:
-        """Learn from one finished job of `group` whose normalised score (see
-        :func:`normalised_scores`) is `score`; a non-finite score is ignored."""
+    def update(self, group: str, score: float, confidence: float | None = None,
+               within: bool | None = None) -> None:
+        """Learn from one finished job of `group` whose signed normalised score (see
+        :func:`normalised_scores`) is `score`, and, where given, whose unadjusted stated
+        `confidence` it did or did not meet (`within`); a non-finite score is ignored."""
         if not math.isfinite(score):
             return
+        target = (1 - self.coverage) / 2
         with self._lock:
             pooled = self._trackers[POOLED]
-            own = self._trackers.setdefault(group, _Tracker(pooled.log_widen))
+            own = self._trackers.setdefault(group, _Tracker(pooled.log_low, pooled.log_high,
+                                                            pooled.log_odds))
             for tracker in (pooled, own) if own is not pooled else (pooled,):
-                miss = float(score > math.exp(tracker.log_widen))
-                tracker.log_widen = float(np.clip(
-                    tracker.log_widen + self.step * (miss - (1 - self.coverage)),
-                    -MAX_LOG_WIDEN, MAX_LOG_WIDEN))
+                above = float(score > math.exp(tracker.log_high))
+                below = float(-score > math.exp(tracker.log_low))
+                tracker.log_high = _bounded(tracker.log_high + self.step * (above - target),
+                                            MAX_LOG_WIDEN)
+                tracker.log_low = _bounded(tracker.log_low + self.step * (below - target),
+                                           MAX_LOG_WIDEN)
+                if confidence is not None and within is not None:
+                    stated = float(adjusted_confidence(confidence, tracker.log_odds))
+                    tracker.log_odds = _bounded(
+                        tracker.log_odds + CONFIDENCE_RATE * (float(within) - stated),
+                        MAX_LOG_ODDS)
                 tracker.jobs += 1
 
     def _current(self, group: str) -> _Tracker:
         own = self._trackers.get(group)
         return own if own is not None and own.jobs >= self.min_group_jobs \
             else self._trackers[POOLED]
+
+
+def _bounded(value: float, limit: float) -> float:
+    return float(min(max(value, -limit), limit))

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from perflib.cache import TtlCache
 from perflib.prediction.conformal import MIN_GROUP_JOBS as MIN_WIDEN_JOBS
 from perflib.prediction.conformal import POOLED as POOLED_GROUP
-from perflib.prediction.conformal import OnlineConformal
+from perflib.prediction.conformal import Adjustment, OnlineConformal
 from perflib.prediction.features import JobRows, job_columns, row_count
 from perflib.prediction.heuristic import Heuristic, History
 from perflib.prediction.priced import HEURISTIC, PricedJobs
@@ -90,6 +90,7 @@ class Estimator:
         positive — and with them every row of the same `groups` entry) go to the next stored
         model, and what is left to the heuristic."""
         count = row_count(rows)
+        rows = _submitted_at(rows, as_of)
         groups = np.arange(count) if groups is None else groups
         estimates = PricedJobs.unpriced(count)
         labels = np.full(count, HEURISTIC, dtype=object)
@@ -137,7 +138,7 @@ class Estimator:
 
     def _fresh_behaviour(self, version: StoredVersion, model: TrainedModel,
                          pipeline_type: str, gpu: str | None, name: str | None,
-                         as_of: datetime | None) -> tuple[str, tuple[float, float, float]]:
+                         as_of: datetime | None) -> tuple[str, tuple[float, float, Adjustment]]:
         """How much slower than the cost model a GPU and model ran in their latest jobs, how
         scattered those were, and how much their intervals widen (online conformal, replayed
         over those jobs) — ("gpu|model", (drift, spread, widen)), from the store as of `as_of`
@@ -153,23 +154,23 @@ class Estimator:
         return key, behaviour
 
     def widening(self, version: StoredVersion, model: TrainedModel, pipeline_type: str,
-                  jobs: pd.DataFrame, as_of: datetime | None) -> float:
-        """A group's interval widening: adaptive conformal inference replayed over its latest
-        WIDEN_JOBS finished `jobs` (each re-priced by `model` as it would have been at its
-        submission, see :meth:`TrainedModel.replay_scores`), started afresh at 1 — a sliding
-        window, as no state survives between estimates; a group with fewer than MIN_WIDEN_JOBS
-        of them takes its pipeline's pooled widening."""
+                  jobs: pd.DataFrame, as_of: datetime | None) -> Adjustment:
+        """A group's online adjustment of interval tails and confidence: adaptive conformal
+        inference replayed over its latest WIDEN_JOBS finished `jobs` (each re-priced by `model`
+        as it would have been at its submission, see :meth:`TrainedModel.replay_scores`), started
+        afresh — a sliding window, as no state survives between estimates; a group with fewer
+        than MIN_WIDEN_JOBS of them takes its pipeline's pooled adjustment."""
         coverage = model.calibration.coverage
-        groups, scores = model.replay_scores(jobs, WIDEN_JOBS) if len(jobs) >= MIN_WIDEN_JOBS \
-            else ((), ())
-        if len(scores) >= MIN_WIDEN_JOBS:
+        replay = model.replay_scores(jobs, WIDEN_JOBS) if len(jobs) >= MIN_WIDEN_JOBS \
+            else ((),) * 4
+        if len(replay[1]) >= MIN_WIDEN_JOBS:
             # One group's jobs only: the pooled tracker is the group's own.
-            return OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)
+            return OnlineConformal.replayed(*replay, coverage=coverage).adjustment(POOLED_GROUP)
         pooled = self.recent_cache.get((version.id, pipeline_type, POOLED_GROUP, as_of))
         if pooled is None:
             latest = self.store().latest_jobs(pipeline_type, POOLED_WIDEN_JOBS, as_of)
-            groups, scores = model.replay_scores(latest, POOLED_WIDEN_JOBS)
-            pooled = OnlineConformal.replayed(groups, scores, coverage).widen(POOLED_GROUP)
+            pooled = OnlineConformal.replayed(*model.replay_scores(latest, POOLED_WIDEN_JOBS),
+                                              coverage=coverage).adjustment(POOLED_GROUP)
             self.recent_cache.put((version.id, pipeline_type, POOLED_GROUP, as_of), pooled)
         return pooled
 
@@ -197,6 +198,16 @@ def moment(as_of: Any) -> datetime | None:
         return parse_timestamp(as_of)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"as_of: {exc}") from None
+
+
+def _submitted_at(rows: JobRows, as_of: datetime | None) -> JobRows:
+    """Rows without a submission (or start) time, asked about as of `as_of`, are priced as
+    submitted then rather than at the clock time of asking."""
+    if as_of is None or "submitted_at" in rows or "started_at" in rows:
+        return rows
+    if isinstance(rows, pd.DataFrame):
+        return rows.assign(submitted_at=pd.Timestamp(as_of))
+    return {**rows, "submitted_at": [as_of] * row_count(rows)}
 
 
 def _take(rows: JobRows, positions: np.ndarray, count: int) -> JobRows:

@@ -54,6 +54,8 @@ FEATURE_DESCRIPTIONS = {
 }
 CATEGORICAL_FEATURES = ["pipeline_type", "job_type", "sampler", "model_name", "gpu_name"]
 NUMERIC_FEATURES = [name for name in FEATURE_DESCRIPTIONS if name not in CATEGORICAL_FEATURES]
+# Features that repeat with the clock, and their period: the time a job is asked about.
+CYCLIC_FEATURES = {"hour_of_day": 24, "day_of_week": 7}
 COST_TERMS = ["step_passes", "work_units", "attention_work", "decode_work",
               "decode_work_per_sample"]
 HISTORY_WINDOW = 50

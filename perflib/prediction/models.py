@@ -29,8 +29,9 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from perflib.prediction.features import (CATEGORICAL_FEATURES, COST_TERMS, NUMERIC_FEATURES,
-                                         Features, history_keys)
+from perflib.prediction.conformal import Adjustment, adjusted_confidence
+from perflib.prediction.features import (CATEGORICAL_FEATURES, COST_TERMS, CYCLIC_FEATURES,
+                                         NUMERIC_FEATURES, Features, history_keys)
 from perflib.prediction.metrics import CLOSE, WITHIN, coverage, mape, within_share
 from perflib.prediction.pooling import PooledSpeeds, at_speed, split_cost
 from perflib.store.model_checks import check_learner
@@ -165,6 +166,10 @@ ANCHOR_FEATURES = ["log_cost_seconds", "recent_log_ratio"]
 MODEL_COLUMNS = NUMERIC_FEATURES + ANCHOR_FEATURES + CATEGORICAL_FEATURES
 _NUMERIC_POSITIONS = list(range(len(NUMERIC_FEATURES) + len(ANCHOR_FEATURES)))
 _CATEGORICAL_POSITIONS = list(range(len(_NUMERIC_POSITIONS), len(MODEL_COLUMNS)))
+_CYCLIC_POSITIONS = {MODEL_COLUMNS.index(name): period for name, period in CYCLIC_FEATURES.items()}
+# A cyclic feature (hour of day, day of week) is used only once training saw this share of its
+# cycle's values.
+MIN_CYCLE_SHARE = 0.75
 
 
 class AnchoredRegressor(RegressorMixin, BaseEstimator):
@@ -228,22 +233,34 @@ class MatrixEncoder(TransformerMixin, BaseEstimator):
     """The model matrix as numbers: numeric columns as floats, each categorical column as the
     code of its value (``one_hot=False``, for trees) or as indicator columns (``one_hot=True``).
     Values seen fewer than `min_frequency` times in training, and unseen ones, share one
-    "rare" code, or get all-zero indicators. A numeric column with no value at all in training
-    (a short history) carries nothing and becomes 0.
+    "rare" code, or get all-zero indicators.
+
+    A numeric feature seen over too narrow a range cannot swing an estimate: a column with no
+    value or a single one in training (a short history) carries nothing and becomes 0, as does
+    a `cyclic` one (``{position: period}``: the hour of day, the day of week) whose training
+    values cover less than :data:`MIN_CYCLE_SHARE` of its cycle — learnt from jobs that all ran
+    within an hour, it would make an estimate depend on the clock time it is asked at. Every
+    other numeric value is clamped to its training range.
 
     sklearn's OrdinalEncoder and OneHotEncoder, behind a ColumnTransformer, cost 0.6–1 ms a
     call however few the rows; a single estimate has a 2 ms budget in all, so this is a lookup.
     """
 
-    def __init__(self, categorical=(), one_hot: bool = False, min_frequency: int = 5):
+    def __init__(self, categorical=(), one_hot: bool = False, min_frequency: int = 5,
+                 cyclic=None):
         self.categorical = categorical
         self.one_hot = one_hot
         self.min_frequency = min_frequency
+        self.cyclic = cyclic
 
     def fit(self, X, y=None) -> "MatrixEncoder":
         X = np.asarray(X, dtype=object)
         self.numeric_ = [i for i in range(X.shape[1]) if i not in set(self.categorical)]
-        self.empty_ = np.isnan(X[:, self.numeric_].astype(float)).all(axis=0)
+        numeric = X[:, self.numeric_].astype(float)
+        self.empty_ = np.isnan(numeric).all(axis=0) | self._narrow(numeric)
+        with warnings.catch_warnings():  # an all-NaN column has no range: it is empty
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.low_, self.high_ = np.nanmin(numeric, axis=0), np.nanmax(numeric, axis=0)
         self.codes_ = []
         for position in self.categorical:
             values, counts = np.unique(X[:, position].astype(str), return_counts=True)
@@ -251,9 +268,22 @@ class MatrixEncoder(TransformerMixin, BaseEstimator):
             self.codes_.append({value: code for code, value in enumerate(kept)})
         return self
 
+    def _narrow(self, numeric: np.ndarray) -> np.ndarray:
+        """Per numeric column: at most one distinct value, or a cyclic one covering too little
+        of its cycle."""
+        narrow = np.zeros(numeric.shape[1], dtype=bool)
+        for column, position in enumerate(self.numeric_):
+            values = np.unique(numeric[:, column][~np.isnan(numeric[:, column])])
+            period = (self.cyclic or {}).get(position)
+            seen = len(np.unique(np.floor(values) % period)) / period if period else 1.0
+            narrow[column] = len(values) <= 1 or seen < MIN_CYCLE_SHARE
+        return narrow
+
     def transform(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=object)
         numeric = X[:, self.numeric_].astype(float)
+        if hasattr(self, "low_"):  # encoders stored before clamping have no range
+            numeric = np.clip(numeric, self.low_, self.high_)
         numeric[:, self.empty_] = 0.0
         blocks = [numeric]
         for position, codes in zip(self.categorical, self.codes_):
@@ -324,11 +354,18 @@ def make_family(family: str, random_state: int = 0) -> AnchoredRegressor:
 
 
 def _encoder(one_hot: bool = False) -> MatrixEncoder:
-    return MatrixEncoder(categorical=_CATEGORICAL_POSITIONS, one_hot=one_hot)
+    return MatrixEncoder(categorical=_CATEGORICAL_POSITIONS, one_hot=one_hot,
+                         cyclic=_CYCLIC_POSITIONS)
 
 
 def _signed_log1p(values):
     return np.sign(values) * np.log1p(np.abs(values))
+
+
+def _factors(adjustment: Adjustment | None) -> tuple:
+    """An adjustment's (lower, upper) widening factors; (1, 1) for none."""
+    return (1.0, 1.0) if adjustment is None else (np.asarray(adjustment.low, float),
+                                                   np.asarray(adjustment.high, float))
 
 
 def _spread_out(rows: np.ndarray) -> np.ndarray:
@@ -379,8 +416,10 @@ class Calibration(BaseEstimator):
     Each job comes with how scattered its GPU and model have run lately (the robust spread of
     log(actual / cost model) over their last jobs, see :func:`perflib.prediction.features.spread`).
     Residuals about their median, divided by that spread, are the conformity scores; the
-    interval is ``prediction × exp(±q · spread)`` with q their conformal quantile, so it widens
-    as soon as a GPU's recent jobs turn noisier and narrows when they calm down. Scores are
+    interval is ``prediction × exp(−q_low · spread)`` to ``prediction × exp(q_high · spread)``,
+    each tail's q its own conformal quantile (of an 80% interval: a tenth of the jobs below, a
+    tenth above), so it widens as soon as a GPU's recent jobs turn noisier and narrows when they
+    calm down. Scores are
     kept per size bin of the prediction when there are enough calibration jobs (Mondrian). A
     job without a known spread gets the calibration window's typical one; spreads are floored
     at a quarter of it, so a short quiet spell cannot make an interval vanish.
@@ -404,43 +443,62 @@ class Calibration(BaseEstimator):
         bins = int(max(1, min(self.max_bins, len(actual) // self.min_bin)))
         self.edges_ = np.unique(np.quantile(log_pred, np.linspace(0, 1, bins + 1)[1:-1]))
         which = np.searchsorted(self.edges_, log_pred)
-        self.half_width_, self.scores_ = [], []
+        self.half_width_, self.tail_widths_, self.scores_ = [], [], []
         for b in range(len(self.edges_) + 1):
             members = which == b
             if members.sum() < self.min_bin // 2:  # too few to stand alone: every job's
                 members = np.ones(len(actual), dtype=bool)
             r, sigma = residual[members], scale[members]
-            # Split conformal with the finite-sample correction. A calibration window's own bias
-            # is drift that the anchor tracks, so it widens nothing.
+            # Split conformal with the finite-sample correction, each tail apart (a shared
+            # machine's errors are skewed). A calibration window's own bias is drift that the
+            # anchor tracks, so it widens nothing.
             scores = (r - np.median(r)) / sigma
             level = min(1.0, np.ceil((len(r) + 1) * self.coverage) / len(r))
+            tail = min(1.0, np.ceil((len(r) + 1) * (1 + self.coverage) / 2) / len(r))
             self.half_width_.append(float(np.quantile(np.abs(scores), level)))
+            self.tail_widths_.append((float(max(-np.quantile(scores, 1 - tail), 0.0)),
+                                      float(max(np.quantile(scores, tail), 0.0))))
             if len(scores) > self.kept_scores:
                 scores = np.quantile(scores, np.linspace(0, 1, self.kept_scores))
             self.scores_.append(np.sort(scores))
         return self
 
-    def interval(self, predicted, spread=None, widen=1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Low and high seconds; `widen` multiplies each half-width in log (the online
-        conformal correction of :mod:`perflib.prediction.conformal`; 1: as calibrated)."""
+    def interval(self, predicted, spread=None, adjustment=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Low and high seconds; `adjustment` (:class:`perflib.prediction.conformal.Adjustment`,
+        of scalars or per-row arrays) multiplies each tail's half-width in log (the online
+        conformal correction; None: as calibrated)."""
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        half = np.take(self.half_width_, which) * self._scale(spread, len(predicted)) * widen
-        return predicted * np.exp(-half), predicted * np.exp(half)
+        scale = self._scale(spread, len(predicted))
+        lower, upper = self._tails(which)
+        low, high = _factors(adjustment)
+        return (predicted * np.exp(-lower * scale * low),
+                predicted * np.exp(upper * scale * high))
 
-    def confidence(self, predicted, spread=None, widen=1.0) -> np.ndarray:
-        """Share of calibration jobs that, scaled to each job's spread (times `widen`), land
-        within ±20%."""
+    def _tails(self, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the lower and upper calibrated half-widths of its bin (a model stored before
+        the tails were apart has one, symmetric)."""
+        tails = getattr(self, "tail_widths_", None) or [(h, h) for h in self.half_width_]
+        tails = np.asarray(tails, float)[which]
+        return tails[:, 0], tails[:, 1]
+
+    def confidence(self, predicted, spread=None, adjustment=None) -> np.ndarray:
+        """Share of calibration jobs that, scaled to each job's spread, land within ±20%; its
+        log-odds shifted by the `adjustment`'s (recalibrated online on the same replay as the
+        tails, :mod:`perflib.prediction.conformal`)."""
         predicted = np.asarray(predicted, float)
         which = np.searchsorted(self.edges_, np.log(predicted))
-        scale = self._scale(spread, len(predicted)) * widen
+        scale = self._scale(spread, len(predicted))
         chances = np.empty(len(predicted))
         for b in np.unique(which):
             rows, scores = which == b, self.scores_[b]
             inside = np.searchsorted(scores, np.log(1 + WITHIN) / scale[rows], side="right") - \
                 np.searchsorted(scores, np.log(1 - WITHIN) / scale[rows], side="left")
             chances[rows] = inside / len(scores)
-        return chances
+        if adjustment is None:
+            return chances
+        return adjusted_confidence(chances, adjustment.log_odds)
 
     def _scale(self, spread, rows: int) -> np.ndarray:
         if spread is None:
@@ -460,8 +518,13 @@ class Calibration(BaseEstimator):
             if not isinstance(values, list) or len(values) != len(edges) + 1:
                 raise ValueError(f"{name}.{part} is not a list of one entry per bin "
                                  f"({len(edges) + 1})")
+        tails = getattr(self, "tail_widths_", None)
+        if tails is not None and (not isinstance(tails, list) or len(tails) != len(edges) + 1):
+            raise ValueError(f"{name}.tail_widths_ is not a list of one entry per bin")
         for b, (half, scores) in enumerate(zip(self.half_width_, self.scores_)):
             check_number(half, f"{name}.half_width_[{b}]")
+            for side, width in zip(("low", "high"), tails[b] if tails is not None else ()):
+                check_number(width, f"{name}.tail_widths_[{b}] {side}")
             check_array(scores, f"{name}.scores_[{b}]", ndim=1)
             if not len(scores):
                 raise ValueError(f"{name}.scores_[{b}] is empty")

@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 
 from perflib.config import ModelProfile
-from perflib.prediction.conformal import normalised_scores
+from perflib.prediction.conformal import UNADJUSTED, Adjustment, normalised_scores
 from perflib.prediction.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, far_slower,
                                          far_slower_jobs, feature_columns, history_keys,
                                          job_columns, outcome_seconds, past_median, spread,
                                          text_column)
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                                        check_mapping, check_number)
+from perflib.prediction.metrics import is_within
 from perflib.prediction.priced import sound
 from perflib.record import PIPELINE_TYPES, estimate_params
 from perflib.store import parse_timestamp
@@ -78,31 +79,34 @@ class TrainedModel:
         """Seconds, interval low/high and confidence for job rows (a DataFrame or a mapping of
         column sequences); `recent` overrides the stored (drift, spread) per "gpu|model" with
         fresher values (NaN where unknown), optionally with a third value: the online
-        conformal widening of the interval (:mod:`perflib.prediction.conformal`)."""
+        :class:`~perflib.prediction.conformal.Adjustment` of the interval and confidence."""
         features = feature_columns(jobs, self.profiles, history=self.history)
         keys = history_keys(features)
         drift = [self._recent(recent, key, 0, self.drift) for key in keys]
         spread = [self._recent(recent, key, 1, self.spread) for key in keys]
-        widen = [recent[key][2] if recent and len(recent.get(key, ())) > 2 else 1.0
-                 for key in keys]
-        return self._price(features, drift, spread, np.asarray(widen, float))
+        adjustments = [recent[key][2] if recent and len(recent.get(key, ())) > 2 else UNADJUSTED
+                       for key in keys]
+        return self._price(features, drift, spread, Adjustment(
+            *(np.array([getattr(a, part) for a in adjustments], float)
+              for part in ("low", "high", "log_odds"))))
 
-    def replay_predict(self, jobs: pd.DataFrame, drift, spread, widen=1.0
+    def replay_predict(self, jobs: pd.DataFrame, drift, spread, adjustment=None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`predict` with each row's own (drift, spread) — as a backtest knows them at
-        the row's submission; NaN: the stored value — and interval widening factor."""
+        the row's submission; NaN: the stored value — and online adjustment (None: as
+        calibrated)."""
         features = feature_columns(jobs, self.profiles, history=self.history)
         keys = history_keys(features)
         drift, spread = np.asarray(drift, float), np.asarray(spread, float)
         drift = np.where(np.isnan(drift), [self.drift.get(k, np.nan) for k in keys], drift)
         spread = np.where(np.isnan(spread), [self.spread.get(k, np.nan) for k in keys], spread)
-        return self._price(features, drift, spread, widen)
+        return self._price(features, drift, spread, adjustment)
 
-    def _price(self, features, drift, spread, widen):
+    def _price(self, features, drift, spread, adjustment):
         seconds = self.estimator.predict(anchor(features, self.cost_model, drift))
         spread = self._with_speed_uncertainty(features, drift, spread)
-        low, high = self.calibration.interval(seconds, spread, widen)
-        return seconds, low, high, self.calibration.confidence(seconds, spread, widen)
+        low, high = self.calibration.interval(seconds, spread, adjustment)
+        return seconds, low, high, self.calibration.confidence(seconds, spread, adjustment)
 
     def _with_speed_uncertainty(self, features, drift, spread) -> np.ndarray:
         """Each row's spread, widened by how unsure its group's pooled speed is where no recent
@@ -173,24 +177,29 @@ class TrainedModel:
                                     statistic="spread")
         return keys, drift, recent_spread
 
-    def replay_scores(self, jobs: pd.DataFrame, latest: int) -> tuple[np.ndarray, np.ndarray]:
-        """Groups and normalised conformal scores
-        (:func:`perflib.prediction.conformal.normalised_scores`) of the latest `latest` of these
-        finished job rows started after this model's training window, in the order they finished:
-        each re-priced in one batch by this model with the drift and spread of the rows finished
-        before its submission (what its estimate would have said, as no estimate is stored). Jobs it
-        was trained on are history only: its in-sample errors would understate the misses and narrow
-        every interval."""
+    def replay_scores(self, jobs: pd.DataFrame, latest: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Groups, signed normalised conformal scores
+        (:func:`perflib.prediction.conformal.normalised_scores`), unadjusted stated confidence
+        and whether each landed within ±20%, of the latest `latest` of these finished job rows
+        started after this model's training window, in the order they finished: each re-priced
+        in one batch by this model with the drift and spread of the rows finished before its
+        submission (what its estimate would have said, as no estimate is stored). Jobs it was
+        trained on are history only: its in-sample errors would understate the misses and
+        narrow every interval."""
         jobs = _priceable(jobs)
         unseen = np.flatnonzero((pd.to_datetime(jobs.started_at, utc=True)
                                  > parse_timestamp(self.train_end)).to_numpy())
         scored = unseen[-latest:]
         if not len(scored):  # nothing to learn from (and a correction refuses zero rows)
-            return np.array([], dtype=object), np.array([])
+            return (np.array([], dtype=object),) + (np.array([]),) * 3
         keys, drift, recent_spread = self.replayed_history(jobs)
         rows = jobs.iloc[scored]
-        seconds, _, high, _ = self.replay_predict(rows, drift[scored], recent_spread[scored])
-        return keys[scored], normalised_scores(outcome_seconds(rows), seconds, high)
+        seconds, low, high, confidence = self.replay_predict(rows, drift[scored],
+                                                             recent_spread[scored])
+        actual = outcome_seconds(rows)
+        return (keys[scored], normalised_scores(actual, seconds, low, high), confidence,
+                is_within(actual, seconds))
 
     def check(self) -> None:
         """Raise InvalidModelError saying what is wrong unless every part has the right type,

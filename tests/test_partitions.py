@@ -14,6 +14,7 @@ from perflib.ops.maintenance import maintain
 from perflib.store import Store, partitions, schema
 from perflib.store.engine import engine_for
 from perflib.store.migration import migrate
+from perflib.store.migrations import baseline
 from tools.loadtest import many_writers
 
 
@@ -45,12 +46,14 @@ def day_partitions(store: Store, table: str = "generation_performance") -> set[d
 
 
 def old_schema_store(url: str) -> Store:
-    """A store whose tables were made the way perflib made them before partitioning, brought
-    to head by perflib init-db (which leaves them unpartitioned)."""
+    """A store whose tables were made the way perflib made them before partitioning (the
+    schema Alembic took over, revision 0001's), brought to head by perflib init-db (which
+    leaves them unpartitioned)."""
     store = Store(url)
     with engine_for(store.url, store.config.db_schema).begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{store.config.db_schema}"'))
-        schema.metadata.create_all(conn)
+        baseline.metadata.create_all(conn, tables=[
+            table for table in baseline.metadata.sorted_tables if table is not baseline.schema_info])
     store.init_db()
     return store
 
@@ -247,6 +250,20 @@ def test_an_unpartitioned_database_keeps_working_and_is_told_of_the_migration(pg
     assert "partitioned the job tables by day" in capsys.readouterr().out
     assert cli_main(["--database-url", pg_url, "migrate-partitions"]) == 0
     assert "already partitioned" in capsys.readouterr().out
+
+
+@pytest.mark.postgres
+def test_a_copy_that_meets_a_stored_job_is_written_again_without_it(pg_url):
+    """Unpartitioned tables take the batch by COPY; a stored job makes the COPY fail, and the
+    whole batch is written again through a staging table: the new job lands with its phase and
+    sample, the stored one keeps its own, none twice."""
+    store = old_schema_store(pg_url)
+    assert store.write_jobs([job("a", NOW)]) == 1
+    assert store.write_jobs([job("a", NOW, total_seconds=9.0), job("b", NOW)]) == 1
+    assert sorted(store.jobs_frame().job_id) == ["a", "b"]
+    assert store.jobs_frame().set_index("job_id").total_seconds["a"] == 3.0
+    assert store.count(schema.generation_phases) == 2
+    assert store.count(schema.resource_samples) == 2
 
 
 def test_sqlite_has_nothing_to_migrate(sqlite_url, capsys):

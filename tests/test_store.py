@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from perflib.cli import main
@@ -114,3 +115,14 @@ def test_cost_terms_of_a_batch_match_each_record_computed_alone(store):
     assert stored.loc["few-keys", "started_at"].isoformat() == "2026-11-01T09:00:00+00:00"
     assert stored.loc["same-0", "started_at"].isoformat() == "2026-11-01T08:00:00+00:00"
     assert stored.loc["other", "started_at"].isoformat() == "2026-11-01T07:30:00+00:00"
+
+
+def test_a_timestamp_outside_the_years_allowed_is_refused_before_the_database(store):
+    """A UTC datetime the driver would take as it is, but outside 1970–2200, is refused with
+    its reason and nothing of the batch is written (the writer dead-letters it alone)."""
+    good = {"job_id": "ok", "pipeline_type": "image", "status": "success",
+            "started_at": datetime(2026, 11, 1, tzinfo=timezone.utc)}
+    with pytest.raises(ValueError, match="outside 1970"):
+        store.write_jobs([good, dict(good, job_id="old",
+                                     finished_at=datetime(1900, 1, 1, tzinfo=timezone.utc))])
+    assert store.count() == 0

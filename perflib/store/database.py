@@ -6,11 +6,9 @@ idempotent on ``job_id``: a record that is already stored is skipped, never dupl
 """
 from __future__ import annotations
 
-import json
 import logging
-from operator import itemgetter
 from pathlib import Path
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -20,7 +18,8 @@ from perflib.config import Settings, get_settings, resolve_database_url, safe_ur
 from perflib.prediction.work_terms import stored_terms
 from perflib.record import LIVE_STATUSES
 from perflib.store import partitions, schema, versioning
-from perflib.store.timestamps import MAX_YEAR, MIN_YEAR, UtcDateTime, parse_timestamp
+from perflib.store.inserts import insert_batch
+from perflib.store.rows import DATETIME_COLUMNS, Batch
 from perflib.store.engine import (DatabaseFileReplaced, empty_stand_in, engine_for,
                                   sqlite_file_replaced)
 
@@ -29,14 +28,7 @@ if TYPE_CHECKING:  # the tracker's write path needs neither (pandas comes with p
 
 log = logging.getLogger(__name__)
 
-_DATETIME_COLUMNS = {
-    table.name: {c.name for c in table.columns if isinstance(c.type, (UtcDateTime, sa.DateTime))}
-    for table in schema.metadata.tables.values()
-}
-_TIMESTAMP_NAMES = set().union(*_DATETIME_COLUMNS.values())
-# What a job's stored cost terms depend on, besides its passes (perflib.prediction.workload).
-_SHAPE_COLUMNS = ("width", "height", "frame_count", "batch_size", "steps", "guidance_scale",
-                  "model_name")
+_TIMESTAMP_NAMES = set().union(*DATETIME_COLUMNS.values())
 
 
 class Store:
@@ -144,51 +136,16 @@ class Store:
         """
         if not records:
             return 0
-        records = self._with_cost_terms(records)
-        phases = [{**p, "job_id": r["job_id"], "job_started_at": r.get("started_at")}
-                  for r in records for p in r.get("phases") or ()]
-        samples = [{**s, "job_id": r["job_id"], "job_started_at": r.get("started_at")}
-                   for r in records for s in r.get("samples") or ()]
+        batch = None
         for _attempt in range(2):
             engine = self.writable_engine()
-            inserted = self._insert_jobs(engine, records, phases, samples, replace_live)
+            batch = batch or Batch.of(records, self.config.model_profiles,
+                                      aware=engine.dialect.name == "postgresql")
+            inserted = insert_batch(engine, batch, replace_live)
             if not sqlite_file_replaced(engine):
                 return inserted
         raise DatabaseFileReplaced(f"SQLite file {self.url.database} was deleted or replaced "
                                    "during two writes in a row")
-
-    @staticmethod
-    def _insert_jobs(engine: sa.Engine, records: Sequence[Mapping[str, Any]],
-                     phases: list[dict], samples: list[dict], replace_live: bool) -> int:
-        """One transaction: live rows replaced if asked, then jobs, phases and samples."""
-        if getattr(engine, "_perflib_partitioned", False):
-            return _insert_partitioned(engine, records, phases, samples, replace_live)
-        with engine.begin() as conn:
-            if replace_live:
-                table = schema.generation_performance
-                ids = [str(r["job_id"]) for r in records]
-                for start in range(0, len(ids), 500):
-                    conn.execute(sa.delete(table).where(table.c.job_id.in_(ids[start:start + 500]),
-                                                        table.c.status.in_(LIVE_STATUSES)))
-            inserted = _insert_ignoring_duplicates(conn, schema.generation_performance, records)
-            _insert_ignoring_duplicates(conn, schema.generation_phases, phases)
-            _insert_ignoring_duplicates(conn, schema.resource_samples, samples)
-        return inserted
-
-    def _with_cost_terms(self, records: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """Records with the derived cost terms (:mod:`perflib.prediction.workload`) that SQL aggregates,
-        computed once per distinct job shape: a batch repeats few."""
-        profiles = self.config.model_profiles
-        shapes = _job_shapes(records)
-        try:
-            one_of_each = None if shapes is None else dict(zip(shapes, records))
-        except TypeError:  # a value that cannot key a dict
-            one_of_each = None
-        if one_of_each is None:
-            terms = stored_terms(records, profiles)
-            return [{**record, **derived} for record, derived in zip(records, terms)]
-        by_shape = dict(zip(one_of_each, stored_terms(list(one_of_each.values()), profiles)))
-        return [{**record, **by_shape[shape]} for record, shape in zip(records, shapes)]
 
     # -- reads ------------------------------------------------------------------------------
     def frame(self, query, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -325,146 +282,3 @@ def _utc_columns(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
     return frame
-
-
-def _job_shapes(records: Sequence[Mapping[str, Any]]) -> list[tuple] | None:
-    """Per record, the inputs its cost terms depend on; None when a record lists its passes
-    (then each record's terms are computed on their own)."""
-    if any(record.get("passes") for record in records):
-        return None
-    take = itemgetter(*_SHAPE_COLUMNS)
-    try:
-        return list(map(take, records))
-    except KeyError:
-        return [tuple(map(record.get, _SHAPE_COLUMNS)) for record in records]
-
-
-def _qualified(table_name: str, schema_name: str | None) -> str:
-    return f'"{schema_name}"."{table_name}"' if schema_name else f'"{table_name}"'
-
-
-def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table,
-                                records: Sequence[Mapping[str, Any]]) -> int:
-    """Bulk insert through the driver, skipping rows whose unique key is already stored."""
-    if not records:
-        return 0
-    postgres = conn.dialect.name == "postgresql"
-    columns, rows = _row_tuples(table, records, aware=postgres)
-    schema_name = conn.get_execution_options().get("schema_translate_map", {}).get(None)
-    target = _qualified(table.name, schema_name)
-    column_list = ", ".join(f'"{c}"' for c in columns)
-    raw = conn.connection.driver_connection
-    if not postgres:
-        cursor = raw.cursor()
-        cursor.executemany(f"INSERT OR IGNORE INTO {target} ({column_list}) "
-                           f"VALUES ({', '.join('?' for _ in columns)})", rows)
-        return cursor.rowcount
-    # PostgreSQL: COPY straight into the table — new jobs are the common case. If a row is
-    # already stored, roll that back and COPY into a temporary table, then INSERT ... ON CONFLICT
-    # DO NOTHING.
-    from psycopg.errors import UniqueViolation  # perflib[postgres]
-
-    try:
-        with conn.begin_nested(), raw.cursor() as cursor:
-            _copy_rows(cursor, target, column_list, rows)
-        return len(rows)
-    except UniqueViolation:
-        pass
-    staging = f'"perflib_staging_{table.name}"'
-    with raw.cursor() as cursor:
-        cursor.execute(f"CREATE TEMP TABLE {staging} ON COMMIT DROP AS "
-                       f"SELECT {column_list} FROM {target} WITH NO DATA")
-        _copy_rows(cursor, staging, column_list, rows)
-        cursor.execute(f"INSERT INTO {target} ({column_list}) SELECT {column_list} "
-                       f"FROM {staging} ON CONFLICT DO NOTHING")
-        inserted = cursor.rowcount
-        cursor.execute(f"DROP TABLE {staging}")
-    return inserted
-
-
-def _insert_partitioned(engine: sa.Engine, records: Sequence[Mapping[str, Any]],
-                        phases: list[dict], samples: list[dict], replace_live: bool) -> int:
-    """The write into day-partitioned tables, where no index can keep job_id unique: the days'
-    partitions are made first (their own transaction), then one transaction looks up which
-    jobs are stored already and inserts only the others, with their phases and samples."""
-    partitions.ensure_partitions(engine, partitions.record_days(records))
-    ids = list(dict.fromkeys(str(r["job_id"]) for r in records))
-    window = partitions.duplicate_window(records)
-    with engine.begin() as conn:
-        if replace_live:
-            partitions.lock_job_ids(conn, ids)
-            partitions.delete_live(conn, ids, LIVE_STATUSES, window)
-        stored = partitions.stored_job_ids(conn, ids, window)
-        fresh = []
-        for record in records:
-            if str(record["job_id"]) not in stored:
-                stored.add(str(record["job_id"]))  # the first of a batch's copies wins
-                fresh.append(record)
-        new_ids = {str(r["job_id"]) for r in fresh}
-        inserted = _insert_ignoring_duplicates(conn, schema.generation_performance, fresh)
-        for table, children in ((schema.generation_phases, phases),
-                                (schema.resource_samples, samples)):
-            _insert_ignoring_duplicates(conn, table, [c for c in children
-                                                      if str(c["job_id"]) in new_ids])
-    return inserted
-
-
-def _copy_rows(cursor, target: str, column_list: str, rows: list[tuple]) -> None:
-    with cursor.copy(f"COPY {target} ({column_list}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(row)
-
-
-def _row_tuples(table: sa.Table, records: Sequence[Mapping[str, Any]], aware: bool
-                ) -> tuple[list[str], list[tuple]]:
-    """The table's columns present in `records`, and each record as a tuple of driver values.
-
-    Timestamps become UTC (aware for PostgreSQL; SQLAlchemy's text format for SQLite), JSON
-    columns become text, so the driver's own executemany/COPY does the rest. Values are taken
-    and converted a whole column at a time (the write path's hot loop).
-    """
-    present = set().union(*(record.keys() for record in records))
-    columns = [c for c in table.columns.keys() if c in present]
-    datetime_columns = _DATETIME_COLUMNS[table.name]
-    json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    take = itemgetter(*columns) if len(columns) > 1 else (lambda record: (record[columns[0]],))
-    try:
-        rows = [take(record) for record in records]
-    except KeyError:  # records with different keys: the missing ones are NULL
-        rows = [tuple(record.get(c) for c in columns) for record in records]
-    converters = [(index, (_timestamps_aware if aware else _timestamps_sqlite)
-                   if c in datetime_columns else _json_texts)
-                  for index, c in enumerate(columns) if c in datetime_columns or c in json_columns]
-    if aware:  # PostgreSQL takes UTC datetimes as they are: convert only columns that need it
-        converters = [(index, convert) for index, convert in converters
-                      if convert is not _timestamps_aware
-                      or not all(map(_is_utc_datetime, map(itemgetter(index), rows)))]
-    if converters:
-        values = list(zip(*rows))
-        for index, convert in converters:
-            values[index] = convert(values[index])
-        rows = list(zip(*values))
-    return columns, rows
-
-
-def _is_utc_datetime(value: Any) -> bool:
-    """A UTC datetime within the years allowed, or None: a value the driver takes as it is."""
-    return value is None or (type(value) is datetime and value.tzinfo is timezone.utc
-                             and MIN_YEAR <= value.year <= MAX_YEAR)
-
-
-def _timestamps_aware(values: Sequence[Any]) -> list[datetime | None]:
-    """UTC-aware datetimes; those that already are and lie within the years allowed pass as
-    they are (the writer's common case)."""
-    return [value if _is_utc_datetime(value) else parse_timestamp(value) for value in values]
-
-
-def _timestamps_sqlite(values: Sequence[Any]) -> list[str | None]:
-    """The storage format SQLAlchemy's SQLite DateTime reads back: naive UTC with microseconds
-    (an aware UTC datetime's ISO text less its ``+00:00``)."""
-    return [None if value is None else value.isoformat(" ", "microseconds")[:-6]
-            for value in _timestamps_aware(values)]
-
-
-def _json_texts(values: Sequence[Any]) -> list[str | None]:
-    return [None if value is None else json.dumps(value, default=str) for value in values]

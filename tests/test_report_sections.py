@@ -25,6 +25,7 @@ from perflib.report.summary import summary_markdown
 from perflib.report.tables import bottleneck_table, gpu_table
 from perflib.serve import create_app
 from perflib.store import Store, flush_all
+from tests import report_values as made
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx
@@ -103,10 +104,8 @@ def test_every_section_renders_whatever_the_jobs_left_out(history, tmp_path, mon
 
 
 def test_recorded_text_is_inert_in_markdown_and_in_tables():
-    report = {"overall_statistics": {"total_jobs": 3, "success_rate": 1.0},
-              "bottlenecks": [{"type": "low_gpu_utilization", "pipeline_type": "image",
-                               "scope": {"job_type": PAYLOAD, "model_name": LINK},
-                               "evidence": {}, "affected_jobs": 3, "severity": 0.9}]}
+    report = made.report(bottlenecks=(made.bottleneck(
+        "low_gpu_utilization", 0.9, "image", 3, {}, {"job_type": PAYLOAD, "model_name": LINK}),))
     html = markdown2html(summary_markdown(report))
     assert "<img" not in html and "<a" not in html, html
     assert "&lt;img src=x onerror=alert(document.domain)&gt;" in html
@@ -159,5 +158,5 @@ def test_charts_and_tables_show_at_most_the_category_cap():
     assert len(folded) == MAX_CATEGORIES + 1 and folded.hostname.iloc[-1] == OTHER
     assert folded.busy_seconds.sum() == gpus.busy_seconds.sum()
     assert gpu_table(folded).to_html().count("<tr") == MAX_CATEGORIES + 2  # with the header
-    bottlenecks = [{"type": "slow_generation", "severity": 0.5, "affected_jobs": 1}] * many
+    bottlenecks = [made.bottleneck("slow_generation", 0.5, "image", 1, {})] * many
     assert bottleneck_table(bottlenecks).to_html().count("<tr") == MAX_CATEGORIES + 1

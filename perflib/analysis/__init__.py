@@ -6,7 +6,6 @@ a report can be re-run for any past week.
 """
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,9 @@ from perflib.analysis.daily_aggregates import daily_frame
 from perflib.analysis.gpus import gpu_usage
 from perflib.analysis.opportunities import find_opportunities
 from perflib.analysis.origin import DataOrigin, data_origin
+from perflib.analysis.performance_report import (EstimateAccuracy, Opportunity, PerformanceReport,
+                                                 PreviousPeriod, ReportedAlert, period_statistics,
+                                                 reported_bottleneck)
 from perflib.analysis.sql import (SIMULATED, frame_without_jit, hour_of, in_window,
                                   sampled_jobs, sampled_phases, spread_order, time_percentiles,
                                   window, window_rows)
@@ -35,7 +37,8 @@ if TYPE_CHECKING:  # ops writes: imported where maintain() runs it
 TREND_DAYS = 28  # trends look back at least four weeks, whatever the report's period
 SAMPLE_ROWS = 20_000
 
-__all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "PerformanceAnalyzer", "TrendResult"]
+__all__ = ["Bottleneck", "BottleneckType", "ChangePoint", "PerformanceAnalyzer", "PerformanceReport",
+           "TrendResult"]
 
 
 class PerformanceAnalyzer(UsesStore):
@@ -125,7 +128,7 @@ class PerformanceAnalyzer(UsesStore):
                                    speed=False, times=ranked)
         if not ranked:
             per_pipeline = per_pipeline.merge(
-                self.store.frame(time_percentiles(self.store, start, stop, pipeline_type)),
+                self.store.frame(time_percentiles(start, stop, pipeline_type)),
                 on="pipeline_type", how="left")
         result = {"per_pipeline": {}}
         total_jobs = int(per_pipeline.job_count.sum()) if len(per_pipeline) else 0
@@ -147,7 +150,7 @@ class PerformanceAnalyzer(UsesStore):
         return result
 
     def prediction_accuracy(self, days_back: float = 7, end=None,
-                            pipeline_type: str | None = None) -> dict:
+                            pipeline_type: str | None = None) -> EstimateAccuracy:
         """How the estimates given before jobs ran compare with their processing time."""
         start, stop = self.window(days_back, end)
         pipeline = jobs.c.pipeline_type == pipeline_type if pipeline_type else sa.true()
@@ -158,14 +161,13 @@ class PerformanceAnalyzer(UsesStore):
                            sa.func.avg(error / jobs.c.processing_seconds).label("mape"))
                  .where(jobs.c.status == "success", jobs.c.predicted_seconds > 0,
                         jobs.c.processing_seconds > 0, pipeline,
-                        in_window(self.store, start, stop)))
+                        in_window(start, stop)))
         with self.store.engine.connect() as conn:
             row = conn.execute(query).one()
         if not row.jobs:
-            return {"jobs_with_estimate": 0, "accuracy_within_20_percent": None, "mape": None}
-        return {"jobs_with_estimate": int(row.jobs),
-                "accuracy_within_20_percent": round(row.within / row.jobs, 4),
-                "mape": round(float(row.mape), 4)}
+            return EstimateAccuracy(0, None, None)
+        return EstimateAccuracy(int(row.jobs), round(row.within / row.jobs, 4),
+                                round(float(row.mape), 4))
 
     def daily(self, days_back: float = 7, end=None) -> pd.DataFrame:
         """Per day and pipeline aggregates of the window, from the stored daily aggregates
@@ -192,7 +194,7 @@ class PerformanceAnalyzer(UsesStore):
         hour = hour_of(jobs.c.submitted_at, self.store.engine.dialect.name).label("hour")
         query = (sa.select(hour, jobs.c.pipeline_type, sa.func.count().label("jobs"),
                            sa.func.avg(jobs.c.queue_seconds).label("mean_queue_seconds"))
-                 .where(in_window(self.store, start, stop)).group_by(hour, jobs.c.pipeline_type)
+                 .where(in_window(start, stop)).group_by(hour, jobs.c.pipeline_type)
                  .order_by(hour))
         return self.store.frame(query)
 
@@ -231,11 +233,18 @@ class PerformanceAnalyzer(UsesStore):
     def generate_performance_report(self, days_back: float = 7, end=None,
                                     pipeline_type: str | None = None,
                                     trends: dict[str, TrendResult] | None = None) -> dict:
-        """Everything the weekly report shows, as JSON-ready values, with the previous period's
-        statistics and estimate accuracy for comparison; `pipeline_type` narrows it to one
-        pipeline (opportunities stay fleet-wide). `trends`: the period's, when the caller has
-        them already (the weekly report draws them too). It only reads: its alerts are those
-        the window calls for, with their stored state (see ``as_reported``)."""
+        """:meth:`performance_report` as JSON-ready values (see
+        :meth:`PerformanceReport.as_dict`)."""
+        return self.performance_report(days_back, end, pipeline_type, trends).as_dict()
+
+    def performance_report(self, days_back: float = 7, end=None,
+                           pipeline_type: str | None = None,
+                           trends: dict[str, TrendResult] | None = None) -> PerformanceReport:
+        """Everything the weekly report shows, with the previous period's statistics and
+        estimate accuracy for comparison; `pipeline_type` narrows it to one pipeline
+        (opportunities stay fleet-wide). `trends`: the period's, when the caller has them
+        already. It only reads: its alerts are those the window calls for, with their stored
+        state (see ``as_reported``)."""
         start, stop = self.window(days_back, end)
         bottlenecks = self.analyze_bottlenecks(days_back, pipeline_type, stop)
         if trends is None:
@@ -244,30 +253,23 @@ class PerformanceAnalyzer(UsesStore):
                                               self.thresholds.failure_rate)
         if pipeline_type:
             alerts = [a for a in alerts if a["pipeline_type"] == pipeline_type]
-        origin = data_origin(self.store, start, stop)
-        statistics = self.overall_statistics(days_back, stop, pipeline_type)
-        per_pipeline = statistics.pop("per_pipeline")
-        previous = self.overall_statistics(days_back, start, pipeline_type)
-        previous.pop("per_pipeline")
-        return {
-            "period_days": days_back, "start": start.isoformat(), "end": stop.isoformat(),
-            "pipeline_type": pipeline_type,
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "simulated": origin.simulated,
-            "data_origin": {**dataclasses.asdict(origin), "notice": origin.notice()},
-            "overall_statistics": statistics,
-            "per_pipeline": per_pipeline,
-            "bottlenecks": [b.as_dict() for b in bottlenecks],
-            "trends": {p: t.as_dict() for p, t in trends.items()},
-            "alerts": alert_store.as_reported(self.store, alerts, stop),
-            "opportunities": self.find_optimization_opportunities(days_back, stop),
-            "prediction_accuracy": self.prediction_accuracy(days_back, stop, pipeline_type),
-            "previous_period": {
-                "start": (start - timedelta(days=days_back)).isoformat(),
-                "overall_statistics": previous,
-                "prediction_accuracy": self.prediction_accuracy(days_back, start, pipeline_type),
-            },
-        }
+        statistics, per_pipeline = period_statistics(
+            self.overall_statistics(days_back, stop, pipeline_type))
+        previous, _ = period_statistics(self.overall_statistics(days_back, start, pipeline_type))
+        return PerformanceReport(
+            period_days=days_back, start=start, end=stop, pipeline_type=pipeline_type,
+            generated_at=datetime.now(timezone.utc).replace(microsecond=0),
+            origin=data_origin(self.store, start, stop),
+            statistics=statistics, per_pipeline=per_pipeline,
+            bottlenecks=tuple(map(reported_bottleneck, bottlenecks)),
+            trends={p: t.rounded() for p, t in trends.items()},
+            alerts=tuple(ReportedAlert(**a) for a in alert_store.as_reported(
+                self.store, alerts, stop)),
+            opportunities=tuple(Opportunity(**o) for o in
+                                self.find_optimization_opportunities(days_back, stop)),
+            accuracy=self.prediction_accuracy(days_back, stop, pipeline_type),
+            previous=PreviousPeriod(start - timedelta(days=days_back), previous,
+                                    self.prediction_accuracy(days_back, start, pipeline_type)))
 
     def gpu_usage(self, days_back: float = 7, end=None, pipeline_type: str | None = None
                   ) -> pd.DataFrame:
@@ -284,7 +286,7 @@ class PerformanceAnalyzer(UsesStore):
         hour = hour_of(jobs.c.started_at, self.store.engine.dialect.name).label("hour")
         with self.store.engine.connect() as conn:
             per_hour = conn.execute(sa.select(hour, sa.func.count().label("jobs"))
-                                    .where(in_window(self.store, start, now)).group_by(hour)
+                                    .where(in_window(start, now)).group_by(hour)
                                     ).all()
         return {
             "system_status": {

@@ -116,7 +116,7 @@ def _slower_than_estimated(store: Store, start: datetime, end: datetime) -> list
     query = (sa.select(jobs.c.pipeline_type, sa.func.count().label("estimated"),
                        sa.func.sum(sa.case((slow, 1), else_=0)).label("slow"))
              .where(jobs.c.status == "success", jobs.c.predicted_seconds > 0,
-                    in_window(store, start, end)).group_by(jobs.c.pipeline_type))
+                    in_window(start, end)).group_by(jobs.c.pipeline_type))
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
     found = []

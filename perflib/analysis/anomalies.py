@@ -135,7 +135,7 @@ def _alert(where: str, episode: pd.DataFrame) -> dict:
         "fingerprint": f"slow_job_contention|{where}|{first:%Y-%m-%dT%H:%M}"}
 
 
-def _priceable(store: Store, since: datetime, until: datetime) -> list:
+def _priceable(since: datetime, until: datetime) -> list:
     """Successful jobs started in [since, until) with what pricing them needs."""
     t = jobs_table
     return [t.c.status == "success", t.c.width.is_not(None), t.c.height.is_not(None),
@@ -147,7 +147,7 @@ def _finished_jobs(store: Store, since: datetime, until: datetime) -> pd.DataFra
     """Priceable jobs started in [since, until), oldest first."""
     t = jobs_table
     query = (sa.select(*(t.c[name] for name in JOB_COLUMNS))
-             .where(*_priceable(store, since, until)).order_by(t.c.started_at, t.c.id))
+             .where(*_priceable(since, until)).order_by(t.c.started_at, t.c.id))
     return _timed(store.frame(query))
 
 
@@ -173,7 +173,7 @@ def _screened_jobs(store: Store, start: datetime, end: datetime, since: datetime
                        float(value)) for (gpu, model), value in levels.items()),
                     else_=float(levels.min()))
     query = (sa.select(t.c.id, t.c.gpu_name, t.c.model_name, t.c.submitted_at, t.c.started_at)
-             .where(*_priceable(store, start, end), ratio > SCREEN_FACTOR * level)
+             .where(*_priceable(start, end), ratio > SCREEN_FACTOR * level)
              .order_by((ratio / level).desc()).limit(MAX_CANDIDATES))
     candidates = frame_without_jit(store, query)  # JIT compiled the per-group CASE for seconds
     jobs = _rows(store, set(candidates.id) | _history_ids(store, candidates, since), since, end)
@@ -187,7 +187,7 @@ def _sample(store: Store, start: datetime, end: datetime, ratio) -> pd.DataFrame
     t = jobs_table
     sample, _ = sampled_jobs(store, start, end, window_rows(store, start, end), SAMPLE_JOBS)
     query = (sa.select(*(t.c[name] for name in JOB_COLUMNS), ratio.label("ratio"))
-             .where(*_priceable(store, start, end), t.c.id.in_(sa.select(sample.c.id))))
+             .where(*_priceable(start, end), t.c.id.in_(sa.select(sample.c.id))))
     return _timed(store.frame(query))
 
 
@@ -201,7 +201,7 @@ def _history_ids(store: Store, candidates: pd.DataFrame, since: datetime) -> set
     for job in candidates.itertuples():
         submitted = job.submitted_at if pd.notna(job.submitted_at) else job.started_at
         reads.append(sa.select(t.c.id)
-                     .where(*_priceable(store, since, submitted),
+                     .where(*_priceable(since, submitted),
                             _same(t.c.gpu_name, job.gpu_name),
                             _same(t.c.model_name, job.model_name),
                             t.c.finished_at < submitted)
@@ -220,7 +220,7 @@ def _rows(store: Store, ids: set[int], since: datetime, end: datetime) -> pd.Dat
     t = jobs_table
     ids = sorted(ids)
     query = sa.select(t.c.id, *(t.c[name] for name in JOB_COLUMNS))
-    frames = [store.frame(query.where(in_window(store, since, end),
+    frames = [store.frame(query.where(in_window(since, end),
                                       t.c.id.in_(ids[first:first + ROWS_BATCH])))
               for first in range(0, len(ids), ROWS_BATCH)]
     return _timed(pd.concat(frames) if frames else store.frame(query.where(sa.false())))

@@ -55,7 +55,7 @@ def daily_stats(store: Store, start: datetime, end: datetime,
     dialect = store.engine.dialect.name
     day = (day_of(jobs.c.started_at, dialect) if per_day
            else sa.literal(start.date().isoformat())).label("day")
-    where = in_ranges(store, ranges) if ranges is not None else in_window(store, start, end)
+    where = in_ranges(ranges) if ranges is not None else in_window(start, end)
     conditions = [FINISHED, where]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)
@@ -154,7 +154,7 @@ def group_sums(store: Store, ranges: Ranges, pipeline_type: str | None = None
         sa.func.sum(sa.case((sa.and_(ok, work_units().isnot(None)), jobs.c.processing_seconds))
                     ).label("timed_seconds"),
         sa.func.sum(sa.case((ok, work_units()))).label("work"),
-    ).where(FINISHED, in_ranges(store, ranges)).group_by(*keys)
+    ).where(FINISHED, in_ranges(ranges)).group_by(*keys)
     if pipeline_type:
         query = query.where(jobs.c.pipeline_type == pipeline_type)
     frame = store.frame(query, ["day", *GROUP_KEYS, *GROUP_SUMS, "queue_max"])
@@ -168,7 +168,7 @@ def fit_cost_models(store: Store, pipeline_type: str | None, ranges: Ranges) -> 
     jobs started in the `ranges`."""
     columns = [jobs.c.pipeline_type, compute_seconds().label("seconds"),
                work_units().label("work"), attention_work().label("attention")]
-    conditions = [jobs.c.status == "success", in_ranges(store, ranges),
+    conditions = [jobs.c.status == "success", in_ranges(ranges),
                   work_units().isnot(None), compute_seconds() > 0]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)

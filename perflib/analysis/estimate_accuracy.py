@@ -14,6 +14,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from perflib.analysis.performance_report import EstimateAccuracy
 from perflib.prediction.metrics import coverage, is_inside, is_within
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.store import Store, parse_timestamp
@@ -34,7 +35,7 @@ class EstimateCheck:
     jobs: pd.DataFrame
     models: dict[str, str] = field(default_factory=dict)
     in_sample: dict[str, bool] = field(default_factory=dict)
-    accuracy: dict[str, dict] = field(default_factory=dict)
+    accuracy: dict[str, EstimateAccuracy] = field(default_factory=dict)
 
     @property
     def error(self) -> pd.Series:
@@ -67,7 +68,7 @@ class EstimateCheck:
 
 
 def estimate_check(store: Store, jobs: pd.DataFrame, start: datetime,
-                   accuracy: dict[str, dict] | None = None) -> EstimateCheck:
+                   accuracy: dict[str, EstimateAccuracy] | None = None) -> EstimateCheck:
     """Check the estimates of `jobs` (finished job rows of a window starting at `start`, maybe
     a sample of it), with the `accuracy` of the window's stored estimates per pipeline."""
     done = jobs[(jobs.status == "success") & (jobs.processing_seconds > 0)]

@@ -43,7 +43,7 @@ def gpu_usage(store: Store, start: datetime, end: datetime, pipeline_type: str |
          ).label("gpu_util_pct"),
         (sa.func.sum(sa.case((timed, compute_seconds())))
          / sa.func.nullif(sa.func.sum(sa.case((timed, expected))), 0)).label("relative_time"))
-        .where(FINISHED, in_window(store, start, end)).group_by(*keys)
+        .where(FINISHED, in_window(start, end)).group_by(*keys)
         .order_by(jobs.c.hostname, jobs.c.gpu_index, jobs.c.gpu_name))
     if pipeline_type:
         query = query.where(jobs.c.pipeline_type == pipeline_type)
@@ -58,7 +58,7 @@ def gpus_seen(store: Store, start: datetime, end: datetime,
               pipeline_type: str | None = None) -> int:
     """GPUs that started jobs in [start, end), at least 1, counted by :func:`count_gpus`:
     estimate-time's queue, the live dashboard and capacity planning all count the fleet so."""
-    conditions = [jobs.c.gpu_name.is_not(None), in_window(store, start, end)]
+    conditions = [jobs.c.gpu_name.is_not(None), in_window(start, end)]
     if pipeline_type:
         conditions.append(jobs.c.pipeline_type == pipeline_type)
     query = sa.select(jobs.c.hostname, jobs.c.gpu_name, jobs.c.gpu_index).distinct() \

@@ -26,7 +26,7 @@ def _peak_hours(store: Store, start, end) -> dict | None:
     hour = hour_of(jobs.c.submitted_at, store.engine.dialect.name).label("hour")
     query = (sa.select(hour, sa.func.count().label("jobs"),
                        sa.func.sum(jobs.c.queue_seconds).label("queue"))
-             .where(in_window(store, start, end), jobs.c.queue_seconds.isnot(None))
+             .where(in_window(start, end), jobs.c.queue_seconds.isnot(None))
              .group_by(hour))
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
@@ -67,7 +67,7 @@ def _surplus_steps(store: Store, start, end) -> dict | None:
         * denoise_share / jobs.c.steps
     query = (sa.select(sa.func.count().label("jobs"), sa.func.sum(surplus).label("seconds"),
                        sa.func.sum(jobs.c.processing_seconds).label("all_seconds"))
-             .where(in_window(store, start, end), jobs.c.status == "success",
+             .where(in_window(start, end), jobs.c.status == "success",
                     jobs.c.steps > STEP_CAP))
     with store.engine.connect() as conn:
         row = conn.execute(query).one()
@@ -88,7 +88,7 @@ def _surplus_steps(store: Store, start, end) -> dict | None:
 def _model_reloads(store: Store, start, end) -> dict | None:
     query = (sa.select(sa.func.count().label("reloads"),
                        sa.func.sum(jobs.c.init_seconds).label("seconds"))
-             .where(in_window(store, start, end), jobs.c.init_seconds > 1.0))
+             .where(in_window(start, end), jobs.c.init_seconds > 1.0))
     with store.engine.connect() as conn:
         row = conn.execute(query).one()
     if not row.reloads or not row.seconds:

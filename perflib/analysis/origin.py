@@ -70,7 +70,7 @@ def data_origin(store: Store, start: datetime | None = None, end: datetime | Non
     if start is None:
         window = counts = _counts(store, sa.true())
     else:
-        window = _counts(store, in_window(store, start, end))
+        window = _counts(store, in_window(start, end))
         counts = (_database_jobs(store), None) if window[0] == 0 else (None, None)
     return DataOrigin(*counts, *window)
 

@@ -61,13 +61,6 @@ def hour_of(column, dialect: str):
     return sa.cast(sa.func.substr(column, 12, 2), sa.Integer)
 
 
-def bound(store: Store, value: datetime | str) -> datetime:
-    """A timestamp (datetime or ISO text) as UTC, to compare with a timestamp column. The
-    column's type (:class:`~perflib.store.timestamps.UtcDateTime`) stores it as each database
-    compares it, so a datetime needs no call of this."""
-    return parse_timestamp(value)
-
-
 def window(store: Store, days_back: float, end: datetime | str | None = None
            ) -> tuple[datetime, datetime]:
     """[start, end) of an analysis: `end` defaults to the midnight (UTC) after the newest job
@@ -82,14 +75,15 @@ def window(store: Store, days_back: float, end: datetime | str | None = None
     return end - timedelta(days=days_back), end
 
 
-def in_window(store: Store, start: datetime, end: datetime):
+def in_window(start: datetime, end: datetime):
+    """Jobs started in [start, end)."""
     return sa.and_(jobs.c.started_at >= start, jobs.c.started_at < end)
 
 
 def window_rows(store: Store, start: datetime, end: datetime) -> int:
     """How many jobs started in [start, end) (an index range count)."""
     with store.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).where(in_window(store, start, end))
+        return conn.execute(sa.select(sa.func.count()).where(in_window(start, end))
                             ).scalar_one()
 
 
@@ -124,8 +118,7 @@ def frame_without_jit(store: Store, query) -> pd.DataFrame:
         return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
 
 
-def time_percentiles(store: Store, start: datetime, end: datetime,
-                     pipeline_type: str | None = None):
+def time_percentiles(start: datetime, end: datetime, pipeline_type: str | None = None):
     """PostgreSQL: per pipeline, the median and p95 total seconds of the successful jobs started
     in [start, end) as ordered-set aggregates (``percentile_disc``: the same values as the
     ranks :func:`~perflib.analysis.daily.daily_stats` takes, at one sort per pipeline, no window
@@ -136,15 +129,15 @@ def time_percentiles(store: Store, start: datetime, end: datetime,
                        .label("median_total_seconds"),
                        sa.func.percentile_disc(0.95).within_group(seconds)
                        .label("p95_total_seconds"))
-             .where(SUCCEEDED, in_window(store, start, end)).group_by(jobs.c.pipeline_type))
+             .where(SUCCEEDED, in_window(start, end)).group_by(jobs.c.pipeline_type))
     if pipeline_type:
         query = query.where(jobs.c.pipeline_type == pipeline_type)
     return query
 
 
-def in_ranges(store: Store, ranges):
+def in_ranges(ranges):
     """Jobs started in any of the [start, end) `ranges` (none: no job)."""
-    return sa.or_(sa.false(), *(in_window(store, start, end) for start, end in ranges))
+    return sa.or_(sa.false(), *(in_window(start, end) for start, end in ranges))
 
 
 def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int, size: int):
@@ -154,7 +147,7 @@ def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int,
     key lookup per row) on SQLite. Every job of the window when it holds no more than `size`.
     Returns (subquery, fraction sampled)."""
     if window_rows <= size:
-        return sa.select(jobs).where(in_window(store, start, end)).subquery("sampled"), 1.0
+        return sa.select(jobs).where(in_window(start, end)).subquery("sampled"), 1.0
     fraction = size / window_rows
     if store.is_postgres:
         # REPEATABLE (seed 0): the same window gives the same sample
@@ -168,7 +161,7 @@ def sampled_jobs(store: Store, start: datetime, end: datetime, window_rows: int,
     ids = sa.select(sa.literal(low).label("id")).cte("sample_ids", recursive=True)
     ids = ids.union_all(sa.select(ids.c.id + step).where(ids.c.id + step <= high))
     query = (sa.select(jobs).join(ids, jobs.c.id == ids.c.id)
-             .where(in_window(store, start, end)))
+             .where(in_window(start, end)))
     return query.subquery("sampled"), 1.0 / step
 
 

@@ -14,7 +14,7 @@ model kept with them), never from a scan of the raw jobs of the window. On it:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime
 
 import numpy as np
@@ -69,6 +69,12 @@ class TrendResult:
         values = {k: v for k, v in asdict(self).items() if k not in ("daily", "change_points")}
         values["change_points"] = [c.as_dict() for c in self.change_points]
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in values.items()}
+
+    def rounded(self) -> TrendResult:
+        """The trend with its figures as reported (4 decimals), change-points and days as
+        they are."""
+        return replace(self, **{f.name: round(getattr(self, f.name), 4) for f in fields(self)
+                                if isinstance(getattr(self, f.name), float)})
 
 
 def analyze_trends(store: Store, start: datetime, end: datetime,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 
 from perflib.cli.common import DAYS, SECONDS, bounded, open_store, whole
 from perflib.cli.data import cmd_migrate_partitions
@@ -31,15 +32,15 @@ def cmd_report(args) -> int:
 def cmd_analyze(args) -> int:
     from perflib.analysis import PerformanceAnalyzer
 
-    report = PerformanceAnalyzer(open_store(args)).generate_performance_report(
+    report = PerformanceAnalyzer(open_store(args)).performance_report(
         days_back=args.days_back, end=args.end_date)
     if args.json:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(report.as_dict(), indent=2, default=str))
         return 0
-    print(json.dumps(report["overall_statistics"], indent=2))
-    for bottleneck in report["bottlenecks"]:
-        print(f"- {bottleneck['type']} ({bottleneck['severity']:.2f}, "
-              f"{bottleneck['pipeline_type']}): {bottleneck['recommendations'][0]}")
+    print(json.dumps(asdict(report.statistics), indent=2))
+    for bottleneck in report.bottlenecks:
+        print(f"- {bottleneck.type.value} ({bottleneck.severity:.2f}, "
+              f"{bottleneck.pipeline_type}): {bottleneck.recommendations[0]}")
     return 0
 
 

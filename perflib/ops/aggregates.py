@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from perflib.analysis.daily import Ranges, daily_stats, fit_cost_models, group_sums
 from perflib.analysis.daily_aggregates import (AggregateState, day_ranges, midnight, pending,
                                                read_state)
-from perflib.analysis.sql import bound
 from perflib.record import LIVE_STATUSES
 from perflib.store import Store, parse_timestamp
 from perflib.store.schema import aggregate_state
@@ -48,7 +47,7 @@ def refresh_aggregates(store: Store, rebuild: bool = False, settle: timedelta = 
     with store.engine.connect() as conn:
         seen = conn.execute(sa.select(sa.func.max(jobs.c.id))).scalar() or 0
         _cap_marks(state, seen)
-        mark = _next_high_water(conn, store, state.high_water_id, settle)
+        mark = _next_high_water(conn, state.high_water_id, settle)
         new = pending(conn, store, state.high_water_id)
     days = sorted({day for day, _ in new})
     _fit_missing_models(store, state, day_ranges(days), {pipeline for _, pipeline in new})
@@ -96,16 +95,16 @@ def recompute_days(store: Store, days: list[date], state: AggregateState | None 
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _next_high_water(conn: sa.Connection, store: Store, mark: int, settle: timedelta) -> int:
+def _next_high_water(conn: sa.Connection, mark: int, settle: timedelta) -> int:
     """The highest id the next refresh may treat as aggregated: jobs recorded at least
     `settle` ago, and below any recent queued or running job (SQLite may give a live job's id
     again to the row that replaces it)."""
     now = datetime.now(timezone.utc)
     settled = conn.execute(sa.select(sa.func.max(jobs.c.id)).where(
-        jobs.c.id > mark, jobs.c.recorded_at <= bound(store, now - settle))).scalar()
+        jobs.c.id > mark, jobs.c.recorded_at <= now - settle)).scalar()
     live = conn.execute(sa.select(sa.func.min(jobs.c.id)).where(
         jobs.c.id > mark, jobs.c.status.in_(LIVE_STATUSES),
-        jobs.c.recorded_at >= bound(store, now - LIVE_HOLD))).scalar()
+        jobs.c.recorded_at >= now - LIVE_HOLD)).scalar()
     highest = settled if settled is not None else mark
     return min(highest, live - 1) if live is not None else highest
 

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
 from perflib.analysis.trends import analyze_trends
 from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
                                          outcome_seconds, past_median)
@@ -99,12 +98,9 @@ def model_infos(store: Store) -> dict[str, ModelInfo]:
     infos = {}
     for row in rows:
         if row.is_active:
-            attempts = [parse_timestamp(r.created_at) for r in rows
-                        if r.pipeline_type == row.pipeline_type]
-            created = parse_timestamp(row.created_at)
+            attempts = [r.created_at for r in rows if r.pipeline_type == row.pipeline_type]
             infos[row.pipeline_type] = ModelInfo(
-                trained_at=created,
-                train_end=parse_timestamp(row.train_end) if row.train_end else created,
+                trained_at=row.created_at, train_end=row.train_end or row.created_at,
                 last_attempt_at=max(attempts))
     return infos
 
@@ -117,7 +113,7 @@ def estimated_jobs(store: Store, pipeline_type: str | None, now: datetime,
     query = (sa.select(t.c.job_id, t.c.status, t.c.predicted_seconds, t.c.processing_seconds,
                        t.c.total_seconds, t.c.submitted_at, t.c.started_at, t.c.finished_at)
              .where(t.c.status == "success", t.c.predicted_seconds > 0,
-                    t.c.finished_at <= bound(store, now))
+                    t.c.finished_at <= now)
              .order_by(t.c.finished_at.desc()).limit(limit))
     if pipeline_type:
         query = query.where(t.c.pipeline_type == pipeline_type)

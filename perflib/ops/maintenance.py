@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
 from perflib.ops.aggregates import drop_days_before, refresh_aggregates
 from perflib.ops.retention import JobRetention, apply_retention, plan_retention
 from perflib.store import Store
@@ -75,7 +74,7 @@ def maintain(store: Store, retention_days: int, dry_run: bool = False,
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=retention_days)
     retention = plan_retention(store, cutoff)
-    old_alerts = alerts.c.last_seen < bound(store, cutoff)
+    old_alerts = alerts.c.last_seen < cutoff
     old_days = trends.c.day < cutoff.date()
     with store.engine.connect() as conn:
         stale_models = stale_versions(conn)

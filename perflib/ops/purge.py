@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from perflib.analysis.sql import SIMULATED, bound
+from perflib.analysis.sql import SIMULATED
 from perflib.ops.aggregates import aggregate_daily
-from perflib.store import Store, parse_timestamp
+from perflib.store import Store
 from perflib.store.deletion import delete_jobs
 from perflib.store.model_registry import delete_versions, versions_trained_between
 from perflib.store.schema import generation_performance as jobs
@@ -69,11 +69,11 @@ def purge_simulated(store: Store, dry_run: bool = False) -> PurgePlan:
                                         sa.func.min(jobs.c.recorded_at)).where(SIMULATED)).one()
         if not period[0]:
             return PurgePlan(0, 0, 0, 0, 0, 0, dry_run=dry_run)
-        first, last = (_day_start(parse_timestamp(value)) for value in period[1:3])
+        first, last = (_day_start(value) for value in period[1:3])
         after = last + timedelta(days=1)
-        tainted_models = _models_trained_on(conn, store, first, after, period[3])
+        tainted_models = _models_trained_on(conn, first, after, period[3])
         trend_days = sa.and_(trends.c.day >= first.date(), trends.c.day < after.date())
-        recent_alerts = alerts.c.last_seen >= bound(store, first)
+        recent_alerts = alerts.c.last_seen >= first
         plan = PurgePlan(
             jobs=period[0],
             phases=_count(conn, phases, phases.c.job_id.in_(simulated_ids)),
@@ -96,16 +96,16 @@ def purge_simulated(store: Store, dry_run: bool = False) -> PurgePlan:
     return plan
 
 
-def _models_trained_on(conn: sa.Connection, store: Store, first: datetime, after: datetime,
-                       first_recorded) -> list:
+def _models_trained_on(conn: sa.Connection, first: datetime, after: datetime,
+                       first_recorded: datetime | None) -> list:
     """Model versions whose training period overlaps [first, after) and that were created after
     the first simulated job was recorded (when the store knows that)."""
-    rows = versions_trained_between(conn, bound(store, first), bound(store, after))
+    rows = versions_trained_between(conn, first, after)
     if first_recorded is None:
         return rows
     # recorded_at has whole seconds on SQLite: a model of the same second counts as after.
-    since = parse_timestamp(first_recorded).replace(microsecond=0)
-    return [row for row in rows if parse_timestamp(row.created_at) >= since]
+    since = first_recorded.replace(microsecond=0)
+    return [row for row in rows if row.created_at >= since]
 
 
 def _count(conn: sa.Connection, table: sa.Table, condition) -> int:

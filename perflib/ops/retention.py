@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from perflib.analysis.sql import bound
 from perflib.store import Store, partitions
 from perflib.store.deletion import delete_jobs
 from perflib.store.schema import generation_performance as jobs
@@ -42,7 +41,7 @@ class JobRetention:
 def plan_retention(store: Store, cutoff: datetime) -> JobRetention:
     """Count what retention at `cutoff` removes, without reading a partition that goes whole."""
     if not store.is_partitioned:
-        old = old_jobs(store, cutoff)
+        old = old_jobs(cutoff)
         with store.engine.connect() as conn:
             counts = _counts(conn, old, None)
         note = MIGRATION_HINT if store.is_postgres else ""
@@ -63,7 +62,7 @@ def apply_retention(store: Store, retention: JobRetention, cutoff: datetime,
     that stayed locked: left for the next run)."""
     if not store.is_partitioned:
         with store.writable_engine().begin() as conn:
-            delete_jobs(conn, old_jobs(store, cutoff))
+            delete_jobs(conn, old_jobs(cutoff))
         return
     _dropped, retention.partitions_left = partitions.drop_before(store.engine, cutoff)
     with store.writable_engine().begin() as conn:
@@ -87,7 +86,7 @@ def _left_by_partitions(store: Store, cutoff: datetime):
         started = child.c.job_started_at
         return sa.or_(started.is_(None), sa.and_(started >= day_start, started < cutoff))
 
-    return sa.or_(straddling, _never_started_before(store, cutoff)), children
+    return sa.or_(straddling, _never_started_before(cutoff)), children
 
 
 def _day_start(moment: datetime) -> datetime:
@@ -95,16 +94,16 @@ def _day_start(moment: datetime) -> datetime:
                             timezone.utc)
 
 
-def old_jobs(store: Store, cutoff: datetime):
+def old_jobs(cutoff: datetime):
     """Jobs started before `cutoff`, and jobs that never started (queued, then lost) submitted
     or recorded before it."""
-    return sa.or_(jobs.c.started_at < bound(store, cutoff), _never_started_before(store, cutoff))
+    return sa.or_(jobs.c.started_at < cutoff, _never_started_before(cutoff))
 
 
-def _never_started_before(store: Store, cutoff: datetime):
+def _never_started_before(cutoff: datetime):
     return sa.and_(jobs.c.started_at.is_(None),
                    sa.func.coalesce(jobs.c.submitted_at, jobs.c.recorded_at)
-                   < bound(store, cutoff))
+                   < cutoff)
 
 
 def _counts(conn: sa.Connection, condition, narrow) -> tuple[int, int, int]:

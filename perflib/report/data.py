@@ -1,5 +1,6 @@
 """Everything the weekly report shows, gathered in one call so the notebook stays a thin
-template: the report dict, the trends behind its charts, and the frames its figures draw —
+template: the typed report (:class:`~perflib.analysis.performance_report.PerformanceReport`,
+trends included), and the frames its figures draw —
 narrowed to one pipeline when asked. It only reads.
 """
 from __future__ import annotations
@@ -10,22 +11,19 @@ from typing import Any
 
 import pandas as pd
 
-from perflib.analysis import TREND_DAYS, PerformanceAnalyzer, TrendResult
+from perflib.analysis import TREND_DAYS, PerformanceAnalyzer, PerformanceReport
 from perflib.analysis.estimate_accuracy import EstimateCheck, estimate_check
 from perflib.capacity import CapacityPlan, plan_capacity
 from perflib.report.presentation import MAX_CATEGORIES, OTHER
-from perflib.store import Store, parse_timestamp
+from perflib.store import Store
 
 
-@dataclass
+@dataclass(frozen=True)
 class WeeklyData:
-    """One report period's numbers (`report`, as ``generate_performance_report`` gives them) and
-    the frames behind its figures."""
+    """One report period's numbers (`report`) and the frames behind its figures; the trends
+    its charts draw are ``report.trends``."""
 
-    report: dict[str, Any]
-    start: datetime
-    end: datetime
-    trends: dict[str, TrendResult]
+    report: PerformanceReport
     daily: pd.DataFrame  # per day and pipeline, this period
     previous_daily: pd.DataFrame  # the same for the period before
     jobs: pd.DataFrame  # a sample of the period's finished jobs
@@ -38,7 +36,7 @@ class WeeklyData:
     @property
     def empty(self) -> bool:
         """No job in the period."""
-        return not self.report["overall_statistics"]["total_jobs"]
+        return self.report.empty
 
 
 def weekly_data(db: Any = None, weeks_back: int = 1, pipeline_type: str | None = None,
@@ -49,12 +47,11 @@ def weekly_data(db: Any = None, weeks_back: int = 1, pipeline_type: str | None =
     days = 7 * weeks_back
     trends = analyzer.analyze_trends(max(days, TREND_DAYS), pipeline_type,
                                      analyzer.window(days, end_date)[1])
-    report = analyzer.generate_performance_report(days, end_date, pipeline_type, trends)
-    start, end = parse_timestamp(report["start"]), parse_timestamp(report["end"])
+    report = analyzer.performance_report(days, end_date, pipeline_type, trends)
+    start, end = report.start, report.end
     jobs = _narrowed(analyzer.job_sample(days, end), pipeline_type)
     return WeeklyData(
-        report=report, start=start, end=end,
-        trends=trends,
+        report=report,
         daily=_narrowed(analyzer.daily(days, end), pipeline_type),
         previous_daily=_narrowed(analyzer.daily(days, start), pipeline_type),
         jobs=jobs,

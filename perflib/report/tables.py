@@ -5,14 +5,17 @@ nothing to show.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import asdict
+from typing import Mapping, Sequence
 
 import pandas as pd
 from IPython.display import Markdown
 from pandas.io.formats.style import Styler
 
+from perflib.analysis import Bottleneck, PerformanceReport, TrendResult
 from perflib.analysis.alerts import severity_label
 from perflib.analysis.estimate_accuracy import EstimateCheck
+from perflib.analysis.performance_report import EstimateAccuracy, ReportedAlert
 from perflib.capacity import CapacityPlan
 from perflib.prediction.metrics import coverage
 from perflib.report.presentation import (MAX_CATEGORIES, describe, format_change,
@@ -22,8 +25,9 @@ from perflib.report.presentation import (MAX_CATEGORIES, describe, format_change
 from perflib.report.summary import saving_seconds
 
 Table = Styler | Markdown
+NO_ESTIMATE = EstimateAccuracy(0, None, None)  # a pipeline the window gave no accuracy for
 
-# (label, key, formatter, how the change against the previous period reads)
+# (label, field of PeriodStatistics, formatter, how the change against the previous period reads)
 HEADLINES = [
     ("Jobs", "total_jobs", format_count, format_change),
     ("Succeeded", "success_rate", format_percent, format_points),
@@ -33,31 +37,27 @@ HEADLINES = [
 ]
 
 
-def headline_table(report: Mapping[str, Any]) -> Table:
+def headline_table(report: PerformanceReport) -> Table:
     """This period against the one before: jobs, success, times, with ▲/▼ changes."""
-    now = report["overall_statistics"]
-    before = report.get("previous_period", {}).get("overall_statistics", {})
-    accuracy = report.get("prediction_accuracy", {})
-    accuracy_before = report.get("previous_period", {}).get("prediction_accuracy", {})
-    rows = [(label, show(now.get(key)), show(before.get(key)),
-             change(now.get(key), before.get(key)) or "–")
-            for label, key, show, change in HEADLINES]
-    key = "accuracy_within_20_percent"
-    rows.append(("Estimates within 20%", format_percent(accuracy.get(key)),
-                 format_percent(accuracy_before.get(key)),
-                 format_points(accuracy.get(key), accuracy_before.get(key)) or "–"))
+    now, before = report.statistics, report.previous.statistics
+    rows = [(label, show(getattr(now, name)), show(getattr(before, name)),
+             change(getattr(now, name), getattr(before, name)) or "–")
+            for label, name, show, change in HEADLINES]
+    within, within_before = (report.accuracy.accuracy_within_20_percent,
+                             report.previous.accuracy.accuracy_within_20_percent)
+    rows.append(("Estimates within 20%", format_percent(within), format_percent(within_before),
+                 format_points(within, within_before) or "–"))
     frame = pd.DataFrame(rows, columns=["Measure", "This period", "The period before",
                                         "Change"])
     return people_table(frame)
 
 
-def pipeline_table(report: Mapping[str, Any]) -> Table:
+def pipeline_table(report: PerformanceReport) -> Table:
     """Per pipeline: jobs, success, median and 95th-percentile time, wait, GPU use."""
-    per_pipeline = report.get("per_pipeline", {})
-    if not per_pipeline:
+    if not report.per_pipeline:
         return Markdown("No jobs in this period.")
-    frame = pd.DataFrame.from_dict(per_pipeline, orient="index").rename_axis("pipeline")
-    frame = frame.reset_index()
+    frame = pd.DataFrame([{"pipeline": pipeline, **asdict(statistics)}
+                          for pipeline, statistics in report.per_pipeline.items()])
     formats = {"jobs": format_count, "success_rate": format_percent,
                "median_generation_time": format_duration, "p95_generation_time": format_duration,
                "avg_queue_time": format_duration,
@@ -69,64 +69,63 @@ def pipeline_table(report: Mapping[str, Any]) -> Table:
     return people_table(frame[list(labels)], formats, labels)
 
 
-def trend_table(trends: Mapping[str, Mapping[str, Any]]) -> Table:
+def trend_table(trends: Mapping[str, TrendResult]) -> Table:
     """Per pipeline: direction, slope, its confidence, weekly swing and dated change-points."""
     if not trends:
         return Markdown("No trend: no jobs in this period.")
     rows = [{"Pipeline": pipeline,
-             "Direction": trend["direction"],
-             "Change per day": _signed_duration(trend["slope_seconds_per_day"]),
-             "Confidence": format_p_value(trend["p_value"]),
-             "Weekly swing": format_percent(_fraction(trend["weekly_amplitude_pct"]), 0),
-             "Days analysed": format_count(trend["days"]),
-             "Step changes": "; ".join(map(format_change_point, trend["change_points"]))
-             or "none"}
+             "Direction": trend.direction,
+             "Change per day": _signed_duration(trend.slope_seconds_per_day),
+             "Confidence": format_p_value(trend.p_value),
+             "Weekly swing": format_percent(_fraction(trend.weekly_amplitude_pct), 0),
+             "Days analysed": format_count(trend.days),
+             "Step changes": "; ".join(format_change_point(c.as_dict())
+                                       for c in trend.change_points) or "none"}
             for pipeline, trend in trends.items()]
     return people_table(pd.DataFrame(rows))
 
 
-def bottleneck_table(bottlenecks: list[Mapping[str, Any]]) -> Table:
+def bottleneck_table(bottlenecks: Sequence[Bottleneck]) -> Table:
     """Most severe first: what, where, how bad, the evidence, what it costs, what to do."""
     if not bottlenecks:
         return Markdown("No bottleneck found in this period.")
-    rows = [{"Bottleneck": in_words(b["type"]),
-             "Pipeline": b.get("pipeline_type") or "all",
-             "Where": describe(b.get("scope"), "all jobs"),
-             "Severity": f"{severity_label(b['severity'])} ({b['severity']:.2f})",
-             "Jobs affected": format_count(b["affected_jobs"]),
-             "Evidence": describe(b.get("evidence")),
+    rows = [{"Bottleneck": in_words(b.type.value),
+             "Pipeline": b.pipeline_type or "all",
+             "Where": describe(b.scope, "all jobs"),
+             "Severity": f"{severity_label(b.severity)} ({b.severity:.2f})",
+             "Jobs affected": format_count(b.affected_jobs),
+             "Evidence": describe(b.evidence),
              "Could save": format_duration(saving_seconds(b)),
-             "What to do": " ".join(b.get("recommendations", []))}
+             "What to do": " ".join(b.recommendations)}
             for b in bottlenecks[:MAX_CATEGORIES]]
     return people_table(pd.DataFrame(rows), caption=_most_severe(len(bottlenecks)))
 
 
-def alert_table(alerts: list[Mapping[str, Any]]) -> Table:
+def alert_table(alerts: Sequence[ReportedAlert]) -> Table:
     """The alerts the period calls for, most severe first, with their stored state."""
     if not alerts:
         return Markdown("No alert.")
-    rows = [{"Severity": a["severity"],
-             "Alert": in_words(a["alert_type"]),
-             "Pipeline": a.get("pipeline_type") or "all",
-             "What happened": a["message"],
-             "Evidence": describe(a.get("evidence")),
-             "First seen": format_day(a["first_seen"]) if a.get("id") is not None else "–",
-             "State": ("acknowledged" if a.get("acknowledged") else
-                       "open" if a.get("id") is not None else "new (not raised yet)")}
+    rows = [{"Severity": a.severity,
+             "Alert": in_words(a.alert_type),
+             "Pipeline": a.pipeline_type or "all",
+             "What happened": a.message,
+             "Evidence": describe(a.evidence),
+             "First seen": format_day(a.first_seen) if a.id is not None else "–",
+             "State": ("acknowledged" if a.acknowledged else
+                       "open" if a.id is not None else "new (not raised yet)")}
             for a in alerts[:MAX_CATEGORIES]]
     return people_table(pd.DataFrame(rows), caption=_most_severe(len(alerts)))
 
 
-def opportunity_table(report: Mapping[str, Any]) -> Table:
+def opportunity_table(report: PerformanceReport) -> Table:
     """Largest saving first: what to change and what it would save (fleet-wide, which a
     one-pipeline report says)."""
-    opportunities = report.get("opportunities", [])
-    if not opportunities:
+    if not report.opportunities:
         return Markdown("Nothing to suggest.")
-    rows = [{"Opportunity": in_words(o["type"]),
-             "Saves about": format_hours(o["potential_saving_hours"]),
-             "Details": o["message"]} for o in opportunities]
-    caption = "Across all pipelines." if report.get("pipeline_type") else None
+    rows = [{"Opportunity": in_words(o.type),
+             "Saves about": format_hours(o.potential_saving_hours),
+             "Details": o.message} for o in report.opportunities]
+    caption = "Across all pipelines." if report.pipeline_type else None
     return people_table(pd.DataFrame(rows), caption=caption)
 
 
@@ -155,14 +154,13 @@ def estimate_table(check: EstimateCheck) -> Table:
         return Markdown("No finished job in this period to check estimates against.")
     rows = []
     for pipeline, group in jobs.groupby("pipeline_type"):
-        accuracy = check.accuracy.get(pipeline, {})
+        accuracy = check.accuracy.get(pipeline, NO_ESTIMATE)
         replayed = group.dropna(subset=["replay_low"])
         covered = coverage(replayed.actual_seconds, replayed.replay_low, replayed.replay_high) \
             if len(replayed) else None
         rows.append({"Pipeline": pipeline, "Jobs": format_count(len(group)),
-                     "With an estimate": format_count(accuracy.get("jobs_with_estimate", 0)),
-                     "Estimates within 20%": format_percent(
-                         accuracy.get("accuracy_within_20_percent")),
+                     "With an estimate": format_count(accuracy.jobs_with_estimate),
+                     "Estimates within 20%": format_percent(accuracy.accuracy_within_20_percent),
                      "Model replayed": check.models.get(pipeline, "–")
                      + (" (trained on these jobs)" if check.in_sample.get(pipeline) else ""),
                      "Inside its 80% interval": format_percent(covered)})

@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 from perflib.analysis.alerts import list_alerts
 from perflib.analysis.recent_activity import (busy_seconds_today, normalised_daily_seconds,
                                    recent_estimates, within_share)
-from perflib.analysis.sql import bound
 from perflib.cache import TtlCache
 from perflib.queue.live_jobs import LiveJob
 from perflib.queue.snapshot import FLEET_DAYS, LiveQueue
@@ -223,7 +222,7 @@ def _fleet_gpus(store: Store, now: datetime) -> list[tuple[str, str | None, int 
     """(hostname, gpu_name, gpu_index) of every GPU that ran a job in the last FLEET_DAYS,
     those with an index first."""
     query = (sa.select(jobs.c.hostname, jobs.c.gpu_name, jobs.c.gpu_index).distinct()
-             .where(jobs.c.started_at >= bound(store, now - timedelta(days=FLEET_DAYS)),
+             .where(jobs.c.started_at >= now - timedelta(days=FLEET_DAYS),
                     jobs.c.hostname.is_not(None)))
     with store.engine.connect() as conn:
         rows = [tuple(row) for row in conn.execute(query)]

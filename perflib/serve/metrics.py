@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 
 from perflib.analysis.alerts import SEVERITIES
-from perflib.analysis.sql import bound
 from perflib.prediction.metrics import WITHIN, within_share
 from perflib.queue.autoscale import POOL_LABEL_CAP, RECENT_SECONDS, fold_pools, snapshot_signals
 from perflib.queue.snapshot import LiveQueue
@@ -184,7 +183,7 @@ class AccuracyCollector:
         since = datetime.now(timezone.utc) - timedelta(days=ACCURACY_DAYS)
         try:
             estimated = (jobs.c.status == "success") & (jobs.c.predicted_seconds > 0) \
-                & (outcome > 0) & (jobs.c.started_at >= bound(self.store, since))
+                & (outcome > 0) & (jobs.c.started_at >= since)
             with self.store.engine.connect() as conn:
                 for pipeline in PIPELINE_TYPES:  # an index range each, never a scan
                     rows = conn.execute(sa.select(outcome, jobs.c.predicted_seconds).where(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
+import weakref
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from time import sleep
@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateColumn
 
 from perflib.store import schema
+from perflib.threads import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ _DDL_LOCK = 7346253  # pg_advisory_xact_lock key: one partition creator at a tim
 _ID_LOCKS = 7346254  # first key of the per-job-id advisory locks of replace_live
 _ID_LOCK_BUCKETS = 256  # few enough that a big batch cannot fill the shared lock table
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
-_known_lock = threading.Lock()  # guards each engine's set of (table, day) partitions known
+# Per engine (by id, with a weak reference telling a reused id from the same engine): the
+# (table, day) partitions this process knows exist; a forked child starts knowing none.
+_known: PerProcess[tuple[weakref.ref, set[tuple[str, date]]]] = PerProcess()
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,7 @@ def ensure_partitions(engine: sa.Engine, days: Iterable[date],
                         "their rows go to DEFAULT until they are", chunk[0], chunk[-1])
             continue
         created += made
-        with _known_lock:
-            cache.update((name, day) for name in TABLES for day in chunk)
+        cache |= {(name, day) for name in TABLES for day in chunk}
     return created
 
 
@@ -221,16 +223,14 @@ def _create_day(conn: sa.Connection, name: str, parent: str, day: date) -> None:
 
 
 def _known_days(engine: sa.Engine) -> set[tuple[str, date]]:
-    with _known_lock:
-        if not hasattr(engine, "_perflib_partition_days"):
-            engine._perflib_partition_days = set()
-        return engine._perflib_partition_days
+    """The (table, day) partitions this process knows `engine`'s database has."""
+    return _known.get(id(engine), lambda: (weakref.ref(engine), set()),
+                      stale=lambda held: held[0]() is not engine)[1]
 
 
 def forget_known(engine: sa.Engine) -> None:
     """Drop this process's memory of existing partitions (after some were dropped)."""
-    with _known_lock:
-        engine._perflib_partition_days = set()
+    _known.set(id(engine), (weakref.ref(engine), set()))
 
 
 # -- the write path ---------------------------------------------------------------------------

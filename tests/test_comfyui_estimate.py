@@ -46,7 +46,7 @@ def test_estimate_time_takes_a_comfyui_prompt_and_says_what_it_understood(client
                                            "hostname": "render-01:8188"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == ESTIMATE_KEYS | {"parsed_job"}
+    assert set(body) == ESTIMATE_KEYS | {"parsed_job", "nodes", "total_from"}
     assert body["parsed_job"] == parse_prompt(graph).job_params()
     assert [(p["width"], p["steps"]) for p in body["parsed_job"]["passes"]] == [(512, 20),
                                                                                (768, 12)]

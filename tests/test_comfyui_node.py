@@ -497,6 +497,24 @@ def test_the_queue_eta_counts_the_prompts_ahead_on_this_server(package, service,
     assert missing["status"] == 404 and "nope" in missing["body"]["error"]
 
 
+def test_the_prompt_queued_before_is_sent_so_an_identical_resubmit_costs_nothing(
+        package, service, tmp_path):
+    """The node sends the graph queued just before (ComfyUI runs it just before, leaving its
+    outputs in the cache): a resubmit of the same graph is estimated under 1 s, every node
+    cached; a new text reruns only what depends on it."""
+    server = FakePromptServer()
+    attach(package, server, service.url, tmp_path)
+    ids = [server.post_prompt({"prompt": prompt, "client_id": "b"})
+           for prompt in (graph(steps=8), graph(steps=8), graph(steps=8, text="a cat"))]
+    sent = wait_for(lambda: len(server.events("perflib.estimate")) == 3
+                    and server.events("perflib.estimate"))
+    first, again, new_text = ({e["prompt_id"]: e for e in sent}[i] for i in ids)
+    assert not any(n["cached"] for n in first["nodes"])
+    assert again["predicted_time_seconds"] < 1.0 and all(n["cached"] for n in again["nodes"])
+    assert {n["id"] for n in new_text["nodes"] if not n["cached"]} == {"6", "3", "8", "9"}
+    assert new_text["predicted_time_seconds"] <= first["predicted_time_seconds"]
+
+
 def _run(coroutine):
     import asyncio
     return asyncio.run(coroutine)
@@ -689,7 +707,7 @@ def test_an_answer_that_is_not_a_json_object_never_loses_the_record(
 def test_an_answer_that_is_not_an_estimate_is_no_estimate(answer, package):
     estimates = importlib.import_module(f"{package.__name__}.estimate_board")
     server = FakePromptServer()
-    board = estimates.EstimateBoard(lambda graph: answer, server.send_sync,
+    board = estimates.EstimateBoard(lambda graph, previous: answer, server.send_sync,
                                     server.prompt_queue.get_current_queue_volatile, 5.0)
     board.submitted({"prompt": graph(), "prompt_id": "p1"})
     server.prompt_queue.put((0, "p1", graph(), {}, ["9"], {}))

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from perflib.comfyui.cache_keys import cached_nodes
-from perflib.comfyui.graph import parse_prompt
-from perflib.comfyui.node_costs import NodeCosts, conditioning_batches, node_features, \
-    observations
+from perflib.comfyui.graph import conditioning_batches, parse_prompt
+from perflib.comfyui.node_costs import NodeCosts, node_features, observations
 from perflib.prediction.metrics import is_within
 from tests.comfyui_server import RECORDINGS
 from tests.test_comfyui_graph import base_graph

@@ -13,7 +13,7 @@ def board_with(package, estimates: dict[str, float | None], clock):
     board_module = importlib.import_module(f"{package.__name__}.estimate_board")
     queue: tuple[list, list] = ([], [])
 
-    def ask(graph):
+    def ask(graph, previous=None):
         seconds = estimates[graph["name"]]
         if seconds is None:
             raise ValueError("the service refused it")
@@ -51,4 +51,29 @@ def test_before_any_estimate_an_unestimated_prompt_counts_nothing_known(package)
         pending.append([number, name, {"name": name}, {}, []])
         board._by_id[name].done.wait(5)
     assert board.fallback_seconds() == 0.0 and board.view("new") is None
+    board.close()
+
+
+def test_the_services_price_of_an_unestimated_job_is_the_nodes_too(package):
+    """One definition: the service's answers carry what an unestimated job counts (its
+    pipeline's recent median), and the node prices its unestimated prompts with it."""
+    clock = FakeClock(1_000.0)
+    board_module = importlib.import_module(f"{package.__name__}.estimate_board")
+    queue: tuple[list, list] = ([], [])
+    answers = {"a": {"predicted_time_seconds": 10.0,
+                     "queue": {"unestimated_seconds_each": 25.0}}, "b": None}
+
+    def ask(graph, previous=None):
+        if answers[graph["name"]] is None:
+            raise ValueError("the service refused it")
+        return answers[graph["name"]]
+
+    board = board_module.EstimateBoard(ask, lambda *args: None, lambda: queue, 5.0, clock)
+    for number, name in enumerate(("b", "a")):
+        board.submitted({"prompt": {"name": name}, "prompt_id": name})
+        queue[1].append([number, name, {"name": name}, {}, []])
+        board._by_id[name].done.wait(5)
+    assert board.fallback_seconds() == 25.0
+    eta = board.view("a")["queue"]
+    assert eta["unestimated_ahead"] == 1 and eta["expected_start_seconds"] == 25.0
     board.close()

@@ -81,3 +81,33 @@ def test_eta_dashboard_and_metrics_come_from_the_same_numbers(db_url, settings):
         sum(left) + sum(queued), abs=2 * DRIFT)
     assert metrics["perflib_desired_gpus"][POOL] == desired_gpus(
         left, queued, settings.thresholds.queue_seconds)
+
+
+def test_a_live_job_nothing_can_estimate_counts_its_pipelines_median_not_zero(sqlite_url,
+                                                                              settings):
+    """A row written without its parameters (not through the API): the model cannot price it,
+    so it counts the median of its pipeline's recent successful jobs, and estimate-time says
+    that price (the ComfyUI node prices its own unestimated prompts with it)."""
+    from perflib.prediction.predictor import PerformancePredictor
+    from perflib.queue.snapshot import LiveQueue
+    from perflib.store import Store
+
+    store = Store(sqlite_url, settings)
+    now = datetime.now(timezone.utc)
+    done = [{"job_id": f"done-{n}", "pipeline_type": "image", "status": "success",
+             "started_at": now - timedelta(seconds=600), "processing_seconds": seconds,
+             "finished_at": now - timedelta(seconds=600 - seconds)}
+            for n, seconds in enumerate((30.0, 40.0, 50.0))]
+    done.append({**done[0], "job_id": "video-0", "pipeline_type": "video",
+                 "processing_seconds": 500.0})
+    bare = {"job_id": "bare", "pipeline_type": "image", "status": "queued",
+            "submitted_at": now}
+    store.write_jobs([*done, bare])
+    snapshot = LiveQueue(store, PerformancePredictor(store)).snapshot()
+    assert [job.job_id for job in snapshot.jobs] == ["bare"]
+    assert snapshot.seconds == (40.0,)
+    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as client:
+        eta = client.post(f"{API}/estimate-time", json={
+            "pipeline_type": "image", "resolution": "512x512", "steps": 20}).json()["queue"]
+    assert eta["unestimated_seconds_each"] == 40.0
+    assert eta["expected_start_seconds"] == pytest.approx(40.0)

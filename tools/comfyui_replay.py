@@ -3,12 +3,14 @@ executed prompt is estimated, at its start, with only what finished before it st
 estimate is compared with its measured execution time (history's ``execution_start`` → end).
 
     python -m tools.comfyui_replay [--data ../shared/data/comfyui] [--runs sd15 wan21]
-        [--method service|nodes|both]
+        [--method job|service|nodes|all]
 
-``service``: the service's job-level estimate (``prompt_estimate`` → ``PerformancePredictor``
+``job``: the service's job-level estimate (``prompt_estimate`` → ``PerformancePredictor``
 ``.estimate(as_of=start)``, no stored model: the heuristic fitted on the jobs finished before);
-``nodes``: the per-node estimate (:mod:`perflib.comfyui.node_costs`) learned from the phases of
-the prompts finished before, aware of the previous prompt's cache. Prompts the estimate refuses
+``service``: what the service answers, that estimate refined node by node
+(:mod:`perflib.comfyui.node_estimate`: node costs learned from the stored phases of the prompts
+finished before, the previous prompt's cache anticipated); ``nodes``: the per-node sum alone
+(:mod:`perflib.comfyui.node_costs`), with no job-level fallback. Prompts the estimate refuses
 count as misses. Fully cached prompts (0–1 ms) are reported apart.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from perflib.prediction.metrics import is_within
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "comfyui"
 GPU_NAME = "cpu"  # what the recorded servers' /system_stats call their device
+HOSTNAME = "replay:8188"
 
 
 @dataclass
@@ -80,36 +83,71 @@ def finished_before(prompts: list[RecordedPrompt], prompt: RecordedPrompt
             and other is not prompt]
 
 
+def job_model_estimates(prompts: list[RecordedPrompt]) -> dict[str, float | None]:
+    """The service's job-level estimate alone (before per-node estimates), as of each start."""
+    return _service_replay(prompts, per_node=False)
+
+
 def service_estimates(prompts: list[RecordedPrompt]) -> dict[str, float | None]:
-    """The service's job-level estimate of each executed prompt, as of its start."""
-    from perflib.comfyui.collect import ServerStatus, finished_record
-    from perflib.comfyui.prompt_estimate import prompt_estimate
-    from perflib.comfyui.history import judge_entry
+    """The service's answer as of each start: the job-level estimate refined node by node
+    (:mod:`perflib.comfyui.node_estimate`), the previous prompt's cache anticipated."""
+    return _service_replay(prompts, per_node=True)
+
+
+def _service_replay(prompts: list[RecordedPrompt], per_node: bool) -> dict[str, float | None]:
+    """Each executed prompt estimated by the service's code on a store holding what finished
+    before it started (with the per-node phases the node records)."""
     from perflib.prediction.predictor import PerformancePredictor
-    from perflib.record import RecordError
     from perflib.store import Store
 
-    server = ServerStatus(url="http://replay:8188", hostname="replay:8188", gpu_name=GPU_NAME)
     with tempfile.TemporaryDirectory() as folder:
         store = Store(f"sqlite:///{folder}/replay.db")
         predictor = PerformancePredictor(store)
         stored: set[str] = set()
         answers: dict[str, float | None] = {}
-        for prompt in prompts:
+        for position, prompt in enumerate(prompts):
             new = [p for p in finished_before(prompts, prompt) if p.prompt_id not in stored]
             if new:
-                store.write_jobs([finished_record(judge_entry(p.prompt_id, p.history), server)
-                                  for p in new])
+                store.write_jobs([_stored_record(p) for p in new])
                 stored.update(p.prompt_id for p in new)
-            if prompt.status != "success":
-                continue
-            try:
-                params, _ = prompt_estimate(prompt.graph, gpu_name=GPU_NAME)
-                answers[prompt.prompt_id] = predictor.estimate(
-                    params, as_of=prompt.started)["predicted_time_seconds"]
-            except RecordError:
-                answers[prompt.prompt_id] = None
+            if prompt.status == "success":
+                previous = prompts[position - 1].graph if position and per_node else None
+                answers[prompt.prompt_id] = _service_answer(store, predictor, prompt, previous,
+                                                            per_node)
     return answers
+
+
+def _stored_record(prompt: RecordedPrompt) -> dict:
+    """The job record the node sends for a finished prompt: the collector's fields and a
+    phase per executed node."""
+    from perflib.comfyui.collect import ServerStatus, finished_record
+    from perflib.comfyui.history import judge_entry
+
+    server = ServerStatus(url=f"http://{HOSTNAME}", hostname=HOSTNAME, gpu_name=GPU_NAME)
+    record = finished_record(judge_entry(prompt.prompt_id, prompt.history), server)
+    record["phases"] = [{"seq": seq, "seconds": seconds, "name": f"{node_id}:"
+                         f"{(prompt.graph.get(node_id) or {}).get('class_type', 'unknown')}"}
+                        for seq, (node_id, seconds) in enumerate(prompt.node_seconds.items())]
+    return record
+
+
+def _service_answer(store, predictor, prompt: RecordedPrompt, previous: dict | None,
+                    per_node: bool) -> float | None:
+    from perflib.comfyui.cache_keys import cached_nodes
+    from perflib.comfyui.node_estimate import learn_nodes, refine
+    from perflib.comfyui.prompt_estimate import parsed_estimate
+    from perflib.record import RecordError
+
+    try:
+        params, _, parsed = parsed_estimate(prompt.graph, gpu_name=GPU_NAME, hostname=HOSTNAME)
+    except RecordError:
+        return None
+    prediction = predictor.estimate(params, as_of=prompt.started)
+    if per_node:
+        learned = learn_nodes(store, GPU_NAME, HOSTNAME, as_of=prompt.started)
+        prediction = refine(prediction, learned, prompt.graph, parsed,
+                            cached_nodes(prompt.graph, previous, parsed.needed_nodes))
+    return prediction["predicted_time_seconds"]
 
 
 def node_estimates(prompts: list[RecordedPrompt]) -> dict[str, float | None]:
@@ -152,16 +190,17 @@ def summary(prompts: list[RecordedPrompt], answers: dict[str, float | None]) -> 
                                              default=None)}
 
 
-METHODS: dict[str, Callable] = {"service": service_estimates, "nodes": node_estimates}
+METHODS: dict[str, Callable] = {"job": job_model_estimates, "service": service_estimates,
+                                "nodes": node_estimates}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", nargs="+", default=["sd15", "wan21"])
-    parser.add_argument("--method", choices=[*METHODS, "both"], default="both")
+    parser.add_argument("--method", choices=[*METHODS, "all"], default="all")
     options = parser.parse_args(argv)
-    methods = list(METHODS) if options.method == "both" else [options.method]
+    methods = list(METHODS) if options.method == "all" else [options.method]
     for run in options.runs:
         prompts = load_recording(options.data / run)
         for method in methods:

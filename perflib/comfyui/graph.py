@@ -66,6 +66,7 @@ VIDEO_GEOMETRY = {"EmptyHunyuanLatentVideo": (4, 8, 16), "EmptyHunyuanVideo15Lat
 DEFAULT_VIDEO_GEOMETRY = (4, 8, 16)  # the Wan 2.1 and HunyuanVideo latents (the other classes)
 PIXEL_SIZED = ("VAEDecode", "VAEEncode", "ImageScale", "LatentUpscale", "Save", "Preview")
 ENCODERS = {"VAEEncode", "VAEEncodeTiled", "VAEEncodeForInpaint", "InpaintModelConditioning"}
+COMBINERS = {"ConditioningCombine"}  # each joins two conditionings: one more UNet batch
 CACHE_HIT_JOB_TYPE = "comfyui-cache-hit"  # a prompt ComfyUI served wholly from its cache
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name",
                       "unCLIPCheckpointLoader": "ckpt_name",
@@ -194,6 +195,7 @@ class ParsedPrompt:
     unknown_sizes: list[str] = field(default_factory=list)  # node ids whose size is unknown
     needed_nodes: set[str] = field(default_factory=set)  # what runs for the outputs
     node_pixels: dict[str, int] = field(default_factory=dict)  # decode, encode, scale, save
+    sampler_batches: dict[str, int] = field(default_factory=dict)  # UNet batches per step
 
     @property
     def pipeline_type(self) -> str:
@@ -230,7 +232,8 @@ class ParsedPrompt:
                 "unknown_nodes": self.unknown_nodes, "loras": self.loras,
                 "decoders": self.decoders, "unknown_sizes": self.unknown_sizes,
                 "node_pixels": self.node_pixels,
-                "sampler_nodes": [p.node_id for p in self.passes]}},
+                "sampler_nodes": [p.node_id for p in self.passes],
+                "sampler_batches": self.sampler_batches}},
         }
 
 
@@ -333,6 +336,10 @@ class _Parser:
         result.model_name = models[0] if models else self._any_model(needed)
         result.node_pixels = {node_id: pixels for node_id in needed
                               if (pixels := self._node_pixels(node_id))}
+        result.sampler_batches = {
+            one.node_id: conditioning_batches(self.nodes, one.node_id,
+                                              (one.guidance_scale or 0) > 1)
+            for one in result.passes}
         return result
 
     def _node_pixels(self, node_id: str) -> int | None:
@@ -724,6 +731,30 @@ class _Parser:
             if self._class(node_id) in CHECKPOINT_LOADERS:
                 return self._name(node_id, CHECKPOINT_LOADERS[self._class(node_id)])
         return None
+
+
+def conditioning_batches(graph: dict, sampler: str, guided: bool) -> int:
+    """UNet batches per step of a sampler: one per positive conditioning, plus the negatives
+    when cfg > 1 (a ConditioningCombine counts both of its sides, recursively)."""
+    inputs = (graph.get(sampler) or {}).get("inputs") or {}
+    sides = ("positive", "negative") if guided else ("positive",)
+    return sum(_conditionings(graph, inputs.get(side)) for side in sides) or 1
+
+
+def _conditionings(graph: dict, link: Any) -> int:
+    """Conditionings joined behind `link`, without recursion (a chain may be long)."""
+    count, stack, seen = 0, [link], set()
+    while stack:
+        link = stack.pop()
+        source = str(link[0]) if isinstance(link, list) and link else None
+        node = graph.get(source) if source is not None and source not in seen else None
+        if not isinstance(node, dict) or node.get("class_type") not in COMBINERS:
+            count += 1
+            continue
+        seen.add(source)
+        inputs = node.get("inputs") or {}
+        stack.extend(inputs.get(name) for name in ("conditioning_1", "conditioning_2"))
+    return count
 
 
 def _upscaled(width: int | None, height: int | None, to_width: int, to_height: int

@@ -19,10 +19,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from perflib.comfyui.graph import LATENT_FACTOR, ParsedPrompt, SamplingPass
+from perflib.comfyui.graph import LATENT_FACTOR, ParsedPrompt
 
 MIN_FIT = 3  # observations with different sizes before a linear fit
-COMBINERS = {"ConditioningCombine"}  # each joins two conditionings: one more UNet batch
 
 
 @dataclass(frozen=True)
@@ -46,54 +45,45 @@ class NodePrice:
                 "seconds": round(self.seconds or 0.0, 4), "cached": self.cached}
 
 
-def sampler_features(graph: Mapping[str, Any], one: SamplingPass) -> tuple[float, float]:
-    """(model calls, latent work) of a sampling pass: work is latent cells × model calls."""
-    calls = (one.steps or 0) * one.model_calls_per_step * conditioning_batches(
-        graph, one.node_id, (one.guidance_scale or 0) > 1)
-    spatial = LATENT_FACTOR if not one.geometry else one.geometry[1]
-    temporal = 1 if not one.geometry else one.geometry[0]
-    frames = 1 + ((one.frame_count or 1) - 1) // temporal
-    cells = (one.width or 0) / spatial * (one.height or 0) / spatial * frames \
-        * (one.batch_size or 1)
+def pass_features(one: Mapping[str, Any], batches: int) -> tuple[float, float]:
+    """(model calls, latent work) of a sampling pass as the job record lists it (``passes``):
+    work is latent cells × model calls."""
+    calls = (one.get("steps") or 0) * (one.get("model_calls_per_step") or 1) * batches
+    spatial = one.get("vae_spatial_factor") or LATENT_FACTOR
+    temporal = one.get("vae_temporal_factor") or 1
+    frames = 1 + ((one.get("frame_count") or 1) - 1) // temporal
+    cells = (one.get("width") or 0) / spatial * (one.get("height") or 0) / spatial * frames \
+        * (one.get("batch_size") or 1)
     return float(calls), float(calls * cells)
 
 
-def conditioning_batches(graph: Mapping[str, Any], sampler: str, guided: bool) -> int:
-    """UNet batches per step: one per positive conditioning, plus the negatives when cfg > 1
-    (a ConditioningCombine counts both of its sides)."""
-    inputs = (graph.get(sampler) or {}).get("inputs") or {}
-    sides = ("positive", "negative") if guided else ("positive",)
-    return sum(_conditionings(graph, inputs.get(side), set()) for side in sides) or 1
-
-
-def _conditionings(graph: Mapping[str, Any], link: Any, seen: set[str]) -> int:
-    if not isinstance(link, list) or str(link[0]) in seen or str(link[0]) not in graph:
-        return 1
-    seen.add(str(link[0]))
-    node = graph[str(link[0])]
-    if node.get("class_type") not in COMBINERS:
-        return 1
-    inputs = node.get("inputs") or {}
-    return sum(_conditionings(graph, inputs.get(name), seen)
-               for name in ("conditioning_1", "conditioning_2"))
+def job_node_features(job: Mapping[str, Any]) -> dict[str, tuple[float, ...]]:
+    """Per node id, the work features a job record (or ``ParsedPrompt.job_params()``) states:
+    a sampler's (calls, work), a pixel node's (pixels,). A record made before
+    ``sampler_batches`` was kept counts one batch, two when cfg > 1."""
+    comfy = (job.get("extra_params") or {}).get("comfyui") or {}
+    batches = comfy.get("sampler_batches") or {}
+    features: dict[str, tuple[float, ...]] = {
+        str(node_id): (float(pixels),) for node_id, pixels in
+        (comfy.get("node_pixels") or {}).items() if isinstance(pixels, (int, float))}
+    for node_id, one in zip(comfy.get("sampler_nodes") or (), job.get("passes") or ()):
+        guided = 2 if (one.get("guidance_scale") or 0) > 1 else 1
+        features[str(node_id)] = pass_features(one, int(batches.get(str(node_id), guided)))
+    return features
 
 
 def node_features(graph: Mapping[str, Any], parsed: ParsedPrompt, node_id: str
                   ) -> tuple[float, ...]:
-    """The work features of a node: a sampler's (calls, work), a pixel node's (pixels,)."""
-    passes = {one.node_id: one for one in parsed.passes}
-    if node_id in passes:
-        return sampler_features(graph, passes[node_id])
-    if node_id in parsed.node_pixels:
-        return (float(parsed.node_pixels[node_id]),)
-    return ()
+    """The work features of one node of a parsed prompt."""
+    return job_node_features(parsed.job_params()).get(node_id, ())
 
 
 def observations(graph: Mapping[str, Any], parsed: ParsedPrompt,
                  node_seconds: Mapping[str, float]) -> list[NodeObservation]:
     """What one executed prompt teaches: each node it ran, with its features and seconds."""
+    features = job_node_features(parsed.job_params())
     return [NodeObservation(str((graph.get(node_id) or {}).get("class_type")),
-                            node_features(graph, parsed, node_id), float(seconds))
+                            features.get(node_id, ()), float(seconds))
             for node_id, seconds in node_seconds.items() if node_id in graph]
 
 
@@ -118,10 +108,11 @@ class NodeCosts:
               ) -> list[NodePrice]:
         """Every node the prompt needs, in id order: 0 s when cached, else its class's cost."""
         prices = []
+        features = job_node_features(parsed.job_params())
         for node_id in sorted(parsed.needed_nodes, key=_order):
             class_type = str((graph.get(node_id) or {}).get("class_type"))
             seconds = 0.0 if node_id in cached else self.seconds(
-                class_type, node_features(graph, parsed, node_id))
+                class_type, features.get(node_id, ()))
             prices.append(NodePrice(node_id, class_type, seconds, node_id in cached))
         return prices
 

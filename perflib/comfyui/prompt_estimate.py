@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from perflib.comfyui.graph import ParsedPrompt
 from perflib.comfyui.inputs import parse_with_inputs
 from perflib.record import RecordError, estimate_params
 
@@ -16,7 +17,15 @@ PASS_NEEDS = ("width", "height", "steps")
 
 def prompt_estimate(prompt: Any, inputs: Mapping[str, Mapping[str, int]] | None = None,
                     **given: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(estimate parameters, the parsed job) of an API-format prompt. `inputs`: the sizes of
+    """(estimate parameters, the parsed job) of an API-format prompt, as
+    :func:`parsed_estimate` gives them."""
+    params, job, _ = parsed_estimate(prompt, inputs, **given)
+    return params, job
+
+
+def parsed_estimate(prompt: Any, inputs: Mapping[str, Mapping[str, int]] | None = None,
+                    **given: Any) -> tuple[dict[str, Any], dict[str, Any], ParsedPrompt]:
+    """(estimate parameters, the parsed job, the parsed prompt) of an API-format prompt. `inputs`: the sizes of
     its input files (``{name: {"width", "height"}}``; the others are assumed and listed as
     ``assumed_input_sizes``). `given` may hold gpu_name, hostname and job_type. Raises
     RecordError naming ``comfyui_prompt`` when the graph is malformed or does not say enough to
@@ -44,7 +53,7 @@ def prompt_estimate(prompt: Any, inputs: Mapping[str, Mapping[str, int]] | None 
               if name != "extra_params" and value is not None}
     params.update(passes=passes, **{name: value for name, value in given.items()
                                     if value is not None})
-    return estimate_params(params), job
+    return estimate_params(params), job, parsed
 
 
 def read_prompt_file(path: str) -> dict[str, Any]:

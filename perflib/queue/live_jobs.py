@@ -4,7 +4,10 @@
 - :class:`LivePricer`: each job's duration is the estimate it was reported with, else the active
   model's, computed once per job and remembered for PRICE_TTL_S (a live job's parameters do not
   change), so estimate-time, the dashboard and ``/metrics`` price it alike;
-- :meth:`LiveJob.seconds_left`: the one rule for what a running job has left.
+- :meth:`LiveJob.seconds_left`: the one rule for what a running job has left;
+- :func:`fallback_seconds`: the one price of a job nothing can estimate (a row without its
+  parameters): the median of its pipeline's latest FALLBACK_JOBS successful jobs, never 0 s
+  while the pipeline has any, so the ETA of the jobs behind it is not short by its whole time.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ LIVE_COLUMNS = ("job_id", "pipeline_type", "job_type", "status", "hostname", "gp
                 "gpu_index", "submitted_at", "started_at", "predicted_seconds")
 PRICE_TTL_S = 300.0  # a live job the model priced is not priced again for a few minutes
 PRICE_CACHE_SIZE = 100_000
+FALLBACK_JOBS = 100  # latest successful jobs of a pipeline whose median prices an unpriced job
+FALLBACK_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,14 +79,26 @@ def read_unpriced_live_jobs(store: Store, job_ids: Iterable[str]) -> pd.DataFram
     return rows[rows.job_id.isin(set(job_ids))].reset_index(drop=True)
 
 
+def fallback_seconds(store: Store, pipeline_type: str, limit: int = FALLBACK_JOBS) -> float:
+    """What a live job of `pipeline_type` that nothing can estimate counts: the median
+    processing time of the pipeline's latest `limit` successful jobs (0 s without any)."""
+    query = (sa.select(jobs.c.processing_seconds)
+             .where(jobs.c.pipeline_type == pipeline_type, jobs.c.status == "success",
+                    jobs.c.processing_seconds.is_not(None))
+             .order_by(jobs.c.finished_at.desc()).limit(limit))
+    with store.engine.connect() as conn:
+        seconds = [row[0] for row in conn.execute(query)]
+    return float(np.median(seconds)) if seconds else 0.0
+
+
 def model_seconds(rows: pd.DataFrame, predictor: PerformancePredictor) -> np.ndarray:
-    """The active model's duration of each of `rows` (whole job rows), per pipeline; a row
-    written without its parameters (not through the API) counts as instant."""
+    """The active model's duration of each of `rows` (whole job rows), per pipeline; NaN for a
+    row written without its parameters (not through the API)."""
     seconds = np.full(len(rows), np.nan)
     for pipeline, group in rows.groupby("pipeline_type"):
         estimated = predictor.estimate_batch(group, str(pipeline)).predicted_time_seconds
         seconds[rows.index.get_indexer(group.index)] = estimated.to_numpy(dtype=float)
-    return np.nan_to_num(seconds, nan=0.0)
+    return seconds
 
 
 class LivePricer:
@@ -92,16 +109,29 @@ class LivePricer:
         self.store = store
         self.predictor = predictor
         self._prices = TtlCache(PRICE_TTL_S, PRICE_CACHE_SIZE)
+        self._fallbacks = TtlCache(FALLBACK_TTL_S, 16)
 
     def seconds(self, live: list[LiveJob]) -> list[float]:
-        """Each live job's predicted duration."""
+        """Each live job's predicted duration (the pipeline's fallback where the model has
+        none)."""
         priced = {job.job_id: self._prices.get(job.job_id) for job in live
                   if job.predicted_seconds is None}
         unpriced = [job_id for job_id, price in priced.items() if price is None]
         if unpriced:
             rows = read_unpriced_live_jobs(self.store, unpriced)
-            for job_id, price in zip(rows.job_id, model_seconds(rows, self.predictor)):
-                self._prices.put(job_id, float(price))
-                priced[job_id] = float(price)
+            prices = model_seconds(rows, self.predictor)
+            for job_id, pipeline, price in zip(rows.job_id, rows.pipeline_type, prices):
+                price = float(price) if np.isfinite(price) else self.fallback(str(pipeline))
+                self._prices.put(job_id, price)
+                priced[job_id] = price
         return [job.predicted_seconds if job.predicted_seconds is not None
-                else priced.get(job.job_id) or 0.0 for job in live]
+                else priced.get(job.job_id) or self.fallback(job.pipeline_type)
+                for job in live]
+
+    def fallback(self, pipeline_type: str) -> float:
+        """:func:`fallback_seconds`, remembered for FALLBACK_TTL_S."""
+        seconds = self._fallbacks.get(pipeline_type)
+        if seconds is None:
+            seconds = fallback_seconds(self.store, pipeline_type)
+            self._fallbacks.put(pipeline_type, seconds)
+        return seconds

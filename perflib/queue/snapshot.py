@@ -23,6 +23,7 @@ from perflib.cache import TtlCache
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.fifo import queue_starts
 from perflib.queue.live_jobs import LIVE_COLUMNS, LiveJob, LivePricer, read_live_jobs
+from perflib.record import PIPELINE_TYPES
 from perflib.store import Store
 
 FLEET_DAYS = 7  # GPUs seen in this many days make up the fleet
@@ -36,6 +37,10 @@ class QueueEta(BaseModel):
     gpus: int = Field(description="GPUs the queue is spread over")
     expected_start_seconds: float = Field(description="seconds from now until it starts")
     expected_finish_seconds: float = Field(description="seconds from now until it finishes")
+    unestimated_seconds_each: float | None = Field(
+        None, description="what a live job of this pipeline that nothing can estimate counts "
+                          "(the median of its latest 100 successful jobs): the ComfyUI node "
+                          "prices the prompts ahead that have no estimate with it")
 
 
 def expected_start(running_seconds_left: Sequence[float], queued_seconds: Sequence[float],
@@ -56,6 +61,7 @@ class LiveSnapshot:
     seconds_left: tuple[float, ...]
     gpus: int  # the fleet, never fewer than the running jobs, at least 1
     read_at: float  # time.monotonic(), for the readers' freshness checks
+    fallbacks: tuple[tuple[str, float], ...] = ()  # per pipeline, an unpriced job's seconds
 
     @property
     def jobs_ahead(self) -> int:
@@ -70,12 +76,17 @@ class LiveSnapshot:
         queued = [left for job, left in zip(self.jobs, self.seconds_left) if not job.running]
         return queue_starts(running, queued, self.gpus)
 
-    def eta(self, predicted_seconds: float, now: datetime | None = None) -> QueueEta:
-        """Start and finish of a job predicted to take `predicted_seconds`, submitted `now`."""
+    def eta(self, predicted_seconds: float, now: datetime | None = None,
+            pipeline_type: str | None = None) -> QueueEta:
+        """Start and finish of a job predicted to take `predicted_seconds`, submitted `now`
+        (and, given its pipeline, what an unestimated job of it counts)."""
         start = self.starts(now or datetime.now(timezone.utc))[-1]
+        fallback = dict(self.fallbacks).get(pipeline_type)
         return QueueEta(jobs_ahead=self.jobs_ahead, gpus=self.gpus,
                         expected_start_seconds=round(start, 3),
-                        expected_finish_seconds=round(start + predicted_seconds, 3))
+                        expected_finish_seconds=round(start + predicted_seconds, 3),
+                        unestimated_seconds_each=None if fallback is None
+                        else round(fallback, 3))
 
     def frame(self) -> pd.DataFrame:
         """The jobs as a DataFrame (LIVE_COLUMNS), plus ``seconds_left``."""
@@ -103,7 +114,8 @@ class LiveQueue:
         return LiveSnapshot(
             taken_at=now, jobs=tuple(live), seconds=tuple(seconds),
             seconds_left=tuple(job.seconds_left(s, now) for job, s in zip(live, seconds)),
-            gpus=max(self.fleet_size(), running, 1), read_at=time.monotonic())
+            gpus=max(self.fleet_size(), running, 1), read_at=time.monotonic(),
+            fallbacks=tuple((name, self.pricer.fallback(name)) for name in PIPELINE_TYPES))
 
     def fleet_size(self) -> int:
         """GPUs that started jobs in the last FLEET_DAYS, at least 1 (remembered FLEET_TTL_S)."""

@@ -23,6 +23,7 @@ from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.snapshot import LiveQueue
 from perflib.serve.alert_checks import AlertChecks, check_alerts_periodically
 from perflib.serve.errors import DATABASE_DOWN, SpoolUnavailable, describe_error
+from perflib.serve.comfyui_nodes import NodeCostBook
 from perflib.serve.estimator import QueueAwareEstimator
 from perflib.serve.guards import (MAX_BODY_BYTES, BodySizeLimit, JsonWritesFromThisOrigin,
                                   KnownHostsOnly)
@@ -56,6 +57,7 @@ class Services:
     metrics: ServiceMetrics
     reports: ReportRenders
     alert_checks: AlertChecks
+    node_costs: NodeCostBook
 
 
 def build_services(db: Any = None, settings: Settings | None = None,
@@ -81,7 +83,7 @@ def build_services(db: Any = None, settings: Settings | None = None,
         # The renderer connects with the password; it is never shown.
         reports=ReportRenders(project_root() / SERVED_REPORTS,
                               store.url.render_as_string(hide_password=False), render_command),
-        alert_checks=AlertChecks(analyzer, metrics))
+        alert_checks=AlertChecks(analyzer, metrics), node_costs=NodeCostBook(store))
 
 
 def create_app(db: Any = None, settings: Settings | None = None,

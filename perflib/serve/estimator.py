@@ -20,7 +20,7 @@ import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -90,15 +90,20 @@ class QueueAwareEstimator:
         self._snapshot: LiveSnapshot | None = None
         self._reading: tuple[int, Future] | None = None
 
-    async def estimate(self, params: dict[str, Any]) -> EstimateResponse:
+    async def estimate(self, params: dict[str, Any],
+                       refine: Callable[[dict], dict] | None = None) -> EstimateResponse:
+        """`refine`, where given, turns the job-level prediction into the answer (a ComfyUI
+        prompt's per-node estimate), in a worker thread, before the queue ETA."""
         key = json.dumps(params, sort_keys=True, default=str)  # passes are lists: not hashable
         prediction = self._estimates.get(key)
         if prediction is None:
             prediction = await self._batcher.estimate(params)
             self._estimates.put(key, prediction)
+        if refine is not None:
+            prediction = await run_in_threadpool(refine, prediction)
         snapshot = await self._current_snapshot()
-        return EstimateResponse(**prediction,
-                                queue=snapshot.eta(prediction["predicted_time_seconds"]))
+        return EstimateResponse(**prediction, queue=snapshot.eta(
+            prediction["predicted_time_seconds"], pipeline_type=params.get("pipeline_type")))
 
     async def _current_snapshot(self) -> LiveSnapshot:
         with self._lock:

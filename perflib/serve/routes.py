@@ -52,10 +52,16 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
     async def estimate_time(job: validated_in_thread(EstimateBody)) -> EstimateResponse:
         """How long a job will take, how sure that is, cheaper settings, and when it would
         start and finish behind the live queue. A ComfyUI prompt (``comfyui_prompt``) is
-        estimated from its graph, and the answer says what was understood (``parsed_job``)."""
+        estimated from its graph, node by node (``nodes``; those ComfyUI will serve from its
+        cache after ``previous_prompt`` cost 0), and the answer says what was understood
+        (``parsed_job``)."""
+        comfyui = isinstance(job, ComfyUIEstimateRequest)
+        refine = services.node_costs.refiner(
+            job.comfyui_prompt, job.parsed_prompt, job.previous_prompt, job.gpu_name,
+            job.hostname) if comfyui else None
         with services.metrics.estimate_seconds.time():
-            answer = await services.estimator.estimate(job.params())
-        if isinstance(job, ComfyUIEstimateRequest):
+            answer = await services.estimator.estimate(job.params(), refine)
+        if comfyui:
             answer = answer.model_copy(update={"parsed_job": job.parsed_job})
         return answer
 
@@ -72,6 +78,7 @@ def _job_routes(router: APIRouter, services: Services, needs_token: list) -> Non
             response.status_code = 202
         else:
             services.estimator.forget_queue()
+            services.node_costs.jobs_recorded()
             background.add_task(services.ingest.replay_spool)
         return result
 

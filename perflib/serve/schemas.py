@@ -12,12 +12,13 @@ from fastapi import Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, SkipValidation,
-                      StringConstraints, Tag, TypeAdapter, ValidationError, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr,
+                      SkipValidation, StringConstraints, Tag, TypeAdapter, ValidationError, model_validator)
 
 from perflib.analysis.alerts import SEVERITIES
 from perflib.comfyui.inputs import MAX_INPUTS, MAX_NAME_LENGTH
-from perflib.comfyui.prompt_estimate import prompt_estimate
+from perflib.comfyui.graph import MAX_NODES
+from perflib.comfyui.prompt_estimate import parsed_estimate
 from perflib.prediction.models import FAMILIES
 from perflib.queue.snapshot import QueueEta
 from perflib.record import (GpuName, HostName, JobParams, JobRecord, JobType, JsonObject,
@@ -40,6 +41,24 @@ class EstimateRequest(JobParams):
     def params(self) -> dict[str, Any]:
         """The parameters as :meth:`PerformancePredictor.estimate` takes them."""
         return self.model_dump(exclude_none=True, exclude={"resolution"})
+
+
+def _bounded_graph(graph: dict[str, Any]) -> dict[str, Any]:
+    """A prompt graph as the parser bounds one: at most MAX_NODES nodes, each an object."""
+    if len(graph) > MAX_NODES:
+        raise ValueError(f"a prompt of {len(graph)} nodes; at most {MAX_NODES}")
+    if not all(isinstance(node, dict) for node in graph.values()):
+        raise ValueError("every node of a prompt is a JSON object")
+    return graph
+
+
+class NodeEstimate(BaseModel):
+    """One node a ComfyUI prompt needs: its predicted seconds (0 when served from cache)."""
+
+    id: str
+    class_type: str
+    seconds: float
+    cached: bool
 
 
 class InputSize(BaseModel):
@@ -80,18 +99,29 @@ class ComfyUIEstimateRequest(BaseModel):
                                   "LoadImageMask) by the name the graph gives them, e.g. "
                                   '{"photo.png": {"width": 768, "height": 512}}; a file not '
                                   "listed is assumed 512×512 (parsed_job says so)")
+    previous_prompt: Annotated[JsonObject, AfterValidator(_bounded_graph)] | None = Field(
+        None, description="the API-format prompt this server runs just before this one (the "
+                          "node sends the one queued before it): the nodes whose inputs it "
+                          "shares, a loaded checkpoint among them, are served from ComfyUI's "
+                          "cache and cost 0")
     gpu_name: GpuName | None = None
     hostname: HostName | None = None
     job_type: JobType | None = None
     _params: dict[str, Any] = PrivateAttr(default_factory=dict)
     _parsed_job: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _parsed_prompt: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _parse(self) -> "ComfyUIEstimateRequest":
-        self._params, self._parsed_job = prompt_estimate(
+        self._params, self._parsed_job, self._parsed_prompt = parsed_estimate(
             self.comfyui_prompt, self.input_sizes(), gpu_name=self.gpu_name, hostname=self.hostname,
             job_type=self.job_type)
         return self
+
+    @property
+    def parsed_prompt(self) -> Any:
+        """The parsed graph (:class:`perflib.comfyui.graph.ParsedPrompt`)."""
+        return self._parsed_prompt
 
     def input_sizes(self) -> dict[str, dict[str, int]]:
         return {name: size.model_dump() for name, size in (self.comfyui_inputs or {}).items()}
@@ -133,6 +163,14 @@ class EstimateResponse(BaseModel):
     parsed_job: dict[str, Any] | None = Field(
         None, description="for a comfyui_prompt: what was understood of its graph (only then "
                           "present)")
+    nodes: list[NodeEstimate] | None = Field(
+        None, description="for a comfyui_prompt: every node it needs, in id order, with its "
+                          "predicted seconds (cached: served from ComfyUI's cache, 0 s); they "
+                          "sum to predicted_time_seconds")
+    total_from: Literal["node_sum", "job_model"] | None = Field(
+        None, description="for a comfyui_prompt: the total is the sum of node costs learned "
+                          "from this GPU's recorded node times, or the job-level estimate "
+                          "shared out over the nodes (too few node times yet)")
 
 
 def one_or_many(model: type[BaseModel], max_items: int, one: str, many: str):

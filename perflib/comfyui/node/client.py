@@ -41,11 +41,13 @@ class ServiceClient:
         self._lock = threading.Lock()
 
     def estimate(self, graph: dict, gpu_name: str | None, hostname: str | None,
-                 timeout: float, inputs: dict | None = None) -> dict[str, Any]:
-        """The service's estimate of a ComfyUI prompt graph (time, interval, fleet queue), its
-        input files sized by `inputs`."""
+                 timeout: float, inputs: dict | None = None,
+                 previous: dict | None = None) -> dict[str, Any]:
+        """The service's estimate of a ComfyUI prompt graph (time, interval, fleet queue, per
+        node), its input files sized by `inputs`, the nodes that `previous` (the prompt this
+        server runs just before it) leaves in ComfyUI's cache costing nothing."""
         body = {"comfyui_prompt": graph, "gpu_name": gpu_name, "hostname": hostname,
-                "comfyui_inputs": inputs}
+                "comfyui_inputs": inputs, "previous_prompt": previous}
         return self.post(f"{API}/estimate-time", {k: v for k, v in body.items() if v}, timeout)
 
     def record(self, records: list[dict], timeout: float) -> dict[str, Any]:

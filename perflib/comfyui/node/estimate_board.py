@@ -11,7 +11,8 @@ estimate request's own timeout (and not at all while the service is known to be 
 Queue ETA: ComfyUI runs one prompt at a time, so a prompt starts when the prompts ahead of it in
 this server's queue have finished: the running one's remaining estimate plus each pending one's
 estimate; a prompt ahead that has no estimate (the service refused or was down) counts as the
-median estimate of this server's other prompts, not as 0 s. The service's fleet-wide queue is passed on as ``fleet_queue``.
+service's price of an unestimated job (the median of the pipeline's recent jobs, which its answers
+carry), else the median estimate of this server's other prompts, not as 0 s. The service's fleet-wide queue is passed on as ``fleet_queue``.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Submission:
     graph: dict
     client_id: str | None
     submitted: float
+    previous: dict | None = None  # the prompt submitted just before: it runs just before
     prompt_id: str | None = None
     number: float | None = None
     estimate: dict | None = None
@@ -47,15 +49,17 @@ class Submission:
 
 
 class EstimateBoard:
-    def __init__(self, ask: Callable[[dict], dict], send: Callable[[str, dict, Any], None],
+    def __init__(self, ask: Callable[[dict, dict | None], dict], send: Callable[[str, dict, Any], None],
                  read_queue: Callable[[], QueueItems], start_wait_s: float,
                  clock: Callable[[], float] = time.time):
-        self.ask = ask  # graph → the service's estimate; raises when it cannot answer
+        # (graph, the graph queued before it) → the service's estimate; raises when it cannot
+        self.ask = ask
         self.send = send  # the server's own send_sync
         self.read_queue = read_queue
         self.start_wait_s = start_wait_s
         self.clock = clock
         self._unmatched: list[Submission] = []
+        self._last_graph: dict | None = None
         self._by_id: OrderedDict[str, Submission] = OrderedDict()
         # Lock order: ComfyUI's queue lock may be held when this one is taken, never the reverse.
         self._lock = threading.Lock()
@@ -71,6 +75,7 @@ class EstimateBoard:
         submission = Submission(graph, client_id if isinstance(client_id, str) else None,
                                 self.clock())
         with self._lock:
+            submission.previous, self._last_graph = self._last_graph, graph
             if json_data.get("prompt_id") is not None:
                 self._remember(str(json_data["prompt_id"]), submission)
             else:
@@ -124,7 +129,7 @@ class EstimateBoard:
     # -- inside -------------------------------------------------------------------------------
     def _estimate(self, submission: Submission) -> None:
         try:
-            submission.estimate = _usable(self.ask(submission.graph))
+            submission.estimate = _usable(self.ask(submission.graph, submission.previous))
         except Exception as exc:
             logger.info("perflib: no estimate for a prompt: %s", exc)
         finally:
@@ -145,7 +150,7 @@ class EstimateBoard:
     def _payload(self, submission: Submission, queue: QueueItems) -> dict[str, Any]:
         estimate = submission.estimate or {}
         names = ("predicted_time_seconds", "uncertainty_range", "confidence",
-                 "prediction_method", "model_used", "parsed_job")
+                 "prediction_method", "model_used", "parsed_job", "nodes", "total_from")
         return {"prompt_id": submission.prompt_id, "number": submission.number,
                 **{name: estimate.get(name) for name in names},
                 "queue": self._queue_eta(submission, queue, self.clock()),
@@ -175,12 +180,20 @@ class EstimateBoard:
                 "expected_finish_seconds": round(start + own, 3)}
 
     def fallback_seconds(self) -> float:
-        """What a prompt without an estimate counts in the queue ETA: the median estimate of
-        this server's other prompts (the typical prompt here), 0 before any was estimated."""
+        """What a prompt without an estimate counts in the queue ETA: the service's one price
+        of an unestimated job (``queue.unestimated_seconds_each`` of its latest answer: the
+        median of the pipeline's recent jobs); before the service said one, the median estimate
+        of this server's other prompts; 0 before any was estimated."""
         with self._lock:
-            known = [s.estimate["predicted_time_seconds"] for s in self._by_id.values()
-                     if s.estimate is not None]
-        return float(statistics.median(known)) if known else 0.0
+            known = [s.estimate for s in self._by_id.values() if s.estimate is not None]
+        for estimate in reversed(known):
+            queue = estimate.get("queue")
+            price = queue.get("unestimated_seconds_each") if isinstance(queue, dict) else None
+            if isinstance(price, (int, float)) and not isinstance(price, bool) \
+                    and math.isfinite(price) and price > 0:
+                return float(price)
+        seconds = [estimate["predicted_time_seconds"] for estimate in known]
+        return float(statistics.median(seconds)) if seconds else 0.0
 
     def _left(self, prompt_id: str, predicted: float | None, now: float,
               fallback: float = 0.0) -> float:

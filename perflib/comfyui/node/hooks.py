@@ -200,9 +200,10 @@ class Integration:
         except ServiceUnavailable as exc:
             logger.info("perflib: spooled records wait (%s)", exc)
 
-    def _ask(self, graph: dict) -> dict:
+    def _ask(self, graph: dict, previous: dict | None = None) -> dict:
         return self.client.estimate(graph, self._gpu_name(), self._hostname(),
-                                    self.settings.estimate_timeout_s, input_sizes(graph))
+                                    self.settings.estimate_timeout_s, input_sizes(graph),
+                                    previous)
 
     def _read_queue(self) -> tuple[list, list]:
         running, pending = self.server.prompt_queue.get_current_queue_volatile()

@@ -65,7 +65,7 @@ IQR_TO_SIGMA = 1.349
 FAR_SLOWER_FACTOR = 3.0
 FAR_SLOWER_Z = 2.326
 MIN_LEVEL_JOBS = 5  # a group's recent level needs this many earlier jobs
-STEP_JOBS = 5  # the latest jobs that, all off one side of the window's median, are a new level
+STEP_JOBS = 6  # the latest jobs that, all off one side of the window's median, are a new level
 STEP_MARGIN = float(np.log(1.1))  # ... each by at least this (log scale)
 
 # Features: build_features' DataFrame, or feature_columns' dict of arrays.

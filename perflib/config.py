@@ -38,12 +38,16 @@ class Thresholds:
 class RetrainRule:
     """When a pipeline's model is retrained (``perflib maintain``, the service's schedule, a
     backtest's ``--retrain auto``): a week after its model, when live accuracy over its latest
-    jobs falls below `min_accuracy`, or after a change-point dated past its training window."""
+    jobs falls below `min_accuracy`, when its latest jobs are off one way (a persistent bias, which a
+step of ×1.25 gives while most still land within ±20%), or after a change-point dated past its
+training window."""
 
     max_age_days: float = 7.0
     min_accuracy: float = 0.75  # within-20% share of the latest estimated jobs
     accuracy_jobs: int = 30  # the latest jobs live accuracy is measured over
     min_accuracy_jobs: int = 20  # ... and how many it needs before it is trusted
+    bias_jobs: int = 10  # the latest estimated jobs whose median log error is their bias
+    max_bias: float = 0.1  # ... beyond which (either way; log scale, ≈ ×1.105) it is due
     compare_jobs: int = 100  # latest jobs a new version must beat the active one on
     check_seconds: float = 3600.0  # the service checks the rule this often (0: never)
 

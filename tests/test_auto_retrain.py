@@ -12,6 +12,7 @@ from perflib.analysis import PerformanceAnalyzer
 from perflib.cli import main as cli_main
 from perflib.config import RetrainRule
 from perflib.ops.auto_retrain import retrain_due
+from perflib.prediction.features import outcome_seconds
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.serve import create_app
 from perflib.sim.simulate import simulate_history
@@ -63,25 +64,23 @@ def test_a_week_old_model_is_retrained_once_with_its_reason_recorded(store):
 def test_a_candidate_that_loses_is_stored_inactive_and_the_active_one_stays(store):
     _history_with_model(store)
     predictor = PerformancePredictor(store)
-    # Make the active model look perfect on the latest jobs: the candidate cannot beat it.
+    # Make the active model (trained on every job) look perfect on the latest jobs: the
+    # candidates, trained on fewer by rolling origin, cannot beat it.
     from perflib.ops import auto_retrain
+    from perflib.prediction import retraining_choice
 
-    real = auto_retrain.held_out_estimates
-    seconds = None
+    real, every = retraining_choice.held_out_estimates, len(predictor.training_data("image"))
 
     def priced(model, jobs, rows):
-        nonlocal seconds
-        if seconds is None:  # the candidate, priced first: as it is
-            seconds = real(model, jobs, rows)
-            return seconds
-        return auto_retrain.outcome_seconds(jobs)[rows]  # the active one: exact
+        return outcome_seconds(jobs)[rows] if model.n_rows == every else \
+            real(model, jobs, rows)
 
-    auto_retrain.held_out_estimates = priced
+    retraining_choice.held_out_estimates = priced
     try:
         decision = auto_retrain.RetrainDecision("accuracy", "planted")
         outcome = auto_retrain.retrain(predictor, "image", decision, FAST)
     finally:
-        auto_retrain.held_out_estimates = real
+        retraining_choice.held_out_estimates = real
     assert outcome.kept is False and outcome.active_within_20 == 1.0
     first, second = _versions(store)
     assert first.is_active and not second.is_active

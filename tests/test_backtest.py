@@ -233,3 +233,73 @@ def test_real_backtest_misses_each_tail_about_equally(data):
     assert 0.07 <= below <= 0.13 and 0.07 <= above <= 0.13, (below, above)
     within = np.mean(np.abs(estimates.predicted_seconds / estimates.actual_seconds - 1) <= 0.2)
     assert estimates.confidence.mean() == pytest.approx(within, abs=0.02)
+
+
+def test_drift_follows_a_step_within_six_jobs():
+    """After a ×1.5 step the 20-job median would lag ten jobs; the level moves once the latest
+    STEP_JOBS (six) all sit off one side of it — and a lone slow job moves nothing."""
+    from perflib.prediction.features import STEP_JOBS, level, past_median
+
+    jobs = _history(40)
+    ratio = np.r_[np.zeros(30), np.full(10, np.log(1.5))]
+    keys = np.full(40, "g|m")
+    median = past_median(jobs, keys, ratio, window=20, min_periods=5)
+    stepped = past_median(jobs, keys, ratio, window=20, min_periods=5, statistic="level")
+    first_after = 30 + STEP_JOBS  # STEP_JOBS new-level jobs finished before it was submitted
+    assert median[first_after] == 0.0
+    assert stepped[first_after] == pytest.approx(np.log(1.5))
+    assert stepped[first_after - 1] == 0.0 and (np.nan_to_num(stepped[:30]) == 0).all()
+    assert level(np.r_[np.zeros(19), np.log(3.0)]) == 0.0
+    assert level(np.r_[np.zeros(14), np.full(STEP_JOBS, np.log(1.5))]) == pytest.approx(np.log(1.5))
+    assert level(np.r_[np.zeros(15), np.full(STEP_JOBS - 1, np.log(1.5))]) == 0.0
+
+
+def test_auto_retraining_replays_productions_keep_or_reject(predictor, monkeypatch):
+    """The replay's `--retrain auto` keeps a candidate only as `perflib maintain` would: here
+    the active model is made to look perfect on the compared jobs, so the candidate is not
+    kept and the first model goes on answering."""
+    from perflib.prediction import retraining_choice
+
+    jobs = _history(240)
+    late = np.arange(240) >= 150
+    jobs.loc[late, "total_seconds"] *= 1.5
+    jobs["finished_at"] = jobs.started_at + pd.to_timedelta(jobs.total_seconds, unit="s")
+    real = retraining_choice.held_out_estimates
+
+    def priced(model, rows_of, rows):  # the first model, trained on 120 jobs: exact
+        return rows_of.total_seconds.to_numpy()[rows] if model.n_rows == 120 else \
+            real(model, rows_of, rows)
+
+    result = run_backtest(predictor, jobs, start=0.5, retrain="auto",
+                          model_type="linear_regression")
+    assert result.retrains and result.retrains[0]["compared_on"] > 0
+    assert result.estimates.model_version.max() == 1 + sum(r["kept"] for r in result.retrains)
+    monkeypatch.setattr(retraining_choice, "held_out_estimates", priced)
+    kept_not = run_backtest(predictor, jobs, start=0.5, retrain="auto",
+                            model_type="linear_regression")
+    assert kept_not.retrains and not any(r["kept"] for r in kept_not.retrains)
+    assert (kept_not.estimates.model_version == 1).all()
+
+
+@pytest.mark.slow
+def test_real_backtest_after_a_step_learns_the_new_level(tmp_path):
+    """The shared UNet jobs ×1.5 from 60% of the history on: `perflib backtest --start 60%
+    --retrain auto`, replaying production's rule and keep-or-reject, lands ≥ 0.93 within ±20%
+    (0.910 when drift lagged ten jobs and every candidate was adopted; 0.940 measured)."""
+    from perflib.prediction.backtest import backtest_file
+    from tests.conftest import REAL_DATA
+
+    jobs = pd.read_csv(REAL_DATA / "diffusion-jobs.csv")
+    step = int(round(len(jobs) * 0.6))
+    for column in ("total_seconds", "preprocessing_seconds", "generation_seconds",
+                   "decoding_seconds"):
+        jobs.loc[step:, column] *= 1.5
+    started = pd.to_datetime(jobs.started_at)
+    jobs["finished_at"] = (started + pd.to_timedelta(jobs.total_seconds, unit="s")).dt.strftime(
+        "%Y-%m-%dT%H:%M:%S.%f")
+    jobs.to_csv(tmp_path / "stepped.csv", index=False)
+    result = backtest_file(tmp_path / "stepped.csv", Settings(), start=0.6, retrain="auto")
+    estimates = result.estimates
+    assert result.retrains and all("kept" in r for r in result.retrains)
+    assert np.mean(np.abs(estimates.predicted_seconds / estimates.actual_seconds - 1)
+                   <= 0.2) >= 0.93

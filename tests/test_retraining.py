@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from perflib.config import ConfigError, ModelProfile, RetrainRule, Settings, get_settings
-from perflib.ops.auto_retrain import _change_points, held_out_estimates, retrain
+from perflib.ops.auto_retrain import _change_points, retrain
 from perflib.prediction.predictor import PerformancePredictor
+from perflib.prediction.retraining_choice import held_out_estimates
 from perflib.prediction.retraining_rule import ModelInfo, should_retrain
 from perflib.sim.simulate import default_incidents, simulate_history
 from perflib.store import Store
@@ -44,7 +45,8 @@ def test_live_accuracy_below_the_threshold_retrains():
 def test_too_few_estimated_jobs_do_not_judge_accuracy():
     decision = should_retrain(MODEL, _jobs(13.0, count=RULE.min_accuracy_jobs - 1), [],
                               T0 + timedelta(days=2), RULE)
-    assert not decision and decision.live_accuracy is None
+    assert decision.live_accuracy is None  # ... though ten are enough to show a bias
+    assert decision.reason == "bias"
 
 
 def test_jobs_estimated_before_the_model_or_the_last_attempt_do_not_count():
@@ -52,6 +54,19 @@ def test_jobs_estimated_before_the_model_or_the_last_attempt_do_not_count():
     assert not should_retrain(MODEL, old_misses, [], T0 + timedelta(days=2), RULE)
     tried = ModelInfo(MODEL.trained_at, MODEL.train_end, last_attempt_at=T0 + timedelta(days=2))
     assert not should_retrain(tried, _jobs(13.0), [], T0 + timedelta(days=3), RULE)
+
+
+def test_a_persistent_bias_retrains_where_the_jobs_still_land_within_20_percent():
+    """A ×1.25 step sits on the accuracy rule's boundary (1/1.25 = 0.8 of the estimate): every
+    job is still within ±20%, yet all are off one way."""
+    decision = should_retrain(MODEL, _jobs(12.3), [], T0 + timedelta(days=2), RULE)
+    assert decision.reason == "bias" and decision.live_accuracy == 1.0
+    assert "×1.23" in decision.detail
+    faster = should_retrain(MODEL, _jobs(8.5), [], T0 + timedelta(days=2), RULE)
+    assert faster.reason == "bias"
+    assert not should_retrain(MODEL, _jobs(10.9), [], T0 + timedelta(days=2), RULE)
+    few = _jobs(12.3, count=RULE.bias_jobs - 1)
+    assert not should_retrain(MODEL, few, [], T0 + timedelta(days=2), RULE)
 
 
 def test_jobs_finished_after_now_are_not_seen():

@@ -2,11 +2,10 @@
 :mod:`perflib.prediction.retraining_rule`).
 
 For each stored pipeline with an active model, the rule looks at the model's dates, its latest
-estimated jobs and the last four weeks' change-points. A due pipeline gets a candidate trained on
-all its jobs but the latest `compare_jobs`; the candidate becomes the active version only if it
-beats the active one on those jobs (more within ±20%, ties by MAPE), both priced as production
-prices them (each job with its GPU and model's drift from the jobs finished before it). Either
-way the candidate is stored, with ``retrain_reason``, ``kept`` and ``compared_on`` in its
+estimated jobs and the last four weeks' change-points. A due pipeline gets a candidate, kept as
+the active version only if it beats the active one by rolling origin over the latest
+`compare_jobs` (:mod:`perflib.prediction.retraining_choice`, the comparison a backtest's
+``--retrain auto`` replays). Either way the candidate is stored, with ``retrain_reason``, ``kept`` and ``compared_on`` in its
 metrics, so ``model-status`` shows why it exists and the next check measures from it.
 """
 from __future__ import annotations
@@ -14,24 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from perflib.analysis.trends import analyze_trends
-from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
-                                         outcome_seconds, past_median)
-from perflib.prediction.metrics import rank
-from perflib.prediction.models import anchor, score
-from perflib.prediction.predictor import (DRIFT_JOBS, MIN_DRIFT_JOBS, PerformancePredictor,
-                               RefusedModelError, TrainedModel, load_model_blob)
+from perflib.prediction.predictor import (PerformancePredictor, RefusedModelError,
+                                          TrainedModel, load_model_blob)
+from perflib.prediction.retraining_choice import choose_candidate
 from perflib.prediction.retraining_rule import ModelInfo, RetrainDecision, should_retrain
 from perflib.store import Store, parse_timestamp
 from perflib.store.model_registry import POOLED, active_blob, version_dates
 from perflib.store.schema import generation_performance as jobs_table
 
 TREND_DAYS = 28
-MIN_COMPARE_JOBS = 20
 
 
 @dataclass
@@ -78,7 +72,8 @@ def retrain_due(store: Store, now: datetime | None = None, model_type: str = "au
     outcomes = []
     for pipeline, info in model_infos(store).items():
         scope = None if pipeline == POOLED else pipeline
-        decision = should_retrain(info, estimated_jobs(store, scope, now, rule.accuracy_jobs),
+        decision = should_retrain(info, estimated_jobs(store, scope, now,
+                                                    max(rule.accuracy_jobs, rule.bias_jobs)),
                                   _change_points(store, scope, now), now, rule)
         outcome = RetrainOutcome(pipeline, decision)
         if decision and not dry_run:
@@ -123,57 +118,26 @@ def estimated_jobs(store: Store, pipeline_type: str | None, now: datetime,
 def retrain(predictor: PerformancePredictor, pipeline: str, decision: RetrainDecision,
             model_type: str = "auto", compare_jobs: int = 100,
             jobs: pd.DataFrame | None = None) -> RetrainOutcome:
-    """Train a candidate for stored pipeline `pipeline` on all but its latest `compare_jobs`
-    usable jobs, compare it with the active model on those, store it (active only if it wins)
-    with the reason. `jobs`: the usable jobs, oldest first (default: the store's; a replay
-    passes the past of its clock). Raises ValueError when there are too few jobs to train."""
+    """Train a candidate for stored pipeline `pipeline`, keep or reject it against the active
+    model (:func:`perflib.prediction.retraining_choice.choose_candidate`, the backtest's rule
+    too), store it (active only if kept) with the reason. `jobs`: the usable jobs, oldest
+    first (default: the store's). Raises ValueError when there are too few jobs to train."""
     scope = None if pipeline == POOLED else pipeline
-    jobs = predictor.training_data(scope) if jobs is None else jobs.reset_index(drop=True)
-    held_out = min(compare_jobs, len(jobs) // 4)
-    held_out = held_out if held_out >= MIN_COMPARE_JOBS else 0
-    result = predictor.train_model(scope, model_type, jobs=jobs.iloc[:len(jobs) - held_out])
-    candidate = predictor.trained_model(scope, result["model_type"])
-    outcome = RetrainOutcome(pipeline, decision, family=result["model_type"],
-                             compared_on=held_out, kept=True)
-    if held_out:
-        later = np.arange(len(jobs) - held_out, len(jobs))
-        actual = outcome_seconds(jobs)[later]
-        mine = score(actual, held_out_estimates(candidate, jobs, later))
-        outcome.candidate_within_20 = mine.accuracy_within_20_percent
-        active = _active_model(predictor.store, pipeline)
-        if active is not None:
-            theirs = score(actual, held_out_estimates(active, jobs, later))
-            outcome.active_within_20 = theirs.accuracy_within_20_percent
-            outcome.kept = rank(mine.accuracy_within_20_percent, mine.mape) > \
-                rank(theirs.accuracy_within_20_percent, theirs.mape)
+    jobs = predictor.training_data(scope) if jobs is None else jobs
+    choice = choose_candidate(predictor, scope, model_type, jobs,
+                              _active_model(predictor.store, pipeline), compare_jobs)
+    outcome = RetrainOutcome(pipeline, decision, family=choice.family, kept=choice.kept,
+                             compared_on=choice.compared_on,
+                             candidate_within_20=choice.candidate_within_20,
+                             active_within_20=choice.active_within_20)
     outcome.version = predictor.save_model_to_db(scope, outcome.family, activate=outcome.kept,
                                                  notes={
         "retrain_reason": decision.reason, "retrain_detail": decision.detail,
-        "kept": outcome.kept, "compared_on": held_out,
+        "kept": outcome.kept, "compared_on": outcome.compared_on,
         "compared_within_20": {"candidate": outcome.candidate_within_20,
                                "active": outcome.active_within_20}})
     predictor.reload()
     return outcome
-
-
-def held_out_estimates(model: TrainedModel, jobs: pd.DataFrame, rows: np.ndarray
-                       ) -> np.ndarray:
-    """What `model` estimates for jobs at positions `rows`, each with its GPU and model's drift
-    from the jobs (of `jobs`) that finished before it was submitted — as production would have
-    priced it; NaN for any job it cannot price."""
-    features = build_features(jobs, model.profiles, history=model.history)
-    ratio = np.log(outcome_seconds(jobs)) - np.log(model.cost_model.predict(features))
-    keys = history_keys(features)
-    usual = ~far_slower_jobs(jobs, keys, ratio)[0]
-    drift = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
-                        known=usual)
-    stored = np.array([model.drift.get(key, np.nan) for key in keys])
-    drift = np.where(np.isnan(drift), stored, drift)[rows]
-    try:
-        seconds = model.estimator.predict(anchor(features.iloc[rows], model.cost_model, drift))
-    except Exception:  # a damaged active model prices nothing: the candidate wins
-        return np.full(len(rows), np.nan)
-    return np.where(np.isfinite(seconds) & (seconds > 0), seconds, np.nan)
 
 
 def _active_model(store: Store, pipeline: str) -> TrainedModel | None:

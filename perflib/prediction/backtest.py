@@ -7,7 +7,8 @@ Protocols (:func:`run_backtest`):
   visible (the drift and spread an estimate reads from the store, and the online conformal
   widening of its interval), let it finish, and retrain on a schedule (``never``, ``daily``,
   ``weekly``, or ``auto``: :func:`perflib.prediction.retraining_rule.should_retrain`, the rule
-  ``perflib maintain`` applies, fed with the replayed estimates). ``time`` is the static
+  ``perflib maintain`` applies, fed with the replayed estimates, and the candidate kept or
+  rejected as production does, :func:`perflib.prediction.retraining_choice.choose_candidate`). ``time`` is the static
   protocol of ``train_model(split="time")``: the same replay, never retrained.
 - ``size`` — train on the smallest jobs, estimate the largest: drift and spread come from the
   training jobs only, so the big jobs stay unseen; intervals still adapt as they finish.
@@ -35,6 +36,7 @@ from perflib.prediction.features import build_features, outcome_seconds
 from perflib.prediction.metrics import (CLOSE, coverage, is_within, mape, relative_errors,
                                         within_share)
 from perflib.prediction.predictor import PerformancePredictor, TrainedModel
+from perflib.prediction.retraining_choice import choose_candidate
 from perflib.prediction.retraining_rule import ModelInfo, should_retrain
 from perflib.store import Store, parse_timestamp
 from perflib.store.importer import import_jobs
@@ -175,7 +177,6 @@ class _Replay:
         self.predictor, self.jobs, self.protocol = predictor, jobs, protocol
         self.model_type, self.coverage = model_type, coverage
         self.known: np.ndarray | None = None  # size: only training jobs' outcomes are seen
-        self.models: list[TrainedModel] = []  # each version trained, oldest first
 
     def first_training(self, start: float) -> tuple[TrainedModel, np.ndarray]:
         """The first model and the positions of the jobs it estimates (submission order)."""
@@ -195,33 +196,52 @@ class _Replay:
         return features.work_units.to_numpy()
 
     def _train(self, positions: np.ndarray) -> TrainedModel:
+        result = self.predictor.train_model(None, self.model_type, **self._training(positions))
+        return self.predictor.trained_model(None, result["model_type"])
+
+    def _training(self, positions: np.ndarray) -> dict:
+        """How a model is trained on the jobs at `positions`: its rows oldest first, split and
+        coverage."""
         rows = self.jobs.iloc[positions].sort_values("started_at", kind="stable")
-        split = "size" if self.protocol == "size" else "time"
-        result = self.predictor.train_model(None, self.model_type, split=split,
-                                            coverage=self.coverage,
-                                            jobs=rows.reset_index(drop=True))
-        self.models.append(self.predictor.trained_model(None, result["model_type"]))
-        return self.models[-1]
+        return {"jobs": rows.reset_index(drop=True), "coverage": self.coverage,
+                "split": "size" if self.protocol == "size" else "time"}
+
+    def _retrain(self, positions: np.ndarray, active: TrainedModel, rule: bool
+                 ) -> tuple[TrainedModel, dict]:
+        """The model after a retraining on the jobs at `positions`: on a schedule, the new one;
+        by the rule, what production keeps (:func:`choose_candidate`), and the verdict."""
+        if not rule:
+            return self._train(positions), {"kept": True}
+        training = self._training(positions)
+        choice = choose_candidate(self.predictor, None, self.model_type, training.pop("jobs"),
+                                  active, self.predictor.config.retrain_rule.compare_jobs,
+                                  **training)
+        verdict = {"kept": choice.kept, "compared_on": choice.compared_on,
+                   "candidate_within_20": choice.candidate_within_20,
+                   "active_within_20": choice.active_within_20}
+        return (self.predictor.trained_model(None, choice.family) if choice.kept
+                else active), verdict
 
     def estimate(self, trained: tuple[TrainedModel, np.ndarray], schedule
                  ) -> tuple[pd.DataFrame, list[dict]]:
         """Point estimates and calibrated (unwidened) intervals of every test job, model by
-        model: each version prices the jobs submitted until the next retraining."""
+        model: each version prices the jobs submitted until the next retraining (a candidate
+        the rule does not keep leaves the version as it was)."""
         model, pending = trained
         version, parts, retrains = 1, [], []
-        trained_at = self.jobs.submitted.to_numpy()[pending[0]] if len(pending) else 0.0
+        since = self.jobs.submitted.to_numpy()[pending[0]] if len(pending) else 0.0
         while len(pending):
             priced = self._price(model, pending).assign(model_version=version)
-            cut, reason = self._next_retraining(priced, trained_at, schedule, model)
+            cut, reason = self._next_retraining(priced, since, schedule, model)
             parts.append(priced.iloc[:cut])
             if cut >= len(pending):
                 break
-            trained_at = priced.submitted.iloc[cut]
-            visible = np.flatnonzero(self.jobs.finished.to_numpy() < trained_at)
-            model = self._train(visible)
-            version += 1
-            retrains.append({"at": _moment(trained_at).isoformat(),
-                             "reason": reason, "jobs": len(visible), "version": version})
+            since = priced.submitted.iloc[cut]  # the attempt, kept or not, restarts the rule
+            visible = np.flatnonzero(self.jobs.finished.to_numpy() < since)
+            model, verdict = self._retrain(visible, model, schedule == "rule")
+            version += verdict["kept"]
+            retrains.append({"at": _moment(since).isoformat(), "reason": reason,
+                             "jobs": len(visible), "version": version, **verdict})
             pending = pending[cut:]
         return pd.concat(parts, ignore_index=True), retrains
 
@@ -265,8 +285,9 @@ class _Replay:
             finished_at=pd.to_datetime(priced.finished, unit="s", utc=True))
         finished = priced.finished.to_numpy()
         for position, now in enumerate(priced.submitted.to_numpy()):
-            seen = outcomes[finished < now].nlargest(rule.accuracy_jobs, "finished")
-            if len(seen) < rule.min_accuracy_jobs:
+            seen = outcomes[finished < now].nlargest(max(rule.accuracy_jobs, rule.bias_jobs),
+                                                     "finished")
+            if len(seen) < min(rule.min_accuracy_jobs, rule.bias_jobs):
                 continue
             decision = should_retrain(info, seen, [], _moment(now), rule)
             if decision:

@@ -65,6 +65,8 @@ IQR_TO_SIGMA = 1.349
 FAR_SLOWER_FACTOR = 3.0
 FAR_SLOWER_Z = 2.326
 MIN_LEVEL_JOBS = 5  # a group's recent level needs this many earlier jobs
+STEP_JOBS = 6  # the latest jobs that, all off one side of the window's median, are a new level
+STEP_MARGIN = float(np.log(1.1))  # ... each by at least this (log scale)
 
 # Features: build_features' DataFrame, or feature_columns' dict of arrays.
 Features = Union[pd.DataFrame, Mapping[str, np.ndarray]]
@@ -151,7 +153,8 @@ def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
     GPU and model that *finished before it was submitted* — never the job itself or anything
     later, so it can be used on the past and the future alike. NaN where fewer than
     `min_periods` such jobs exist. `known` (a boolean mask) limits whose outcomes may be used.
-    ``statistic="spread"`` gives their robust spread instead (see :func:`spread`)."""
+    ``statistic="spread"`` gives their robust spread instead (see :func:`spread`);
+    ``statistic="level"`` the median that follows a step (see :func:`level`)."""
     values = pd.Series(np.asarray(values, dtype=float), index=jobs.index)
     finished = _instants(jobs["finished_at"]) if "finished_at" in jobs else None
     if finished is None:
@@ -170,9 +173,11 @@ def past_median(jobs: pd.DataFrame, keys: np.ndarray, values,
         rolling = values.iloc[done].rolling(window, min_periods=min_periods)
         if statistic == "spread":
             rolling = (rolling.quantile(0.75) - rolling.quantile(0.25)) / IQR_TO_SIGMA
+        elif statistic == "level":
+            rolling = _rolling_level(values.iloc[done], rolling.median())
         else:
             rolling = rolling.median()
-        rolling = rolling.to_numpy()
+        rolling = np.asarray(rolling, dtype=float)
         wanted = np.flatnonzero(members)
         last_before = np.searchsorted(finished[done], submitted[wanted], side="left") - 1
         result[wanted] = np.where(last_before >= 0, rolling[np.clip(last_before, 0, None)],
@@ -186,19 +191,41 @@ def latest_median(jobs: pd.DataFrame, keys: np.ndarray, values,
                   ) -> dict[str, float]:
     """The history a trained model keeps: per "gpu|model", the median (or ``"spread"``) of
     `values` over its last `window` successful jobs, plus "*" over the last jobs of all
-    groups. `known` (a boolean mask) limits which jobs count."""
+    groups. `known` (a boolean mask) limits which jobs count. ``statistic``: as for
+    :func:`past_median`."""
     frame = pd.DataFrame({"key": keys,
                           "value": np.asarray(values, dtype=float),
                           "when": _instants(jobs["finished_at"])})
     usable = succeeded(jobs) & frame.value.notna().to_numpy()
     frame = frame[usable if known is None else usable & known]
     frame = frame.sort_values("when", kind="stable")
-    summary = spread if statistic == "spread" else np.median
+    summary = {"spread": spread, "level": level}.get(statistic, np.median)
     snapshot = {str(k): float(summary(g.value.tail(window))) for k, g in frame.groupby("key")
                 if len(g) >= min_periods}
     if len(frame) >= min_periods:
         snapshot["*"] = float(summary(frame.value.tail(window)))
     return snapshot
+
+
+def level(values) -> float:
+    """The current level of `values` (oldest first): their median, unless the latest STEP_JOBS
+    all sit more than STEP_MARGIN off one side of it — a step the median of a longer window
+    follows only once half its jobs are past it — then the median of those latest jobs."""
+    values = np.asarray(values, dtype=float)
+    middle = float(np.median(values))
+    latest = values[-STEP_JOBS:]
+    if len(values) > STEP_JOBS and (latest.min() - middle > STEP_MARGIN
+                                    or middle - latest.max() > STEP_MARGIN):
+        return float(np.median(latest))
+    return middle
+
+
+def _rolling_level(values: pd.Series, middle: pd.Series) -> np.ndarray:
+    """:func:`level` of each rolling window of `values`, given the windows' medians."""
+    latest = values.rolling(STEP_JOBS, min_periods=STEP_JOBS)
+    stepped = ((latest.min() - middle > STEP_MARGIN)
+               | (middle - latest.max() > STEP_MARGIN)).to_numpy()
+    return np.where(stepped, latest.median().to_numpy(), middle.to_numpy())
 
 
 def far_slower(log_ratio, level, level_spread) -> np.ndarray:

@@ -9,6 +9,9 @@ auto``) decide the same way. A retraining is due when
   kept or not);
 - **accuracy**: over the latest `accuracy_jobs` jobs estimated since then, fewer than
   `min_accuracy` landed within ±20% of their estimate (at least `min_accuracy_jobs` needed);
+- **bias**: the median log(actual / estimate) of the latest `bias_jobs` of them is beyond
+  ±`max_bias` — the jobs are off one way (a step of ×1.25 sits on the accuracy rule's own
+  boundary, 1/1.25 = 0.8, yet shows here at once);
 - **change_point**: trend analysis dates a step change on or after the last day of the model's
   training window, which therefore never saw the new level (and no retraining was tried since
   that day).
@@ -30,7 +33,7 @@ from perflib.prediction.features import outcome_seconds, succeeded
 from perflib.prediction.metrics import within_share
 from perflib.store import parse_timestamp
 
-REASONS = ("accuracy", "change_point", "age")
+REASONS = ("accuracy", "bias", "change_point", "age")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,12 @@ def should_retrain(model_info: ModelInfo | None, recent_jobs: pd.DataFrame,
         return RetrainDecision("accuracy", f"{accuracy:.0%} of the latest {count} estimated "
                                f"jobs landed within ±20%, below {settings.min_accuracy:.0%}",
                                **measured)
+    bias, biased = live_bias(recent_jobs, since, now, settings.bias_jobs)
+    if biased >= settings.bias_jobs and abs(bias) > settings.max_bias:
+        return RetrainDecision("bias", f"the latest {biased} estimated jobs ran ×"
+                               f"{np.exp(bias):.2f} their estimates (median), beyond "
+                               f"×{np.exp(-settings.max_bias):.2f}–{np.exp(settings.max_bias):.2f}",
+                               **measured)
     last_trained_day = parse_timestamp(model_info.train_end).date()
     tried_day = parse_timestamp(model_info.last_attempt_at or model_info.train_end).date()
     unseen = sorted(_as_date(point.day) for point in change_points
@@ -103,8 +112,25 @@ def live_accuracy(jobs: pd.DataFrame, since: datetime, now: datetime, count: int
                   ) -> tuple[float, int]:
     """Share of the latest `count` successful jobs submitted in [since, now) that finished
     within ±20% of the estimate they were given, and how many there were (NaN, 0 for none)."""
+    actual, predicted = _latest_estimated(jobs, since, now, count)
+    return (within_share(actual, predicted), len(actual)) if len(actual) else (float("nan"), 0)
+
+
+def live_bias(jobs: pd.DataFrame, since: datetime, now: datetime, count: int
+              ) -> tuple[float, int]:
+    """Median log(actual / estimate) of the latest `count` successful jobs submitted in
+    [since, now), and how many there were (NaN, 0 for none)."""
+    actual, predicted = _latest_estimated(jobs, since, now, count)
+    return ((float(np.median(np.log(actual / predicted))), len(actual)) if len(actual)
+            else (float("nan"), 0))
+
+
+def _latest_estimated(jobs: pd.DataFrame, since: datetime, now: datetime, count: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Actual and estimated seconds of the latest `count` successful jobs submitted in
+    [since, now) that carry an estimate, in the order they finished."""
     if jobs is None or not len(jobs) or "predicted_seconds" not in jobs:
-        return float("nan"), 0
+        return np.array([]), np.array([])
     actual = outcome_seconds(jobs)
     predicted = pd.to_numeric(jobs["predicted_seconds"], errors="coerce").to_numpy(float)
     submitted = _seconds(jobs, "submitted_at", "started_at")
@@ -113,9 +139,7 @@ def live_accuracy(jobs: pd.DataFrame, since: datetime, now: datetime, count: int
               & (submitted >= since.timestamp()) & (finished <= now.timestamp()))
     latest = np.flatnonzero(usable)
     latest = latest[np.argsort(finished[latest], kind="stable")][-count:]
-    if not len(latest):
-        return float("nan"), 0
-    return within_share(actual[latest], predicted[latest]), len(latest)
+    return actual[latest], predicted[latest]
 
 
 def _seconds(jobs: pd.DataFrame, *columns: str) -> np.ndarray:

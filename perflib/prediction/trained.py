@@ -14,8 +14,8 @@ from perflib.config import ModelProfile
 from perflib.prediction.conformal import UNADJUSTED, Adjustment, normalised_scores
 from perflib.prediction.features import (FEATURE_DESCRIPTIONS, JobRows, build_features, far_slower,
                                          far_slower_jobs, feature_columns, history_keys,
-                                         job_columns, outcome_seconds, past_median, spread,
-                                         text_column)
+                                         job_columns, level, outcome_seconds, past_median,
+                                         spread, text_column)
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                                        check_mapping, check_number)
 from perflib.prediction.metrics import is_within
@@ -147,8 +147,8 @@ class TrainedModel:
         return stored.get(key, np.nan) if np.isnan(value) else value
 
     def recent_behaviour(self, jobs: pd.DataFrame) -> tuple[float, float]:
-        """(drift, spread) of finished job rows: the median log(actual / cost model) over the
-        latest DRIFT_JOBS of them, and its robust spread over all (each NaN if too few jobs).
+        """(drift, spread) of finished job rows: the level (:func:`level`: the median, or after
+        a step the latest jobs' median) of log(actual / cost model) over the latest DRIFT_JOBS, and its robust spread over all (each NaN if too few jobs).
         Jobs far slower than the rows' level (a burst of contention) are left out, so one
         burst does not drag every estimate."""
         jobs = _priceable(jobs)
@@ -158,7 +158,7 @@ class TrainedModel:
         ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
         ratio = ratio[~far_slower(ratio, np.median(ratio), spread(ratio)
                                   if len(ratio) >= MIN_SPREAD_JOBS else np.nan)]
-        return (float(np.median(ratio[-DRIFT_JOBS:])),
+        return (level(ratio[-DRIFT_JOBS:]),
                 spread(ratio) if len(ratio) >= MIN_SPREAD_JOBS else float("nan"))
 
     def replayed_history(self, jobs: pd.DataFrame, known: np.ndarray | None = None
@@ -171,7 +171,7 @@ class TrainedModel:
         ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
         usual = ~far_slower_jobs(jobs, keys, ratio)[0]
         drift = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
-                            known=usual if known is None else usual & known)
+                            known=usual if known is None else usual & known, statistic="level")
         recent_spread = past_median(jobs, keys, ratio, window=RECENT_JOBS,
                                     min_periods=MIN_SPREAD_JOBS, known=known,
                                     statistic="spread")

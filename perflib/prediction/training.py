@@ -155,7 +155,7 @@ def _final_model(windows: _Windows, pipeline_type: str, family: str, random_stat
         calibration=calibration,
         history=latest_median(jobs, keys, seconds / features.work_units.to_numpy()),
         drift=latest_median(jobs, keys, on_all.ratio, window=DRIFT_JOBS,
-                            min_periods=MIN_DRIFT_JOBS, known=on_all.usual),
+                            min_periods=MIN_DRIFT_JOBS, known=on_all.usual, statistic="level"),
         spread=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_SPREAD_JOBS,
                              statistic="spread"),
         profiles=windows.profiles,
@@ -196,7 +196,7 @@ def _anchored(jobs: pd.DataFrame, features: pd.DataFrame, seconds: np.ndarray,
             recent_seconds_per_work=past_median(jobs, keys, per_work, known=known))
     usual = ~far_slower_jobs(jobs, keys, ratio)[0]  # a burst of stragglers is not drift
     recent = past_median(jobs, keys, ratio, window=DRIFT_JOBS, min_periods=MIN_DRIFT_JOBS,
-                         known=usual if known is None else usual & known)
+                         known=usual if known is None else usual & known, statistic="level")
     recent_spread = past_median(jobs, keys, ratio, min_periods=MIN_SPREAD_JOBS, known=known,
                                 statistic="spread")
     return _Anchoring(cost_model, anchor(features, cost_model, recent), ratio, recent_spread,

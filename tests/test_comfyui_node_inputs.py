@@ -9,7 +9,6 @@ import types
 
 from PIL import Image
 
-from perflib.comfyui.install import install_node
 from tests.test_comfyui_graph import img2img_graph
 from tests.test_comfyui_inputs import inpaint_graph
 from tests.test_comfyui_node import comfyui_dir, load_package, package  # noqa: F401 (fixtures)

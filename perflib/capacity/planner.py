@@ -4,7 +4,7 @@ answer beside it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ from perflib.analysis.gpus import gpus_seen
 from perflib.analysis.sql import window
 from perflib.capacity import erlang
 from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pattern
+from perflib.capacity.history import history_start
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
 from perflib.prediction.predictor import PerformancePredictor
@@ -24,6 +25,7 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 QUANTILE = 0.95
 EXACT_PER_HOUR_UP_TO = 32  # per-hour needs tried at every N up to this, on a grid above it
 GRID_POINTS = 24
+YOUNG_BY = timedelta(days=1)  # a history starting this much into the window is warned about
 
 
 @dataclass
@@ -43,9 +45,11 @@ class CapacityPlan:
     weeks_simulated: int
     current: QueueResult = field(repr=False)
     per_hour_exact: bool = True  # per-hour needs on every N (else on a grid)
+    warnings: list[str] = field(default_factory=list)  # what makes the plan less sure
 
     @property
     def arrivals_per_week(self) -> float:
+        """Jobs a week, as observed."""
         return float(self.hours.arrivals_per_hour.sum())
 
     def sentence(self) -> str:
@@ -111,6 +115,7 @@ class CapacityPlan:
                         "variation": self.service.variation},
             "arrivals_per_week": self.arrivals_per_week, "dispersion": self.dispersion,
             "weeks_simulated": self.weeks_simulated, "per_hour_exact": self.per_hour_exact,
+            "warnings": self.warnings,
             "hours": hours.to_dict(orient="records"),
         }
 
@@ -123,16 +128,18 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
     """Plan the GPUs of the pool that ran `pipeline_type` (None: every pipeline, one pool) from
     the `days` before `end`: `gpus` is the count to evaluate (default: those seen in the
     window), `target_wait_seconds` the p95 wait to keep (default: the ``high_queue_time``
-    threshold), `weeks` how many simulated weeks the figures pool. `per_hour=False` skips the
-    per-hour needs (the report's cheap form)."""
+    threshold), `weeks` how many simulated weeks the figures pool. The window starts
+    at the pool's first job where the history is younger. `per_hour=False` skips the per-hour
+    needs (the report's cheap form)."""
     _check_arguments(days, target_wait_seconds, gpus, weeks)
     target = (store.config.thresholds.queue_seconds if target_wait_seconds is None
               else float(target_wait_seconds))
-    start, stop = observed_window(store, days, end)
-    pattern = arrival_pattern(store, start, stop, pipeline_type)
-    if not pattern.arrivals:
+    asked, stop = observed_window(store, days, end)
+    start = history_start(store, asked, stop, pipeline_type)
+    pattern = arrival_pattern(store, start, stop, pipeline_type) if start else None
+    if not pattern or not pattern.arrivals:
         raise ValueError(f"no {pipeline_type + ' ' if pipeline_type else ''}job arrived between "
-                         f"{start:%Y-%m-%d} and {stop:%Y-%m-%d}: nothing to plan from")
+                         f"{asked:%Y-%m-%d} and {stop:%Y-%m-%d}: nothing to plan from")
     service = service_sample(store, start, stop, pattern.arrivals, pipeline_type, sample_rows,
                              predictor)
     current = gpus or gpus_seen(store, start, stop, pipeline_type)
@@ -144,8 +151,10 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                      else (np.full(HOURS_IN_WEEK, np.nan), False))
     hours = _hours_table(pattern, service, queue.at(current), queue.at(recommended), needed,
                          erlang_needed)
+    warnings = _warnings(pattern, asked)
     return CapacityPlan(pipeline_type, start, stop, target, current, recommended, erlang_gpus,
-                        hours, service, pattern.dispersion, weeks, queue.at(current), exact)
+                        hours, service, pattern.dispersion, weeks, queue.at(current), exact,
+                        warnings=warnings)
 
 
 def observed_window(store: Store, days: float, end: datetime | str | None
@@ -158,6 +167,18 @@ def observed_window(store: Store, days: float, end: datetime | str | None
     if stop > now:
         start, stop = now - (stop - start), now
     return start, stop
+
+
+def _warnings(pattern: ArrivalPattern, asked: datetime) -> list[str]:
+    """What makes the plan less sure than its one number: a young history."""
+    warnings = []
+    if pattern.start - asked > YOUNG_BY:
+        days = (pattern.end - pattern.start).total_seconds() / 86400
+        warnings.append(f"The history starts on {pattern.start:%Y-%m-%d %H:00}: the plan reads "
+                        f"its {days:.1f} days, not the {(pattern.end - asked).days} asked for"
+                        + (", and plans the hours of the week it never saw as quiet."
+                           if days < 7 else "."))
+    return warnings
 
 
 def erlang_needs(pattern: ArrivalPattern, service: ServiceSample, target_seconds: float

@@ -1,0 +1,45 @@
+"""How sure the capacity plan is: a young database's window starts at its first job, arrivals
+without submission times are named, the simulation agrees with its own counts, and the GPUs
+needed are reported week by week (with the count meeting the target in 90% of weeks)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from perflib.capacity import plan_capacity
+from perflib.sim.simulate import simulate_history
+from perflib.store import Store
+
+END = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday
+
+
+@pytest.fixture(scope="module")
+def young(tmp_path_factory) -> Store:
+    """One week of jobs on 1 GPU in a database asked about 28 days."""
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('young') / 'young.db'}")
+    store.init_db()
+    simulate_history(store, weeks=1, gpus=1, seed=3, end=END, jobs_per_day=120)
+    return store
+
+
+def _jobs_started(store: Store, since: datetime) -> int:
+    query = sa.text("SELECT COUNT(*) AS n FROM generation_performance WHERE started_at >= "
+                    ":since").bindparams(since=since.strftime("%Y-%m-%d %H:%M:%S"))
+    return int(store.frame(query).n[0])
+
+
+def test_a_young_database_is_planned_from_its_first_job(young):
+    plan = plan_capacity(young, days=28, end=END, weeks=2, per_hour=False)
+    assert END - timedelta(days=7, hours=1) <= plan.start <= END - timedelta(days=6)
+    jobs = _jobs_started(young, plan.start)
+    assert plan.arrivals_per_week == pytest.approx(jobs, rel=0.05)  # not diluted 4×
+    assert any("history starts on" in line and "not the 28 asked for" in line
+               for line in plan.warnings)
+
+
+def test_a_full_window_is_not_moved_and_not_warned_about(young):
+    plan = plan_capacity(young, days=7, end=END, weeks=1, per_hour=False)
+    assert END - timedelta(days=7) <= plan.start <= END - timedelta(days=6)
+    assert not any("history starts" in line for line in plan.warnings)

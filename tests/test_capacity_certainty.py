@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from perflib.capacity import plan_capacity
-from perflib.sim.simulate import simulate_history
+from perflib.sim.simulate import generate_jobs, simulate_history
 from perflib.store import Store
 
 END = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday
@@ -43,3 +43,38 @@ def test_a_full_window_is_not_moved_and_not_warned_about(young):
     plan = plan_capacity(young, days=7, end=END, weeks=1, per_hour=False)
     assert END - timedelta(days=7) <= plan.start <= END - timedelta(days=6)
     assert not any("history starts" in line for line in plan.warnings)
+
+
+def _store_with(tmp_path, name: str, change) -> Store:
+    records = list(generate_jobs(weeks=1, gpus=1, seed=5, end=END, jobs_per_day=300))
+    for record in records:
+        change(record)
+    store = Store(f"sqlite:///{tmp_path / name}")
+    store.init_db()
+    store.write_jobs(records)
+    return store
+
+
+def test_missing_submission_times_are_warned_about(tmp_path):
+    def forget(record):
+        record["submitted_at"] = record["queued_at"] = record["queue_seconds"] = None
+    plan = plan_capacity(_store_with(tmp_path, "imported.db", forget), days=7, end=END,
+                         weeks=1, per_hour=False)
+    assert any("carry no submission time" in line for line in plan.warnings)
+
+
+def test_submission_times_equal_to_starts_are_warned_about_when_the_simulation_waits(tmp_path):
+    def at_start(record):
+        record["submitted_at"] = record["queued_at"] = record["started_at"]
+        record["queue_seconds"] = 0.0
+    plan = plan_capacity(_store_with(tmp_path, "starts.db", at_start), days=7, end=END,
+                         weeks=1, per_hour=False)
+    assert plan.current.overall_p95_wait_seconds > 0
+    assert any("No job of the" in line and "never observed" in line for line in plan.warnings)
+
+
+def test_real_submission_times_raise_no_such_warning(tmp_path):
+    plan = plan_capacity(_store_with(tmp_path, "real.db", lambda record: None), days=7,
+                         end=END, weeks=1, per_hour=False)
+    assert not any("submission time" in line or "No job of the" in line
+                   for line in plan.warnings)

@@ -113,10 +113,13 @@ def arrival_pattern(store: Store, start: datetime, end: datetime,
 
 
 def arrival_seconds(dialect: str):
-    """When a job arrived, in epoch seconds: ``submitted_at``, else ``started_at`` less its
-    queue time, else when it was recorded."""
+    """When a job arrived, in epoch seconds: ``submitted_at``, else ``queued_at``, else
+    ``started_at`` less its queue time (none recorded: the start itself, as for imported
+    history; the plan warns), else when it was recorded."""
     return sa.func.coalesce(_epoch(jobs.c.submitted_at, dialect),
-                            _epoch(jobs.c.started_at, dialect) - jobs.c.queue_seconds,
+                            _epoch(jobs.c.queued_at, dialect),
+                            _epoch(jobs.c.started_at, dialect)
+                            - sa.func.coalesce(jobs.c.queue_seconds, 0.0),
                             _epoch(jobs.c.recorded_at, dialect))
 
 

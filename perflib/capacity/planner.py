@@ -13,7 +13,7 @@ from perflib.analysis.gpus import gpus_seen
 from perflib.analysis.sql import window
 from perflib.capacity import erlang
 from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pattern
-from perflib.capacity.history import history_start
+from perflib.capacity.history import history_start, submission_times
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
 from perflib.prediction.predictor import PerformancePredictor
@@ -151,7 +151,7 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                      else (np.full(HOURS_IN_WEEK, np.nan), False))
     hours = _hours_table(pattern, service, queue.at(current), queue.at(recommended), needed,
                          erlang_needed)
-    warnings = _warnings(pattern, asked)
+    warnings = _warnings(store, pattern, asked, queue.at(current))
     return CapacityPlan(pipeline_type, start, stop, target, current, recommended, erlang_gpus,
                         hours, service, pattern.dispersion, weeks, queue.at(current), exact,
                         warnings=warnings)
@@ -169,8 +169,10 @@ def observed_window(store: Store, days: float, end: datetime | str | None
     return start, stop
 
 
-def _warnings(pattern: ArrivalPattern, asked: datetime) -> list[str]:
-    """What makes the plan less sure than its one number: a young history."""
+def _warnings(store: Store, pattern: ArrivalPattern, asked: datetime, current: QueueResult
+              ) -> list[str]:
+    """What makes the plan less sure than its one number: a young history, arrivals that are
+    start times."""
     warnings = []
     if pattern.start - asked > YOUNG_BY:
         days = (pattern.end - pattern.start).total_seconds() / 86400
@@ -178,6 +180,10 @@ def _warnings(pattern: ArrivalPattern, asked: datetime) -> list[str]:
                         f"its {days:.1f} days, not the {(pattern.end - asked).days} asked for"
                         + (", and plans the hours of the week it never saw as quiet."
                            if days < 7 else "."))
+    times = submission_times(store, pattern.start, pattern.end, pattern.pipeline_type)
+    missing = times.warning(current.overall_p95_wait_seconds)
+    if missing:
+        warnings.append(missing)
     return warnings
 
 

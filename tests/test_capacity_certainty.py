@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from perflib.capacity import plan_capacity
+from perflib.capacity.simulation import Workload, run_queue
 from perflib.sim.simulate import generate_jobs, simulate_history
 from perflib.store import Store
 
@@ -78,3 +80,29 @@ def test_real_submission_times_raise_no_such_warning(tmp_path):
                          end=END, weeks=1, per_hour=False)
     assert not any("submission time" in line or "No job of the" in line
                    for line in plan.warnings)
+
+
+def test_the_queue_counts_what_it_simulated():
+    """Two half-hour jobs arriving at once on one GPU: the hour holds 2 arrivals, a full
+    GPU-hour of work, and a GPU busy all of it."""
+    result = run_queue(Workload(np.array([0.0, 1.0]), np.array([1800.0, 1800.0]), 1), gpus=1)
+    assert result.arrivals_per_hour[0] == 2 and result.arrivals_per_hour[1:].sum() == 0
+    assert result.offered_load[0] == pytest.approx(1.0)
+    assert result.utilisation[0] == pytest.approx(1.0)
+    assert result.busy_seconds == pytest.approx(result.work_seconds)
+
+
+def test_the_busy_hour_agrees_with_its_own_arrival_count(young):
+    """The hours table's arrivals are those the simulation ran (not the observed mean beside
+    them), so the busiest hour's utilisation is its arrivals' work over the GPUs (less what
+    spills into the next hour, plus what spilled in)."""
+    plan = plan_capacity(young, days=28, end=END, weeks=1, per_hour=False)
+    hours = plan.hours
+    busiest = hours.utilisation.idxmax()
+    assert hours.arrivals_per_hour.sum() == pytest.approx(plan.current.arrivals_per_hour.sum())
+    assert hours.utilisation.sum() == pytest.approx(hours.offered_load.sum(), rel=0.02)
+    spill = hours.utilisation[busiest] - hours.offered_load[busiest]
+    assert abs(spill) <= hours.offered_load[[busiest - 1, busiest]].max()
+    assert hours.arrivals_per_hour[busiest] > 0
+    assert "jobs a week" in plan.simulation_check()
+    assert not any("chance allows" in line for line in plan.warnings)  # the draw is the history's

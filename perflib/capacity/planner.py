@@ -26,6 +26,7 @@ QUANTILE = 0.95
 EXACT_PER_HOUR_UP_TO = 32  # per-hour needs tried at every N up to this, on a grid above it
 GRID_POINTS = 24
 YOUNG_BY = timedelta(days=1)  # a history starting this much into the window is warned about
+DRAW_SIGMAS = 4  # simulated jobs a week this many standard errors from the observed: warn
 
 
 @dataclass
@@ -50,7 +51,18 @@ class CapacityPlan:
     @property
     def arrivals_per_week(self) -> float:
         """Jobs a week, as observed."""
-        return float(self.hours.arrivals_per_hour.sum())
+        return float(self.hours.observed_arrivals_per_hour.sum())
+
+    def simulation_check(self) -> str:
+        """The simulation against its own counts: the jobs it drew against those observed, and
+        the GPU time it kept busy against the work it drew."""
+        simulated = float(self.current.arrivals_per_hour.sum())
+        busy, work = self.current.busy_seconds, self.current.work_seconds
+        weeks = self.weeks_simulated
+        return (f"The simulated weeks drew {simulated:.0f} jobs a week "
+                f"({self.arrivals_per_week:.0f} observed) bringing {work / 3600 / weeks:.1f} "
+                f"GPU-hours of work a week, of which {busy / 3600 / weeks:.1f} kept "
+                f"{format_count(self.current_gpus, 'GPU')} busy within the weeks.")
 
     def sentence(self) -> str:
         """The recommendation in one sentence."""
@@ -115,7 +127,7 @@ class CapacityPlan:
                         "variation": self.service.variation},
             "arrivals_per_week": self.arrivals_per_week, "dispersion": self.dispersion,
             "weeks_simulated": self.weeks_simulated, "per_hour_exact": self.per_hour_exact,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "simulation_check": self.simulation_check(),
             "hours": hours.to_dict(orient="records"),
         }
 
@@ -151,7 +163,7 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                      else (np.full(HOURS_IN_WEEK, np.nan), False))
     hours = _hours_table(pattern, service, queue.at(current), queue.at(recommended), needed,
                          erlang_needed)
-    warnings = _warnings(store, pattern, asked, queue.at(current))
+    warnings = _warnings(store, pattern, asked, queue.at(current), weeks)
     return CapacityPlan(pipeline_type, start, stop, target, current, recommended, erlang_gpus,
                         hours, service, pattern.dispersion, weeks, queue.at(current), exact,
                         warnings=warnings)
@@ -169,10 +181,10 @@ def observed_window(store: Store, days: float, end: datetime | str | None
     return start, stop
 
 
-def _warnings(store: Store, pattern: ArrivalPattern, asked: datetime, current: QueueResult
-              ) -> list[str]:
+def _warnings(store: Store, pattern: ArrivalPattern, asked: datetime, current: QueueResult,
+              weeks: int) -> list[str]:
     """What makes the plan less sure than its one number: a young history, arrivals that are
-    start times."""
+    start times, a draw unlike the history."""
     warnings = []
     if pattern.start - asked > YOUNG_BY:
         days = (pattern.end - pattern.start).total_seconds() / 86400
@@ -184,6 +196,10 @@ def _warnings(store: Store, pattern: ArrivalPattern, asked: datetime, current: Q
     missing = times.warning(current.overall_p95_wait_seconds)
     if missing:
         warnings.append(missing)
+    drawn, seen = current.arrivals_per_hour.sum(), pattern.arrivals_per_hour.sum()
+    if abs(drawn - seen) > DRAW_SIGMAS * np.sqrt(seen * max(pattern.dispersion, 1) / weeks) + 1:
+        warnings.append(f"The simulated weeks drew {drawn:.0f} jobs a week against {seen:.0f} "
+                        "observed, more apart than chance allows: check the arrival counts.")
     return warnings
 
 
@@ -237,9 +253,11 @@ def _hours_table(pattern: ArrivalPattern, service: ServiceSample, current: Queue
     erlang_wait = [erlang.wait_probability(a / 3600, rate, current.gpus) for a in arrivals]
     return pd.DataFrame({
         "hour_of_week": how, "weekday": np.array(WEEKDAYS)[how // 24], "hour": how % 24,
-        "arrivals_per_hour": arrivals,
+        "arrivals_per_hour": current.arrivals_per_hour,  # simulated, as the waits are
+        "observed_arrivals_per_hour": arrivals,
         "p50_wait_seconds": current.p50_wait_seconds,
         "p95_wait_seconds": current.p95_wait_seconds,
+        "offered_load": current.offered_load,
         "utilisation": current.utilisation,
         "p95_wait_recommended_seconds": recommended.p95_wait_seconds,
         "gpus_needed": needed,

@@ -31,6 +31,7 @@ class Workload:
         return (self.arrival_seconds // SECONDS_IN_HOUR).astype(np.int64) % HOURS_IN_WEEK
 
 
+
 @dataclass(frozen=True)
 class QueueResult:
     """What N GPUs give the workload: waits per hour of the week, and busy shares."""
@@ -41,6 +42,10 @@ class QueueResult:
     utilisation: np.ndarray  # (168,) busy share of the N GPUs
     overall_p50_wait_seconds: float
     overall_p95_wait_seconds: float
+    arrivals_per_hour: np.ndarray  # (168,) simulated jobs arriving, mean over the weeks
+    offered_load: np.ndarray  # (168,) their service seconds over the N GPUs' seconds
+    busy_seconds: float  # GPU-seconds busy within the simulated weeks
+    work_seconds: float  # service seconds of every simulated job
 
     def meets(self, target_seconds: float) -> np.ndarray:
         """Per hour of the week: p95 wait within the target (an hour with no job meets it)."""
@@ -72,7 +77,12 @@ def run_queue(workload: Workload, gpus: int) -> QueueResult:
     utilisation = busy.reshape(workload.weeks, HOURS_IN_WEEK).mean(axis=0) / (
         gpus * SECONDS_IN_HOUR)
     overall = np.quantile(waits, [0.5, 0.95]) if waits.size else (np.nan, np.nan)
-    return QueueResult(gpus, p50, p95, utilisation, float(overall[0]), float(overall[1]))
+    hour = workload.hour_of_week
+    arrivals = np.bincount(hour, minlength=HOURS_IN_WEEK) / workload.weeks
+    work = np.bincount(hour, workload.service_seconds, HOURS_IN_WEEK) / workload.weeks
+    return QueueResult(gpus, p50, p95, utilisation, float(overall[0]), float(overall[1]),
+                       arrivals, work / (gpus * SECONDS_IN_HOUR), float(busy.sum()),
+                       float(workload.service_seconds.sum()))
 
 
 def _quantiles_per_hour(waits: np.ndarray, hour_of_week: np.ndarray

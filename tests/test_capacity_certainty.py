@@ -3,6 +3,7 @@ without submission times are named, the simulation agrees with its own counts, a
 needed are reported week by week (with the count meeting the target in 90% of weeks)."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -11,6 +12,8 @@ import sqlalchemy as sa
 
 from perflib.capacity import plan_capacity
 from perflib.capacity.simulation import Workload, run_queue
+from perflib.capacity.spread import NeedSpread
+from perflib.cli import main
 from perflib.sim.simulate import generate_jobs, simulate_history
 from perflib.store import Store
 
@@ -106,3 +109,42 @@ def test_the_busy_hour_agrees_with_its_own_arrival_count(young):
     assert hours.arrivals_per_hour[busiest] > 0
     assert "jobs a week" in plan.simulation_check()
     assert not any("chance allows" in line for line in plan.warnings)  # the draw is the history's
+
+
+def test_the_ninety_percent_count_is_the_smallest_meeting_the_target_in_nine_weeks_of_ten():
+    assert NeedSpread(np.array([1] * 17 + [2] * 3)).sure == 2  # 85% at 1 GPU
+    assert NeedSpread(np.array([1] * 18 + [2] * 2)).sure == 1
+    spread = NeedSpread(np.array([3, 1, 2, 2]))
+    assert (spread.least, spread.median, spread.most, spread.sure) == (1, 2.0, 3, 3)
+
+
+def test_the_spread_does_not_move_with_the_pooled_weeks(young):
+    spreads = [plan_capacity(young, days=28, end=END, weeks=weeks, per_hour=False).spread
+               for weeks in (1, 4)]
+    assert spreads[0].per_week.size == 20
+    assert np.array_equal(spreads[0].per_week, spreads[1].per_week)
+    assert spreads[0].least <= spreads[0].median <= spreads[0].most
+    assert (spreads[0].per_week <= spreads[0].sure).mean() >= 0.9
+
+
+def test_cli_json_and_report_show_the_spread_and_warnings(young, capsys):
+    from perflib.report.tables import capacity_table
+
+    url = str(young.url.render_as_string(hide_password=False))
+    args = ["--database-url", url, "capacity", "--end-date", "2026-11-02", "--weeks", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "simulated weeks one at a time" in text and "Warning: The history starts" in text
+    assert "Simulation check:" in text
+    assert main([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["spread"]["weeks"] == 20 and "jobs a week" in plan["simulation_check"]
+    assert main([*args, "--json", "--spread-weeks", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["spread"]["weeks"] == 5
+    assert main([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["spread"]["weeks"] == 20 and plan["spread"]["gpus_meeting_target_in_90_percent"]
+    assert any("history starts" in line for line in plan["warnings"])
+    html = capacity_table(plan_capacity(young, days=28, end=END, weeks=1, per_hour=False)
+                          ).to_html()
+    assert "simulated weeks one at a time" in html and "history starts" in html

@@ -16,6 +16,7 @@ from perflib.capacity.arrivals import HOURS_IN_WEEK, ArrivalPattern, arrival_pat
 from perflib.capacity.history import history_start, submission_times
 from perflib.capacity.service import SAMPLE_ROWS, ServiceSample, service_sample
 from perflib.capacity.simulation import QueueResult, Workload, draw_workload, run_queue
+from perflib.capacity.spread import SPREAD_WEEKS, NeedSpread, need_spread
 from perflib.prediction.predictor import PerformancePredictor
 from perflib.queue.search import smallest_gpus
 from perflib.store import Store
@@ -46,12 +47,21 @@ class CapacityPlan:
     weeks_simulated: int
     current: QueueResult = field(repr=False)
     per_hour_exact: bool = True  # per-hour needs on every N (else on a grid)
+    spread: NeedSpread | None = None  # the GPUs needed week by week
     warnings: list[str] = field(default_factory=list)  # what makes the plan less sure
 
     @property
     def arrivals_per_week(self) -> float:
         """Jobs a week, as observed."""
         return float(self.hours.observed_arrivals_per_hour.sum())
+
+    def certainty(self) -> list[str]:
+        """How sure the plan is, in sentences: the spread of the need over single simulated
+        weeks, the warnings, and the simulation against its own counts (text, notebook and
+        report all show these)."""
+        return [*([self.spread.sentence()] if self.spread else []),
+                *(f"Warning: {warning}" for warning in self.warnings),
+                f"Simulation check: {self.simulation_check()}"]
 
     def simulation_check(self) -> str:
         """The simulation against its own counts: the jobs it drew against those observed, and
@@ -127,6 +137,7 @@ class CapacityPlan:
                         "variation": self.service.variation},
             "arrivals_per_week": self.arrivals_per_week, "dispersion": self.dispersion,
             "weeks_simulated": self.weeks_simulated, "per_hour_exact": self.per_hour_exact,
+            "spread": self.spread.as_dict() if self.spread else None,
             "warnings": self.warnings, "simulation_check": self.simulation_check(),
             "hours": hours.to_dict(orient="records"),
         }
@@ -136,11 +147,13 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                   target_wait_seconds: float | None = None, gpus: int | None = None,
                   end: datetime | str | None = None, weeks: int = 4, seed: int = 0,
                   per_hour: bool = True, sample_rows: int = SAMPLE_ROWS,
-                  predictor: PerformancePredictor | None = None) -> CapacityPlan:
+                  predictor: PerformancePredictor | None = None,
+                  spread_weeks: int = SPREAD_WEEKS) -> CapacityPlan:
     """Plan the GPUs of the pool that ran `pipeline_type` (None: every pipeline, one pool) from
     the `days` before `end`: `gpus` is the count to evaluate (default: those seen in the
     window), `target_wait_seconds` the p95 wait to keep (default: the ``high_queue_time``
-    threshold), `weeks` how many simulated weeks the figures pool. The window starts
+    threshold), `weeks` how many simulated weeks the figures pool, `spread_weeks` how many
+    further weeks are simulated one at a time for the spread of the need. The window starts
     at the pool's first job where the history is younger. `per_hour=False` skips the per-hour
     needs (the report's cheap form)."""
     _check_arguments(days, target_wait_seconds, gpus, weeks)
@@ -163,10 +176,11 @@ def plan_capacity(store: Store, pipeline_type: str | None = None, days: float = 
                      else (np.full(HOURS_IN_WEEK, np.nan), False))
     hours = _hours_table(pattern, service, queue.at(current), queue.at(recommended), needed,
                          erlang_needed)
-    warnings = _warnings(store, pattern, asked, queue.at(current), weeks)
+    spread = need_spread(pattern, service.seconds, target, spread_weeks, seed + 1, recommended)
+    warnings = _warnings(store, pattern, asked, queue.at(current), weeks, recommended, spread)
     return CapacityPlan(pipeline_type, start, stop, target, current, recommended, erlang_gpus,
                         hours, service, pattern.dispersion, weeks, queue.at(current), exact,
-                        warnings=warnings)
+                        spread, warnings)
 
 
 def observed_window(store: Store, days: float, end: datetime | str | None
@@ -182,9 +196,9 @@ def observed_window(store: Store, days: float, end: datetime | str | None
 
 
 def _warnings(store: Store, pattern: ArrivalPattern, asked: datetime, current: QueueResult,
-              weeks: int) -> list[str]:
+              weeks: int, recommended: int, spread: NeedSpread) -> list[str]:
     """What makes the plan less sure than its one number: a young history, arrivals that are
-    start times, a draw unlike the history."""
+    start times, a recommendation single weeks often exceed, a draw unlike the history."""
     warnings = []
     if pattern.start - asked > YOUNG_BY:
         days = (pattern.end - pattern.start).total_seconds() / 86400
@@ -196,6 +210,10 @@ def _warnings(store: Store, pattern: ArrivalPattern, asked: datetime, current: Q
     missing = times.warning(current.overall_p95_wait_seconds)
     if missing:
         warnings.append(missing)
+    if spread.sure > recommended:
+        warnings.append(f"{recommended} GPUs meet the target over the pooled weeks but in only "
+                        f"{(spread.per_week <= recommended).mean():.0%} of single weeks; "
+                        f"{spread.sure} meet it in at least 90%.")
     drawn, seen = current.arrivals_per_hour.sum(), pattern.arrivals_per_hour.sum()
     if abs(drawn - seen) > DRAW_SIGMAS * np.sqrt(seen * max(pattern.dispersion, 1) / weeks) + 1:
         warnings.append(f"The simulated weeks drew {drawn:.0f} jobs a week against {seen:.0f} "

@@ -30,6 +30,13 @@ class Workload:
     def hour_of_week(self) -> np.ndarray:
         return (self.arrival_seconds // SECONDS_IN_HOUR).astype(np.int64) % HOURS_IN_WEEK
 
+    def week(self, number: int) -> "Workload":
+        """The jobs arriving in one of the weeks, alone (from that week's Monday 00:00)."""
+        length = HOURS_IN_WEEK * SECONDS_IN_HOUR
+        inside = (self.arrival_seconds >= number * length) & (
+            self.arrival_seconds < (number + 1) * length)
+        return Workload(self.arrival_seconds[inside] - number * length,
+                        self.service_seconds[inside], 1)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def plan_text(plan: CapacityPlan, worst_hours: int = 5) -> str:
              *(f"  {line}" for line in plan.differences()), "", plan.sentence()]
     if not plan.per_hour_exact:
         lines.insert(-1, "(per-hour GPU needs tried on a grid of counts, not every count)")
-    return "\n".join(lines)
+    return "\n".join([*lines, *plan.certainty()])
 
 
 def day_summary(plan: CapacityPlan) -> pd.DataFrame:

@@ -89,7 +89,8 @@ def cmd_capacity(args) -> int:
     try:
         plan = plan_capacity(open_store(args), args.pipeline_type, days=args.days,
                              target_wait_seconds=args.target_wait, gpus=args.gpus,
-                             end=args.end_date, weeks=args.weeks)
+                             end=args.end_date, weeks=args.weeks,
+                             spread_weeks=args.spread_weeks)
     except ValueError as exc:
         print(f"perflib capacity: {exc}", file=sys.stderr)
         return 2
@@ -172,6 +173,9 @@ def capacity_command(commands) -> None:
                           help="the GPU count to evaluate (default: the GPUs seen in the window)")
     capacity.add_argument("--weeks", type=whole(1, 104), default=4,
                           help="simulated weeks the figures pool (default 4)")
+    capacity.add_argument("--spread-weeks", type=whole(1, 104), default=20,
+                          help="further weeks simulated one at a time for the spread of the "
+                               "GPUs needed (default 20)")
     capacity.add_argument("--end-date", help="ISO date the window ends (default: newest job)")
     capacity.add_argument("--json", action="store_true", help="the plan, all 168 hours, as JSON")
     capacity.set_defaults(handler=cmd_capacity)

@@ -185,7 +185,7 @@ def capacity_table(plan: CapacityPlan | None) -> Table:
                f"Worst p95 wait, {now} GPUs": format_duration,
                f"Worst p95 wait, {recommended} GPUs": format_duration,
                f"Utilisation, {now} GPUs": format_percent, "Erlang-C GPUs": format_count}
-    return people_table(frame, formats, caption=plan.sentence())
+    return people_table(frame, formats, caption=" ".join([plan.sentence(), *plan.certainty()]))
 
 
 def _most_severe(count: int) -> str | None:

@@ -55,6 +55,18 @@ def infer_profiles(jobs: pd.DataFrame, seconds: np.ndarray, fit_positions: np.nd
     return inferred
 
 
+def judged_models(jobs: pd.DataFrame, fit_positions: np.ndarray, score_positions: np.ndarray
+                  ) -> set[str]:
+    """The models with enough jobs on both sides of the split for their own jobs to judge
+    their geometry (fewer jobs cannot, and take a sibling's, see
+    :mod:`perflib.prediction.geometry_sources`)."""
+    models = jobs.model_name.fillna("unknown").astype(str).to_numpy()
+    fit = pd.Series(models[fit_positions]).value_counts()
+    score = pd.Series(models[score_positions]).value_counts()
+    return {model for model in np.unique(models)
+            if fit.get(model, 0) >= MIN_JOBS and score.get(model, 0) >= MIN_JOBS}
+
+
 def _held_out_error(jobs: pd.DataFrame, seconds: np.ndarray, fit: np.ndarray,
                     score: np.ndarray, profiles: Mapping[str, ModelProfile]) -> float:
     """Median |log(actual / cost model)| on `score` for a cost model fitted on `fit`."""

@@ -18,6 +18,7 @@ from perflib.prediction.features import (FEATURE_DESCRIPTIONS, JobRows, build_fe
                                          spread, text_column)
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                                        check_mapping, check_number)
+from perflib.prediction.geometry_sources import CONFIGURED, DEFAULT
 from perflib.prediction.metrics import is_within
 from perflib.prediction.priced import sound
 from perflib.record import PIPELINE_TYPES, estimate_params
@@ -73,6 +74,8 @@ class TrainedModel:
     features: list[str] = field(default_factory=lambda: list(FEATURE_DESCRIPTIONS))
     version: int | None = None
     format: int = MODEL_FORMAT
+    # Per model trained on, where its geometry came from (see geometry_sources.py).
+    geometry_sources: dict[str, str] = field(default_factory=dict)
 
     def predict(self, jobs: JobRows, recent: Mapping[str, tuple[float, float]] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -140,6 +143,14 @@ class TrainedModel:
         drift = np.array([self._recent(recent, key, 0, self.drift)
                           for key in history_keys(groups)], dtype=float)
         return np.where(np.isnan(drift), sources, "observed")
+
+    def geometry_sources_of(self, jobs: JobRows) -> np.ndarray:
+        """Per job row, where its model's geometry came from: "configured", "inferred",
+        "sibling:<name>" or "default" (a model trained on, as training found it; another by
+        its profile, if any). A model stored before sources were kept says nothing of them."""
+        sources = getattr(self, "geometry_sources", {})
+        return np.array([sources.get(name) or (CONFIGURED if name in self.profiles else DEFAULT)
+                         for name in text_column(jobs, "model_name")], dtype=object)
 
     @staticmethod
     def _recent(fresh, key: str, which: int, stored: Mapping[str, float]) -> float:
@@ -239,6 +250,7 @@ class TrainedModel:
                           lambda value, where: check_number(value, where, allow_nan=True))
         check_mapping(self.profiles, "profiles", _check_profile)
         check_mapping(self.pipeline_counts, "pipeline_counts", _check_count)
+        check_mapping(getattr(self, "geometry_sources", {}), "geometry_sources", _check_text)
 
 
 
@@ -252,6 +264,11 @@ def _check_profile(profile: Any, name: str) -> None:
     if not isinstance(profile.full_attention, (bool, np.bool_)):
         raise ValueError(f"{name}.full_attention is {profile.full_attention!r}, not true or "
                          "false")
+
+
+def _check_text(value: Any, name: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is {value!r}, not text")
 
 
 def _check_count(count: Any, name: str) -> None:

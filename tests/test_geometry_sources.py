@@ -1,15 +1,22 @@
-"""Geometry carried to a model too new to show its own: family stems, siblings, and a new model
-from ten jobs estimated on the real shared data (issue #20, item 1)."""
+"""Geometry carried to a model too new to show its own: family stems, siblings, public
+architectures' profiles as priors, and a new model from ten jobs estimated on the real shared
+data (issue #20, item 1)."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from perflib.config import ModelProfile, Settings
-from perflib.prediction.geometry_sources import carried_profiles, family_stem
+from perflib.prediction.features import build_features
+from perflib.prediction.geometry import infer_profiles
+from perflib.prediction.geometry_sources import carried_profiles, family_stem, unseen_geometry
 from perflib.prediction.metrics import within_share
 from perflib.prediction.predictor import PerformancePredictor
+from perflib.prediction.public_profiles import public_profile
+from perflib.prediction.trained import TrainedModel
 from perflib.store import Store
 from perflib.store.importer import import_jobs
 
@@ -113,3 +120,68 @@ def test_a_new_unet_from_ten_jobs_keeps_the_default(tmp_path):
                                           "tiny-unet-b-euler": "default"}
     assert (estimates.geometry_source == "default").all()
     assert within >= 0.90  # 0.959 before geometry was carried
+
+
+@pytest.mark.parametrize("name,arch,temporal,spatial_tokens,full", [
+    ("Wan2.1-T2V-14B", "wan2.1", 4, 16, True), ("wan2.2-ti2v-5b", "wan2.2-ti2v-5b", 4, 32, True),
+    ("Wan2.2-I2V-A14B", "wan2.2", 4, 16, True), ("LTX-Video-0.9.7", "ltx-video", 8, 32, True),
+    ("mochi-1-preview", "mochi", 6, 16, True), ("CogVideoX-5b", "cogvideox", 4, 16, True),
+    ("HunyuanVideo", "hunyuanvideo", 4, 16, True), ("animatediff-v3-sd15", "animatediff", 1, 8,
+                                                    False),
+    ("FLUX.1-dev", "flux", 1, 16, True), ("sd3-medium", "sd3", 1, 16, True),
+    ("sdxl-base-1.0", "sdxl", 1, 8, False), ("stable-diffusion-v1-5", "sd1.5", 1, 8, False)])
+def test_public_architectures_are_matched_by_name(name, arch, temporal, spatial_tokens, full):
+    found_arch, profile = public_profile(name)
+    assert found_arch == arch and profile.vae_temporal_factor == temporal
+    assert profile.vae_spatial_factor * profile.patch_size == spatial_tokens
+    assert profile.full_attention is full
+
+
+def test_an_unknown_name_matches_no_public_architecture():
+    assert public_profile("tiny-wan-dit-s") is None and public_profile("my-unet") is None
+
+
+def test_a_new_model_of_a_public_architecture_takes_its_published_geometry():
+    jobs = _jobs({"wan-dit": (200, "video"), "LTX-Video-finetune": (10, "video")})
+    profiles, sources = carried_profiles(jobs, {}, {"wan-dit": VIDEO_DIT}, judged={"wan-dit"})
+    assert profiles["LTX-Video-finetune"] == public_profile("ltx-video")[1]
+    assert sources["LTX-Video-finetune"] == "profile:ltx-video"  # not the pipeline's sibling
+
+
+def _planted(truth: ModelProfile, n=300, seed=3):
+    rng = np.random.default_rng(seed)
+    side = rng.choice([256, 384, 512, 640], n)
+    jobs = pd.DataFrame({"model_name": "planted", "width": side, "height": side,
+                         "frame_count": rng.choice([9, 17, 33, 49, 65, 81], n),
+                         "steps": rng.integers(10, 40, n), "guidance_scale": 1.0})
+    features = build_features(jobs, {"planted": truth})
+    seconds = (0.5 + 2e-6 * features.work_units + 4e-10 * features.attention_work) \
+        * np.exp(rng.normal(0, 0.03, n))
+    return jobs, seconds.to_numpy()
+
+
+def test_a_public_prior_stands_until_the_models_own_jobs_clearly_disagree():
+    prior = public_profile("ltx-video")[1]
+    jobs, seconds = _planted(prior)
+    positions = np.arange(len(jobs))
+    assert infer_profiles(jobs, seconds, positions[:200], positions[200:], {},
+                          {"planted": prior}) == {}  # the prior stands: nothing inferred
+    jobs, seconds = _planted(ModelProfile())  # an SD-style model under a video name
+    inferred = infer_profiles(jobs, seconds, positions[:200], positions[200:], {},
+                              {"planted": prior})["planted"]
+    assert (inferred.vae_temporal_factor, inferred.full_attention) == (1, False)
+    assert inferred.vae_spatial_factor == prior.vae_spatial_factor  # the prior's own scale kept
+
+
+def test_a_model_never_trained_on_takes_a_public_profile_or_a_trained_siblings():
+    stored = SimpleNamespace(profiles={"wan-dit": VIDEO_DIT},
+                             geometry_sources={"wan-dit": "inferred", "unet": "default"})
+    jobs = {"model_name": ["wan-dit", "wan-dit-v3-lora", "CogVideoX-2b", "unet", "unet-v2",
+                           "other"]}
+    profiles = TrainedModel.profiles_for(stored, jobs)
+    assert profiles["wan-dit-v3-lora"] == VIDEO_DIT
+    assert profiles["CogVideoX-2b"] == public_profile("cogvideox")[1]
+    assert {"unet", "unet-v2", "other"}.isdisjoint(profiles)  # the default
+    assert list(TrainedModel.geometry_sources_of(stored, jobs)) == [
+        "inferred", "sibling:wan-dit", "profile:cogvideox", "default", "default", "default"]
+    assert unseen_geometry("other", {}) == (None, "default")

@@ -24,8 +24,8 @@ def sound(seconds, low, high, confidence) -> np.ndarray:
 @dataclass
 class PricedJobs:
     """Estimates of some job rows, one array element per row; ``speed_source`` is one of
-    SPEED_SOURCES and ``geometry_source`` one of "configured", "inferred", "sibling:<name>" or
-    "default" (None where a row is not priced yet)."""
+    SPEED_SOURCES and ``geometry_source`` one of "configured", "inferred", "profile:<arch>",
+    "sibling:<name>" or "default" (None where a row is not priced yet)."""
 
     seconds: np.ndarray
     low: np.ndarray

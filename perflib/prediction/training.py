@@ -16,7 +16,7 @@ from perflib.config import ModelProfile, Settings
 from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
                                          latest_median, outcome_seconds, past_median)
 from perflib.prediction.geometry import infer_profiles, judged_models
-from perflib.prediction.geometry_sources import carried_profiles
+from perflib.prediction.geometry_sources import carried_profiles, priors
 from perflib.prediction.metrics import rank
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel,
                                        anchor, make_family, score)
@@ -128,7 +128,8 @@ def _windows(jobs: pd.DataFrame, configured: Mapping[str, ModelProfile], split: 
     seconds = outcome_seconds(jobs)
     train, test = _split(features, np.arange(len(features)), test_fraction, split)
     proper, calibrate = _split(features, train, CALIBRATION_FRACTION, split)
-    inferred = infer_profiles(jobs, seconds, proper, calibrate, configured)
+    inferred = infer_profiles(jobs, seconds, proper, calibrate, configured,
+                              priors(jobs.model_name.dropna().astype(str).unique()))
     carried, sources = carried_profiles(jobs, configured, inferred,
                                         judged_models(jobs, proper, calibrate))
     profiles = {**configured, **carried}

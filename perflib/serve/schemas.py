@@ -176,8 +176,9 @@ class EstimateResponse(BaseModel):
                           "profile (PERFLIB_GPU_PROFILES), or the untrained heuristic")
     geometry_source: str | None = Field(
         None, description="where the model's latent geometry came from: configured, inferred "
-                          "from its own jobs, sibling:<name> (a related model's, for a model "
-                          "with too few jobs), or the SD-style default")
+                          "from its own jobs, profile:<arch> (a public architecture's published "
+                          "geometry), sibling:<name> (a related model's, for a model with too "
+                          "few jobs), or the SD-style default")
     queue: QueueEta
     parsed_job: dict[str, Any] | None = Field(
         None, description="for a comfyui_prompt: what was understood of its graph (only then "

@@ -185,3 +185,4 @@ def test_a_model_never_trained_on_takes_a_public_profile_or_a_trained_siblings()
     assert list(TrainedModel.geometry_sources_of(stored, jobs)) == [
         "inferred", "sibling:wan-dit", "profile:cogvideox", "default", "default", "default"]
     assert unseen_geometry("other", {}) == (None, "default")
+    assert unseen_geometry("other", {"--": VIDEO_DIT}) == (None, "default")  # no empty stem

@@ -91,7 +91,7 @@ def _stem_sibling(model: str, known: Mapping[str, ModelProfile], counts: Mapping
     """The known model whose family stem `model`'s stem equals or extends, the longest stem
     first (then the most jobs); None if none."""
     stem = family_stem(model)
-    kin = [name for name in known if name != model
+    kin = [name for name in known if name != model and family_stem(name)
            and stem[:len(family_stem(name))] == family_stem(name)]
     if not kin:
         return None

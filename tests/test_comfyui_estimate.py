@@ -23,7 +23,8 @@ with warnings.catch_warnings():
 
 ESTIMATE = "/api/anime/performance/estimate-time"
 ESTIMATE_KEYS = {"predicted_time_seconds", "confidence", "prediction_method", "model_used",
-                 "uncertainty_range", "recommendations", "queue", "speed_source"}
+                 "uncertainty_range", "recommendations", "queue", "speed_source",
+                 "geometry_source"}
 HIRES = {"class_type": "LatentUpscaleBy",
          "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact", "scale_by": 1.5}}
 

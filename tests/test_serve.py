@@ -43,7 +43,8 @@ ESTIMATE = {"pipeline_type": "video", "resolution": "768x768", "frame_count": 60
             "job_type": "scene"}
 ESTIMATE_KEYS = {"predicted_time_seconds", "confidence", "prediction_method", "model_used",
                  "uncertainty_range", "recommendations", "queue",
-                 "speed_source"}  # observed / pooled / gpu_profile / heuristic (issue #12)
+                 "speed_source",  # observed / pooled / gpu_profile / heuristic (issue #12)
+                 "geometry_source"}  # configured / inferred / sibling:<name> / default (#20)
 FUZZ = hypothesis_settings(max_examples=200, deadline=None, database=None,
                            suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                   HealthCheck.too_slow])

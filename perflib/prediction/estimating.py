@@ -124,7 +124,8 @@ class Estimator:
             priced = PricedJobs(*(np.asarray(part, dtype=float)
                                   for part in model.predict(rows, recent)),
                                 speed_source=np.asarray(model.speed_sources(rows, recent),
-                                                        dtype=object))
+                                                        dtype=object),
+                                geometry_source=model.geometry_sources_of(rows))
         except sa.exc.SQLAlchemyError:
             raise  # the database, not the model: the caller reports it
         except Exception as exc:  # a model that passed its checks may still fail on a job
@@ -183,6 +184,7 @@ def _answer(estimates: PricedJobs, label: str, variants: list) -> dict:
         "confidence": round(float(estimates.confidence[0]), 3),
         "prediction_method": HEURISTIC if label == HEURISTIC else "ml_model",
         "speed_source": str(estimates.speed_source[0]),
+        "geometry_source": str(estimates.geometry_source[0]),
         "model_used": label,
         "uncertainty_range": [round(float(estimates.low[0]), 3),
                               round(float(estimates.high[0]), 3)],

@@ -13,6 +13,7 @@ import pandas as pd
 
 from perflib.cache import TtlCache
 from perflib.prediction.features import JobRows, build_features, feature_columns, outcome_seconds
+from perflib.prediction.geometry_sources import CONFIGURED, DEFAULT
 from perflib.prediction.metrics import within_share
 from perflib.prediction.models import CostModel
 from perflib.prediction.priced import HEURISTIC, PricedJobs
@@ -40,7 +41,8 @@ class Heuristic:
               ) -> PricedJobs:
         """Estimates of `rows` of `pipeline_type` (fitted on the history as of `as_of`)."""
         fitted, confidence = self._current_heuristic(pipeline_type, as_of)
-        features = feature_columns(rows, self._store().config.model_profiles, history={})
+        configured = self._store().config.model_profiles
+        features = feature_columns(rows, configured, history={})
         overhead, per_work = HEURISTIC_DEFAULTS[pipeline_type]
         seconds = overhead + per_work * np.asarray(features["work_units"], dtype=float)
         if fitted is not None:
@@ -49,7 +51,9 @@ class Heuristic:
                                fitted_seconds, seconds)
         return PricedJobs(seconds, seconds * 0.5, seconds * 2.0,
                           np.full(len(seconds), confidence),
-                          np.full(len(seconds), HEURISTIC, dtype=object))
+                          np.full(len(seconds), HEURISTIC, dtype=object),
+                          np.array([CONFIGURED if name in configured else DEFAULT
+                                    for name in features["model_name"]], dtype=object))
 
     def _current_heuristic(self, pipeline_type: str, as_of: datetime | None = None
                            ) -> tuple[CostModel | None, float]:

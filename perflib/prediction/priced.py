@@ -1,5 +1,6 @@
 """Estimates as they travel from a model to the predictor: per job row, the seconds, the
-interval, the confidence and where the speed came from (``speed_source``)."""
+interval, the confidence, where the speed came from (``speed_source``) and where the model's
+latent geometry came from (``geometry_source``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -23,19 +24,22 @@ def sound(seconds, low, high, confidence) -> np.ndarray:
 @dataclass
 class PricedJobs:
     """Estimates of some job rows, one array element per row; ``speed_source`` is one of
-    SPEED_SOURCES (None where a row is not priced yet)."""
+    SPEED_SOURCES and ``geometry_source`` one of "configured", "inferred", "profile:<arch>",
+    "sibling:<name>" or "default" (None where a row is not priced yet)."""
 
     seconds: np.ndarray
     low: np.ndarray
     high: np.ndarray
     confidence: np.ndarray
     speed_source: np.ndarray
+    geometry_source: np.ndarray
 
     @classmethod
     def unpriced(cls, count: int) -> "PricedJobs":
         """`count` rows, none priced (NaN)."""
         return cls(*(np.full(count, np.nan) for _ in range(4)),
-                   speed_source=np.full(count, None, dtype=object))
+                   speed_source=np.full(count, None, dtype=object),
+                   geometry_source=np.full(count, None, dtype=object))
 
     def __len__(self) -> int:
         return len(self.seconds)
@@ -57,4 +61,5 @@ class PricedJobs:
         """As the columns of :meth:`PerformancePredictor.estimate_batch`."""
         return pd.DataFrame({"predicted_time_seconds": self.seconds, "low": self.low,
                              "high": self.high, "confidence": self.confidence,
-                             "speed_source": self.speed_source}, index=index)
+                             "speed_source": self.speed_source,
+                             "geometry_source": self.geometry_source}, index=index)

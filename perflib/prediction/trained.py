@@ -18,6 +18,7 @@ from perflib.prediction.features import (FEATURE_DESCRIPTIONS, JobRows, build_fe
                                          spread, text_column)
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel, anchor,
                                        check_mapping, check_number)
+from perflib.prediction.geometry_sources import CONFIGURED, unseen_geometry
 from perflib.prediction.metrics import is_within
 from perflib.prediction.priced import sound
 from perflib.record import PIPELINE_TYPES, estimate_params
@@ -73,6 +74,8 @@ class TrainedModel:
     features: list[str] = field(default_factory=lambda: list(FEATURE_DESCRIPTIONS))
     version: int | None = None
     format: int = MODEL_FORMAT
+    # Per model trained on, where its geometry came from (see geometry_sources.py).
+    geometry_sources: dict[str, str] = field(default_factory=dict)
 
     def predict(self, jobs: JobRows, recent: Mapping[str, tuple[float, float]] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +83,7 @@ class TrainedModel:
         column sequences); `recent` overrides the stored (drift, spread) per "gpu|model" with
         fresher values (NaN where unknown), optionally with a third value: the online
         :class:`~perflib.prediction.conformal.Adjustment` of the interval and confidence."""
-        features = feature_columns(jobs, self.profiles, history=self.history)
+        features = feature_columns(jobs, self.profiles_for(jobs), history=self.history)
         keys = history_keys(features)
         drift = [self._recent(recent, key, 0, self.drift) for key in keys]
         spread = [self._recent(recent, key, 1, self.spread) for key in keys]
@@ -95,7 +98,7 @@ class TrainedModel:
         """:meth:`predict` with each row's own (drift, spread) — as a backtest knows them at
         the row's submission; NaN: the stored value — and online adjustment (None: as
         calibrated)."""
-        features = feature_columns(jobs, self.profiles, history=self.history)
+        features = feature_columns(jobs, self.profiles_for(jobs), history=self.history)
         keys = history_keys(features)
         drift, spread = np.asarray(drift, float), np.asarray(spread, float)
         drift = np.where(np.isnan(drift), [self.drift.get(k, np.nan) for k in keys], drift)
@@ -141,6 +144,26 @@ class TrainedModel:
                           for key in history_keys(groups)], dtype=float)
         return np.where(np.isnan(drift), sources, "observed")
 
+    def geometry_sources_of(self, jobs: JobRows) -> np.ndarray:
+        """Per job row, where its model's geometry came from: "configured", "inferred",
+        "profile:<arch>", "sibling:<name>" or "default" — for a model trained on, as training
+        found it; for another, as :meth:`profiles_for` carries it. A model stored before
+        sources were kept has none of them."""
+        sources = getattr(self, "geometry_sources", {})
+        return np.array([sources.get(name) or (CONFIGURED if name in self.profiles else
+                                               unseen_geometry(name, self.profiles)[1])
+                         for name in text_column(jobs, "model_name")], dtype=object)
+
+    def profiles_for(self, jobs: JobRows) -> dict[str, ModelProfile]:
+        """The stored profiles, and those carried to the models of `jobs` not trained on (see
+        :func:`~perflib.prediction.geometry_sources.unseen_geometry`)."""
+        sources = getattr(self, "geometry_sources", {})
+        unseen = {name for name in text_column(jobs, "model_name")
+                  if name not in sources and name not in self.profiles}
+        carried = {name: profile for name in unseen
+                   if (profile := unseen_geometry(name, self.profiles)[0]) is not None}
+        return {**self.profiles, **carried} if carried else self.profiles
+
     @staticmethod
     def _recent(fresh, key: str, which: int, stored: Mapping[str, float]) -> float:
         value = fresh[key][which] if fresh and key in fresh else np.nan
@@ -154,7 +177,7 @@ class TrainedModel:
         jobs = _priceable(jobs)
         if len(jobs) < MIN_DRIFT_JOBS:
             return float("nan"), float("nan")
-        features = build_features(jobs, self.profiles, history=self.history)
+        features = build_features(jobs, self.profiles_for(jobs), history=self.history)
         ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
         ratio = ratio[~far_slower(ratio, np.median(ratio), spread(ratio)
                                   if len(ratio) >= MIN_SPREAD_JOBS else np.nan)]
@@ -166,7 +189,7 @@ class TrainedModel:
         """Per finished job row: its "gpu|model" group, and the drift and spread an estimate
         at its submission would have read — over the rows that had finished before then (only
         `known` ones where given), far-slower jobs left out of drift as in training."""
-        features = build_features(jobs, self.profiles, history=self.history)
+        features = build_features(jobs, self.profiles_for(jobs), history=self.history)
         keys = history_keys(features)
         ratio = np.log(outcome_seconds(jobs)) - np.log(self.cost_model.predict(features))
         usual = ~far_slower_jobs(jobs, keys, ratio)[0]
@@ -239,6 +262,7 @@ class TrainedModel:
                           lambda value, where: check_number(value, where, allow_nan=True))
         check_mapping(self.profiles, "profiles", _check_profile)
         check_mapping(self.pipeline_counts, "pipeline_counts", _check_count)
+        check_mapping(getattr(self, "geometry_sources", {}), "geometry_sources", _check_text)
 
 
 
@@ -252,6 +276,11 @@ def _check_profile(profile: Any, name: str) -> None:
     if not isinstance(profile.full_attention, (bool, np.bool_)):
         raise ValueError(f"{name}.full_attention is {profile.full_attention!r}, not true or "
                          "false")
+
+
+def _check_text(value: Any, name: str) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is {value!r}, not text")
 
 
 def _check_count(count: Any, name: str) -> None:

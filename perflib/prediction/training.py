@@ -15,7 +15,8 @@ from tqdm import tqdm
 from perflib.config import ModelProfile, Settings
 from perflib.prediction.features import (build_features, far_slower_jobs, history_keys,
                                          latest_median, outcome_seconds, past_median)
-from perflib.prediction.geometry import infer_profiles
+from perflib.prediction.geometry import infer_profiles, judged_models
+from perflib.prediction.geometry_sources import carried_profiles, priors
 from perflib.prediction.metrics import rank
 from perflib.prediction.models import (FAMILIES, AnchoredRegressor, Calibration, CostModel,
                                        anchor, make_family, score)
@@ -55,7 +56,8 @@ class Training:
 @dataclass
 class _Windows:
     """Training jobs (oldest first), their features and outcomes, the row positions of each
-    window, and the model profiles used (configured, and inferred ones shown apart)."""
+    window, and the model profiles used (configured, and inferred ones shown apart) with where
+    each model's geometry came from."""
 
     jobs: pd.DataFrame
     features: pd.DataFrame
@@ -66,6 +68,7 @@ class _Windows:
     calibrate: np.ndarray
     profiles: dict[str, ModelProfile]
     inferred: dict[str, dict]
+    geometry_sources: dict[str, str]
 
 
 def training_data(store: Store, pipeline_type: str | None = None,
@@ -108,10 +111,12 @@ def train(jobs: pd.DataFrame, pipeline_type: str | None, settings: Settings,
     model = _final_model(windows, pipeline_type or "all", best, random_state, gpus,
                          Calibration(coverage).fit(*residuals))
     model.metrics = {**metrics.as_dict(), "coverage_target": coverage, "split": split,
-                     "inferred_profiles": windows.inferred}
+                     "inferred_profiles": windows.inferred,
+                     "geometry_sources": windows.geometry_sources}
     comparison = {family: result[0].as_dict() for family, result in results.items()}
     return Training({**metrics.as_dict(), "model_type": best, "pipeline_type": model.pipeline_type,
-                     "comparison": comparison, "inferred_profiles": windows.inferred},
+                     "comparison": comparison, "inferred_profiles": windows.inferred,
+                     "geometry_sources": windows.geometry_sources},
                     model, _held_out(best, results, on_train, windows))
 
 
@@ -123,12 +128,15 @@ def _windows(jobs: pd.DataFrame, configured: Mapping[str, ModelProfile], split: 
     seconds = outcome_seconds(jobs)
     train, test = _split(features, np.arange(len(features)), test_fraction, split)
     proper, calibrate = _split(features, train, CALIBRATION_FRACTION, split)
-    inferred = infer_profiles(jobs, seconds, proper, calibrate, configured)
-    profiles = {**inferred, **configured}
-    if inferred:
+    inferred = infer_profiles(jobs, seconds, proper, calibrate, configured,
+                              priors(jobs.model_name.dropna().astype(str).unique()))
+    carried, sources = carried_profiles(jobs, configured, inferred,
+                                        judged_models(jobs, proper, calibrate))
+    profiles = {**configured, **carried}
+    if profiles != dict(configured):
         features = build_features(jobs, profiles)
     return _Windows(jobs, features, seconds, train, test, proper, calibrate, profiles,
-                    {name: asdict(profile) for name, profile in inferred.items()})
+                    {name: asdict(profile) for name, profile in inferred.items()}, sources)
 
 
 def _held_out(best: str, results: dict[str, tuple], on_train: "_Anchoring", windows: _Windows
@@ -158,7 +166,7 @@ def _final_model(windows: _Windows, pipeline_type: str, family: str, random_stat
                             min_periods=MIN_DRIFT_JOBS, known=on_all.usual, statistic="level"),
         spread=latest_median(jobs, keys, on_all.ratio, min_periods=MIN_SPREAD_JOBS,
                              statistic="spread"),
-        profiles=windows.profiles,
+        profiles=windows.profiles, geometry_sources=windows.geometry_sources,
         pipeline_counts={str(k): int(v) for k, v in jobs.pipeline_type.value_counts().items()},
         metrics={}, n_rows=len(jobs), train_start=iso(jobs.started_at.min()),
         train_end=iso(jobs.started_at.max()), trained_at=iso(datetime.now(timezone.utc)))

@@ -174,6 +174,11 @@ class EstimateResponse(BaseModel):
         None, description="where the GPU and model's speed came from: their own jobs, the "
                           "pooled fit of other GPUs and models (a wider interval), the GPU's "
                           "profile (PERFLIB_GPU_PROFILES), or the untrained heuristic")
+    geometry_source: str | None = Field(
+        None, description="where the model's latent geometry came from: configured, inferred "
+                          "from its own jobs, profile:<arch> (a public architecture's published "
+                          "geometry), sibling:<name> (a related model's, for a model with too "
+                          "few jobs), or the SD-style default")
     queue: QueueEta
     parsed_job: dict[str, Any] | None = Field(
         None, description="for a comfyui_prompt: what was understood of its graph (only then "

@@ -18,14 +18,19 @@ REAL_DATA = REPO / "tests" / "fixtures" / "data"  # vendored from ../shared/data
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def missing_program(message: str) -> None:
+    """A program a test needs is not installed: skip here, fail under CI=true (CI installs it)."""
+    if IN_CI:
+        pytest.fail(message + " — CI=true requires it")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     bindir = find_bindir()
     if bindir is None:
-        message = "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or pg_config"
-        if IN_CI:
-            pytest.fail(message + " — CI=true requires them")
-        pytest.skip(message)
+        missing_program("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or "
+                        "pg_config")
     server = PostgresServer(bindir).start()
     yield server
     server.stop()

@@ -27,7 +27,7 @@ from perflib.serve import create_app
 from perflib.sim.simulate import default_incidents, generate_jobs
 from perflib.store import Store
 from perflib.store.schema import performance_alerts
-from tests.conftest import IN_CI
+from tests.conftest import missing_program
 from tools.alertmanager import Alertmanager, find_alertmanager
 
 with warnings.catch_warnings():
@@ -43,10 +43,8 @@ TOKEN = "am-token-never-shown"
 def alertmanager():
     binary = find_alertmanager()
     if binary is None:
-        message = "prometheus-alertmanager not installed (apt-get install prometheus-alertmanager)"
-        if IN_CI:
-            pytest.fail(message + " — CI=true requires it")
-        pytest.skip(message)
+        missing_program("prometheus-alertmanager not installed "
+                        "(apt-get install prometheus-alertmanager)")
     server = Alertmanager(binary).start()
     yield server
     server.stop()

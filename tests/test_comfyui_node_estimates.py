@@ -4,21 +4,15 @@ shared out), refitted after records arrive."""
 from __future__ import annotations
 
 import json
-import warnings
 from datetime import datetime
 
 import pytest
 
 from perflib.comfyui.graph import parse_prompt
-from perflib.serve import create_app
-from perflib.store import Store
 from tests.comfyui_server import RECORDINGS
+from tests.test_comfyui_estimate import client, store  # noqa: F401 (fixtures)
 from tests.test_comfyui_graph import base_graph
 from tools.comfyui_replay import HOSTNAME, _stored_record, load_recording
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # starlette's notice about httpx
-    from fastapi.testclient import TestClient
 
 ESTIMATE = "/api/anime/performance/estimate-time"
 RECORD = "/api/anime/performance/record-metrics"
@@ -31,15 +25,6 @@ def recorded():
             if p.status == "success" and p.node_seconds]
 
 
-@pytest.fixture
-def store(sqlite_url, settings) -> Store:
-    return Store(sqlite_url, settings)
-
-
-@pytest.fixture
-def client(store):
-    with TestClient(base_url="http://127.0.0.1", app=create_app(store)) as client:
-        yield client
 
 
 def posted(prompts, **changed) -> list[dict]:

@@ -18,7 +18,7 @@ from perflib.serve import create_app
 from perflib.sim.demo_live import HOSTS, QUEUED, RUNNING, gpu_name, seed_live_farm
 from perflib.store import Store
 from tools.screenshots import CHROMIUM, chromium, serving
-from tests.conftest import IN_CI, row_counts
+from tests.conftest import missing_program, row_counts
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx
@@ -47,10 +47,7 @@ def site(farm):
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not installed (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message + " — CI=true requires it")
-        pytest.skip(message)
+        missing_program(f"{CHROMIUM} not installed (apt-get install chromium)")
     with chromium() as browser:
         yield browser
 

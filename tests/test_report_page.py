@@ -15,7 +15,7 @@ from perflib.config import Settings
 from perflib.report.render import render_report
 from perflib.sim.simulate import Incident, simulate_history
 from perflib.store import Store
-from tests.conftest import IN_CI
+from tests.conftest import missing_program
 from tests.test_report_data import END, REGRESSION, html_text
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,10 +37,7 @@ def history(tmp_path_factory) -> str:
 def page(history, tmp_path_factory) -> str:
     """The rendered report's DOM after Chromium loaded it."""
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not installed (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message + " — CI=true requires it")
-        pytest.skip(message)
+        missing_program(f"{CHROMIUM} not installed (apt-get install chromium)")
     folder = tmp_path_factory.mktemp("rendered")
     html = render_report(1, history, end_date=END.date().isoformat(), output_dir=folder)
     return subprocess.run(
